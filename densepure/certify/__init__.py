@@ -1,0 +1,1 @@
+"""Base classifiers, Cohen's CERTIFY/PREDICT, sequential certification and result files."""

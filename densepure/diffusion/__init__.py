@@ -1,0 +1,39 @@
+"""Pure diffusion math: schedules, t*, the coarse reverse grid and the reverse step.
+
+This sub-package imports nothing else of densepure's except :mod:`densepure.errors`.
+"""
+
+from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, coarse_timesteps
+from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind, cosine_alpha_bar
+from densepure.diffusion.step import (
+    GridTables,
+    StepCoefficients,
+    dds_forward_sample,
+    model_time_tensor,
+    predict_x0,
+    predict_x0_at,
+    reverse_step,
+    start_point,
+)
+from densepure.diffusion.tstar import TStarRule, start_scale, t_star, validate_sigma
+
+__all__ = [
+    "GridTables",
+    "NoiseSchedule",
+    "ReverseGrid",
+    "ScheduleKind",
+    "StepCoefficients",
+    "TStarRule",
+    "build_reverse_grid",
+    "coarse_timesteps",
+    "cosine_alpha_bar",
+    "dds_forward_sample",
+    "model_time_tensor",
+    "predict_x0",
+    "predict_x0_at",
+    "reverse_step",
+    "start_point",
+    "start_scale",
+    "t_star",
+    "validate_sigma",
+]

@@ -1,0 +1,1 @@
+"""The runtime: chain scheduler, executor, backends and the counter-based noise generator."""

@@ -1,0 +1,102 @@
+"""Named presets: the architectures and schedules of the official checkpoints DensePure uses.
+
+Flags are those of the official ``create_model_and_diffusion`` calls (ALGORITHM §8). Building a
+preset on the ``meta`` device costs no memory; :func:`build_unet` then loads a checkpoint into it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from densepure.diffusion import NoiseSchedule, ScheduleKind
+from densepure.errors import ConfigError
+from densepure.models.checkpoint import load_into, read_state_dict
+from densepure.models.unet import UNetModel
+from densepure.models.unet_config import UNetConfig
+
+CIFAR10_FLAGS: Mapping[str, Any] = {
+    "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "num_heads": 4, "num_heads_upsample": -1,
+    "attention_resolutions": "16,8", "dropout": 0.3, "learn_sigma": True, "class_cond": False,
+    "diffusion_steps": 4000, "noise_schedule": "cosine", "use_scale_shift_norm": True,
+}
+IMAGENET256_FLAGS: Mapping[str, Any] = {
+    "image_size": 256, "num_channels": 256, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
+    "num_head_channels": 64, "attention_resolutions": "32,16,8", "channel_mult": "", "dropout": 0.0,
+    "learn_sigma": True, "class_cond": False, "diffusion_steps": 1000, "noise_schedule": "linear",
+    "use_scale_shift_norm": True, "resblock_updown": True, "use_new_attention_order": False,
+}
+
+
+class Dataset(enum.Enum):
+    CIFAR10 = "cifar10"
+    IMAGENET = "imagenet"
+    DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class DiffusionPreset:
+    """A diffusion checkpoint's architecture, schedule and the data it was trained on."""
+
+    name: str
+    flags: Mapping[str, Any]
+    dataset: Dataset
+    checkpoint_file: str
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig.from_flags(self.flags)
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(ScheduleKind.parse(self.flags["noise_schedule"]), int(self.flags["diffusion_steps"]))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.flags["image_size"])
+
+
+PRESETS: dict[str, DiffusionPreset] = {
+    "cifar10": DiffusionPreset("cifar10", CIFAR10_FLAGS, Dataset.CIFAR10, "cifar10_uncond_50M_500K.pt"),
+    "imagenet256": DiffusionPreset("imagenet256", IMAGENET256_FLAGS, Dataset.IMAGENET, "256x256_diffusion_uncond.pt"),
+}
+
+
+def register_preset(preset: DiffusionPreset) -> None:
+    """Make ``preset`` available by name (used by packages that ship their own weights)."""
+    PRESETS[preset.name] = preset
+
+
+def get_preset(name: str) -> DiffusionPreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
+
+
+def build_unet(
+    config: UNetConfig | DiffusionPreset | str,
+    checkpoint: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> UNetModel:
+    """Build the UNet (in eval mode), optionally loading ``checkpoint`` into it, on ``device`` in ``dtype``.
+
+    With ``device="meta"`` nothing is allocated (useful to inspect keys and shapes of the real models).
+    """
+    if isinstance(config, str):
+        config = get_preset(config)
+    if isinstance(config, DiffusionPreset):
+        config = config.unet_config
+    with torch.device("meta" if str(device) == "meta" else "cpu"):
+        model = UNetModel(config)
+    if checkpoint is not None:
+        load_into(model, read_state_dict(checkpoint), source=str(checkpoint))
+    if str(device) != "meta":
+        model = model.to(device)
+        model.set_precision(dtype)
+    return model.eval()
