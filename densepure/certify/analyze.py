@@ -1,0 +1,170 @@
+"""Summaries of result files: certified accuracy, average certified radius, table and plot.
+
+Definitions (ALGORITHM.md §9), over the N images of a file:
+  certified accuracy at r = #{correct and radius >= r} / N,
+  ACR (average certified radius) = sum(correct * radius) / N,
+  abstention rate = #{predict = -1} / N.
+Abstentions count as wrong (their ``correct`` is 0), so every rate is over all N images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from densepure.certify.results import CorrectColumn, ResultRow, read_results
+from densepure.errors import ConfigError, InputError
+
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Run:
+    """The rows of one result file, with the label used in tables and legends."""
+
+    name: str
+    rows: tuple[ResultRow, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows))
+        if not self.rows:
+            raise InputError(f"results {self.name!r} have no rows: nothing to analyze")
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.array([row.correct for row in self.rows], dtype=bool)
+
+    @property
+    def radius(self) -> np.ndarray:
+        return np.array([row.radius for row in self.rows], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Numbers of one run: ``certified_accuracy[i]`` is the certified accuracy at ``radii[i]``
+    (fractions in [0, 1]); ``count`` images."""
+
+    name: str
+    count: int
+    radii: tuple[float, ...]
+    certified_accuracy: tuple[float, ...]
+    acr: float
+    abstention_rate: float
+
+
+def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
+    """Validate radii (finite, >= 0, at least one) and return them as floats, order kept."""
+    values = tuple(float(r) for r in radii)
+    if not values or not all(math.isfinite(r) and r >= 0.0 for r in values):
+        raise ConfigError(f"radii must be one or more finite numbers >= 0, got {list(radii)}")
+    return values
+
+
+def load_run(path: str | Path, name: str | None = None,
+             correct: CorrectColumn = CorrectColumn.AUTO) -> Run:
+    """Read a result file as a :class:`Run` named ``name`` (default: the file name)."""
+    path = Path(path)
+    return Run(path.name if name is None else name, tuple(read_results(path, correct)))
+
+
+def certified_accuracy(run: Run, radius: float) -> float:
+    """Fraction of images that are correct with a certified radius >= ``radius``."""
+    return float(np.mean(run.correct & (run.radius >= radius)))
+
+
+def average_certified_radius(run: Run) -> float:
+    """ACR: mean of ``correct * radius`` over all images."""
+    return float(np.mean(run.correct * run.radius))
+
+
+def summarize(run: Run, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
+    """Certified accuracies at ``radii``, ACR and abstention rate of one run."""
+    radii = check_radii(radii)
+    abstained = np.mean([row.predict == -1 for row in run.rows])
+    return Summary(run.name, len(run.rows), radii,
+                   tuple(certified_accuracy(run, r) for r in radii),
+                   average_certified_radius(run), float(abstained))
+
+
+def analyze_files(paths: Sequence[str | Path],
+                  radii: Sequence[float] = DEFAULT_RADII) -> tuple[Summary, ...]:
+    """:func:`summarize` each result file, in the given order."""
+    radii = check_radii(radii)
+    return tuple(summarize(load_run(path), radii) for path in paths)
+
+
+def markdown_table(summaries: Sequence[Summary]) -> str:
+    """A markdown table, one row per run: certified accuracy (%) at each radius, ACR, count.
+
+    All summaries must share the same radii.
+    """
+    if not summaries:
+        raise ConfigError("markdown_table needs at least one summary, got none")
+    radii = summaries[0].radii
+    if any(s.radii != radii for s in summaries):
+        raise ConfigError(f"all summaries must use the same radii, got "
+                          f"{sorted({s.radii for s in summaries})}")
+    header = ["results", *(f"r={r:g}" for r in radii), "ACR", "count"]
+    lines = [_md_row(header), _md_row(["---"] + ["---:"] * (len(header) - 1))]
+    for s in summaries:
+        cells = [s.name.replace("|", "\\|"), *(f"{100 * a:.1f}" for a in s.certified_accuracy),
+                 f"{s.acr:.3f}", str(s.count)]
+        lines.append(_md_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def accuracy_curve(run: Run, radii: np.ndarray) -> np.ndarray:
+    """Certified accuracy at each radius of ``radii`` (1-D float array), same shape."""
+    correct_radii = np.sort(run.radius[run.correct])
+    # number of correct images with radius >= r, for every r at once
+    at_least = correct_radii.size - np.searchsorted(correct_radii, radii, side="left")
+    return at_least / len(run.rows)
+
+
+def plot_certified_accuracy(runs: Sequence[Run], out_path: str | Path,
+                            max_radius: float | None = None, points: int = 512) -> Path:
+    """Write a PNG of certified accuracy against radius, one labelled curve per run.
+
+    Uses matplotlib's Agg canvas directly (headless, and no global backend switch).
+    ``max_radius`` defaults to 5 % beyond the largest radius of any run (at least 0.1).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ConfigError("plot_certified_accuracy needs at least one run, got none")
+    if points < 2:
+        raise ConfigError(f"points must be >= 2, got {points}")
+    if max_radius is None:
+        max_radius = max(0.1, 1.05 * max(float(run.radius.max()) for run in runs))
+    if not (math.isfinite(max_radius) and max_radius > 0.0):
+        raise ConfigError(f"max_radius must be a finite number > 0, got {max_radius}")
+    grid = np.linspace(0.0, max_radius, points)
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for run in runs:
+        axes.plot(grid, accuracy_curve(run, grid), label=run.name)
+    axes.set_xlabel("L2 radius (pixel units in [0, 1])")
+    axes.set_ylabel("certified accuracy")
+    axes.set_xlim(0.0, max_radius)
+    axes.set_ylim(0.0, 1.0)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    out_path = Path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        canvas.print_png(str(out_path))
+    except OSError as exc:
+        raise InputError(f"cannot write the plot to {str(out_path)!r}: {exc}") from exc
+    return out_path

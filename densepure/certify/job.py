@@ -1,0 +1,150 @@
+"""A certification job: options -> models, data and base classifier -> result file -> summary.
+
+The CLI builds :class:`JobOptions` from argv and calls :func:`prepare` and :func:`run`; library
+users can do the same. Defaults are the embedded digits preset, so a job with no options runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from densepure.certify.base import BaseClassifier, Mode, SmoothingConfig
+from densepure.certify.factory import (
+    ClassifierSpec,
+    default_checkpoint,
+    load_classifier,
+    parse_precision,
+    resolve_device,
+)
+from densepure.certify.procedures import CertifyParams
+from densepure.certify.results import IfExists, ImageRecord, open_results
+from densepure.certify.runner import ProgressHook, Task, run_dataset
+from densepure.certify.sequential import SequentialPlan
+from densepure.certify.stats import validate_alpha
+from densepure.data.datasets import Dataset, open_dataset, select_indices
+from densepure.diffusion import TStarRule
+from densepure.errors import ConfigError, DensePureError
+
+# settings that do not change any label (noise is keyed by identity, not by batch layout)
+_NOT_RECORDED = ("batch_size", "output", "overwrite")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Every user-level setting of a certify/predict job (CLI flags map one to one)."""
+
+    preset: str = "digits"
+    checkpoint: str | None = None
+    classifier: str = "digits"
+    data: str | None = None
+    mode: Mode = Mode.DENSEPURE
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    num_chains: int = 5
+    steps: int = 2
+    t_star_rule: TStarRule = TStarRule.AUTO
+    radius: float | None = None
+    predict: bool = False
+    batch_size: int = 500
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int | None = None
+    output: str = "runs/certify.tsv"
+    skip: int = 1
+    max: int = -1
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        validate_alpha(self.alpha)
+        parse_precision(self.precision)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.radius is not None and self.radius < 0:
+            raise ConfigError(f"radius must be >= 0, got {self.radius}")
+        if self.radius is not None and self.predict:
+            raise ConfigError("--radius (sequential certification) and --predict exclude each other")
+
+    def record(self) -> dict:
+        """The configuration written to the sidecar and compared on resume."""
+        out = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
+        return out
+
+
+@dataclass
+class Job:
+    options: JobOptions
+    counter: BaseClassifier
+    dataset: Dataset
+    indices: list[int]
+    task: Task
+    seed: int
+
+
+def _dataset(options: JobOptions) -> Dataset:
+    if options.data is not None:
+        return open_dataset(options.data)
+    if options.preset != "digits":
+        raise ConfigError(f"preset {options.preset!r} needs --data (a CIFAR-10 batch, an image folder, .npz or image)")
+    from densepure.data.arrays import ArrayDataset
+    from densepure.models.digits import load_digits_test_split
+
+    images, labels = load_digits_test_split()
+    return ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10)
+
+
+def _resumed_seed(options: JobOptions) -> int:
+    """An unset seed is drawn from the OS, except when resuming: then the run's recorded seed."""
+    from densepure.certify.results import read_sidecar, sidecar_path
+
+    if not options.overwrite and sidecar_path(options.output).is_file():
+        try:
+            return int(read_sidecar(options.output).header.seed)
+        except (DensePureError, ValueError):
+            pass  # unreadable sidecar: open_results decides (it restarts or reports the problem)
+    return secrets.randbits(63)
+
+
+def prepare(options: JobOptions) -> Job:
+    """Load models and data and build the base classifier; nothing is written yet."""
+    seed = options.seed if options.seed is not None else _resumed_seed(options)
+    options = replace(options, seed=seed)
+    smoothing = SmoothingConfig(options.mode, options.sigma, options.num_chains if options.mode is Mode.DENSEPURE else 1,
+                                options.steps, options.t_star_rule)
+    params = CertifyParams(options.n0, options.n, options.alpha)
+    spec = ClassifierSpec.parse(options.classifier)
+    device = resolve_device(options.device)
+    dtype = parse_precision(options.precision)
+    dataset = _dataset(options)
+    indices = select_indices(len(dataset), options.skip, options.max)
+    classifier = load_classifier(spec, device)
+    num_classes = classifier.num_classes or dataset.num_classes
+    if num_classes is None:
+        raise ConfigError("cannot tell the number of classes from the classifier or the data")
+    denoiser = schedule = None
+    if smoothing.needs_denoiser:
+        from densepure.models import build_unet, get_preset
+
+        preset = get_preset(options.preset)
+        denoiser = build_unet(preset, default_checkpoint(options.preset, options.checkpoint), device, dtype)
+        schedule = preset.schedule
+    counter = BaseClassifier(smoothing, classifier, num_classes, denoiser=denoiser, schedule=schedule,
+                             seed=seed, device=device, batch_size=options.batch_size)
+    plan = None
+    if options.radius is not None:
+        plan = SequentialPlan.geometric(options.radius, options.sigma, options.alpha, n_max=options.n)
+    return Job(options, counter, dataset, indices, Task(params, options.sigma, plan, options.predict), seed)
+
+
+def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:
+    """Certify the job's images into ``options.output`` (resuming a matching earlier run)."""
+    opts = job.options
+    mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
+    with open_results(opts.output, opts.record(), job.seed, mode) as writer, torch.inference_mode():
+        records = run_dataset(job.counter, job.dataset, job.indices, job.task, writer, on_image)
+    return Path(opts.output), records

@@ -1,0 +1,496 @@
+"""Result files: the ecosystem's TSV (Cohen's certify.py, ALGORITHM.md §9) plus a JSONL sidecar.
+
+TSV: header ``idx\\tlabel\\tpredict\\tradius\\tcorrect\\ttime``, then one line per image, written
+in one ``write`` call and flushed, so a crash never leaves a half line that looks whole.
+``predict = -1`` is an abstention; ``correct`` is 0/1; ``radius`` has 4 decimals, rounded *down*
+so that the printed radius is never larger than the certified one; ``time`` is wall seconds with
+4 decimals.
+
+Sidecar ``<results>.jsonl``: a ``"record": "header"`` line (format, configuration, seed, versions),
+then one ``"record": "image"`` line per image (the TSV fields at full precision, n0, n, the
+selection and estimation counts, extra fields), and a ``"record": "resume"`` line each time a run is
+resumed. An image's sidecar record is written before its TSV line: the TSV decides what is
+finished, and a record without a TSV line (an interrupted write) is superseded when the image is
+redone -- readers keep the last record of each index.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import numbers
+import os
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from densepure.errors import ConfigError, InputError
+
+TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+TSV_HEADER = "\t".join(TSV_COLUMNS)
+SIDECAR_FORMAT = "densepure-results"
+SIDECAR_VERSION = 1
+_RESERVED = frozenset(TSV_COLUMNS) | {"record", "n0", "n", "selection_counts", "estimation_counts"}
+_TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _coerce(row: Any, name: str, kind: type, low: float) -> None:
+    """Set ``row.name`` to a plain int/float >= ``low`` (numpy scalars accepted), or raise."""
+    value = getattr(row, name)
+    ok_type = _is_int(value) if kind is int else \
+        isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if not ok_type or not low <= value < float("inf"):
+        allowed = f"an int >= {low:g}" if kind is int else f"a finite number >= {low:g}"
+        raise InputError(f"{name} must be {allowed}, got {value!r}")
+    object.__setattr__(row, name, kind(value))
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One certified image: ``predict = -1`` abstains; ``radius`` (L2, [0,1] pixel units) >= 0;
+    ``correct`` is ``predict == label``; ``time`` is wall seconds."""
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    correct: bool
+    time: float
+
+    def __post_init__(self) -> None:
+        for name, kind, low in (("idx", int, 0), ("label", int, -1), ("predict", int, -1),
+                                ("radius", float, 0.0), ("time", float, 0.0)):
+            _coerce(self, name, kind, low)
+        if self.correct not in (0, 1):
+            raise InputError(f"correct must be 0/1 or a bool, got {self.correct!r}")
+        object.__setattr__(self, "correct", bool(self.correct))
+
+    def to_line(self) -> str:
+        """The TSV line, newline included."""
+        return (f"{self.idx}\t{self.label}\t{self.predict}\t{format_radius(self.radius)}\t"
+                f"{int(self.correct)}\t{self.time:.4f}\n")
+
+
+def format_radius(radius: float) -> str:
+    """4 decimals, rounded towards zero: '0.49999' -> '0.4999' (never overstates a certificate)."""
+    return str(Decimal(repr(float(radius))).quantize(Decimal("0.0001"), rounding=ROUND_FLOOR))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A row with its statistics: ``n0`` selection and ``n`` estimation samples, the per-class
+    counts of each (empty when not kept), and JSON-able ``extra`` fields (names not reserved)."""
+
+    row: ResultRow
+    n0: int
+    n: int
+    selection_counts: tuple[int, ...] = ()
+    estimation_counts: tuple[int, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.row, ResultRow):
+            raise InputError(f"row must be a ResultRow, got {type(self.row).__name__}")
+        _coerce(self, "n0", int, 0)
+        _coerce(self, "n", int, 0)
+        for name in ("selection_counts", "estimation_counts"):
+            counts = tuple(getattr(self, name))
+            if not all(_is_int(c) and c >= 0 for c in counts):
+                raise InputError(f"{name} must be ints >= 0, got {counts!r}")
+            object.__setattr__(self, name, tuple(int(c) for c in counts))
+        clash = sorted(_RESERVED.intersection(self.extra))
+        if clash:
+            raise InputError(f"extra field names {clash} are reserved; allowed: any other name")
+        object.__setattr__(self, "extra", dict(self.extra))
+        _to_json(self.extra, "extra", InputError)
+
+    def to_json(self) -> dict[str, Any]:
+        row = self.row
+        record = {"record": "image", "idx": row.idx, "label": row.label, "predict": row.predict,
+                  "radius": row.radius, "correct": int(row.correct), "time": row.time,
+                  "n0": self.n0, "n": self.n, "selection_counts": list(self.selection_counts),
+                  "estimation_counts": list(self.estimation_counts)}
+        record.update(self.extra)
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ImageRecord:
+        row = ResultRow(record["idx"], record["label"], record["predict"], record["radius"],
+                        record["correct"], record["time"])
+        extra = {k: v for k, v in record.items() if k not in _RESERVED}
+        return cls(row, record["n0"], record["n"], tuple(record["selection_counts"]),
+                   tuple(record["estimation_counts"]), extra)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Software that produced a run."""
+
+    python: str
+    torch: str
+    numpy: str
+    densepure: str
+    platform: str
+
+    @classmethod
+    def current(cls) -> Versions:
+        import numpy
+        import torch  # imported here: reading results needs no torch
+
+        from densepure import __version__
+        return cls(platform.python_version(), torch.__version__, numpy.__version__, __version__,
+                   platform.platform())
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """The sidecar's first record: the run's configuration (JSON-normalized), seed and versions."""
+
+    config: Mapping[str, Any]
+    seed: int
+    versions: Versions
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": "header", "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
+                "config": dict(self.config), "seed": self.seed,
+                "versions": asdict(self.versions), "created": self.created}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunHeader:
+        if record.get("record") != "header" or record.get("format") != SIDECAR_FORMAT:
+            raise InputError(f"the first sidecar record must be a {SIDECAR_FORMAT} header, got "
+                             f"{str(record)[:120]}")
+        try:
+            return cls(dict(record["config"]), record["seed"], Versions(**record["versions"]),
+                       record["created"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"malformed sidecar header ({exc!r}): {str(record)[:120]}") from exc
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """A parsed sidecar: the header, the last record of each index (file order), resume times."""
+
+    header: RunHeader
+    records: tuple[ImageRecord, ...]
+    resumed_at: tuple[str, ...]
+
+
+class IfExists(enum.Enum):
+    """What :func:`open_results` does with an existing result file."""
+
+    RESUME = "resume"  # check the configuration, skip finished images, append
+    OVERWRITE = "overwrite"  # start again from an empty file
+    FAIL = "fail"  # refuse (InputError)
+
+
+class CorrectColumn(enum.Enum):
+    """How to read the ``correct`` column. AUTO: per-row 0/1, unless the values are non-decreasing
+    integers exceeding 1 -- the running total the DDS script writes -- then differenced to 0/1.
+    (A running total that never exceeds 1 cannot be told apart: name RUNNING_TOTAL.)"""
+
+    AUTO = "auto"
+    PER_ROW = "per_row"
+    RUNNING_TOTAL = "running_total"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``results.tsv`` -> ``results.tsv.jsonl``."""
+    return Path(f"{path}.jsonl")
+
+
+def _to_json(value: Any, what: str, error: type[Exception] = ConfigError) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} must be JSON-serializable (str, int, float, bool, None, lists, "
+                    f"mappings with str keys; no NaN), got: {exc}") from exc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_seconds(text: str) -> float:
+    """'12.5' -> 12.5; also Cohen's ``str(timedelta)``: '0:00:12.500000', '1 day, 2:03:04'."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _TIMEDELTA.match(text.strip())
+    if match is None:
+        raise InputError(f"time must be seconds or H:MM:SS[.ffffff], got {text!r}")
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400.0 + int(hours) * 3600.0 + int(minutes) * 60.0 + float(seconds)
+
+
+def _parse_fields(line: str) -> tuple[int, int, int, float, int, float]:
+    """One TSV line -> raw fields (``correct`` as an int, maybe a running total)."""
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != len(TSV_COLUMNS):
+        raise InputError(f"expected {len(TSV_COLUMNS)} tab-separated fields, got {len(fields)}")
+    try:
+        idx, label, predict, correct = (int(fields[i]) for i in (0, 1, 2, 4))
+        radius = float(fields[3])
+    except ValueError as exc:
+        raise InputError(f"bad field in {line.rstrip()!r}: {exc}") from exc
+    return idx, label, predict, radius, correct, parse_seconds(fields[5])
+
+
+def _read_lines(path: Path) -> tuple[list[str], bool]:
+    """Lines of a text file (newlines kept) and whether the last one was complete."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise InputError(f"result file {str(path)!r} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {str(path)!r}: {exc}") from exc
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]  # what follows the last newline: "" or a partial line
+    if not lines[-1]:
+        lines.pop()
+    return lines, not lines or lines[-1].endswith("\n")
+
+
+def _check_header(lines: list[str], path: Path) -> None:
+    if not lines or lines[0].rstrip("\r\n").split("\t") != list(TSV_COLUMNS):
+        got = lines[0].rstrip() if lines else "an empty file"
+        raise InputError(f"{str(path)!r} is not a result file: expected the header "
+                         f"{TSV_HEADER!r}, got {got!r}")
+
+
+def _parse_body(lines: list[str], complete: bool, path: Path,
+                drop_bad_last: bool = False) -> tuple[list[tuple], int]:
+    """Parse the lines after the header. A bad *last* line is dropped when it is partial (no
+    newline) or when ``drop_bad_last``; any other bad line raises InputError. Returns the parsed
+    fields and how many lines (header included) were kept."""
+    parsed: list[tuple] = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(_parse_fields(line))
+        except InputError as exc:
+            if number == len(lines) and (drop_bad_last or not complete):
+                return parsed, number - 1
+            raise InputError(f"{str(path)!r}, line {number}: {exc}") from exc
+    return parsed, len(lines)
+
+
+def _correct_per_row(values: list[int], mode: CorrectColumn, path: Path) -> list[int]:
+    rising = all(b >= a for a, b in zip(values, values[1:]))
+    if mode is CorrectColumn.AUTO:
+        mode = CorrectColumn.RUNNING_TOTAL if values and max(values) > 1 and rising \
+            else CorrectColumn.PER_ROW
+    if mode is CorrectColumn.RUNNING_TOTAL:
+        values = [b - a for a, b in zip([0, *values], values)]
+    bad = sorted({v for v in values if v not in (0, 1)})
+    if bad:
+        raise InputError(f"{str(path)!r}: correct must be 0/1 per row ({mode.value}), got {bad}")
+    return values
+
+
+def read_results(path: str | Path, correct: CorrectColumn = CorrectColumn.AUTO) -> list[ResultRow]:
+    """Read a result TSV: ours, Cohen's (``H:MM:SS.ffffff`` times, 3-digit radii) or DDS's
+    (running-total ``correct``, see :class:`CorrectColumn`). A partial last line is skipped."""
+    path = Path(path)
+    lines, complete = _read_lines(path)
+    _check_header(lines, path)
+    parsed, _ = _parse_body(lines, complete, path)
+    per_row = _correct_per_row([fields[4] for fields in parsed], correct, path)
+    rows, seen = [], set()
+    for fields, ok in zip(parsed, per_row):
+        if fields[0] in seen:
+            raise InputError(f"{str(path)!r}: image idx {fields[0]} appears twice")
+        seen.add(fields[0])
+        try:
+            rows.append(ResultRow(fields[0], fields[1], fields[2], fields[3], ok, fields[5]))
+        except InputError as exc:
+            raise InputError(f"{str(path)!r}, image idx {fields[0]}: {exc}") from exc
+    return rows
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, ...]:
+    """Dotted names of the settings that differ between two configurations (nested mappings are
+    compared key by key; a key present on one side only counts as different)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    return tuple(sorted(k for k in flat_old.keys() | flat_new.keys()
+                        if flat_old.get(k, _MISSING) != flat_new.get(k, _MISSING)))
+
+
+_MISSING = object()
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_jsonl(path: Path, drop_bad_last: bool) -> tuple[list[dict[str, Any]], int]:
+    """Records of a JSONL file and the byte length of the valid prefix (a bad or partial last
+    line is dropped when ``drop_bad_last``, else it raises InputError)."""
+    lines, _ = _read_lines(path)
+    records, kept = [], 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            kept += len(line.encode("utf-8"))
+            continue
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines) and drop_bad_last:
+                break
+            raise InputError(f"{str(path)!r}, line {number}: not a complete JSON record")
+        records.append(record)
+        kept += len(line.encode("utf-8"))
+    return records, kept
+
+
+def read_sidecar(path: str | Path) -> Sidecar:
+    """Read the sidecar of result file ``path`` (or the sidecar file itself, when ``path`` has no
+    sidecar beside it); a partial last record is skipped."""
+    path = Path(path)
+    if sidecar_path(path).is_file():
+        path = sidecar_path(path)
+    records, _ = _read_jsonl(path, drop_bad_last=True)
+    if not records:
+        raise InputError(f"sidecar {str(path)!r} has no header record")
+    try:
+        header = RunHeader.from_json(records[0])
+        images = {r["idx"]: ImageRecord.from_json(r) for r in records[1:] if r["record"] == "image"}
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"sidecar {str(path)!r}: malformed record ({exc!r})") from exc
+    resumes = tuple(r.get("created", "") for r in records[1:] if r["record"] == "resume")
+    return Sidecar(header, tuple(images.values()), resumes)
+
+
+class ResultWriter:
+    """Appends images to a TSV and its sidecar; make one with :func:`open_results`.
+
+    ``finished`` holds the indices already in the file when it was opened (resume skips them).
+    """
+
+    def __init__(self, path: Path, header: RunHeader, finished: frozenset[int]) -> None:
+        self.path = path
+        self.header = header
+        self.finished = finished
+        self._written: set[int] = set()
+        self._tsv = path.open("a", encoding="utf-8", newline="")
+        self._jsonl = sidecar_path(path).open("a", encoding="utf-8", newline="")
+
+    def write(self, record: ImageRecord) -> None:
+        """Append one image: its sidecar record, then its TSV line in one write, each flushed."""
+        idx = record.row.idx
+        if idx in self.finished or idx in self._written:
+            raise InputError(f"image idx {idx} is already in {str(self.path)!r}")
+        if self._tsv.closed:
+            raise InputError(f"result file {str(self.path)!r} is closed")
+        line = _to_json(record.to_json(), "image record", InputError) + "\n"
+        try:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+            self._tsv.write(record.row.to_line())
+            self._tsv.flush()
+        except OSError as exc:
+            raise InputError(f"cannot write to {str(self.path)!r}: {exc}") from exc
+        self._written.add(idx)
+
+    def close(self) -> None:
+        self._tsv.close()
+        self._jsonl.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_results(path: str | Path, config: Mapping[str, Any], seed: int,
+                 if_exists: IfExists = IfExists.RESUME) -> ResultWriter:
+    """Open ``path`` (and ``<path>.jsonl``) to write results; resume an existing run if asked.
+
+    Resuming checks that the sidecar's configuration and seed equal ``config`` and ``seed``
+    (ConfigError naming the differing keys otherwise), drops a partial last line of either file,
+    records the resume in the sidecar, and appends. A file without any finished image restarts.
+    """
+    path = Path(path)
+    if not _is_int(seed):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+    if not isinstance(if_exists, IfExists):
+        raise ConfigError(f"if_exists must be an IfExists, got {if_exists!r}")
+    config = json.loads(_to_json(dict(config), "config"))
+    header = RunHeader(config, seed, Versions.current(), _now())
+    try:
+        exists = path.exists() and path.stat().st_size > 0
+        if exists and if_exists is IfExists.FAIL:
+            raise InputError(f"result file {str(path)!r} already exists; resume or overwrite it, "
+                             f"or choose another path")
+        if exists and if_exists is IfExists.RESUME:
+            finished = _prepare_resume(path, header)
+            if finished:
+                return ResultWriter(path, header, finished)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(TSV_HEADER + "\n", encoding="utf-8")
+        side = _to_json(header.to_json(), "header") + "\n"
+        sidecar_path(path).write_text(side, encoding="utf-8")
+        return ResultWriter(path, header, frozenset())
+    except OSError as exc:
+        raise InputError(f"cannot open the result file {str(path)!r}: {exc}") from exc
+
+
+def _prepare_resume(path: Path, header: RunHeader) -> frozenset[int]:
+    """Check and trim an existing run; its finished indices (empty: start the file again)."""
+    lines, complete = _read_lines(path)
+    _check_header(lines, path)
+    parsed, kept = _parse_body(lines, complete, path, drop_bad_last=True)
+    if not parsed:
+        return frozenset()
+    side = sidecar_path(path)
+    if not side.exists():
+        raise InputError(f"cannot resume {str(path)!r}: its sidecar {str(side)!r} is missing, so "
+                         f"the configuration cannot be checked; overwrite or use a new file")
+    records, side_kept = _read_jsonl(side, drop_bad_last=True)
+    if not records:
+        raise InputError(f"cannot resume {str(path)!r}: {str(side)!r} has no header record")
+    old = RunHeader.from_json(records[0])
+    _check_same_run(path, old, header)
+    os.truncate(path, len("".join(lines[:kept]).encode("utf-8")))
+    os.truncate(side, side_kept)
+    resume = {"record": "resume", "versions": asdict(header.versions), "created": header.created}
+    with side.open("a", encoding="utf-8", newline="") as handle:
+        handle.write(_to_json(resume, "resume record") + "\n")
+    return frozenset(fields[0] for fields in parsed)
+
+
+def _check_same_run(path: Path, old: RunHeader, new: RunHeader) -> None:
+    differing = list(config_differences(old.config, new.config))
+    if old.seed != new.seed:
+        differing.append("seed")
+    if differing:
+        flat_old, flat_new = _flatten(old.config), _flatten(new.config)
+        flat_old["seed"], flat_new["seed"] = old.seed, new.seed
+        shown = "; ".join(f"{k}: {flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r}"
+                          for k in differing[:5])
+        raise ConfigError(f"cannot resume {str(path)!r}: the configuration differs from the "
+                          f"existing run in {differing} ({shown}); use a new output file or "
+                          f"overwrite, so that results of different runs are not mixed")

@@ -1,0 +1,85 @@
+"""Argument parsing for ``densepure certify`` / ``predict`` / ``analyze`` (used by :mod:`densepure.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from densepure.certify.base import Mode
+from densepure.diffusion import TStarRule
+
+
+def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", default="digits", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: digits)")
+    g.add_argument("--checkpoint", help="diffusion checkpoint in the official format (.pt, read weights_only, or .safetensors)")
+    g.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="CIFAR-10 batch dir or file, ImageNet-style folder, .npz (images, labels) or an image "
+                                  "(default: the shipped digits test split)")
+    g.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (CIFAR-10 protocol: 20; ImageNet: 500)")
+    g.add_argument("--max", type=int, default=-1, help="stop after MAX images (-1: all selected)")
+    g = p.add_argument_group("smoothing")
+    g.add_argument("--mode", default="densepure", choices=[m.value for m in Mode], help="base classifier (default: densepure)")
+    g.add_argument("--sigma", type=float, default=0.25, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
+    g.add_argument("--K", dest="num_chains", type=int, default=5, help="DensePure: reverse chains per draw (default: 5)")
+    g.add_argument("--b", dest="steps", type=int, default=2, help="DensePure: reverse steps per chain (default: 2)")
+    g.add_argument("--t-star", dest="t_star_rule", default="auto", choices=[r.value for r in TStarRule],
+                   help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, dds")
+    g = p.add_argument_group("statistics")
+    if not predict:
+        g.add_argument("--n0", type=int, default=100, help="selection draws (default: 100)")
+    g.add_argument("--n", type=int, default=1000, help="estimation draws; the largest n for --radius (default: 1000)")
+    g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
+    if not predict:
+        g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
+    g = p.add_argument_group("execution")
+    g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call (default: 500)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet precision (default: fp32)")
+    g.add_argument("--seed", type=int, help="noise seed; unset: drawn from the OS and recorded in the sidecar")
+    g.add_argument("--output", default="runs/predict.tsv" if predict else "runs/certify.tsv",
+                   help="result file (TSV, with a .jsonl sidecar); an existing matching run is resumed")
+    g.add_argument("--overwrite", action="store_true", help="start the result file again instead of resuming")
+    if not predict:
+        g.add_argument("--plot", help="certified-accuracy PNG (default: next to the result file)")
+
+
+def options_from_args(args: argparse.Namespace, predict: bool):
+    from densepure.certify.job import JobOptions
+
+    return JobOptions(
+        preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, data=args.data,
+        mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha,
+        num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
+        radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, seed=args.seed, output=args.output, skip=args.skip, max=args.max,
+        overwrite=args.overwrite,
+    )
+
+
+def progress_hook(total: int):
+    """A tqdm bar over images with draws/s; returns (hook, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", dynamic_ncols=True)
+    state = {"draws": 0, "start": time.perf_counter()}
+
+    def hook(record, draws: int) -> None:
+        state["draws"] += draws
+        rate = state["draws"] / max(time.perf_counter() - state["start"], 1e-9)
+        bar.set_postfix_str(f"{rate:,.0f} draws/s, last: label {record.row.label} -> {record.row.predict} "
+                            f"r={record.row.radius:.3f}")
+        bar.update(1)
+
+    return hook, bar.close
+
+
+def summarize_run(output: Path, plot: str | None, radii=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[str]:
+    from densepure.certify.analyze import load_run, markdown_table, plot_certified_accuracy, summarize
+
+    run = load_run(output)
+    plot_path = Path(plot) if plot else output.with_suffix(".png")
+    plot_certified_accuracy([run], plot_path)
+    return [markdown_table([summarize(run, radii)]), f"results: {output} (sidecar {output}.jsonl)", f"plot:    {plot_path}"]

@@ -1,0 +1,422 @@
+"""Counter-based Gaussian noise: every value is a pure function of its identity.
+
+A row's noise depends only on its :class:`NoiseKey` ``(seed, image, phase, draw, chain, step,
+stream)`` and on the flat element index, never on batch layout, batch order or on which other
+chains ran (ALGORITHM.md §6: exact early exit needs chain k's randomness to be independent of
+whether chain k-1 was evaluated). The generator is Philox4x32-10 (Salmon, Moraes, Dror, Shaw,
+"Parallel random numbers: as easy as 1, 2, 3", SC'11), written in plain torch int64 tensor ops that
+emulate uint32 arithmetic, so CPU and CUDA produce the same bits.
+
+Key (64 bits, two uint32 words ``k0`` = low, ``k1`` = high), from ``(seed, stream)``::
+
+    z = (seed + (stream + 1) * 0x9E3779B97F4A7C15) mod 2**64
+    z = splitmix64_finalizer(z)        # Steele et al. 2014; a bijection of 64-bit words
+    k0, k1 = z & 0xFFFFFFFF, z >> 32
+
+For a fixed stream the key is a bijection of the seed; for a fixed seed distinct streams give
+distinct keys.
+
+Counter (128 bits, four uint32 words ``c0..c3``)::
+
+    c0 = block            (bits  0..23, 24 bits)  | phase      (bits 24..31,  8 bits)
+    c1 = step             (bits  0..15, 16 bits)  | chain      (bits 16..31, 16 bits)
+    c2 = draw & 0xFFFFFFFF                         (draw bits 0..31)
+    c3 = draw >> 32       (bits  0.. 7,  8 bits)  | image      (bits  8..31, 24 bits)
+
+``block`` is the flat element index divided by 4: one Philox call yields four uint32 words, hence
+four normals (two Box-Muller pairs). Limits implied: image < 2**24, phase < 2**8, draw < 2**40,
+chain < 2**16, step < 2**16, at most 4 * 2**24 = 67,108,864 values per row; the seed is any
+64-bit unsigned integer. Within one seed, distinct (stream, image, phase, draw, chain, step,
+block) tuples map to distinct (key, counter) pairs, so no two values share a Philox output word.
+
+Conversion: a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
+``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64, ``r = sqrt(-2 ln u_a)``,
+``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The float64 result is
+rounded once to float32; every other requested dtype is a cast of that float32 field. The integer
+words are exact on every device; CPU and CUDA normals may differ by one float32 ulp where their
+float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`` test).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from densepure.errors import InputError
+
+__all__ = [
+    "BLOCK_BITS", "CHAIN_BITS", "DRAW_BITS", "IMAGE_BITS", "MAX_NUMEL", "PHASE_BITS", "STEP_BITS",
+    "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream",
+    "derive_key", "gaussian", "philox4x32", "uniform",
+]  # fmt: skip
+
+IMAGE_BITS = 24
+PHASE_BITS = 8
+DRAW_BITS = 40
+CHAIN_BITS = 16
+STEP_BITS = 16
+BLOCK_BITS = 24
+SEED_BITS = 64
+MAX_NUMEL = 4 << BLOCK_BITS  # values per row
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = (1 << 64) - 1
+# Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, Random123 philox.h).
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_GOLDEN64 = 0x9E3779B97F4A7C15
+# Rows x blocks processed at once: bounds the int64 temporaries (~2 MiB each) without changing
+# any value, since every value is a pure function of its key and index.
+_CHUNK_BLOCKS = 1 << 18
+
+
+class NoisePhase(enum.IntEnum):
+    """Which part of a certification a draw belongs to (Cohen et al.: n0 selection, n estimate)."""
+
+    SELECTION = 0
+    ESTIMATION = 1
+    PREDICT = 2
+
+
+class NoiseStream(enum.IntEnum):
+    """What the noise is used for; each stream has its own Philox key."""
+
+    DELTA = 0  # the smoothing noise added to the image
+    CHAIN = 1  # the reverse-step noise z of a chain
+    FORWARD = 2  # the DDS forward-process noise
+
+
+_FIELD_LIMITS = {"image": IMAGE_BITS, "phase": PHASE_BITS, "draw": DRAW_BITS,
+                 "chain": CHAIN_BITS, "step": STEP_BITS, "stream": 8}  # fmt: skip
+_ENUM_FIELDS = {"phase": NoisePhase, "stream": NoiseStream}
+_ROW_FIELDS = ("image", "phase", "draw", "chain", "step", "stream")
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 1 << SEED_BITS:
+        raise InputError(f"seed must be in [0, 2**64), got {int(seed)}")
+    return int(seed)
+
+
+@dataclass(frozen=True)
+class NoiseKey:
+    """The identity of one noise field (one row of a batch).
+
+    Fields not meaningful for a stream are 0 by convention (e.g. ``chain = step = 0`` for
+    ``NoiseStream.DELTA``, which all K chains of a draw share). Limits: see the module docstring.
+    """
+
+    seed: int
+    image: int
+    phase: NoisePhase
+    draw: int
+    chain: int
+    step: int
+    stream: NoiseStream
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", _check_seed(self.seed))
+        for name in _ROW_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"{name} must be an int, got {type(value).__name__}")
+            value = int(value)
+            if not 0 <= value < 1 << _FIELD_LIMITS[name]:
+                raise InputError(
+                    f"{name} must be in [0, 2**{_FIELD_LIMITS[name]}), got {value}"
+                )
+            if name in _ENUM_FIELDS:
+                enum_cls = _ENUM_FIELDS[name]
+                if value not in {m.value for m in enum_cls}:
+                    allowed = ", ".join(f"{m.name}={m.value}" for m in enum_cls)
+                    raise InputError(f"{name} must be one of {allowed}; got {value}")
+                value = enum_cls(value)
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseKeys:
+    """A batch of :class:`NoiseKey` sharing one seed: one 1-D int64 tensor per row field.
+
+    Row ``r`` is the key ``(seed, image[r], phase[r], draw[r], chain[r], step[r], stream[r])``.
+    Build with :meth:`from_keys` or :meth:`from_arrays`; direct construction validates too.
+    """
+
+    seed: int
+    image: torch.Tensor
+    phase: torch.Tensor
+    draw: torch.Tensor
+    chain: torch.Tensor
+    step: torch.Tensor
+    stream: torch.Tensor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", _check_seed(self.seed))
+        length = None
+        for name in _ROW_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.ndim != 1:
+                raise InputError(
+                    f"NoiseKeys.{name} must be a 1-D int64 tensor, got "
+                    f"{type(value).__name__} {getattr(value, 'dtype', '')} "
+                    f"{tuple(getattr(value, 'shape', ()))}: use NoiseKeys.from_arrays"
+                )
+            if length is not None and value.shape[0] != length:
+                raise InputError(
+                    f"NoiseKeys fields must have equal lengths, got {name} of length "
+                    f"{value.shape[0]} vs {length}"
+                )
+            length = value.shape[0]
+            _check_field(name, value)
+
+    @classmethod
+    def from_keys(cls, keys: Sequence[NoiseKey]) -> NoiseKeys:
+        """Stack single keys (all with the same seed) into a batch; row order is kept."""
+        keys = list(keys)
+        if not keys:
+            raise InputError("from_keys needs at least one NoiseKey (use from_arrays for B = 0)")
+        seeds = {k.seed for k in keys}
+        if len(seeds) != 1:
+            raise InputError(f"all keys of a batch must share one seed, got {sorted(seeds)}")
+        columns = {
+            name: torch.tensor([int(getattr(k, name)) for k in keys], dtype=torch.int64)
+            for name in _ROW_FIELDS
+        }
+        return cls(seed=keys[0].seed, **columns)
+
+    @classmethod
+    def from_arrays(
+        cls, seed: int, *, image: object, phase: object, draw: object, chain: object,
+        step: object, stream: object,
+    ) -> NoiseKeys:  # fmt: skip
+        """Vectorized constructor: each field is an int, a 1-D numpy array or a 1-D tensor.
+
+        Scalars (and length-1 arrays) broadcast; all other arrays must have one common length
+        (all scalars give one row). Tensors stay on their device.
+        """
+        given = dict(image=image, phase=phase, draw=draw, chain=chain, step=step, stream=stream)
+        columns = {}
+        for name, value in given.items():
+            try:
+                tensor = torch.as_tensor(value)
+            except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+                raise InputError(f"{name} must be an int or an integer array: {err}") from err
+            integral = not (tensor.dtype.is_floating_point or tensor.dtype.is_complex)
+            if tensor.dtype == torch.bool or not (integral or tensor.numel() == 0):
+                raise InputError(f"{name} must hold integers, got dtype {tensor.dtype}")
+            if tensor.ndim > 1:
+                raise InputError(f"{name} must be a scalar or 1-D, got shape {tuple(tensor.shape)}")
+            columns[name] = tensor.to(torch.int64)
+        try:
+            broadcast = torch.broadcast_tensors(*(t.reshape(-1) if t.ndim else t.reshape(1)
+                                                  for t in columns.values()))
+        except RuntimeError as err:
+            lengths = {n: tuple(t.shape) for n, t in columns.items()}
+            raise InputError(f"NoiseKeys fields must have equal lengths, got {lengths}") from err
+        return cls(seed=seed, **{n: t.contiguous() for n, t in zip(columns, broadcast)})
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def __getitem__(self, row: int) -> NoiseKey:
+        """The single key of row ``row``."""
+        return NoiseKey(self.seed, **{name: int(getattr(self, name)[row]) for name in _ROW_FIELDS})
+
+    def take(self, index: torch.Tensor | Sequence[int]) -> NoiseKeys:
+        """The rows ``index`` (any order, repeats allowed) as a new batch."""
+        idx = torch.as_tensor(index, dtype=torch.int64)
+        return NoiseKeys(
+            self.seed, **{name: getattr(self, name)[idx.to(getattr(self, name).device)]
+                          for name in _ROW_FIELDS}
+        )
+
+
+def _check_field(name: str, value: torch.Tensor) -> None:
+    if value.numel() == 0:
+        return
+    lo, hi = int(value.min()), int(value.max())
+    if lo < 0 or hi >= 1 << _FIELD_LIMITS[name]:
+        raise InputError(
+            f"NoiseKeys.{name} must be in [0, 2**{_FIELD_LIMITS[name]}), got range [{lo}, {hi}]"
+        )
+    if name in _ENUM_FIELDS:
+        enum_cls = _ENUM_FIELDS[name]
+        allowed = torch.tensor([m.value for m in enum_cls], dtype=torch.int64, device=value.device)
+        if not bool(torch.isin(value, allowed).all()):
+            names = ", ".join(f"{m.name}={m.value}" for m in enum_cls)
+            raise InputError(f"NoiseKeys.{name} values must be among {names}")
+
+
+def derive_key(seed: int, stream: NoiseStream | int) -> tuple[int, int]:
+    """The Philox key ``(k0, k1)`` (low, high uint32 words) of ``(seed, stream)``: module doc."""
+    seed = _check_seed(seed)
+    if stream not in {s.value for s in NoiseStream}:
+        raise InputError(f"stream must be a NoiseStream, got {stream!r}")
+    z = (seed + (int(stream) + 1) * _GOLDEN64) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return z & _MASK32, z >> 32
+
+
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product ``a * m`` for uint32 ``a`` (int64) and ``m``.
+
+    The full product can reach 2**64 and overflow int64, so ``m`` is split into 16-bit halves:
+    each partial product is < 2**48 and every intermediate stays exact in int64.
+    """
+    p_hi = a * (m >> 16)
+    t = (p_hi & 0xFFFF).bitwise_left_shift_(16).add_(a * (m & 0xFFFF))
+    hi = p_hi.bitwise_right_shift_(16).add_(t >> 32)
+    return hi, t.bitwise_and_(_MASK32)
+
+
+def _philox(c0, c1, c2, c3, k0, k1, rounds: int = 10):
+    """Philox4x32 on uint32 words held in broadcastable int64 tensors; returns 4 int64 tensors."""
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)  # views; results are fresh tensors
+    for i in range(rounds):
+        if i:
+            k0 = (k0 + _W0) & _MASK32
+            k1 = (k1 + _W1) & _MASK32
+        hi0, lo0 = _mulhilo(c0, _M0)
+        hi1, lo1 = _mulhilo(c2, _M1)
+        new0 = hi1.bitwise_xor_(c1).bitwise_xor_(k0)
+        new2 = hi0.bitwise_xor_(c3).bitwise_xor_(k1)
+        c0, c1, c2, c3 = new0, lo1, new2, lo0
+    return c0, c1, c2, c3
+
+
+def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) -> torch.Tensor:
+    """Philox4x32-``rounds`` of ``counter`` (..., 4) under ``key`` (..., 2), uint32 words in int64.
+
+    Word order follows Random123 (``ctr.v[0..3]``, ``key.v[0..1]``), so its known-answer vectors
+    apply directly. Returns (..., 4) int64 with values in [0, 2**32).
+    """
+    if counter.shape[-1:] != (4,) or key.shape[-1:] != (2,):
+        raise InputError(
+            f"counter must be (..., 4) and key (..., 2), got {tuple(counter.shape)} and "
+            f"{tuple(key.shape)}"
+        )
+    c = counter.to(torch.int64) & _MASK32
+    k = key.to(torch.int64) & _MASK32
+    out = _philox(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k[..., 0], k[..., 1], rounds)
+    return torch.stack(out, dim=-1)
+
+
+def _row_words(keys: NoiseKeys, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-row (B, 1) int64 words: c0 without the block index, c1, c2, c3, k0, k1."""
+    f = {name: getattr(keys, name).to(device) for name in _ROW_FIELDS}
+    c0 = f["phase"] << BLOCK_BITS
+    c1 = f["step"] | (f["chain"] << STEP_BITS)
+    c2 = f["draw"] & _MASK32
+    c3 = (f["draw"] >> 32) | (f["image"] << (DRAW_BITS - 32))
+    table = torch.tensor([derive_key(keys.seed, s) for s in NoiseStream], dtype=torch.int64,
+                         device=device)
+    k = table[f["stream"]]
+    return tuple(w.unsqueeze(1) for w in (c0, c1, c2, c3, k[:, 0], k[:, 1]))
+
+
+def _bits(keys: NoiseKeys, numel: int, device: torch.device, emit) -> None:
+    """Run Philox over blocks ``0..ceil(numel/4)-1`` of every row, chunked; ``emit`` gets
+    ``(row_slice, block_slice, (w0, w1, w2, w3))`` with each word (rows, blocks) int64."""
+    n_blocks = -(-numel // 4)
+    if n_blocks == 0 or len(keys) == 0:
+        return
+    words = _row_words(keys, device)
+    rows_per = max(1, _CHUNK_BLOCKS // n_blocks)
+    blocks_per = min(n_blocks, _CHUNK_BLOCKS)
+    for r0 in range(0, len(keys), rows_per):
+        rows = slice(r0, min(r0 + rows_per, len(keys)))
+        c0, c1, c2, c3, k0, k1 = (w[rows] for w in words)
+        for b0 in range(0, n_blocks, blocks_per):
+            blocks = slice(b0, min(b0 + blocks_per, n_blocks))
+            block = torch.arange(blocks.start, blocks.stop, dtype=torch.int64, device=device)
+            emit(rows, blocks, _philox(c0 | block, c1, c2, c3, k0, k1))
+
+
+def _check_request(keys: NoiseKeys, shape: Sequence[int], device: object, dtype) -> int:
+    if not isinstance(keys, NoiseKeys):
+        raise InputError(f"keys must be NoiseKeys, got {type(keys).__name__}")
+    if not isinstance(device, torch.device):
+        raise InputError(f"device must be a torch.device, got {type(device).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating torch.dtype, got {dtype}")
+    try:
+        dims = tuple(int(s) for s in shape)
+    except TypeError as err:
+        raise InputError(f"shape must be a tuple of ints, got {shape!r}") from err
+    if any(s < 0 for s in dims):
+        raise InputError(f"shape must be non-negative, got {dims}")
+    numel = math.prod(dims)
+    if numel > MAX_NUMEL:
+        raise InputError(f"at most {MAX_NUMEL} values per row (4 * 2**{BLOCK_BITS}), got {numel}")
+    return numel
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint32 words (int64) -> float64 uniforms (x + 0.5) / 2**32 in [2**-33, 1 - 2**-33]."""
+    return x.to(torch.float64).add_(0.5).mul_(2.0**-32)
+
+
+def gaussian(
+    keys: NoiseKeys,
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal fields, one per key: a (B, *shape) tensor of ``dtype`` on ``device``.
+
+    Row ``r`` is a pure function of ``keys[r]`` and the flat (C-order) element index: the same key
+    gives the same values in any batch, at any row position, and a field of ``n`` values is the
+    prefix of any longer field of the same key. Values are generated in float64, rounded to
+    float32, then cast to ``dtype``; ``|z| <= 6.77``, never inf or NaN.
+    """
+    numel = _check_request(keys, shape, device, dtype)
+    n_blocks = -(-numel // 4)
+    out = torch.empty((len(keys), n_blocks, 4), dtype=torch.float32, device=device)
+
+    def emit(rows, blocks, w):
+        dst = out[rows, blocks]
+        for pair in (0, 1):
+            radius = _to_unit(w[2 * pair]).log_().mul_(-2.0).sqrt_()
+            angle = _to_unit(w[2 * pair + 1]).mul_(2.0 * math.pi)
+            dst[..., 2 * pair].copy_(torch.cos(angle).mul_(radius))
+            dst[..., 2 * pair + 1].copy_(angle.sin_().mul_(radius))
+
+    _bits(keys, numel, device, emit)
+    field = out.reshape(len(keys), n_blocks * 4)[:, :numel].reshape(len(keys), *shape)
+    return field if dtype == torch.float32 else field.to(dtype)
+
+
+def uniform(
+    keys: NoiseKeys,
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Uniforms in the open interval (0, 1), one field per key: (B, *shape) ``dtype``.
+
+    Same counters as :func:`gaussian` (element i uses word i % 4 of block i // 4), so do not use
+    both from one key and expect independence. Each word gives ``(x + 0.5) / 2**32`` in float64,
+    rounded to ``dtype`` and clamped to [smallest normal, largest value below 1] of ``dtype``.
+    """
+    numel = _check_request(keys, shape, device, dtype)
+    n_blocks = -(-numel // 4)
+    out = torch.empty((len(keys), n_blocks, 4), dtype=torch.float64, device=device)
+
+    def emit(rows, blocks, w):
+        dst = out[rows, blocks]
+        for lane in range(4):
+            dst[..., lane].copy_(_to_unit(w[lane]))
+
+    _bits(keys, numel, device, emit)
+    field = out.reshape(len(keys), n_blocks * 4)[:, :numel].reshape(len(keys), *shape)
+    info = torch.finfo(dtype)
+    return field.to(dtype).clamp_(min=info.tiny, max=1.0 - info.eps / 2)
