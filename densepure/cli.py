@@ -45,7 +45,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
     print(f"{args.command}: {todo} images, mode={opts.mode.value} sigma={opts.sigma} "
           + (f"K={opts.num_chains} b={opts.steps} " if opts.mode.value == "densepure" else "")
           + f"n0={opts.n0 if not predict else '-'} n={opts.n} alpha={opts.alpha} seed={job.seed} "
-          f"device={job.counter.device}", file=sys.stderr)
+          f"device={job.engine.executor.device}", file=sys.stderr)
     hook, close = progress_hook(todo)
     try:
         output, _ = run(job, hook)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from densepure.models import UNetModel
 from golden_data import GOLDEN, golden_unet
+
+# The test models are tiny: one thread is faster than two and immune to a busy neighbour
+# (two threads spinning on a loaded 2-core machine made an 8x8 convolution 50x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

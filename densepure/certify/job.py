@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from densepure.certify.base import BaseClassifier, Mode, SmoothingConfig
+from densepure.certify.base import Mode, SmoothingConfig
 from densepure.certify.factory import (
     ClassifierSpec,
     default_checkpoint,
@@ -22,11 +22,12 @@ from densepure.certify.factory import (
 )
 from densepure.certify.procedures import CertifyParams
 from densepure.certify.results import IfExists, ImageRecord, open_results
-from densepure.certify.runner import ProgressHook, Task, run_dataset
+from densepure.certify.runner import ProgressHook, Task, run_dataset_engine
 from densepure.certify.sequential import SequentialPlan
 from densepure.certify.stats import validate_alpha
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import TStarRule
+from densepure.engine.engine import Engine, EngineConfig
 from densepure.errors import ConfigError, DensePureError
 
 # settings that do not change any label (noise is keyed by identity, not by batch layout)
@@ -79,7 +80,7 @@ class JobOptions:
 @dataclass
 class Job:
     options: JobOptions
-    counter: BaseClassifier
+    engine: Engine
     dataset: Dataset
     indices: list[int]
     task: Task
@@ -133,12 +134,27 @@ def prepare(options: JobOptions) -> Job:
         preset = get_preset(options.preset)
         denoiser = build_unet(preset, default_checkpoint(options.preset, options.checkpoint), device, dtype)
         schedule = preset.schedule
-    counter = BaseClassifier(smoothing, classifier, num_classes, denoiser=denoiser, schedule=schedule,
-                             seed=seed, device=device, batch_size=options.batch_size)
+    engine = _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset)
     plan = None
     if options.radius is not None:
         plan = SequentialPlan.geometric(options.radius, options.sigma, options.alpha, n_max=options.n)
-    return Job(options, counter, dataset, indices, Task(params, options.sigma, plan, options.predict), seed)
+    return Job(options, engine, dataset, indices, Task(params, options.sigma, plan, options.predict), seed)
+
+
+def _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset) -> Engine:
+    from densepure.engine.backends import TorchClassifier, TorchDenoiser
+
+    rows = options.batch_size
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
+    x0, _ = dataset[0] if len(dataset) else (None, None)
+    if x0 is None:
+        raise ConfigError("the dataset is empty")
+    return Engine(mode=smoothing.mode.value, sigma=smoothing.sigma, chains=smoothing.num_chains,
+                  steps=smoothing.steps, num_classes=num_classes,
+                  classifier=TorchClassifier(classifier, num_classes, device),
+                  denoiser=TorchDenoiser(denoiser) if denoiser is not None else None, schedule=schedule,
+                  t_star_rule=smoothing.t_star_rule, seed=seed, image_shape=tuple(x0.shape), device=device,
+                  config=config)
 
 
 def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:
@@ -146,5 +162,5 @@ def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[Imag
     opts = job.options
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
     with open_results(opts.output, opts.record(), job.seed, mode) as writer, torch.inference_mode():
-        records = run_dataset(job.counter, job.dataset, job.indices, job.task, writer, on_image)
+        records = run_dataset_engine(job.engine, job.dataset, job.indices, job.task, writer, on_image)
     return Path(opts.output), records

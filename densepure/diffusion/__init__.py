@@ -3,7 +3,7 @@
 This sub-package imports nothing else of densepure's except :mod:`densepure.errors`.
 """
 
-from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, coarse_timesteps
+from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, coarse_timesteps, onestep_grid
 from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind, cosine_alpha_bar
 from densepure.diffusion.step import (
     GridTables,
@@ -14,6 +14,7 @@ from densepure.diffusion.step import (
     predict_x0_at,
     reverse_step,
     start_point,
+    step_mean_std,
 )
 from densepure.diffusion.tstar import TStarRule, start_scale, t_star, validate_sigma
 
@@ -26,6 +27,7 @@ __all__ = [
     "TStarRule",
     "build_reverse_grid",
     "coarse_timesteps",
+    "onestep_grid",
     "cosine_alpha_bar",
     "dds_forward_sample",
     "model_time_tensor",
@@ -34,6 +36,7 @@ __all__ = [
     "reverse_step",
     "start_point",
     "start_scale",
+    "step_mean_std",
     "t_star",
     "validate_sigma",
 ]

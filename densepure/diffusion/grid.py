@@ -97,3 +97,21 @@ def build_reverse_grid(schedule: NoiseSchedule, t_star: float, b: int) -> Revers
         logvar_clipped=np.log(clipped)[by_step],
         has_noise=(by_step > 0),
     )
+
+
+def onestep_grid(schedule: NoiseSchedule, tau: int) -> ReverseGrid:
+    """A one-step "grid" for one-step denoising at discrete timestep ``tau``: ``x0_hat`` with the
+    schedule's own ``alphas_cumprod[tau]`` (DensePure's re-implementation of DDS and the official
+    DDS code both read the discrete table), no noise, ``coef1 = 1``, ``coef2 = 0``."""
+    tau = int(tau)
+    if not 1 <= tau < schedule.num_timesteps:
+        raise ConfigError(f"one-step timestep must be in [1, {schedule.num_timesteps - 1}], got {tau}")
+    abar = float(schedule.alphas_cumprod[tau])
+    one = lambda v: np.array([v], dtype=np.float64)  # noqa: E731
+    return ReverseGrid(
+        taus=np.array([tau], dtype=np.int64), model_times=schedule.model_time(np.array([tau])),
+        betas=one(schedule.betas[tau]), alphas_cumprod=one(abar),
+        sqrt_recip_alphas_cumprod=one(abar ** -0.5), sqrt_recipm1_alphas_cumprod=one((1.0 / abar - 1.0) ** 0.5),
+        coef1=one(1.0), coef2=one(0.0), log_betas=one(np.log(schedule.betas[tau])),
+        logvar_clipped=one(np.log(schedule.betas[tau])), has_noise=np.array([False]),
+    )

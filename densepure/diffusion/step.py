@@ -69,6 +69,23 @@ def predict_x0(y: torch.Tensor, eps: torch.Tensor, c: StepCoefficients) -> torch
     return x0.clamp(-1.0, 1.0)
 
 
+def step_mean_std(
+    y: torch.Tensor, eps: torch.Tensor, v: torch.Tensor, c: StepCoefficients
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The deterministic parts of a reverse step: ``(mean, std, x0_hat)`` with
+    ``y_next = mean + std * z``.
+
+    ``logvar = frac log beta' + (1-frac) logvar_clipped`` with ``frac = (v+1)/2`` (Nichol & Dhariwal
+    2021, eq. 15); ``std = noise_mask * exp(logvar/2)``, so rows of the last step have ``std = 0``
+    and ``mean = x0_hat`` exactly (coef1 = 1, coef2 = 0). All arithmetic is in ``y.dtype``.
+    """
+    x0 = predict_x0(y, eps, c)
+    mean = _rows(c.coef1, y) * x0 + _rows(c.coef2, y) * y
+    frac = (v.to(y.dtype) + 1.0) / 2.0
+    logvar = frac * _rows(c.log_beta, y) + (1.0 - frac) * _rows(c.logvar_clipped, y)
+    return mean, _rows(c.noise_mask, y) * torch.exp(0.5 * logvar), x0
+
+
 def reverse_step(
     y: torch.Tensor,
     eps: torch.Tensor,
@@ -78,20 +95,14 @@ def reverse_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step ``y -> mean + [k>0] exp(logvar/2) z``; returns ``(y_next, x0_hat)``.
 
-    ``logvar = frac log beta' + (1-frac) logvar_clipped`` with ``frac = (v+1)/2`` (Nichol & Dhariwal
-    2021, eq. 15). Rows whose ``noise_mask`` is 0 (the last step) return ``x0_hat`` exactly; ``z``
-    may then be None. All arithmetic is in ``y.dtype``.
+    Rows whose ``noise_mask`` is 0 (the last step) return ``x0_hat`` exactly; ``z`` may then be None.
     """
-    x0 = predict_x0(y, eps, c)
-    mean = _rows(c.coef1, y) * x0 + _rows(c.coef2, y) * y
+    mean, std, x0 = step_mean_std(y, eps, v, c)
     if z is None:
         if bool(torch.any(c.noise_mask != 0)):
             raise ValueError("z is required when any row takes a noisy step")
         return mean, x0
-    frac = (v.to(y.dtype) + 1.0) / 2.0
-    logvar = frac * _rows(c.log_beta, y) + (1.0 - frac) * _rows(c.logvar_clipped, y)
-    y_next = mean + _rows(c.noise_mask, y) * torch.exp(0.5 * logvar) * z.to(y.dtype)
-    return y_next, x0
+    return mean + std * z.to(y.dtype), x0
 
 
 def predict_x0_at(y: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Per-image sampling policies: which draws an image needs, and when it is decided.
+
+A policy sees only ``(phase, draw, label)`` events and hands out draw indices; it never sees
+tensors. Draws of a phase are handed out in increasing order, so whatever order they complete in,
+the labels a policy decides on are those of the prefix ``0..n-1`` of that phase: exactly the
+labels the plain one-image-at-a-time path sees for the same seed.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+from densepure.certify.sequential import SequentialDecision, SequentialPlan, SequentialResult, SequentialTest
+from densepure.engine.rng import NoisePhase
+
+
+@dataclass(frozen=True)
+class DrawRequest:
+    phase: NoisePhase
+    draw: int
+
+
+class Policy(abc.ABC):
+    """Hands out draws and collects their labels; ``done`` once the image's answer is fixed."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        self.counts: dict[NoisePhase, np.ndarray] = {}
+        self.outstanding = 0
+
+    def _counts(self, phase: NoisePhase) -> np.ndarray:
+        if phase not in self.counts:
+            self.counts[phase] = np.zeros(self.num_classes, dtype=np.int64)
+        return self.counts[phase]
+
+    def take(self, limit: int) -> list[DrawRequest]:
+        """Up to ``limit`` draws that may be issued now."""
+        out = self._take(limit)
+        self.outstanding += len(out)
+        return out
+
+    def record(self, request: DrawRequest, label: int) -> None:
+        self.outstanding -= 1
+        self._counts(request.phase)[label] += 1
+        self._recorded(request)
+
+    @property
+    def total_draws(self) -> int:
+        return int(sum(int(c.sum()) for c in self.counts.values()))
+
+    @abc.abstractmethod
+    def _take(self, limit: int) -> list[DrawRequest]: ...
+
+    def _recorded(self, request: DrawRequest) -> None:
+        """Hook after a label is counted (sequential tests decide here)."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool: ...
+
+
+class FixedPolicy(Policy):
+    """A fixed number of draws per phase (CERTIFY: SELECTION n0 + ESTIMATION n; PREDICT: n)."""
+
+    def __init__(self, num_classes: int, phases: dict[NoisePhase, int]):
+        super().__init__(num_classes)
+        self.totals = dict(phases)
+        self.issued = {phase: 0 for phase in phases}
+        for phase in phases:
+            self._counts(phase)
+
+    def _take(self, limit: int) -> list[DrawRequest]:
+        out: list[DrawRequest] = []
+        for phase, total in self.totals.items():
+            start = self.issued[phase]
+            stop = min(total, start + limit - len(out))
+            out += [DrawRequest(phase, d) for d in range(start, stop)]
+            self.issued[phase] = stop
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self.outstanding == 0 and all(self.issued[p] == n for p, n in self.totals.items())
+
+
+class SequentialPolicy(Policy):
+    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential`).
+
+    Selection draws (n0) and estimation draws run concurrently, but estimation draws are never
+    handed out beyond the next look, and a look is evaluated only once the selection is complete and
+    every estimation draw below the look has its label: the counts at look ``n_i`` are those of
+    draws ``0..n_i-1``, as the validity argument requires. Stopping happens only at planned looks.
+    """
+
+    def __init__(self, num_classes: int, n0: int, plan: SequentialPlan):
+        super().__init__(num_classes)
+        self.n0, self.plan = int(n0), plan
+        self.issued_sel = self.issued_est = self.done_sel = self.done_est = 0
+        self.test: SequentialTest | None = None
+        self.selected = -1
+        self._counts(NoisePhase.SELECTION)
+        self._counts(NoisePhase.ESTIMATION)
+
+    def _take(self, limit: int) -> list[DrawRequest]:
+        if self.result is not None:
+            return []
+        sel = min(self.n0, self.issued_sel + limit) - self.issued_sel
+        out = [DrawRequest(NoisePhase.SELECTION, d) for d in range(self.issued_sel, self.issued_sel + sel)]
+        self.issued_sel += sel
+        look = self.test.next_look if self.test is not None else self.plan.looks[0]
+        stop = min(look, self.issued_est + limit - len(out))
+        out += [DrawRequest(NoisePhase.ESTIMATION, d) for d in range(self.issued_est, stop)]
+        self.issued_est = max(self.issued_est, stop)
+        return out
+
+    def _recorded(self, request: DrawRequest) -> None:
+        if request.phase is NoisePhase.SELECTION:
+            self.done_sel += 1
+            if self.done_sel == self.n0:
+                self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
+                self.test = SequentialTest(self.plan, self.selected)
+        else:
+            self.done_est += 1
+        while (self.test is not None and self.test.result is None
+               and self.done_est == self.issued_est == self.test.next_look):
+            n_a = int(self.counts[NoisePhase.ESTIMATION][self.selected])
+            if self.test.update(n_a, self.done_est) is not SequentialDecision.CONTINUE:
+                break
+
+    @property
+    def result(self) -> SequentialResult | None:
+        return self.test.result if self.test is not None else None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None and self.outstanding == 0

@@ -1,0 +1,218 @@
+"""The chain scheduler: a plain data structure that decides what the executor runs next.
+
+Work flows draw -> shared first step -> chains -> classifier -> vote -> per-image counts. Every UNet
+batch may mix rows of different images, draws, chains and steps (the executor gathers per-row
+coefficients), and is refilled from all images in flight, so no image waits for another.
+
+Savings, each exact:
+
+* **Shared first step.** The K chains of a draw start from the same ``y`` at the same timestep, so
+  the first UNet evaluation is done once per draw (a START row); each chain then begins with its
+  own noise ``z`` from the stored ``(mean, std)`` (a SPAWN row at step 1).
+* **Early exit of the vote.** Chains are launched in waves, in chain order 0, 1, ...; a wave has the
+  fewest chains that could decide the vote, and the draw is finalised once the leader's count
+  exceeds the runner-up's plus the chains not yet run (strictly): then no continuation changes the
+  mode, tie-break included. Otherwise all K chains run and :func:`majority_vote`'s rule applies.
+  Chain k's noise is keyed by ``(draw, k, step)``, so it is the same whether or not other chains ran.
+* **b = 1** (and one-step denoising): the single step adds no noise, so all K chains are identical;
+  one evaluation and one classification stand for all of them.
+
+Slots: draw ``d`` in flight owns draw slot ``s`` (the executor's stored ``mean, std``) and chain
+slots ``s*K .. s*K+K-1`` (chain states and outputs). A slot is reused only after its draw is final.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from densepure.engine.policy import DrawRequest, Policy
+
+
+class RowKind(enum.IntEnum):
+    START = 0  # step 0 from the start point: shared by the draw's chains
+    SPAWN = 1  # a chain's step 1 from the draw's stored (mean, std) and its own z
+    CONTINUE = 2  # a chain's step >= 2 from its own state
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """One batch of work as equal-length int64 columns (``step`` is the reverse-step index i)."""
+
+    kind: np.ndarray
+    image_slot: np.ndarray
+    phase: np.ndarray
+    draw: np.ndarray
+    chain: np.ndarray
+    step: np.ndarray
+    draw_slot: np.ndarray
+    chain_slot: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+
+class _Draw:
+    __slots__ = ("image", "request", "slot", "labels", "launched", "finished", "final")
+
+    def __init__(self, image: int, request: DrawRequest, slot: int):
+        self.image, self.request, self.slot = image, request, slot
+        self.labels: list[int] = []
+        self.launched = self.finished = 0
+        self.final: int | None = None
+
+
+class Scheduler:
+    """Decides batches; consumes model results as plain integers.
+
+    ``steps`` (b) and ``chains`` (K) describe the base classifier; ``uses_unet`` is False for
+    Gaussian smoothing (draws go straight to the classifier). ``draw_capacity`` bounds the draws in
+    flight (the executor allocates that many draw slots and ``draw_capacity * K`` chain slots).
+    """
+
+    def __init__(self, steps: int, chains: int, num_classes: int, draw_capacity: int,
+                 uses_unet: bool = True, early_exit: bool = True):
+        self.steps, self.num_classes = int(steps), int(num_classes)
+        self.chains = int(chains) if steps >= 2 else 1  # b = 1: the chains are identical
+        self.shared = self.steps >= 2
+        self.uses_unet, self.early_exit = uses_unet, early_exit
+        self.draw_capacity = int(draw_capacity)
+        self.free_slots = deque(range(self.draw_capacity))
+        self.images: dict[int, Policy] = {}
+        self._order: deque[int] = deque()
+        self.unet_ready: deque[tuple[RowKind, _Draw, int, int]] = deque()  # (kind, draw, chain, step)
+        self.starts: deque[_Draw] = deque()
+        self.cls_ready: deque[tuple[_Draw, int]] = deque()
+        self.unet_rows = self.cls_rows = 0
+        self._by_slot: dict[int, _Draw] = {}
+
+    # -- images -------------------------------------------------------------------------------
+    def add_image(self, image_slot: int, policy: Policy) -> None:
+        if image_slot in self.images:
+            raise ValueError(f"image slot {image_slot} is already in use")
+        self.images[image_slot] = policy
+        self._order.append(image_slot)
+
+    def pop_finished(self) -> list[int]:
+        """Image slots whose policy is done (their slot may be reused)."""
+        done = [slot for slot, policy in self.images.items() if policy.done]
+        for slot in done:
+            del self.images[slot]
+            self._order.remove(slot)
+        return done
+
+    @property
+    def idle(self) -> bool:
+        return not (self.unet_ready or self.starts or self.cls_ready)
+
+    def _fill(self) -> None:
+        """Issue new draws round-robin over images while draw slots are free."""
+        progress = True
+        while self.free_slots and self._order and progress:
+            progress = False
+            share = max(1, len(self.free_slots) // len(self._order))
+            for image in list(self._order):
+                for request in self.images[image].take(min(share, len(self.free_slots))):
+                    draw = _Draw(image, request, self.free_slots.popleft())
+                    self._by_slot[draw.slot] = draw
+                    (self.starts if self.uses_unet else self.cls_ready).append(
+                        draw if self.uses_unet else (draw, 0))
+                    progress = True
+                if not self.free_slots:
+                    break
+
+    # -- UNet batches -------------------------------------------------------------------------
+    def next_unet(self, max_rows: int) -> Rows | None:
+        """Up to ``max_rows`` UNet rows: chain rows first (they free slots), then new draws."""
+        self._fill()
+        items = []
+        while self.unet_ready and len(items) < max_rows:
+            items.append(self.unet_ready.popleft())
+        while self.starts and len(items) < max_rows:
+            items.append((RowKind.START, self.starts.popleft(), 0, 0))
+        if not items:
+            return None
+        self.unet_rows += len(items)
+        return self._rows(items)
+
+    def _rows(self, items: list[tuple[RowKind, _Draw, int, int]]) -> Rows:
+        cols = np.array([(int(k), d.image, int(d.request.phase), d.request.draw, c, s, d.slot,
+                          d.slot * self.chains + c) for k, d, c, s in items], dtype=np.int64).reshape(-1, 8)
+        return Rows(*(cols[:, i].copy() for i in range(8)))
+
+    def unet_done(self, rows: Rows) -> None:
+        """Advance the rows of a finished UNet batch (call with the batch from :meth:`next_unet`)."""
+        for kind, draw, chain, step in self._last_items(rows):
+            if kind is RowKind.START and self.shared:
+                self._launch(draw)
+            elif step + 1 < self.steps:
+                self.unet_ready.append((RowKind.CONTINUE, draw, chain, step + 1))
+            else:
+                self.cls_ready.append((draw, chain))
+
+    def _last_items(self, rows: Rows):
+        for i in range(len(rows)):
+            draw = self._by_slot[int(rows.draw_slot[i])]
+            yield RowKind(int(rows.kind[i])), draw, int(rows.chain[i]), int(rows.step[i])
+
+    def _launch(self, draw: _Draw) -> None:
+        """Launch the next wave of chains of ``draw`` (SPAWN rows at step 1)."""
+        left = self.chains - draw.launched
+        if self.early_exit:
+            counts = np.bincount(np.array(draw.labels, dtype=np.int64), minlength=self.num_classes) \
+                if draw.labels else np.zeros(self.num_classes, dtype=np.int64)
+            top = np.sort(counts)[::-1]
+            runner = top[1] if top.shape[0] > 1 else 0
+            wave = min(left, int((runner + left - top[0]) // 2) + 1)
+        else:
+            wave = left
+        for chain in range(draw.launched, draw.launched + wave):
+            self.unet_ready.append((RowKind.SPAWN, draw, chain, 1))
+        draw.launched += wave
+
+    # -- classifier batches -------------------------------------------------------------------
+    def next_classify(self, max_rows: int) -> Rows | None:
+        self._fill()
+        items = []
+        while self.cls_ready and len(items) < max_rows:
+            draw, chain = self.cls_ready.popleft()
+            items.append((RowKind.START if not self.shared else RowKind.SPAWN, draw, chain, self.steps - 1))
+        if not items:
+            return None
+        self.cls_rows += len(items)
+        return self._rows(items)
+
+    def classified(self, rows: Rows, labels: np.ndarray) -> None:
+        """Record the labels of a classifier batch; finalise, or launch more chains of, each draw."""
+        for (_, draw, chain, _), label in zip(self._last_items(rows), labels.tolist()):
+            if chain != len(draw.labels):
+                raise RuntimeError("chains must be classified in launch order")  # waves keep this true
+            draw.labels.append(int(label))
+            draw.finished += 1
+            if draw.finished < draw.launched:
+                continue
+            if self._decided(draw):
+                self._finalise(draw)
+            else:
+                self._launch(draw)
+
+    def _decided(self, draw: _Draw) -> bool:
+        if not self.shared or draw.finished == self.chains:
+            return True
+        if not self.early_exit:
+            return False
+        counts = np.sort(np.bincount(np.array(draw.labels), minlength=self.num_classes))[::-1]
+        runner = counts[1] if counts.shape[0] > 1 else 0
+        return bool(counts[0] > runner + (self.chains - draw.finished))
+
+    def _finalise(self, draw: _Draw) -> None:
+        labels = draw.labels
+        counts = np.bincount(np.array(labels), minlength=self.num_classes)
+        top = counts.max()
+        draw.final = next(lab for lab in labels if counts[lab] == top)  # first occurrence in chain order
+        self.images[draw.image].record(draw.request, draw.final)
+        del self._by_slot[draw.slot]
+        self.free_slots.append(draw.slot)
