@@ -18,19 +18,19 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="CIFAR-10 batch dir or file, ImageNet-style folder, .npz (images, labels) or an image "
                                   "(default: the shipped digits test split)")
-    g.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (CIFAR-10 protocol: 20; ImageNet: 500)")
-    g.add_argument("--max", type=int, default=-1, help="stop after MAX images (-1: all selected)")
+    g.add_argument("--skip", type=int, help="certify every SKIP-th image (default: 1; digits: 22. CIFAR-10 protocol: 20; ImageNet: 500)")
+    g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
     g = p.add_argument_group("smoothing")
     g.add_argument("--mode", default="densepure", choices=[m.value for m in Mode], help="base classifier (default: densepure)")
-    g.add_argument("--sigma", type=float, default=0.25, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
-    g.add_argument("--K", dest="num_chains", type=int, default=5, help="DensePure: reverse chains per draw (default: 5)")
-    g.add_argument("--b", dest="steps", type=int, default=2, help="DensePure: reverse steps per chain (default: 2)")
+    g.add_argument("--sigma", type=float, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
+    g.add_argument("--K", dest="num_chains", type=int, help="DensePure: reverse chains per draw (default: 10; digits: 3)")
+    g.add_argument("--b", dest="steps", type=int, help="DensePure: reverse steps per chain (default: 2)")
     g.add_argument("--t-star", dest="t_star_rule", default="auto", choices=[r.value for r in TStarRule],
                    help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, dds")
     g = p.add_argument_group("statistics")
     if not predict:
-        g.add_argument("--n0", type=int, default=100, help="selection draws (default: 100)")
-    g.add_argument("--n", type=int, default=1000, help="estimation draws; the largest n for --radius (default: 1000)")
+        g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
+    g.add_argument("--n", type=int, help="estimation draws; the largest n for --radius (default: 100000; digits: 500)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
     if not predict:
         g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
@@ -51,7 +51,7 @@ def options_from_args(args: argparse.Namespace, predict: bool):
 
     return JobOptions(
         preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, data=args.data,
-        mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha,
+        mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None) if not predict else 1, n=args.n, alpha=args.alpha,
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
         radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
         precision=args.precision, seed=args.seed, output=args.output, skip=args.skip, max=args.max,

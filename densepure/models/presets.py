@@ -72,10 +72,14 @@ def register_preset(preset: DiffusionPreset) -> None:
 
 
 def get_preset(name: str) -> DiffusionPreset:
+    if name == "digits" and name not in PRESETS:  # shipped with the package; registered on first use
+        from densepure.models.digits import register_digits_preset
+
+        register_digits_preset()
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted({*PRESETS, 'digits'}))}") from None
 
 
 def build_unet(

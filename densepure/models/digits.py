@@ -1,0 +1,103 @@
+"""The embedded default: a small diffusion UNet and a CNN trained on scikit-learn's 8x8 digits.
+
+Shipped under ``densepure/assets/digits/`` by ``scripts/train_digits.py`` (its ``manifest.json``
+records the command, seeds, split, data hash, losses and accuracies):
+
+* ``unet.pt`` - EMA weights of a UNet of the improved-diffusion family (:data:`DIGITS_FLAGS`:
+  1 channel, 8x8, learned sigma, cosine schedule, T = 1000, so model time = timestep), trained with
+  the hybrid objective of :mod:`densepure.models.digits_training` on images in [-1, 1];
+* ``classifier.pt`` - :class:`DigitsCNN` trained on the clean training images, input ``(B, 1, 8, 8)``
+  in [0, 1], output 10 logits;
+* ``test_split.npz`` - the held-out images as ``pixels`` (uint8 0..16, the dataset's own levels,
+  ``(N, 1, 8, 8)``), ``labels`` (int64) and ``indices`` (rows of ``load_digits()``);
+* ``manifest.json``.
+
+Importing this module loads nothing; the ``load_*`` functions read the files on each call.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from densepure.errors import CheckpointError
+from densepure.models.checkpoint import load_into, read_state_dict
+from densepure.models.presets import Dataset, DiffusionPreset, build_unet, register_preset
+from densepure.models.unet import UNetModel
+
+PRESET_NAME = "digits"
+NUM_CLASSES = 10
+PIXEL_LEVELS = 16  # load_digits() pixels are integers 0..16
+
+DIGITS_FLAGS: Mapping[str, Any] = {
+    "image_size": 8, "in_channels": 1, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "",
+    "num_heads": 4, "num_heads_upsample": -1, "attention_resolutions": "4", "dropout": 0.1,
+    "learn_sigma": True, "class_cond": False, "diffusion_steps": 1000, "noise_schedule": "cosine",
+    "use_scale_shift_norm": True, "resblock_updown": False,
+}
+
+
+class DigitsCNN(nn.Module):
+    """Three 3x3 conv layers and a linear head: ``(B, 1, 8, 8)`` in [0, 1] -> ``(B, 10)`` logits."""
+
+    def __init__(self, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),          # 4x4
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 2x2
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(16 * width, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def digits_asset_path(name: str) -> Path:
+    """Path of a shipped file (``unet.pt``, ``classifier.pt``, ``test_split.npz``, ``manifest.json``)."""
+    return Path(str(resources.files("densepure").joinpath("assets", "digits", name)))
+
+
+def register_digits_preset() -> DiffusionPreset:
+    """Register (idempotently) and return the ``digits`` preset, whose checkpoint is the shipped ``unet.pt``."""
+    preset = DiffusionPreset(PRESET_NAME, DIGITS_FLAGS, Dataset.DIGITS, str(digits_asset_path("unet.pt")))
+    register_preset(preset)
+    return preset
+
+
+def load_digits_unet(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> UNetModel:
+    """The shipped diffusion UNet in eval mode (timesteps are fed as is: T = 1000)."""
+    preset = register_digits_preset()
+    return build_unet(preset, checkpoint=preset.checkpoint_file, device=device, dtype=dtype)
+
+
+def load_digits_classifier(device: torch.device | str = "cpu") -> nn.Module:
+    """The shipped :class:`DigitsCNN` in eval mode (weights read with ``weights_only=True``)."""
+    path = digits_asset_path("classifier.pt")
+    net = load_into(DigitsCNN(), read_state_dict(path), source=str(path))
+    return net.to(device).eval()
+
+
+def load_digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)``: float32 ``(N, 1, 8, 8)`` in [0, 1] (pixels / 16) and int64 ``(N,)``."""
+    path = digits_asset_path("test_split.npz")
+    if not path.is_file():
+        raise CheckpointError(f"the digits test split is missing: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        pixels, labels = data["pixels"], data["labels"]
+    images = torch.from_numpy(pixels.astype(np.float32) / PIXEL_LEVELS)
+    return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def digits_manifest() -> dict[str, Any]:
+    """The training record written next to the weights (see ``scripts/train_digits.py``)."""
+    path = digits_asset_path("manifest.json")
+    if not path.is_file():
+        raise CheckpointError(f"the digits manifest is missing: {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
