@@ -239,7 +239,7 @@ def predict_from_counts(counts: np.ndarray, alpha: float) -> Prediction:
 
     counts: int array (num_classes,). Top two classes by count (ties: lowest label first);
     abstain when ``scipy.stats.binomtest(n1, n1 + n2, 0.5).pvalue > alpha`` (two-sided, as in the
-    paper; SciPy >= 1.12 has no the old binomial-test function).
+    paper; SciPy >= 1.12 removed the old binomial-test function).
     """
     alpha = validate_alpha(alpha)
     arr = _validate_counts("counts", counts)
