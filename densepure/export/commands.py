@@ -1,0 +1,140 @@
+"""What ``densepure export`` and ``densepure build`` do, as library functions that print nothing and
+return typed reports (the CLI prints :meth:`ExportReport.lines` / :meth:`BuildReport.lines`).
+
+Layout of an export directory (``out_dir``)::
+
+    unet-fp32.onnx        unet-fp32.onnx.manifest.json        (+ unet-fp32.onnx.data above ~1.8 GB)
+    unet-fp16.onnx        unet-fp16.onnx.manifest.json
+    classifier-fp32.onnx  classifier-fp32.onnx.manifest.json
+    classifier-fp16.onnx  classifier-fp16.onnx.manifest.json
+
+Engines go to the content-addressed cache (``<cache_dir>/engines/<key>/engine.plan`` + manifest).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from densepure.errors import ArtifactError, ConfigError
+from densepure.export.cache import EngineCache
+from densepure.export.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, Precision, SourceInfo
+from densepure.export.onnx_export import (
+    DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, CheckStatus, ExportResult, export_classifier, export_unet,
+)
+from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
+from densepure.models.checkpoint import file_sha256
+from densepure.models.classifiers import Classifier
+from densepure.models.presets import DiffusionPreset, build_unet, get_preset
+
+MANIFEST_SUFFIX = ".onnx.manifest.json"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    out_dir: Path
+    results: tuple[ExportResult, ...]
+
+    def lines(self) -> list[str]:
+        out = []
+        for r in self.results:
+            n, m = r.numerics, r.manifest
+            if n.status is CheckStatus.SKIPPED:
+                check = f"numerics skipped ({n.skipped_reason})"
+            else:
+                check = (f"onnxruntime vs torch: max rel err {n.max_rel_error:.2e} (tol {n.tolerance:g})"
+                         + (f", vs fp32 {n.max_rel_error_vs_fp32:.2e}" if m.precision is Precision.FP16 else ""))
+            state = "up to date" if r.reused else f"exported in {r.export_seconds:.1f}s"
+            out.append(f"{m.kind.value:10s} {m.precision.value}  {r.onnx_path}  {state}; {check}; "
+                       f"sha256 {m.onnx_sha256[:12]}")
+        return out
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    cache_dir: Path
+    outcomes: tuple[tuple[Path, BuildOutcome], ...]
+
+    def lines(self) -> list[str]:
+        out = []
+        for onnx_path, o in self.outcomes:
+            m = o.entry.manifest
+            state = "cache hit" if o.cache_hit else f"built in {o.build_seconds:.1f}s ({o.reason})"
+            out.append(f"{m.kind.value:10s} {m.precision.value}  {onnx_path.name} -> {o.entry.engine_path}  {state}; "
+                       f"buckets {','.join(map(str, m.engine.buckets))}; {m.engine.machine.describe()}")
+        return out
+
+
+def _resolve_checkpoint(preset: DiffusionPreset, checkpoint: str | os.PathLike | None) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint)
+    shipped = Path(preset.checkpoint_file)  # presets shipped with the package name an absolute file
+    if shipped.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"preset {preset.name!r} needs a checkpoint (the official file is {preset.checkpoint_file})")
+
+
+def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
+                   *, precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
+                   classifier: Classifier | None = None, classifier_label: str = "", unet: bool = True,
+                   opset: int = DEFAULT_OPSET, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+                   reuse: bool = True) -> ExportReport:
+    """Export the preset's UNet (weights from ``checkpoint``) and, if given, ``classifier`` (for the
+    preset's image shape) at each precision into ``out_dir``, each checked (see
+    :mod:`densepure.export.onnx_export`). Raises :class:`ArtifactError` if a check fails."""
+    spec = get_preset(preset) if isinstance(preset, str) else preset
+    if not precisions:
+        raise ConfigError("at least one precision is needed")
+    if not unet and classifier is None:
+        raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
+    out = Path(out_dir)
+    cfg = spec.unet_config
+    results = []
+    if unet:
+        ckpt = _resolve_checkpoint(spec, checkpoint)
+        model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
+        source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
+        for p in precisions:
+            results.append(export_unet(model, out / f"unet-{p.value}.onnx", Precision(p), source=source, opset=opset,
+                                       external_data_threshold=external_data_threshold, reuse=reuse))
+    if classifier is not None:
+        source = SourceInfo(spec.name, None, classifier_label)
+        for p in precisions:
+            results.append(export_classifier(classifier, (cfg.in_channels, cfg.image_size, cfg.image_size),
+                                             out / f"classifier-{p.value}.onnx", Precision(p), source=source,
+                                             opset=opset, external_data_threshold=external_data_threshold,
+                                             reuse=reuse))
+    return ExportReport(out, tuple(results))
+
+
+def exported_artifacts(onnx_dir: str | os.PathLike, kinds: Sequence[ArtifactKind] | None = None,
+                       precisions: Sequence[Precision] | None = None) -> list[tuple[Path, ArtifactManifest]]:
+    """The ONNX artifacts of an export directory, by their manifests, optionally filtered."""
+    base = Path(onnx_dir)
+    if not base.is_dir():
+        raise ArtifactError(f"export directory not found: {base} (run `densepure export --out {base}` first)")
+    found = []
+    for mpath in sorted(base.glob(f"*{MANIFEST_SUFFIX}")):
+        manifest = ArtifactManifest.read(mpath)
+        if manifest.format is not ArtifactFormat.ONNX:
+            continue
+        if (kinds is None or manifest.kind in kinds) and (precisions is None or manifest.precision in precisions):
+            found.append((base / manifest.file, manifest))
+    return found
+
+
+def build_command(onnx_dir: str | os.PathLike, cache_dir: str | os.PathLike, *,
+                  settings: BuildSettings = BuildSettings(), device: torch.device | str | int = 0,
+                  kinds: Sequence[ArtifactKind] | None = None,
+                  precisions: Sequence[Precision] | None = None) -> BuildReport:
+    """Build (or find in the cache) a TensorRT engine on this machine for each exported ONNX artifact."""
+    artifacts = exported_artifacts(onnx_dir, kinds, precisions)
+    if not artifacts:
+        raise ArtifactError(f"no matching exported ONNX artifacts in {onnx_dir}: run `densepure export` first")
+    cache = EngineCache(cache_dir)
+    outcomes = tuple((path, build_engine(path, cache, settings, device)) for path, _ in artifacts)
+    return BuildReport(Path(cache_dir), outcomes)

@@ -1,0 +1,195 @@
+"""TensorRT: build settings, profiles, bucket planning and padding (pure, run anywhere); engine build and
+execution (``tensorrt`` + ``gpu`` markers, skipped here with a reason)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from densepure.engine.backends.tensorrt_backend import (
+    GraphMode, TensorRTClassifier, TensorRTDenoiser, choose_bucket, pad_rows, plan_chunks,
+)
+from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.export import (
+    ArtifactFormat, ArtifactKind, ArtifactManifest, EngineCache, EngineInfo, MachineInfo, Precision, SourceInfo,
+    TensorSpec, TypingMode, cache_key,
+)
+from densepure.export.tensorrt_build import BuildSettings, bucket_profiles, check_typing_mode, normalize_buckets
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+bucket_sets = st.lists(st.integers(1, 300), min_size=1, max_size=6).map(lambda b: tuple(sorted(set(b))))
+
+
+def test_settings_validation():
+    assert BuildSettings(buckets=[32, 1, 8, 8]).buckets == (1, 8, 32) == normalize_buckets((8, 32, 1))
+    for bad in ([], [0, 4], ["a"]):
+        with pytest.raises(ConfigError, match="bucket"):
+            BuildSettings(buckets=bad)
+    with pytest.raises(ConfigError, match="workspace"):
+        BuildSettings(workspace_bytes=1000)
+    with pytest.raises(ConfigError, match="0..5"):
+        BuildSettings(optimization_level=6)
+    assert BuildSettings(typing="weak-fp16").typing is TypingMode.WEAK_FP16
+    assert BuildSettings().key_fields() == BuildSettings().key_fields()
+
+
+@given(bucket_sets)
+def test_profiles_partition_the_batch_range(buckets):
+    profiles = bucket_profiles(buckets)
+    assert [p.max for p in profiles] == list(buckets) and all(p.opt == p.max for p in profiles)
+    for n in range(1, buckets[-1] + 1):  # every batch size belongs to exactly one profile
+        assert sum(p.min <= n <= p.max for p in profiles) == 1
+
+
+@given(bucket_sets, st.integers(1, 2000))
+def test_chunks_cover_rows_in_buckets(buckets, rows):
+    chunks = plan_chunks(rows, buckets)
+    assert chunks[0].start == 0 and chunks[-1].stop == rows
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(c.bucket in buckets and 1 <= c.rows <= c.bucket for c in chunks)
+    assert all(c.rows == buckets[-1] for c in chunks[:-1])  # only the last chunk is padded
+    last = chunks[-1]
+    assert last.bucket == choose_bucket(last.rows, buckets)
+    assert all(b < last.rows for b in buckets if b < last.bucket)  # no smaller bucket would hold it
+
+
+def test_choose_bucket_and_pad():
+    assert choose_bucket(1, (1, 8, 32)) == 1 and choose_bucket(9, (1, 8, 32)) == 32
+    with pytest.raises(BackendError, match="exceed"):
+        choose_bucket(33, (1, 8, 32))
+    with pytest.raises(BackendError, match="at least one row"):
+        plan_chunks(0, (1, 8))
+    x = torch.arange(6.0).reshape(3, 2)
+    padded = pad_rows(x, 8)
+    assert padded.shape == (8, 2) and torch.equal(padded[:3], x) and not padded[3:].any()
+    assert pad_rows(x, 3) is x
+    with pytest.raises(BackendError, match="do not fit"):
+        pad_rows(x, 2)
+
+
+def test_typing_mode_checks():
+    onnx32 = _onnx_manifest(Precision.FP32)
+    trt10 = MachineInfo("10.3.0", "Orin", (8, 7), "Linux-aarch64")
+    trt11 = dataclasses.replace(trt10, trt_version="11.4.1")
+    weak = BuildSettings(typing=TypingMode.WEAK_FP16)
+    check_typing_mode(weak, trt10, onnx32)  # JetPack 6: allowed
+    check_typing_mode(BuildSettings(), trt11, onnx32)
+    with pytest.raises(ConfigError, match="no precision flags"):
+        check_typing_mode(weak, trt11, onnx32)
+    with pytest.raises(ConfigError, match="fp32 graphs"):
+        check_typing_mode(weak, trt10, _onnx_manifest(Precision.FP16))
+
+
+def _onnx_manifest(precision: Precision, kind: ArtifactKind = ArtifactKind.UNET) -> ArtifactManifest:
+    image = ("batch", 3, 32, 32)
+    if kind is ArtifactKind.UNET:
+        io = ((TensorSpec("x", "float32", image), TensorSpec("t", "float32", ("batch",))),
+              (TensorSpec("eps", "float32", image), TensorSpec("v", "float32", image)))
+    else:
+        io = ((TensorSpec("x", "float32", image),), (TensorSpec("logits", "float32", ("batch", 10)),))
+    return ArtifactManifest(kind, ArtifactFormat.ONNX, precision, 21, hashlib.sha256(b"g").hexdigest(), *io,
+                            SourceInfo("cifar10"), f"{kind.value}.onnx")
+
+
+def _fake_engine(tmp_path, kind: ArtifactKind):
+    machine = MachineInfo("10.13.3", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
+    settings = BuildSettings(buckets=(1, 8))
+    key = cache_key(hashlib.sha256(b"g").hexdigest(), settings.key_fields(), machine)
+    info = EngineInfo(machine, settings.profiles, None, TypingMode.STRONG, 3, hashlib.sha256(b"plan").hexdigest(), key)
+    manifest = dataclasses.replace(_onnx_manifest(Precision.FP16, kind), format=ArtifactFormat.TENSORRT,
+                                   file="engine.plan", engine=info)
+    return EngineCache(tmp_path).store(key, b"plan", manifest)
+
+
+def test_backends_read_manifests_without_tensorrt(tmp_path):
+    unet, clf = _fake_engine(tmp_path / "u", ArtifactKind.UNET), _fake_engine(tmp_path / "c", ArtifactKind.CLASSIFIER)
+    den = TensorRTDenoiser(unet.directory, device="cuda:0")  # construction reads JSON only
+    assert (den.channels, den.image_size, den.mode) == (3, 32, GraphMode.CUDA_GRAPHS)
+    assert den.manifest.engine.buckets == (1, 8) and den.name == "tensorrt"
+    assert TensorRTClassifier(clf.manifest_path, device="cuda", mode=GraphMode.EAGER).num_classes == 10
+    with pytest.raises(ArtifactError, match="expected a unet TensorRT engine"):
+        TensorRTDenoiser(clf.engine_path)
+    with pytest.raises(BackendError, match="CUDA devices"):
+        TensorRTDenoiser(unet.directory, device="cpu")
+    with pytest.raises(ArtifactError, match="manifest not found"):
+        TensorRTClassifier(tmp_path / "nowhere")
+
+
+def test_modules_import_without_tensorrt():
+    assert "tensorrt" not in sys.modules or HAS_TRT
+    if not HAS_TRT:
+        from densepure.export.tensorrt_build import import_tensorrt, machine_info
+
+        with pytest.raises(BackendError, match="pip install 'densepure\\[tensorrt\\]'"):
+            import_tensorrt()
+        with pytest.raises(BackendError, match="not installed"):
+            machine_info()
+
+
+def _needs_tensorrt_gpu() -> None:
+    pytest.importorskip("tensorrt", reason="needs the TensorRT Python package (builder libraries)")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_classifier_engine_matches_onnxruntime(tmp_path):
+    _needs_tensorrt_gpu()
+    from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier
+    from densepure.export import build_engine, export_classifier
+    from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeMode
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    clf = Classifier(net, Preprocess(InputRange.ZERO_ONE, 24, ResizeMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3))
+    exported = export_classifier(clf, (3, 16, 16), tmp_path / "clf.onnx", Precision.FP16)
+    cache = EngineCache(tmp_path / "cache")
+    settings = BuildSettings(buckets=(1, 4), workspace_bytes=1 << 28)
+    built = build_engine(exported.onnx_path, cache, settings)
+    assert not built.cache_hit and build_engine(exported.onnx_path, cache, settings).cache_hit
+    x = torch.rand(7, 3, 16, 16) * 2 - 1  # 7 rows: chunks of 4 and 3 (padded to 4)
+    want = OnnxRuntimeClassifier(exported.onnx_path).logits(x)
+    for mode in GraphMode:
+        with TensorRTClassifier(built.entry.directory, device="cuda", mode=mode) as engine:
+            got = engine.logits(x.cuda()).cpu()
+        assert _rel(got, want) < 3e-2, mode
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_unet_engine_matches_onnxruntime(tmp_path):
+    _needs_tensorrt_gpu()
+    from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeDenoiser
+    from densepure.export import build_engine, export_unet
+    from densepure.models import UNetConfig, UNetModel
+
+    cfg = UNetConfig(image_size=8, in_channels=1, model_channels=32, num_res_blocks=1, attention_resolutions=(4,),
+                     channel_mult=(1, 2), num_heads=2)
+    torch.manual_seed(0)
+    model = UNetModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    exported = export_unet(model, tmp_path / "unet-fp16.onnx", Precision.FP16)
+    built = build_engine(exported.onnx_path, EngineCache(tmp_path / "cache"), BuildSettings(buckets=(2, 8)))
+    x, t = torch.randn(11, 1, 8, 8), torch.rand(11) * 1000  # chunks 8 + 3 (padded to 8)
+    want = OnnxRuntimeDenoiser(exported.onnx_path).eps_and_var(x, t)
+    for mode in GraphMode:
+        with TensorRTDenoiser(built.entry.directory, device="cuda", mode=mode) as engine:
+            got = engine.eps_and_var(x.cuda(), t.cuda())
+            again = engine.eps_and_var(x[:1].cuda(), t[:1].cuda())  # bucket 2, one padding row
+        assert all(_rel(g.cpu(), w) < 3e-2 for g, w in zip(got, want)), mode
+        assert _rel(again[0].cpu(), want[0][:1]) < 3e-2
