@@ -70,6 +70,68 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from densepure.certify.factory import ClassifierSpec, load_classifier
+    from densepure.export import Precision, export_command
+    from densepure.models import get_preset
+
+    preset = get_preset(args.preset)
+    classifier = None if args.no_classifier else load_classifier(ClassifierSpec.parse(args.classifier), torch.device("cpu"))
+    precisions = tuple(Precision.parse(p.strip()) for p in args.precision.split(",") if p.strip())
+    report = export_command(preset, args.checkpoint, args.out or f"artifacts/{preset.name}", precisions=precisions,
+                            classifier=classifier, classifier_label=args.classifier, unet=not args.no_unet,
+                            opset=args.opset, reuse=not args.force)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from densepure.export import ArtifactKind, BuildSettings, Precision, TypingMode, build_command
+
+    cache_dir = args.cache_dir or os.environ.get("DENSEPURE_CACHE") or str(Path.home() / ".cache" / "densepure")
+    settings = BuildSettings(buckets=[b for b in args.buckets.split(",") if b.strip()],
+                             workspace_bytes=None if args.workspace_mb is None else args.workspace_mb * 2**20,
+                             typing=TypingMode(args.typing), optimization_level=args.opt_level)
+    precisions = tuple(Precision.parse(p.strip()) for p in args.precision.split(",")) if args.precision else None
+    report = build_command(args.onnx_dir, cache_dir, settings=settings, device=args.device,
+                           kinds=(ArtifactKind(args.only),) if args.only else None, precisions=precisions)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _add_export_parsers(sub) -> None:
+    p = sub.add_parser("export", help="export the UNet and classifier to checked ONNX graphs (fp32/fp16)")
+    p.add_argument("--preset", default="digits", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: digits)")
+    p.add_argument("--checkpoint", help="diffusion checkpoint (official .pt, read weights_only, or .safetensors)")
+    p.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
+    p.add_argument("--no-classifier", action="store_true", help="export the UNet only")
+    p.add_argument("--no-unet", action="store_true", help="export the classifier only")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated fp32, fp16 (default: fp32,fp16)")
+    p.add_argument("--out", help="output directory (default: artifacts/PRESET)")
+    p.add_argument("--opset", type=int, default=21, help="ONNX opset, >= 21 (default: 21)")
+    p.add_argument("--force", action="store_true", help="trace again even if the artifacts are up to date")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("build", help="build TensorRT engines on this machine from exported ONNX graphs")
+    p.add_argument("--onnx-dir", required=True, help="a directory written by `densepure export`")
+    p.add_argument("--cache-dir", help="engine cache (default: $DENSEPURE_CACHE or ~/.cache/densepure)")
+    p.add_argument("--buckets", default="1,8,32,128", help="batch buckets, one optimization profile each (default: 1,8,32,128)")
+    p.add_argument("--workspace-mb", type=int, help="cap TensorRT's workspace pool in MiB (Jetson: e.g. 1024)")
+    p.add_argument("--precision", help="only these precisions, comma-separated fp32, fp16 (default: all)")
+    p.add_argument("--only", choices=["unet", "classifier"], help="only this kind of artifact")
+    p.add_argument("--typing", default="strong", choices=["strong", "weak-fp16"],
+                   help="strong (default) or weak-fp16 (TensorRT 10.x, fp32 graphs)")
+    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0..5 (default: 3)")
+    p.add_argument("--device", default="cuda:0", help="GPU to build for (default: cuda:0)")
+    p.set_defaults(func=_cmd_build)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densepure", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -89,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="comma-separated radii (default: 0,0.25,0.5,0.75,1.0)")
     p.add_argument("--plot", help="write a PNG of certified accuracy against radius here")
     p.set_defaults(func=_cmd_analyze)
+    _add_export_parsers(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")
     p.set_defaults(func=_cmd_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")

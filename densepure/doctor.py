@@ -49,7 +49,7 @@ def collect_report() -> list[str]:
 
     lines = [f"densepure      {__version__}", f"python         {platform.python_version()} on {platform.machine()}"]
     lines += _torch_lines() + _onnxruntime_lines() + _tensorrt_lines()
-    for module in ("onnx", "cuda.bindings", "transformers", "timm", "safetensors"):
+    for module in ("onnx", "onnxscript", "cuda.bindings", "transformers", "timm", "safetensors"):
         version, why = _version(module)
         lines.append(f"{module:14s} {version if version else 'unavailable (' + str(why) + ')'}")
     return lines

@@ -67,3 +67,20 @@ def test_help_documents_every_flag(capsys):
                  "--b", "--mode", "--batch-size", "--device", "--precision", "--seed", "--output", "--skip", "--max",
                  "--radius", "--t-star", "--overwrite"):
         assert flag in out
+
+
+def test_export_writes_checked_onnx_for_digits(capsys, tmp_path):
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
+    code, out, err = run_cli(capsys, "export", "--precision", "fp32", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert list((tmp_path / "a").rglob("*.onnx")), out
+
+
+def test_build_without_tensorrt_is_one_line(capsys, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    code, out, err = run_cli(capsys, "build", "--onnx-dir", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err

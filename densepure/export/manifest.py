@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from densepure.errors import ArtifactError
+from densepure.errors import ArtifactError, ConfigError
 
 FORMAT_VERSION = 1
 BATCH = "batch"
@@ -47,7 +47,7 @@ class Precision(enum.Enum):
         try:
             return cls(text)
         except ValueError:
-            raise ArtifactError(f"precision must be one of {', '.join(p.value for p in cls)}, got {text!r}") from None
+            raise ConfigError(f"precision must be one of {', '.join(p.value for p in cls)}, got {text!r}") from None
 
 
 class TypingMode(enum.Enum):

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import hashlib
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -291,7 +292,11 @@ def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
         raise ArtifactError("ONNX export needs 'onnx' and 'onnxscript': pip install 'densepure[onnx]'") from exc
     batch = torch.export.Dim("batch", min=1)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 exporter internals warn about its own pytree use and about our (single) batch axis
+            # name; neither concerns the caller. Remove when torch stops emitting them.
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"# The axis name: batch will not be used", category=UserWarning)
             program = torch.onnx.export(module.eval(), example, None, dynamo=True, opset_version=opset,
                                         input_names=input_names, output_names=output_names,
                                         dynamic_shapes=tuple({0: batch} for _ in example), verbose=False)

@@ -20,6 +20,7 @@ from densepure.models.classifiers import Classifier, InputRange, Preprocess, Res
 from densepure.models.presets import Dataset, DiffusionPreset
 
 ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
 
 
 # --- shared exports (the same helpers live in tests/export/test_onnx_export.py) -------------------------
