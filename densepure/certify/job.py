@@ -87,8 +87,7 @@ class JobOptions:
 
     def record(self) -> dict:
         """The configuration written to the sidecar and compared on resume."""
-        out = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
-        return out
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from densepure.diffusion.tstar import validate_sigma
 from densepure.errors import ConfigError, InputError
 
 ABSTAIN: int = -1
@@ -37,13 +38,6 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def validate_sigma(sigma: float) -> float:
-    """Return ``sigma`` as a float; raise ConfigError unless it is finite and > 0."""
-    if not _is_real(sigma) or not math.isfinite(sigma) or sigma <= 0:
-        raise ConfigError(f"sigma must be a finite number > 0, got {sigma!r}")
-    return float(sigma)
 
 
 def validate_alpha(alpha: float) -> float:

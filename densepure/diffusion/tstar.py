@@ -33,14 +33,12 @@ class TStarRule(enum.Enum):
 
 
 def validate_sigma(sigma: float) -> float:
-    """Return ``sigma`` as float if it is finite and > 0, else raise ConfigError."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise ConfigError(f"sigma must be a number > 0, got {sigma!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    """Return ``sigma`` as float if it is a real number (not bool or str), finite and > 0, else raise ConfigError."""
+    if isinstance(sigma, (bool, str)) or not isinstance(sigma, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"sigma must be a number > 0, got {sigma!r}")
+    if not math.isfinite(sigma) or sigma <= 0:
         raise ConfigError(f"sigma must be > 0, got {sigma!r}")
-    return value
+    return float(sigma)
 
 
 def start_scale(sigma: float) -> float:

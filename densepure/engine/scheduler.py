@@ -158,15 +158,24 @@ class Scheduler:
             draw = self._by_slot[int(rows.draw_slot[i])]
             yield RowKind(int(rows.kind[i])), draw, int(rows.chain[i]), int(rows.step[i])
 
+    def _counts(self, draw: _Draw) -> np.ndarray:
+        return np.bincount(np.array(draw.labels, dtype=np.int64), minlength=self.num_classes)
+
+    def _leader_runner(self, draw: _Draw) -> tuple[int, int]:
+        """The highest and second-highest label counts of the chains classified so far."""
+        top = np.sort(self._counts(draw))[::-1]
+        return int(top[0]), int(top[1]) if top.shape[0] > 1 else 0
+
     def _launch(self, draw: _Draw) -> None:
-        """Launch the next wave of chains of ``draw`` (SPAWN rows at step 1)."""
+        """Launch the next wave of chains of ``draw`` (SPAWN rows at step 1).
+
+        With early exit, a wave is the fewest chains that could decide the vote if all of them
+        agreed with the leader: the smallest j with ``leader + j > runner + (left - j)``.
+        """
         left = self.chains - draw.launched
         if self.early_exit:
-            counts = np.bincount(np.array(draw.labels, dtype=np.int64), minlength=self.num_classes) \
-                if draw.labels else np.zeros(self.num_classes, dtype=np.int64)
-            top = np.sort(counts)[::-1]
-            runner = top[1] if top.shape[0] > 1 else 0
-            wave = min(left, int((runner + left - top[0]) // 2) + 1)
+            leader, runner = self._leader_runner(draw)
+            wave = min(left, (runner + left - leader) // 2 + 1)
         else:
             wave = left
         for chain in range(draw.launched, draw.launched + wave):
@@ -204,15 +213,13 @@ class Scheduler:
             return True
         if not self.early_exit:
             return False
-        counts = np.sort(np.bincount(np.array(draw.labels), minlength=self.num_classes))[::-1]
-        runner = counts[1] if counts.shape[0] > 1 else 0
-        return bool(counts[0] > runner + (self.chains - draw.finished))
+        leader, runner = self._leader_runner(draw)
+        return leader > runner + (self.chains - draw.finished)
 
     def _finalise(self, draw: _Draw) -> None:
-        labels = draw.labels
-        counts = np.bincount(np.array(labels), minlength=self.num_classes)
+        counts = self._counts(draw)
         top = counts.max()
-        draw.final = next(lab for lab in labels if counts[lab] == top)  # first occurrence in chain order
+        draw.final = next(lab for lab in draw.labels if counts[lab] == top)  # first occurrence in chain order
         self.images[draw.image].record(draw.request, draw.final)
         del self._by_slot[draw.slot]
         self.free_slots.append(draw.slot)

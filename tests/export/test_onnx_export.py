@@ -7,7 +7,6 @@ reused through its manifest's export key (also what ``densepure export`` does wh
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -24,36 +23,14 @@ from densepure.export import (
     manifest_path_for, onnx_sha256, typing_violations,
 )
 from densepure.export.onnx_export import _matmul_plan, rewrite_einsum_as_matmul, run_onnxruntime_cpu
-from densepure.models import UNetConfig, UNetModel, save_state_dict
+from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeMode
 from densepure.models.presets import Dataset, DiffusionPreset
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
-# --- shared exports (the same helpers live in tests/engine/test_onnxruntime_backend.py) ----------------
-
-def tiny_classifier() -> Classifier:
-    """A deterministic tiny CNN with bicubic upsampling 32 -> 40 and mean/std inside its preprocessing."""
-    gen = torch.Generator().manual_seed(1234)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(4, 8), nn.SiLU(),
-                        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.LayerNorm(32), nn.Linear(32, 7))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    pre = Preprocess(InputRange.ZERO_ONE, 40, ResizeMode.BICUBIC, True, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
-    return Classifier(net, pre, num_classes=7).eval()
-
-
-def golden_export(tmp_path_factory, model: UNetModel, data: dict, name: str):
-    """export_command on a preset made of the golden flags and weights (fp32 UNet + tiny classifier)."""
-    base = tmp_path_factory.getbasetemp() / "shared-exports"
-    ckpt = base / f"{name}.pt"
-    if not ckpt.is_file():
-        save_state_dict(ckpt, model.state_dict())
-    preset = DiffusionPreset(name, json.loads(str(data["config"])), Dataset.CIFAR10, str(ckpt))
-    return export_command(preset, ckpt, base / name, precisions=(Precision.FP32,), classifier=tiny_classifier(),
-                          classifier_label="tiny test CNN")
+from export_helpers import golden_export, tiny_classifier  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------------
