@@ -19,7 +19,7 @@ from densepure.diffusion.tstar import t_star_dds
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
 from densepure.engine.executor import Executor, StartKind
 from densepure.engine.policy import Policy
-from densepure.engine.scheduler import Scheduler
+from densepure.engine.scheduler import Scheduler, check_prefixes
 from densepure.errors import ConfigError
 
 
@@ -64,7 +64,8 @@ class Engine:
     def __init__(self, *, mode: str, sigma: float, chains: int, steps: int, num_classes: int,
                  classifier: ClassifierBackend, denoiser: DenoiserBackend | None = None,
                  schedule: NoiseSchedule | None = None, t_star_rule=None, seed: int = 0,
-                 image_shape: tuple[int, int, int], device: torch.device, config: EngineConfig = EngineConfig()):
+                 image_shape: tuple[int, int, int], device: torch.device, config: EngineConfig = EngineConfig(),
+                 chain_prefixes: tuple[int, ...] = ()):
         from densepure.diffusion import TStarRule
 
         grid, start = engine_grid(mode, sigma, steps, schedule, t_star_rule or TStarRule.AUTO)
@@ -72,11 +73,17 @@ class Engine:
             raise ConfigError(f"mode {mode} needs a denoiser")
         self.config, self.num_classes = config, int(num_classes)
         chains = chains if mode == "densepure" else 1
+        if chain_prefixes and mode != "densepure":
+            raise ConfigError(f"chain prefixes need densepure mode, not {mode}")
+        try:
+            check_prefixes(tuple(chain_prefixes), chains, config.early_exit)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self.grid_steps = grid.num_steps if grid is not None else 1
         self.denoiser, self.classifier = denoiser, classifier
         self.scheduler_args = dict(steps=self.grid_steps, chains=chains, num_classes=num_classes,
                                    draw_capacity=config.draw_capacity, uses_unet=grid is not None,
-                                   early_exit=config.early_exit)
+                                   early_exit=config.early_exit, prefixes=tuple(chain_prefixes))
         self.executor = Executor(denoiser, classifier, grid, start, sigma, seed, tuple(image_shape),
                                  config.image_slots, config.draw_capacity, chains, device)
         self.stats = EngineStats(0, 0)

@@ -24,11 +24,19 @@ class DrawRequest:
 
 
 class Policy(abc.ABC):
-    """Hands out draws and collects their labels; ``done`` once the image's answer is fixed."""
+    """Hands out draws and collects their labels; ``done`` once the image's answer is fixed.
+
+    ``prefix_counts[k][phase]`` (filled when the engine runs with ``chain_prefixes``) counts, for
+    the same draws, the vote of the draw's first ``k`` chains: the counts a ``k``-chain run with the
+    same seed would record, because chain ``j``'s noise depends only on ``(draw, j, step)``. Only
+    fixed policies make those counts a complete ``k``-chain certificate (a sequential policy stops on
+    the ``K``-chain labels, so its prefix counts are not what a ``k``-chain sequential run would see).
+    """
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
         self.counts: dict[NoisePhase, np.ndarray] = {}
+        self.prefix_counts: dict[int, dict[NoisePhase, np.ndarray]] = {}
         self.outstanding = 0
 
     def _counts(self, phase: NoisePhase) -> np.ndarray:
@@ -42,9 +50,15 @@ class Policy(abc.ABC):
         self.outstanding += len(out)
         return out
 
-    def record(self, request: DrawRequest, label: int) -> None:
+    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
+        """Count the draw's final label (and, per chain prefix ``k``, the label of its first ``k`` chains)."""
         self.outstanding -= 1
         self._counts(request.phase)[label] += 1
+        for k, lab in (prefix_labels or {}).items():
+            by_phase = self.prefix_counts.setdefault(k, {})
+            if request.phase not in by_phase:
+                by_phase[request.phase] = np.zeros(self.num_classes, dtype=np.int64)
+            by_phase[request.phase][lab] += 1
         self._recorded(request)
 
     @property

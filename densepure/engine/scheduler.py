@@ -16,6 +16,10 @@ Savings, each exact:
   Chain k's noise is keyed by ``(draw, k, step)``, so it is the same whether or not other chains ran.
 * **b = 1** (and one-step denoising): the single step adds no noise, so all K chains are identical;
   one evaluation and one classification stand for all of them.
+* **Chain prefixes** (``prefixes``): the vote of a draw's first ``k < K`` chains is what a ``k``-chain
+  run with the same seed computes (same grid, same per-chain noise keys), so one ``K``-chain run also
+  yields the ``k``-chain counts. Early exit always runs the first wave, ``K // 2 + 1`` chains, so
+  prefixes up to that size are always complete.
 
 Slots: draw ``d`` in flight owns draw slot ``s`` (the executor's stored ``mean, std``) and chain
 slots ``s*K .. s*K+K-1`` (chain states and outputs). A slot is reused only after its draw is final.
@@ -74,8 +78,9 @@ class Scheduler:
     """
 
     def __init__(self, steps: int, chains: int, num_classes: int, draw_capacity: int,
-                 uses_unet: bool = True, early_exit: bool = True):
+                 uses_unet: bool = True, early_exit: bool = True, prefixes: tuple[int, ...] = ()):
         self.steps, self.num_classes = int(steps), int(num_classes)
+        self.prefixes = check_prefixes(prefixes, int(chains), early_exit)
         self.chains = int(chains) if steps >= 2 else 1  # b = 1: the chains are identical
         self.shared = self.steps >= 2
         self.uses_unet, self.early_exit = uses_unet, early_exit
@@ -217,9 +222,26 @@ class Scheduler:
         return leader > runner + (self.chains - draw.finished)
 
     def _finalise(self, draw: _Draw) -> None:
-        counts = self._counts(draw)
-        top = counts.max()
-        draw.final = next(lab for lab in draw.labels if counts[lab] == top)  # first occurrence in chain order
-        self.images[draw.image].record(draw.request, draw.final)
+        draw.final = _vote(draw.labels)
+        prefix = {k: _vote(draw.labels[:k]) for k in self.prefixes} if self.prefixes else None
+        self.images[draw.image].record(draw.request, draw.final, prefix)
         del self._by_slot[draw.slot]
         self.free_slots.append(draw.slot)
+
+
+def _vote(labels: list[int]) -> int:
+    """The majority label; ties go to the tied label that occurs first in chain order."""
+    counts = np.bincount(np.array(labels, dtype=np.int64))
+    top = counts.max()
+    return next(lab for lab in labels if counts[lab] == top)
+
+
+def check_prefixes(prefixes: tuple[int, ...], chains: int, early_exit: bool) -> tuple[int, ...]:
+    """Validate chain prefixes ``k`` (1 <= k <= K; with early exit, k <= K // 2 + 1, the first wave)."""
+    limit = chains // 2 + 1 if early_exit else chains
+    out = tuple(sorted({int(k) for k in prefixes}))
+    bad = [k for k in out if not 1 <= k <= min(limit, chains)]
+    if bad:
+        raise ValueError(f"chain prefixes {bad} out of range: need 1 <= k <= {min(limit, chains)} "
+                         f"for K={chains}{' with early exit' if early_exit else ''}")
+    return out

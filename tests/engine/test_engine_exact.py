@@ -56,12 +56,13 @@ def plain(unet, clf, mode, k, b, seed=6):
     return BaseClassifier(cfg, clf, CLASSES, denoiser=unet, schedule=SCHEDULE, seed=seed, batch_size=8)
 
 
-def engine(unet, clf, mode, k, b, early=True, seed=6, **cfg):
+def engine(unet, clf, mode, k, b, early=True, seed=6, prefixes=(), **cfg):
     config = EngineConfig(**{"unet_rows": 19, "classifier_rows": 11, "draw_capacity": 5, "image_slots": 2,
                              "early_exit": early, **cfg})
     return Engine(mode=mode.value, sigma=0.5, chains=k, steps=b, num_classes=CLASSES,
                   classifier=TorchClassifier(clf, CLASSES), denoiser=TorchDenoiser(unet), schedule=SCHEDULE,
-                  seed=seed, image_shape=(3, 8, 8), device=torch.device("cpu"), config=config)
+                  seed=seed, image_shape=(3, 8, 8), device=torch.device("cpu"), config=config,
+                  chain_prefixes=prefixes)
 
 
 @pytest.mark.parametrize("mode,k,b", [(Mode.DENSEPURE, 5, 2), (Mode.DENSEPURE, 3, 3), (Mode.DENSEPURE, 4, 1),
@@ -96,3 +97,37 @@ def test_sequential_engine_equals_plain_sequential(parts):
     for i in range(3):
         assert got[i].result == expected[i].result
         assert np.array_equal(got[i].counts[NoisePhase.ESTIMATION], expected[i].counts_estimation)
+
+
+@pytest.mark.parametrize("k,b,prefixes", [(5, 2, (1, 3)), (4, 3, (1, 2, 3))])
+def test_chain_prefix_counts_equal_separate_runs(parts, k, b, prefixes):
+    """One K-chain run's prefix counts equal separate k-chain runs (plain path) with the same seed."""
+    unet, clf, images = parts
+    n0, n = 5, 20
+    phases = {NoisePhase.SELECTION: n0, NoisePhase.ESTIMATION: n}
+    eng = engine(unet, clf, Mode.DENSEPURE, k, b, prefixes=prefixes)
+    got = dict(eng.run((i, images[i], FixedPolicy(CLASSES, phases)) for i in range(3)))
+    varied = 0
+    for kp in prefixes:
+        ref = plain(unet, clf, Mode.DENSEPURE, kp, b)
+        for i in range(3):
+            for phase, size in phases.items():
+                expected = ref.count(images[i], i, phase, 0, size)
+                assert np.array_equal(got[i].prefix_counts[kp][phase], expected), (kp, i, phase)
+                varied += int(np.count_nonzero(expected) > 1)
+    assert varied >= 2, "labels must vary for a real test"
+    for i in range(3):  # the K-chain counts are unchanged by tracking prefixes
+        ref = plain(unet, clf, Mode.DENSEPURE, k, b)
+        assert np.array_equal(got[i].counts[NoisePhase.ESTIMATION], ref.count(images[i], i, NoisePhase.ESTIMATION, 0, n))
+
+
+@pytest.mark.parametrize("prefixes,early", [((0,), True), ((4,), True), ((6,), False), ((2,), True)])
+def test_chain_prefixes_validated(parts, prefixes, early):
+    from densepure.errors import ConfigError
+
+    unet, clf, _ = parts
+    if prefixes == (2,):
+        engine(unet, clf, Mode.DENSEPURE, 5, 2, early, prefixes=prefixes)  # 2 <= 5 // 2 + 1: first wave
+    else:
+        with pytest.raises(ConfigError, match="chain prefixes"):
+            engine(unet, clf, Mode.DENSEPURE, 5, 2, early, prefixes=prefixes)

@@ -1,0 +1,226 @@
+"""The project's Table 1: certified accuracy on the digits test split, per method and noise level.
+
+Certifies ``--images`` digits test images (spread evenly over the 450-image split) with Cohen's
+CERTIFY (N0, N, alpha) at each sigma, for:
+
+* Gaussian smoothing of the shipped clean classifier (no diffusion);
+* one-step denoising (Carlini et al., DensePure's exact-sigma variant);
+* DensePure with K in {1, 3, 10} chains and b in {2, 4} reverse steps.
+
+One engine run per (sigma, b) computes K = 10 and, from the same draws, the K = 1 and K = 3 counts:
+the vote of a draw's first k chains is exactly what a k-chain run with the same seed records (chain
+noise is keyed by (draw, chain, step); tests/engine/test_engine_exact.py checks the equality), so
+the three rows cost one run. Each configuration writes its own resumable result file (TSV + JSONL
+sidecar with per-image counts) under ``--out``; an interrupted run resumes where it stopped. The
+``time`` column of the derived K = 1 and K = 3 files is that of the shared K = 10 run.
+
+After every configuration the report (markdown table + plot) is rewritten from the result files
+present, so a partial run shows which rows are complete.
+
+Usage:
+  python benchmarks/table1.py                      # the full table (hours on 2 CPU cores)
+  python benchmarks/table1.py --report-only        # rebuild the report from existing files
+  python benchmarks/table1.py --images 4 --n 200   # a quick smoke run (use another --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, summarize
+from densepure.certify.procedures import CertifyParams
+from densepure.certify.results import IfExists, open_results
+from densepure.certify.runner import Task, make_record, policy_for
+from densepure.engine.backends import TorchClassifier, TorchDenoiser
+from densepure.engine.engine import Engine, EngineConfig
+from densepure.engine.rng import NoisePhase
+from densepure.models.classifiers import Classifier, Preprocess
+from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
+from densepure.models.presets import get_preset
+
+HERE = Path(__file__).resolve().parent
+PREFIXES = (1, 3)  # K = 1 and K = 3 read from the K = 10 runs
+
+
+@dataclass(frozen=True)
+class Group:
+    """One engine run: a mode at one sigma (and b); writes one file per K it yields."""
+
+    mode: str
+    sigma: float
+    steps: int = 1
+    chains: int = 1
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return (*PREFIXES, self.chains) if self.mode == "densepure" else (1,)
+
+    def name(self, k: int) -> str:
+        if self.mode == "densepure":
+            return f"densepure K={k} b={self.steps}"
+        return self.mode
+
+    def file(self, out: Path, k: int) -> Path:
+        tag = f"densepure_K{k}_b{self.steps}" if self.mode == "densepure" else self.mode
+        return out / f"sigma{self.sigma:g}_{tag}.tsv"
+
+
+def groups(sigmas: list[float]) -> list[Group]:
+    """Cheapest first, so the early rows of the table fill in first."""
+    out = [Group("gaussian", s) for s in sigmas] + [Group("onestep", s) for s in sigmas]
+    out += [Group("densepure", s, 2, 10) for s in sigmas] + [Group("densepure", s, 4, 10) for s in sigmas]
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, indices: list[int]) -> None:
+    params = CertifyParams(args.n0, args.n, args.alpha)
+    task = Task(params, group.sigma)
+    writers = {}
+    for k in group.ks:
+        config = {"benchmark": "table1", "preset": "digits", "classifier": "digits", "mode": group.mode,
+                  "sigma": group.sigma, "num_chains": k, "steps": group.steps, "n0": args.n0, "n": args.n,
+                  "alpha": args.alpha, "t_star_rule": "auto",
+                  "computed_as": f"first {k} of {group.chains} chains" if k != group.chains else "direct"}
+        writers[k] = open_results(group.file(args.out, k), config, args.seed, IfExists.RESUME)
+    todo = [i for i in indices if any(i not in w.finished for w in writers.values())]
+    if not todo:
+        for w in writers.values():
+            w.close()
+        return
+    engine = Engine(mode=group.mode, sigma=group.sigma, chains=group.chains, steps=group.steps, num_classes=10,
+                    classifier=TorchClassifier(Classifier(load_digits_classifier(), Preprocess(), num_classes=10), 10),
+                    denoiser=TorchDenoiser(load_digits_unet()) if group.mode != "gaussian" else None,
+                    schedule=get_preset("digits").schedule, seed=args.seed, image_shape=(1, 8, 8),
+                    device=torch.device("cpu"), config=EngineConfig(unet_rows=512, classifier_rows=512,
+                                                                    draw_capacity=1024, image_slots=8),
+                    chain_prefixes=PREFIXES if group.mode == "densepure" else ())
+    started: dict[int, float] = {}
+
+    def jobs():
+        for i in todo:
+            started[i] = time.perf_counter()
+            yield i, images[i], policy_for(task, 10)
+
+    t0 = time.perf_counter()
+    for done, (i, policy) in enumerate(engine.run(jobs()), 1):
+        seconds = time.perf_counter() - started.pop(i)
+        for k, writer in writers.items():
+            if i in writer.finished:
+                continue
+            counts = policy.counts if k == group.chains else policy.prefix_counts[k]
+            writer.write(make_record(task, i, int(labels[i]), seconds, counts[NoisePhase.SELECTION],
+                                     counts[NoisePhase.ESTIMATION]))
+        rate = done * (args.n0 + args.n) / (time.perf_counter() - t0)
+        print(f"  {group.name(group.chains)} sigma={group.sigma:g}: {done}/{len(todo)} images, "
+              f"{rate:.0f} draws/s", flush=True)
+    for w in writers.values():
+        w.close()
+
+
+def report(args, all_groups: list[Group], expected: int) -> Path:
+    """Markdown table per sigma and one plot, from whatever result files exist."""
+    lines = ["# Table 1 on digits: certified accuracy (%) at L2 radius r, and ACR", "",
+             f"Command: `{args.command}`  ", f"Machine: {machine()}  ",
+             f"Setting: {expected} digits test images (evenly spread over the 450-image split), "
+             f"N0={args.n0}, N={args.n:,}, alpha={args.alpha}, seed={args.seed}; the shipped digits UNet "
+             "and clean CNN; t* by the AUTO rule; CERTIFY abstentions count as wrong.", ""]
+    runs_by_sigma: dict[float, list[Run]] = {}
+    for sigma in args.sigmas:
+        summaries, runs = [], []
+        for group in (g for g in all_groups if g.sigma == sigma):
+            for k in group.ks:
+                path = group.file(args.out, k)
+                if not path.exists():
+                    continue
+                try:
+                    run = load_run(path, group.name(k))
+                except Exception:  # no rows yet  # noqa: BLE001
+                    continue
+                partial = "" if len(run.rows) >= expected else f" (partial: {len(run.rows)}/{expected})"
+                runs.append(Run(group.name(k) + partial, run.rows))
+                summaries.append(summarize(runs[-1], DEFAULT_RADII))
+        if summaries:
+            lines += [f"## sigma = {sigma:g}", "", markdown_table(summaries)]
+            runs_by_sigma[sigma] = runs
+    md = args.out.parent / "table1_digits.md"
+    if runs_by_sigma:
+        _plot(runs_by_sigma, args.out.parent / "table1_digits.png")
+        lines += ["![certified accuracy against radius](table1_digits.png)", ""]
+    md.write_text("\n".join(lines))
+    return md
+
+
+def _plot(runs_by_sigma: dict[float, list[Run]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from densepure.certify.analyze import accuracy_curve
+
+    figure = Figure(figsize=(6.0 * len(runs_by_sigma), 4.2), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    grid = np.linspace(0.0, 2.0, 400)
+    for j, (sigma, runs) in enumerate(sorted(runs_by_sigma.items()), 1):
+        axes = figure.add_subplot(1, len(runs_by_sigma), j)
+        for run in runs:
+            axes.plot(grid, accuracy_curve(run, grid), label=run.name)
+        axes.set_title(f"digits, sigma = {sigma:g}")
+        axes.set_xlabel("L2 radius")
+        axes.set_ylabel("certified accuracy")
+        axes.set_ylim(0.0, 1.0)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    canvas.print_png(str(path))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--n0", type=int, default=100)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--alpha", type=float, default=0.001)
+    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "table1")
+    ap.add_argument("--only", default=None, help="run only groups whose name contains this (e.g. 'b=4')")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.command = " ".join(["python benchmarks/table1.py", *sys.argv[1:]])
+    images, labels = load_digits_test_split()
+    indices = np.linspace(0, len(images) - 1, args.images).astype(int).tolist()
+    all_groups = groups(args.sigmas)
+    if not args.report_only:
+        for group in all_groups:
+            if args.only and args.only not in f"{group.name(group.chains)} sigma={group.sigma:g}":
+                continue
+            print(f"{group.name(group.chains)} sigma={group.sigma:g}", flush=True)
+            run_group(group, args, images, labels, indices)
+            report(args, all_groups, len(indices))
+    print(f"report: {report(args, all_groups, len(indices))}")
+
+
+if __name__ == "__main__":
+    main()
