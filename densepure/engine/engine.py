@@ -121,17 +121,22 @@ class Engine:
                                  self.stats.classifier_rows + scheduler.cls_rows)
 
     def _step(self, scheduler: Scheduler) -> bool:
-        ran = False
+        """One classifier batch (launched first: on CUDA it overlaps the UNet) and one UNet batch.
+
+        The order of scheduler calls does not change any count: every label is a function of its
+        draw's and chain's noise keys, and each queue is first-in first-out.
+        """
+        cls_rows = scheduler.next_classify(self.config.classifier_rows)
+        pending = self.executor.launch_classifier(cls_rows) if cls_rows is not None else None
+        ran = cls_rows is not None
         if scheduler.uses_unet:
             rows = scheduler.next_unet(self.config.unet_rows)
             if rows is not None:
                 self.executor.run_unet(rows)
                 scheduler.unet_done(rows)
                 ran = True
-        rows = scheduler.next_classify(self.config.classifier_rows)
-        if rows is not None:
-            scheduler.classified(rows, self.executor.run_classifier(rows))
-            ran = True
+        if pending is not None:
+            scheduler.classified(cls_rows, pending.labels())
         return ran
 
 

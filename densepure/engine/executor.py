@@ -40,6 +40,7 @@ class Executor:
         self.mean = torch.zeros((draw_capacity if shared else 0, *self.shape), device=self.device)
         self.std = torch.zeros_like(self.mean)
         self.state = torch.zeros((draw_capacity * (chains if shared else 1), *self.shape), device=self.device)
+        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def put_image(self, slot: int, x: torch.Tensor) -> None:
         self.images[slot].copy_(x.to(self.device, torch.float32))
@@ -106,11 +107,45 @@ class Executor:
 
     @torch.no_grad()
     def run_classifier(self, rows: Rows) -> np.ndarray:
-        if self.start is StartKind.GAUSSIAN:
-            x = self.start_points(rows)
-        else:
-            x = self.state[self._t(rows.chain_slot)]
-        return self.classifier.logits(x).argmax(dim=1).cpu().numpy()
+        """Labels of the rows' classifier inputs (synchronous)."""
+        return self.launch_classifier(rows).labels()
+
+    @torch.no_grad()
+    def launch_classifier(self, rows: Rows) -> PendingLabels:
+        """Start classifying ``rows``; on CUDA on a second stream, so the next UNet batch overlaps it.
+
+        Safe to overlap: the rows read here (finished chains, or the clean images for Gaussian
+        smoothing) are not written by any UNet batch until the scheduler has received these labels
+        (a chain slot is reused only after its draw is final), and the side stream first waits for
+        everything already queued on the main stream.
+        """
+        if self.side is None:
+            return PendingLabels(self._labels(rows).cpu().numpy())
+        self.side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.side):
+            labels = self._labels(rows)
+            host = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
+            host.copy_(labels, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.side)
+        return PendingLabels(host, event)
+
+    def _labels(self, rows: Rows) -> torch.Tensor:
+        x = self.start_points(rows) if self.start is StartKind.GAUSSIAN else self.state[self._t(rows.chain_slot)]
+        return self.classifier.logits(x).argmax(dim=1)
+
+
+class PendingLabels:
+    """Labels of a launched classifier batch; :meth:`labels` waits for them (int64 numpy)."""
+
+    def __init__(self, host, event: torch.cuda.Event | None = None):
+        self.host, self.event = host, event
+
+    def labels(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+            return self.host.numpy()
+        return self.host
 
 
 def _take(rows: Rows, idx: np.ndarray) -> Rows:

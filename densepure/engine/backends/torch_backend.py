@@ -1,12 +1,28 @@
-"""The torch backend: in-process modules, eager (CPU, or CUDA without graphs)."""
+"""The torch backend: in-process modules; eager on CPU, bucketed CUDA graphs on a GPU.
+
+Precision is the model's own (:meth:`UNetModel.set_precision` keeps GroupNorm, softmax and the
+time embedding in float32); ``channels_last`` switches the convolutions' memory layout on CUDA.
+With ``buckets`` every call runs at a fixed batch size (:mod:`densepure.engine.backends.graphs`),
+captured as a CUDA graph per bucket when ``cuda_graphs`` is set.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
+from densepure.engine.backends.graphs import BucketedCall
 from densepure.models.unet import UNetModel
+
+
+def _bucketed(fn, example: list[torch.Tensor], buckets: Sequence[int] | None, device: torch.device,
+              cuda_graphs: bool) -> BucketedCall | None:
+    if buckets is None:
+        return None
+    return BucketedCall(fn, example, buckets, device, graphs=cuda_graphs)
 
 
 class TorchDenoiser(DenoiserBackend):
@@ -14,33 +30,63 @@ class TorchDenoiser(DenoiserBackend):
 
     name = "torch"
 
-    def __init__(self, model: UNetModel, channels_last: bool = False):
+    def __init__(self, model: UNetModel, channels_last: bool = False, buckets: Sequence[int] | None = None,
+                 cuda_graphs: bool = False):
         device = next(model.parameters()).device
         super().__init__(device, model.config.in_channels, model.config.image_size)
         self.model = model.eval()
         self.channels_last = channels_last and device.type == "cuda"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        size = model.config.image_size
+        example = [torch.zeros(1, model.config.in_channels, size, size, device=device),
+                   torch.zeros(1, device=device)]
+        self.call = _bucketed(self._forward, example, buckets, device, cuda_graphs)
 
-    def _eps_and_var_impl(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return self.model.eps_and_var(x, t_model)
+
+    def _activate_impl(self) -> None:
+        if self.call is not None:
+            self.call.capture_all()
+
+    def _eps_and_var_impl(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            return self.model.eps_and_var(x, t_model)
+            if self.call is not None:
+                eps, v = self.call(x, t_model)
+                return eps, v
+            return self._forward(x, t_model)
 
 
 class TorchClassifier(ClassifierBackend):
-    """Any module mapping [-1, 1] images to logits (e.g. :class:`~densepure.models.classifiers.Classifier`)."""
+    """Any module mapping [-1, 1] images to logits (e.g. :class:`~densepure.models.classifiers.Classifier`).
+
+    ``image_shape`` (C, H, W) is needed only with ``buckets``.
+    """
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, num_classes: int, device: torch.device | str | None = None):
+    def __init__(self, module: nn.Module, num_classes: int, device: torch.device | str | None = None,
+                 buckets: Sequence[int] | None = None, cuda_graphs: bool = False,
+                 image_shape: tuple[int, int, int] | None = None):
         if device is None:
             first = next(iter(module.parameters()), None)
             device = first.device if first is not None else torch.device("cpu")
         super().__init__(torch.device(device), num_classes)
         self.module = module.eval()
+        if buckets is not None and image_shape is None:
+            raise ValueError("a bucketed classifier needs image_shape")
+        example = [torch.zeros(1, *image_shape, device=self.device)] if image_shape is not None else []
+        self.call = _bucketed(lambda x: (self.module(x),), example, buckets, self.device, cuda_graphs)
+
+    def _activate_impl(self) -> None:
+        if self.call is not None:
+            self.call.capture_all()
 
     def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self.call is not None:
+                return self.call(x)[0]
             return self.module(x).float()

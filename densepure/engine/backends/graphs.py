@@ -1,0 +1,128 @@
+"""Batch-size buckets and CUDA graphs for the torch backends.
+
+A model call of ``B`` rows runs at the smallest bucket ``>= B``: the input is copied into the
+bucket's static buffer, rows ``B..bucket-1`` are padding, and only rows ``0..B-1`` of the output
+are returned (each row of a UNet or classifier depends only on its own input row, so padding never
+reaches a result). On CUDA each bucket is captured once as a CUDA graph (all buckets share one
+memory pool, largest captured first) and a call is one ``replay``; on CPU the same padding code runs
+eagerly, so the bucket logic is tested without a GPU.
+
+Bucket sizes come from the device's free memory: :func:`rows_for_memory` measures the peak bytes of
+one probe batch and keeps a safety fraction of what is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from densepure.errors import BackendError, ConfigError
+
+Fn = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def bucket_sizes(max_rows: int, smallest: int = 8) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` below ``max_rows``, then ``max_rows`` itself (ascending)."""
+    if max_rows < 1 or smallest < 1:
+        raise ConfigError(f"bucket sizes need max_rows >= 1 and smallest >= 1, got {max_rows}, {smallest}")
+    out, size = [], smallest
+    while size < max_rows:
+        out.append(size)
+        size *= 2
+    return (*out, max_rows)
+
+
+def pick_bucket(buckets: Sequence[int], rows: int) -> int:
+    """The smallest bucket holding ``rows`` rows."""
+    for size in buckets:
+        if size >= rows:
+            return size
+    raise BackendError(f"a batch of {rows} rows exceeds the largest bucket ({buckets[-1]}); "
+                       f"lower the engine's rows per call or raise the buckets")
+
+
+def rows_for_memory(probe: Callable[[int], object], device: torch.device, probe_rows: int = 32,
+                    fraction: float = 0.6, cap: int = 4096) -> int:
+    """Rows per model call that fit in ``fraction`` of the free memory of a CUDA ``device``.
+
+    ``probe(rows)`` runs one batch; its peak allocation above the baseline, divided by
+    ``probe_rows``, is the cost of a row (activations and workspace scale with the batch). The result
+    is rounded down to a multiple of 8 and clipped to ``[8, cap]``. CPU devices return ``cap``.
+    """
+    if device.type != "cuda":
+        return cap
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    probe(probe_rows)
+    torch.cuda.synchronize(device)
+    per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe_rows)
+    free, _ = torch.cuda.mem_get_info(device)
+    rows = int(fraction * free // per_row) // 8 * 8
+    return max(8, min(cap, rows))
+
+
+class BucketedCall:
+    """Run ``fn(*inputs) -> tuple of tensors`` at bucketed batch sizes (CUDA graphs on CUDA).
+
+    ``example`` gives each input's per-row shape and dtype (a tensor with any batch size). Inputs
+    must match them; outputs are float32 slices of the first ``B`` rows (copies when graphed, since
+    the next replay overwrites the static outputs).
+    """
+
+    def __init__(self, fn: Fn, example: Sequence[torch.Tensor], buckets: Sequence[int], device: torch.device,
+                 graphs: bool):
+        if graphs and device.type != "cuda":
+            raise BackendError(f"CUDA graphs need a CUDA device, not {device}")
+        self.fn, self.device, self.graphs = fn, torch.device(device), graphs
+        self.buckets = tuple(sorted(int(b) for b in buckets))
+        self.row_specs = [(tuple(t.shape[1:]), t.dtype) for t in example]
+        self.static_in: dict[int, list[torch.Tensor]] = {}
+        self.static_out: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.captured: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+
+    def _buffers(self, size: int) -> list[torch.Tensor]:
+        if size not in self.static_in:
+            self.static_in[size] = [torch.zeros((size, *shape), dtype=dtype, device=self.device)
+                                    for shape, dtype in self.row_specs]
+        return self.static_in[size]
+
+    def capture_all(self) -> None:
+        """Capture every bucket now, largest first (so smaller graphs reuse the pool's memory)."""
+        if self.graphs:
+            for size in sorted(self.buckets, reverse=True):
+                self._capture(size)
+
+    def _capture(self, size: int) -> None:
+        inputs = self._buffers(size)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):  # warm-up outside the graph: lazy init, cuDNN autotuning
+                self.fn(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
+            self.static_out[size] = tuple(self.fn(*inputs))
+        self.captured[size] = graph
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rows = int(inputs[0].shape[0])
+        size = pick_bucket(self.buckets, rows)
+        if not self.graphs and size == rows:
+            return tuple(out.float() for out in self.fn(*inputs))
+        static = self._buffers(size)
+        for buf, x in zip(static, inputs):
+            buf[:rows].copy_(x)
+            if rows < size:
+                buf[rows:].copy_(buf[:1].expand(size - rows, *buf.shape[1:]))  # padding: copies of row 0
+        if not self.graphs:
+            return tuple(out[:rows].float() for out in self.fn(*static))
+        if size not in self.captured:
+            self._capture(size)
+        self.captured[size].replay()
+        return tuple(out[:rows].to(torch.float32, copy=True) for out in self.static_out[size])

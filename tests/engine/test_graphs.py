@@ -1,0 +1,96 @@
+"""Batch buckets (CPU: the padding path; CUDA: graphs) give the same rows as a direct call."""
+
+import numpy as np
+import pytest
+import torch
+
+from densepure.engine.backends import TorchClassifier, TorchDenoiser
+from densepure.engine.backends.graphs import BucketedCall, bucket_sizes, pick_bucket, rows_for_memory
+from densepure.errors import BackendError, ConfigError
+from densepure.models.classifiers import Classifier, Preprocess
+from densepure.models.digits import load_digits_classifier, load_digits_unet
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_bucket_sizes_and_pick():
+    assert bucket_sizes(100) == (8, 16, 32, 64, 100)
+    assert bucket_sizes(64) == (8, 16, 32, 64)
+    assert bucket_sizes(5) == (5,)
+    assert pick_bucket((8, 16, 100), 1) == 8
+    assert pick_bucket((8, 16, 100), 17) == 100
+    with pytest.raises(BackendError, match="exceeds the largest bucket"):
+        pick_bucket((8, 16), 17)
+    with pytest.raises(ConfigError):
+        bucket_sizes(0)
+
+
+def test_rows_for_memory_on_cpu_is_the_cap():
+    assert rows_for_memory(lambda rows: None, torch.device("cpu"), cap=777) == 777
+
+
+def test_padding_never_reaches_results():
+    calls = []
+
+    def fn(x, t):  # row-wise, and records the batch size it ran at
+        calls.append(x.shape[0])
+        return (x * 2 + t[:, None],)
+
+    call = BucketedCall(fn, [torch.zeros(1, 3), torch.zeros(1)], (4, 8), torch.device("cpu"), graphs=False)
+    x, t = torch.randn(5, 3), torch.randn(5)
+    (out,) = call(x, t)
+    assert calls == [8] and out.shape == (5, 3)
+    torch.testing.assert_close(out, x * 2 + t[:, None])
+    (out,) = call(x[:4], t[:4])  # exact bucket: no copy
+    assert calls[-1] == 4
+    with pytest.raises(BackendError):
+        call(torch.randn(9, 3), torch.randn(9))
+    with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
+        BucketedCall(fn, [torch.zeros(1, 3)], (4,), torch.device("cpu"), graphs=True)
+
+
+def test_bucketed_backends_match_direct_calls():
+    unet, clf = load_digits_unet(), Classifier(load_digits_classifier(), Preprocess(), num_classes=10)
+    direct, bucketed = TorchDenoiser(unet), TorchDenoiser(unet, buckets=bucket_sizes(64))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(37, 1, 8, 8, generator=g), torch.randint(1, 999, (37,), generator=g).float()
+    for a, b in zip(direct.eps_and_var(x, t), bucketed.eps_and_var(x, t)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    c_direct = TorchClassifier(clf, 10)
+    c_bucketed = TorchClassifier(clf, 10, buckets=bucket_sizes(64), image_shape=(1, 8, 8))
+    torch.testing.assert_close(c_direct.logits(x.clamp(-1, 1)), c_bucketed.logits(x.clamp(-1, 1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_graphs_match_eager(dtype):
+    dev = torch.device("cuda")
+    unet = load_digits_unet(device=dev).set_precision(dtype)
+    eager = TorchDenoiser(unet)
+    graphed = TorchDenoiser(unet, channels_last=True, buckets=bucket_sizes(256), cuda_graphs=True)
+    x, t = torch.randn(100, 1, 8, 8, device=dev), torch.randint(1, 999, (100,), device=dev).float()
+    with graphed:
+        assert set(graphed.call.captured) == set(bucket_sizes(256))
+        got = graphed.eps_and_var(x, t)
+        again = graphed.eps_and_var(x[:10], t[:10])  # another bucket; earlier outputs must survive
+    tol = 1e-4 if dtype is torch.float32 else 3e-2
+    for a, b in zip(eager.eps_and_var(x, t), got):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    torch.testing.assert_close(again[0], got[0][:10], rtol=tol, atol=tol)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_rows_for_memory_on_cuda():
+    dev = torch.device("cuda")
+    unet = load_digits_unet(device=dev)
+
+    def probe(rows):
+        with torch.inference_mode():
+            unet(torch.randn(rows, 1, 8, 8, device=dev), torch.ones(rows, device=dev))
+
+    rows = rows_for_memory(probe, dev, cap=1 << 20)
+    assert rows >= 8 and rows % 8 == 0
+    assert np.isfinite(rows)

@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_table1_runs_resumes_and_reports(tmp_path):
+    out = tmp_path / "table1"
+    args = ("--images", "2", "--n0", "10", "--n", "20", "--sigmas", "0.5", "--threads", "1", "--out", str(out))
+    run_script("table1.py", *args)
+    files = sorted(p.name for p in out.glob("*.tsv"))
+    assert files == sorted(f"sigma0.5_{t}.tsv" for t in ("gaussian", "onestep", "densepure_K1_b2", "densepure_K3_b2",
+                                                          "densepure_K10_b2", "densepure_K1_b4", "densepure_K3_b4",
+                                                          "densepure_K10_b4"))
+    for name in files:
+        assert len((out / name).read_text().splitlines()) == 3  # header + 2 images
+    report = (tmp_path / "table1_digits.md").read_text()
+    assert report.count("| densepure K=") == 6 and "| gaussian |" in report and "partial" not in report
+    assert (tmp_path / "table1_digits.png").read_bytes().startswith(b"\x89PNG")
+    again = run_script("table1.py", *args)  # everything finished: resumes without sampling
+    assert "images," not in again
+
+
+@pytest.mark.slow
+def test_throughput_prints_both_rates_and_their_ratio():
+    stdout = run_script("throughput.py", "--images", "1", "--n0", "10", "--n", "20", "--K", "3", "--threads", "1",
+                        "--device", "cpu")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["official_draws_per_s"] > 0 and result["engine_draws_per_s"] > 0
+    assert result["speedup"] == pytest.approx(result["engine_draws_per_s"] / result["official_draws_per_s"])
+    assert "torch" in result["device"]
+    assert "official protocol" in stdout and "ratio engine / official" in stdout
