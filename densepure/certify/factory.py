@@ -4,7 +4,8 @@ Classifier specs (``--classifier``):
 * ``digits`` - the CNN shipped with the package (the embedded default);
 * ``hf:DIR`` - a Hugging Face ``transformers`` image classifier saved in DIR (or a hub id present
   in the local cache; nothing is downloaded);
-* ``timm:NAME[:CHECKPOINT]`` - a ``timm`` architecture with weights from a local file.
+* ``timm:NAME[:CHECKPOINT]`` - a ``timm`` architecture with weights from a local file (``.pt``/``.pth``
+  read with ``weights_only``, or ``.safetensors``); without CHECKPOINT, its weights in the local HF cache.
 Library users can pass any ``torch.nn.Module`` wrapped in :class:`~densepure.models.classifiers.Classifier`.
 """
 
@@ -45,6 +46,8 @@ class ClassifierSpec:
             raise ConfigError(f"classifier {text!r} needs a location after '{head}:'")
         if source is ClassifierSource.TIMM:
             name, _, ckpt = rest.partition(":")
+            if not name:
+                raise ConfigError(f"classifier {text!r} needs a timm model name: 'timm:NAME[:CHECKPOINT]'")
             return cls(source, name, ckpt or None)
         return cls(source, rest)
 
