@@ -34,18 +34,28 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(explicit: str | None) -> str:
+    """The TensorRT engine cache: the flag, else $DENSEPURE_CACHE, else ~/.cache/densepure."""
+    import os
+    from pathlib import Path
+
+    return explicit or os.environ.get("DENSEPURE_CACHE") or str(Path.home() / ".cache" / "densepure")
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     from densepure.certify.job import prepare, run
     from densepure.cli_certify import options_from_args, progress_hook, summarize_run
 
     predict = args.command == "predict"
+    if args.backend == "tensorrt":
+        args.cache_dir = _cache_dir(args.cache_dir)
     job = prepare(options_from_args(args, predict))
     opts = job.options
     todo = len(job.indices)
     print(f"{args.command}: {todo} images, mode={opts.mode.value} sigma={opts.sigma} "
           + (f"K={opts.num_chains} b={opts.steps} " if opts.mode.value == "densepure" else "")
           + f"n0={opts.n0 if not predict else '-'} n={opts.n} alpha={opts.alpha} seed={job.seed} "
-          f"device={job.engine.executor.device}", file=sys.stderr)
+          f"device={job.engine.executor.device} backend={opts.backend.value}", file=sys.stderr)
     hook, close = progress_hook(todo)
     try:
         output, _ = run(job, hook)
@@ -89,12 +99,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
     from densepure.export import ArtifactKind, BuildSettings, Precision, TypingMode, build_command
 
-    cache_dir = args.cache_dir or os.environ.get("DENSEPURE_CACHE") or str(Path.home() / ".cache" / "densepure")
+    cache_dir = _cache_dir(args.cache_dir)
     settings = BuildSettings(buckets=[b for b in args.buckets.split(",") if b.strip()],
                              workspace_bytes=None if args.workspace_mb is None else args.workspace_mb * 2**20,
                              typing=TypingMode(args.typing), optimization_level=args.opt_level)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from densepure.certify.base import Mode
 from densepure.diffusion import TStarRule
+from densepure.engine.backends.select import BackendKind
 
 
 def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
@@ -37,7 +38,17 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call (default: 500)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet precision (default: fp32)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="torch: UNet precision; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
+                        "(default: fp32)")
+    g.add_argument("--backend", default="torch", choices=[k.value for k in BackendKind],
+                   help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "
+                        "`densepure build` made from them on this machine) (default: torch)")
+    g.add_argument("--artifacts", help="onnxruntime/tensorrt: a directory written by `densepure export --out DIR`")
+    g.add_argument("--cache-dir", help="tensorrt: the engine cache of `densepure build` (default: $DENSEPURE_CACHE "
+                                       "or ~/.cache/densepure)")
     g.add_argument("--seed", type=int, help="noise seed; unset: drawn from the OS and recorded in the sidecar")
     g.add_argument("--output", default="runs/predict.tsv" if predict else "runs/certify.tsv",
                    help="result file (TSV, with a .jsonl sidecar); an existing matching run is resumed")
@@ -54,7 +65,8 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None) if not predict else 1, n=args.n, alpha=args.alpha,
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
         radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, seed=args.seed, output=args.output, skip=args.skip, max=args.max,
+        precision=args.precision, backend=BackendKind(args.backend), artifacts=args.artifacts,
+        cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite,
     )
 

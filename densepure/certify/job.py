@@ -27,11 +27,13 @@ from densepure.certify.sequential import SequentialPlan
 from densepure.certify.stats import validate_alpha
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import TStarRule
+from densepure.engine.backends.select import BackendKind, check_backend_options
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.errors import ConfigError, DensePureError
 
-# settings that do not change any label (noise is keyed by identity, not by batch layout)
-_NOT_RECORDED = ("batch_size", "output", "overwrite")
+# settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
+# cache are keyed by content)
+_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs")
 
 
 # Unset options take the preset's defaults. digits: a main job of about a minute or two on 2 CPU
@@ -65,6 +67,10 @@ class JobOptions:
     batch_size: int = 500
     device: str = "auto"
     precision: str = "fp32"
+    backend: BackendKind = BackendKind.TORCH
+    artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
+    cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
+    cuda_graphs: bool = True  # torch on CUDA: bucketed CUDA graphs
     seed: int | None = None
     output: str = "runs/certify.tsv"
     skip: int | None = None
@@ -78,6 +84,8 @@ class JobOptions:
                 object.__setattr__(self, key, value)
         validate_alpha(self.alpha)
         parse_precision(self.precision)
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        check_backend_options(self.backend, self.artifacts, self.precision)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.radius is not None and self.radius < 0:
@@ -145,7 +153,8 @@ def prepare(options: JobOptions) -> Job:
         from densepure.models import build_unet, get_preset
 
         preset = get_preset(options.preset)
-        denoiser = build_unet(preset, default_checkpoint(options.preset, options.checkpoint), device, dtype)
+        if options.backend is BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
+            denoiser = build_unet(preset, default_checkpoint(options.preset, options.checkpoint), device, dtype)
         schedule = preset.schedule
     engine = _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset)
     plan = None
@@ -155,19 +164,44 @@ def prepare(options: JobOptions) -> Job:
 
 
 def _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset) -> Engine:
-    from densepure.engine.backends import TorchClassifier, TorchDenoiser
+    from densepure.engine.backends.select import BackendChoice, ModelIdentity, make_backends
+    from densepure.models.checkpoint import file_sha256
 
-    rows = options.batch_size
-    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
     x0, _ = dataset[0] if len(dataset) else (None, None)
     if x0 is None:
         raise ConfigError("the dataset is empty")
+    rows = _rows_per_call(options, device, denoiser, classifier, tuple(x0.shape))
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
+    exported = options.backend is not BackendKind.TORCH
+    checkpoint = default_checkpoint(options.preset, options.checkpoint) if exported and smoothing.needs_denoiser else None
+    identity = ModelIdentity(options.preset, tuple(x0.shape), num_classes,
+                             file_sha256(checkpoint) if checkpoint is not None else None, options.classifier)
+    choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
+                           torch.get_num_threads(), rows, options.cuda_graphs)
+    backends = make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=denoiser,
+                             classifier=classifier)
     return Engine(mode=smoothing.mode.value, sigma=smoothing.sigma, chains=smoothing.num_chains,
                   steps=smoothing.steps, num_classes=num_classes,
-                  classifier=TorchClassifier(classifier, num_classes, device),
-                  denoiser=TorchDenoiser(denoiser) if denoiser is not None else None, schedule=schedule,
+                  classifier=backends.classifier, denoiser=backends.denoiser, schedule=schedule,
                   t_star_rule=smoothing.t_star_rule, seed=seed, image_shape=tuple(x0.shape), device=device,
                   config=config)
+
+
+def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifier, shape) -> int:
+    """``--batch-size``, lowered on CUDA to what fits in the free memory (torch backend: one probe batch
+    through the UNet and the classifier measures the memory per row)."""
+    if device.type != "cuda" or options.backend is not BackendKind.TORCH:
+        return options.batch_size
+    from densepure.engine.backends.graphs import rows_for_memory
+
+    def probe(rows: int) -> None:
+        with torch.inference_mode():
+            x = torch.zeros((rows, *shape), device=device)
+            if denoiser is not None:
+                denoiser.eps_and_var(x, torch.ones(rows, device=device))
+            classifier(x)
+
+    return rows_for_memory(probe, device, cap=options.batch_size)
 
 
 def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:

@@ -10,9 +10,9 @@ from densepure.export.manifest import (
     ArtifactFormat, ArtifactKind, ArtifactManifest, BatchProfile, EngineInfo, MachineInfo, Precision, SourceInfo,
     TensorSpec, TypingMode, manifest_path_for, onnx_sha256,
 )
-from densepure.export.onnx_export import (
-    CheckStatus, ExportResult, NumericCheck, OpTyping, export_classifier, export_unet, op_typing, typing_violations,
-)
+from densepure.export.onnx_export import ExportResult, export_classifier, export_unet
+from densepure.export.onnx_typing import OpTyping, op_typing, typing_violations
+from densepure.export.onnx_verify import CheckStatus, NumericCheck
 from densepure.export.tensorrt_build import (
     BuildOutcome, BuildSettings, bucket_profiles, build_engine, find_engine, machine_info,
 )

@@ -137,6 +137,26 @@ class EngineCache:
         tag = hashlib.sha256(machine.describe().encode("utf-8")).hexdigest()[:16]
         return self.root / "timing" / f"{tag}.cache"
 
+    def built_from(self, onnx_sha256: str) -> list[CacheEntry]:
+        """Entries whose manifest says they were built from this ONNX content, for any machine, by key.
+
+        Reads manifests only (no engine hashing: :meth:`lookup` the entry chosen before loading it);
+        entries with an unreadable manifest or one naming another key are left out.
+        """
+        base = self.root / "engines"
+        if not base.is_dir():
+            return []
+        found = []
+        for directory in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            try:
+                manifest = ArtifactManifest.read(manifest_path_for(directory / ENGINE_FILE))
+            except ArtifactError:
+                continue
+            if manifest.engine is not None and manifest.engine.cache_key == directory.name \
+                    and manifest.onnx_sha256 == onnx_sha256:
+                found.append(CacheEntry(directory.name, directory, manifest))
+        return found
+
     def entries(self) -> list[CacheEntry]:
         """Valid entries (hash-checked), for listing and cleanup."""
         base = self.root / "engines"

@@ -24,8 +24,9 @@ from densepure.errors import ArtifactError, ConfigError
 from densepure.export.cache import EngineCache
 from densepure.export.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, Precision, SourceInfo
 from densepure.export.onnx_export import (
-    DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, CheckStatus, ExportResult, export_classifier, export_unet,
+    DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, ExportResult, export_classifier, export_unet,
 )
+from densepure.export.onnx_verify import CheckStatus
 from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
 from densepure.models.checkpoint import file_sha256
 from densepure.models.classifiers import Classifier

@@ -15,27 +15,26 @@ Precision ``fp16`` is a strongly typed graph (TensorRT 11 builds exactly the typ
 UNet is exported after :meth:`UNetModel.set_precision` (float16 convolutions and attention matmuls;
 GroupNorm, the attention softmax, the sinusoidal timestep embedding and the embedding Linear layers
 (Gemm) float32, ALGORITHM §10). Classifiers get float16 weights with LayerNorm/GroupNorm/Softmax
-wrapped back into float32 by :func:`keep_in_float32`. Casts at the boundary keep inputs and outputs
-float32, so callers never change.
+wrapped back into float32 by :func:`~densepure.export.onnx_typing.keep_in_float32`. Casts at the
+boundary keep inputs and outputs float32, so callers never change.
 
-Every export is checked: ``onnx.checker`` on the saved file, the typing contract for fp16 graphs, and
-onnxruntime (CPU) against torch on random inputs at a batch other than the traced one.
+Every export is checked: ``onnx.checker`` on the saved file, the typing contract for fp16 graphs
+(:mod:`densepure.export.onnx_typing`), and onnxruntime (CPU) against torch on random inputs at a batch
+other than the traced one (:mod:`densepure.export.onnx_verify`). The graph rewrites that make the
+graphs parse everywhere are in :mod:`densepure.export.onnx_passes`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import enum
 import hashlib
 import time
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,64 +43,17 @@ from densepure.export.manifest import (
     BATCH, ArtifactFormat, ArtifactKind, ArtifactManifest, Precision, SourceInfo, TensorSpec, manifest_path_for,
     onnx_sha256,
 )
+from densepure.export.onnx_passes import drop_noop_antialias, rewrite_einsum_as_matmul
+from densepure.export.onnx_typing import TYPING_POLICIES, OpTyping, keep_in_float32, op_typing, typing_violations
+from densepure.export.onnx_verify import CheckStatus, NumericCheck, check_model, numeric_check
 from densepure.models.classifiers import Classifier
 from densepure.models.unet import UNetModel
 
 DEFAULT_OPSET = 21
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights; protobuf cannot serialize a 2 GiB message
-TOLERANCES = {Precision.FP32: 1e-4, Precision.FP16: 3e-2}  # max |onnx - torch| / max |torch|
 UNET_INPUTS, UNET_OUTPUTS = ("x", "t"), ("eps", "v")
 CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS = ("x",), ("logits",)
-_FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
 TRACE_BATCH = 2
-
-
-@dataclass(frozen=True)
-class TypingPolicy:
-    """Op types whose compute type (that of their first input) is fixed in an fp16 graph."""
-
-    float32_ops: frozenset[str]
-    float16_ops: frozenset[str]
-
-
-TYPING_POLICIES = {
-    # Gemm in the UNet is only the timestep-embedding MLP and the per-block embedding projections.
-    ArtifactKind.UNET: TypingPolicy(frozenset({"GroupNormalization", "Softmax", "Sin", "Cos", "Gemm"}),
-                                    frozenset({"Conv", "MatMul"})),
-    ArtifactKind.CLASSIFIER: TypingPolicy(frozenset({"GroupNormalization", "LayerNormalization", "Softmax"}),
-                                          frozenset({"Conv", "MatMul", "Gemm"})),
-}
-
-
-class CheckStatus(enum.Enum):
-    PASSED = "passed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class NumericCheck:
-    """onnxruntime (CPU) against torch on ``batch`` random rows: ``max |ort - torch| / max |torch|``.
-
-    ``max_rel_error`` compares with torch at the graph's precision (fp16 UNet: the fp16 torch model;
-    fp16 classifier: the fp32 one, as its fp32 islands have no torch twin); ``max_rel_error_vs_fp32``
-    always with the float32 model. ``skipped_reason`` says why numerics did not run.
-    """
-
-    status: CheckStatus
-    batch: int
-    tolerance: float
-    max_rel_error: float | None = None
-    max_rel_error_vs_fp32: float | None = None
-    per_output: tuple[tuple[str, float], ...] = ()
-    skipped_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class OpTyping:
-    op_type: str
-    dtype: str  # compute type: that of the node's first input
-    count: int
 
 
 @dataclass(frozen=True)
@@ -242,7 +194,7 @@ def _export(job: _Job, reuse: bool) -> ExportResult:
     else:
         notes, external = [n for n in previous.notes if not n.startswith("numerics")], previous.external_data
     typing = op_typing(onnx.load(str(job.path), load_external_data=False))
-    _check_model(job.path)
+    check_model(job.path)
     numerics = _compare(job)
     if numerics.status is CheckStatus.FAILED:
         raise ArtifactError(f"{job.path}: onnxruntime disagrees with torch: max relative error "
@@ -307,179 +259,7 @@ def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
 
 
 # ---------------------------------------------------------------------------------------------------
-# Graph passes and typing inspection (on onnx.ModelProto, in place)
-
-
-def _matmul_plan(equation: str) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
-    """For a batched-matmul einsum like ``bct,bcs->bts``: (index of the left operand, its permutation to
-    (batch, rows, k), the right operand's permutation to (batch, k, cols)); None for other equations."""
-    lhs, arrow, out = equation.replace(" ", "").partition("->")
-    terms = lhs.split(",")
-    if not arrow or len(terms) != 2 or any(len(t) != 3 or len(set(t)) != 3 for t in (*terms, out)):
-        return None
-    a, b = terms
-    shared = set(a) & set(b)
-    batch, contracted = shared & set(out), shared - set(out)
-    only_a, only_b = set(a) - shared, set(b) - shared
-    if len(batch) != 1 or len(contracted) != 1 or len(only_a) != 1 or len(only_b) != 1 or out[0] not in batch:
-        return None
-    (n,), (k,), (i,), (j,) = batch, contracted, only_a, only_b
-    if out == n + i + j:
-        return 0, tuple(a.index(ch) for ch in n + i + k), tuple(b.index(ch) for ch in n + k + j)
-    if out == n + j + i:
-        return 1, tuple(b.index(ch) for ch in n + j + k), tuple(a.index(ch) for ch in n + k + i)
-    return None
-
-
-def rewrite_einsum_as_matmul(model) -> int:
-    """Replace two-operand batched-matmul Einsum nodes by (Transpose +) MatMul; returns how many.
-
-    TensorRT and onnxruntime have tuned MatMul kernels in every precision; Einsum support is narrower.
-    """
-    from onnx import helper
-
-    nodes, count = [], 0
-    for node in model.graph.node:
-        eq = next((a.s.decode() for a in node.attribute if a.name == "equation"), "")
-        plan = _matmul_plan(eq) if node.op_type == "Einsum" and len(node.input) == 2 else None
-        if plan is None:
-            nodes.append(node)
-            continue
-        first, left_perm, right_perm = plan
-        operands = []
-        for side, (name, perm) in enumerate(((node.input[first], left_perm), (node.input[1 - first], right_perm))):
-            if perm != (0, 1, 2):
-                out = f"{node.output[0]}/operand{side}_t"
-                nodes.append(helper.make_node("Transpose", [name], [out], name=f"{node.name}/transpose{side}",
-                                              perm=list(perm)))
-                name = out
-            operands.append(name)
-        nodes.append(helper.make_node("MatMul", operands, [node.output[0]], name=f"{node.name}/matmul"))
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return count
-
-
-def keep_in_float32(model, op_types: Sequence[str]) -> int:
-    """Compute every float16 node of ``op_types`` in float32: Cast its float16 inputs up and its outputs
-    back down (TensorRT folds the Casts on weights). Returns the number of nodes wrapped."""
-    from onnx import helper
-
-    types, wanted = value_types(model), set(op_types)
-    nodes, count = [], 0
-    for node in model.graph.node:
-        if node.op_type not in wanted or not node.input or types.get(node.input[0]) != _FLOAT16:
-            nodes.append(node)
-            continue
-        for idx, name in enumerate(node.input):
-            if name and types.get(name) == _FLOAT16:
-                up = f"{name}/fp32_for_{node.name}"
-                nodes.append(helper.make_node("Cast", [name], [up], name=f"{node.name}/cast_in{idx}", to=_FLOAT))
-                node.input[idx] = up
-        tail = []
-        for idx, name in enumerate(node.output):
-            # output 0 has the input's type by the ops' definitions, whatever inference managed to say
-            if name and (idx == 0 or types.get(name) == _FLOAT16):
-                node.output[idx] = f"{name}/fp32"
-                tail.append(helper.make_node("Cast", [f"{name}/fp32"], [name], name=f"{node.name}/cast_out{idx}",
-                                             to=_FLOAT16))
-        nodes += [node, *tail]
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return count
-
-
-def tensor_types(model) -> dict[str, object]:
-    """``TypeProto.Tensor`` (element type and shape) of every value, by shape inference on a weight-less
-    copy (works for models over 2 GB and for models loaded without their external data)."""
-    import onnx
-
-    skeleton = onnx.ModelProto(ir_version=model.ir_version)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g = skeleton.graph
-    for field_name in ("node", "input", "output", "value_info"):
-        getattr(g, field_name).extend(getattr(model.graph, field_name))
-    for init in model.graph.initializer:
-        stub = g.initializer.add()
-        if init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() <= 4096:
-            stub.CopyFrom(init)  # small tensors may be shapes that inference needs the values of
-        else:
-            stub.name, stub.data_type = init.name, init.data_type
-            stub.dims.extend(init.dims)
-    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    out = {}
-    for init in model.graph.initializer:
-        out[init.name] = onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims)).tensor_type
-    for vi in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info):
-        out[vi.name] = vi.type.tensor_type
-    return out
-
-
-def value_types(model) -> dict[str, int]:
-    """Element type (``onnx.TensorProto`` enum) of every value of ``model``."""
-    return {name: t.elem_type for name, t in tensor_types(model).items()}
-
-
-def drop_noop_antialias(model) -> int:
-    """Clear ``antialias`` on Resize nodes that only upsample, where ONNX defines it to change nothing:
-    TensorRT's ONNX parser (10.x) rejects antialias=1 outright (NVIDIA/TensorRT#3560). torch's
-    antialiased bicubic keeps its cubic a=-0.5 and exclude_outside (that is what makes it differ from
-    plain bicubic); for linear, exclude_outside is cleared too (no tap falls outside when upsampling).
-    Returns the number of nodes changed."""
-    values, changed = tensor_types(model), 0
-
-    def dims(name: str) -> list[int | None]:
-        t = values.get(name)
-        return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t is not None else []
-
-    for node in model.graph.node:
-        aa = next((a for a in node.attribute if a.name == "antialias" and a.i), None)
-        if node.op_type != "Resize" or aa is None:
-            continue
-        src, dst = dims(node.input[0]), dims(node.output[0])
-        if len(src) < 3 or len(src) != len(dst):
-            continue
-        if all(a is not None and b is not None and b >= a for a, b in zip(src[2:], dst[2:])):
-            aa.i = 0
-            changed += 1
-            if any(a.name == "mode" and a.s == b"linear" for a in node.attribute):
-                # linear taps never reach outside when upsampling; onnxruntime rejects exclude_outside here
-                for a in node.attribute:
-                    if a.name == "exclude_outside":
-                        a.i = 0
-    return changed
-
-
-def op_typing(model) -> tuple[OpTyping, ...]:
-    """Counts of (op type, compute type) over the graph's nodes."""
-    import onnx
-
-    types = value_types(model)
-    counts = Counter((n.op_type, onnx.TensorProto.DataType.Name(types.get(n.input[0], 0)) if n.input else "NONE")
-                     for n in model.graph.node)
-    return tuple(OpTyping(op, dt, c) for (op, dt), c in sorted(counts.items()))
-
-
-def typing_violations(model, kind: ArtifactKind) -> list[str]:
-    """Where an fp16 graph breaks :data:`TYPING_POLICIES` or its float32 boundary (empty: none)."""
-    types, policy = value_types(model), TYPING_POLICIES[kind]
-    bad = [f"graph {io} {vi.name} is not float32" for io, vis in (("input", model.graph.input),
-                                                                  ("output", model.graph.output))
-           for vi in vis if vi.type.tensor_type.elem_type != _FLOAT]
-    for node in model.graph.node:
-        got = types.get(node.input[0]) if node.input else None
-        if node.op_type in policy.float32_ops and got != _FLOAT:
-            bad.append(f"{node.op_type} {node.name} computes in type {got}, must be float32")
-        elif node.op_type in policy.float16_ops and got != _FLOAT16:
-            bad.append(f"{node.op_type} {node.name} computes in type {got}, must be float16")
-    return bad
-
-
-# ---------------------------------------------------------------------------------------------------
-# Files and checks
+# Files
 
 
 def save_onnx(model, path: str | Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> tuple[str, ...]:
@@ -499,51 +279,15 @@ def save_onnx(model, path: str | Path, threshold: int = EXTERNAL_DATA_THRESHOLD)
     return (data_name,) if (p.parent / data_name).is_file() else ()
 
 
-def _check_model(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path))  # by path: handles external data and models over 2 GB
-    except onnx.checker.ValidationError as exc:
-        raise ArtifactError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-
-
-def run_onnxruntime_cpu(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a saved graph on onnxruntime's CPU provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
-def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    scale = max(float(np.abs(want).max()), 1e-12)
-    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) / scale
-
-
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _compare(job: _Job) -> NumericCheck:
-    tol, batch, feeds = TOLERANCES[job.precision], int(job.feeds[0].shape[0]), job.feeds
-    names = [spec.name for spec in job.inputs]
-    try:
-        got = run_onnxruntime_cpu(job.path, {n: f.numpy() for n, f in zip(names, feeds)})
-    except Exception as exc:  # onnxruntime raises its own pybind types (NotImplemented, Fail, ...)
-        if job.precision is Precision.FP32:
-            raise ArtifactError(f"onnxruntime cannot run {job.path}: {str(exc).splitlines()[0]}") from exc
-        reason = f"numerics skipped: onnxruntime CPU cannot run this float16 graph ({str(exc).splitlines()[0]})"
-        return NumericCheck(CheckStatus.SKIPPED, batch, tol, skipped_reason=reason)
     with torch.no_grad():
-        want32 = [t.float().numpy() for t in _as_tuple(job.ref32(*feeds))]
+        want32 = [t.float().numpy() for t in _as_tuple(job.ref32(*job.feeds))]
         # the fp16 UNet graph has an exact torch twin (set_precision); an fp16 classifier graph does not
         same = want32 if job.graph is job.ref32 or job.kind is ArtifactKind.CLASSIFIER else \
-            [t.float().numpy() for t in _as_tuple(job.graph(*feeds))]
-    per = tuple((spec.name, _rel_error(g, w)) for spec, g, w in zip(job.outputs, got, same))
-    worst = max(e for _, e in per)
-    vs32 = max(_rel_error(g, w) for g, w in zip(got, want32))
-    status = CheckStatus.PASSED if worst <= tol else CheckStatus.FAILED
-    return NumericCheck(status, batch, tol, worst, vs32, per)
+            [t.float().numpy() for t in _as_tuple(job.graph(*job.feeds))]
+    feeds = {spec.name: f.numpy() for spec, f in zip(job.inputs, job.feeds)}
+    return numeric_check(job.path, job.precision, feeds, [(s.name, w) for s, w in zip(job.outputs, same)], want32)

@@ -188,7 +188,7 @@ def decompose_group_norm(model) -> int:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from densepure.export.onnx_export import tensor_types
+    from densepure.export.onnx_typing import tensor_types
 
     values = tensor_types(model)
     nodes, count = [], 0

@@ -114,6 +114,21 @@ def test_cache_hit_and_misses(tmp_path):
     assert cache.timing_cache_path(H100) != cache.timing_cache_path(ORIN)
 
 
+def test_built_from_lists_engines_of_one_graph_by_manifest(tmp_path):
+    cache = EngineCache(tmp_path)
+    assert cache.built_from(SHA) == []
+    keys = [cache_key(SHA, BuildSettings().key_fields(), m) for m in (H100, ORIN)]
+    entries = [cache.store(k, b"plan", engine_manifest(b"plan", k, m)) for k, m in zip(keys, (H100, ORIN))]
+    other = hashlib.sha256(b"other graph").hexdigest()
+    okey = cache_key(other, BuildSettings().key_fields(), H100)
+    cache.store(okey, b"plan", dataclasses.replace(engine_manifest(b"plan", okey), onnx_sha256=other))
+    assert cache.built_from(SHA) == sorted(entries, key=lambda e: e.key)
+    entries[0].engine_path.write_bytes(b"PLAN")  # bytes are not hashed here: lookup() does that
+    assert len(cache.built_from(SHA)) == 2 and not cache.lookup(keys[0]).hit
+    entries[1].manifest_path.write_text("{not json")
+    assert [e.key for e in cache.built_from(SHA)] == [keys[0]]
+
+
 def test_read_engine_checks_machine_and_bytes(tmp_path):
     key = cache_key(SHA, BuildSettings().key_fields(), H100)
     entry = EngineCache(tmp_path).store(key, b"plan", engine_manifest(b"plan", key))

@@ -22,7 +22,8 @@ from densepure.export import (
     ArtifactKind, ArtifactManifest, CheckStatus, Precision, export_classifier, export_command, export_unet,
     manifest_path_for, onnx_sha256, typing_violations,
 )
-from densepure.export.onnx_export import _matmul_plan, rewrite_einsum_as_matmul, run_onnxruntime_cpu
+from densepure.export.onnx_passes import _matmul_plan, rewrite_einsum_as_matmul
+from densepure.export.onnx_verify import run_onnxruntime_cpu
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeMode
 from densepure.models.presets import Dataset, DiffusionPreset

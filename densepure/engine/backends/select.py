@@ -1,0 +1,264 @@
+"""Choosing and constructing the engine's backends: torch modules, or the artifacts of ``densepure export``.
+
+* ``torch``: the in-process modules (any device; the UNet at any precision ``set_precision`` allows).
+* ``onnxruntime``: the ONNX graphs of an export directory (``densepure export --out DIR``), found by
+  their manifests. A CPU device runs the CPU execution provider; a CUDA device the CUDA provider (with
+  CPU for the nodes CUDA lacks). The TensorRT execution provider is not picked on its own: the
+  onnxruntime-gpu wheels list it whether or not TensorRT's libraries are installed, and without
+  explicit shape profiles it rebuilds an engine for every new batch size. TensorRT is the
+  ``tensorrt`` backend; library users can still pass ``providers`` to the onnxruntime backends.
+* ``tensorrt``: the engines ``densepure build --onnx-dir DIR`` put in the engine cache for the export
+  directory's graphs, built on this machine (TensorRT version, GPU and platform from the engine's
+  manifest; the engine bytes checked against its sha256).
+
+Artifacts are trusted only through their manifests and are checked against the job before anything
+runs or any result is written: kind and precision; the preset and checkpoint sha256 they were
+exported from; image shape and number of classes; the classifier spec they were exported with. Each
+mismatch is one :class:`~densepure.errors.DensePureError` saying what was found, what was expected and
+the command that fixes it. Both graphs run at the job's precision (``fp32`` or ``fp16``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
+from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.export.manifest import ArtifactKind, ArtifactManifest, MachineInfo, Precision, onnx_sha256
+
+
+class BackendKind(enum.Enum):
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+    @classmethod
+    def parse(cls, value: "BackendKind | str") -> "BackendKind":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"backend must be one of {', '.join(k.value for k in cls)}, got {value!r}") from None
+
+
+EXPORTED_PRECISIONS = tuple(p.value for p in Precision)  # graphs are exported in fp32 and fp16 only
+_CLASSIFIER_SOURCES = ("digits", "hf", "timm")  # the heads of certify's classifier specs
+
+
+def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None, precision: str) -> None:
+    """Validate a backend choice before any model is loaded (:class:`ConfigError` saying why)."""
+    kind = BackendKind.parse(kind)
+    if kind is BackendKind.TORCH:
+        if artifacts is not None:
+            raise ConfigError("--artifacts is read by the onnxruntime and tensorrt backends only; the torch backend "
+                              "runs the checkpoint itself (add --backend onnxruntime or --backend tensorrt)")
+        return
+    if artifacts is None:
+        raise ConfigError(f"the {kind.value} backend needs --artifacts DIR, a directory written by "
+                          "`densepure export --out DIR`")
+    if precision not in EXPORTED_PRECISIONS:
+        raise ConfigError(f"the {kind.value} backend runs exported {' or '.join(EXPORTED_PRECISIONS)} graphs, got "
+                          f"precision {precision!r}")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend runs the models. ``artifacts``: the export directory (exported backends);
+    ``cache_dir``: the TensorRT engine cache; ``threads``: onnxruntime intra-op threads (0: its default);
+    ``rows``: the engine's rows per model call; ``cuda_graphs``: torch on CUDA runs bucketed CUDA graphs
+    (with channels-last convolutions) up to ``rows``."""
+
+    kind: BackendKind = BackendKind.TORCH
+    artifacts: Path | None = None
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+    threads: int = 0
+    rows: int = 512
+    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", BackendKind.parse(self.kind))
+        for name in ("artifacts", "cache_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        check_backend_options(self.kind, self.artifacts, self.precision)
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What exported artifacts must have been made from. ``checkpoint_sha256`` and ``classifier`` (a
+    certify classifier spec such as ``digits`` or ``hf:DIR``) are checked when both sides record them."""
+
+    preset: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    checkpoint_sha256: str | None = None
+    classifier: str | None = None
+
+
+@dataclass(frozen=True)
+class Backends:
+    denoiser: DenoiserBackend | None
+    classifier: ClassifierBackend
+
+
+def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.device, *, needs_denoiser: bool,
+                  unet=None, classifier=None) -> Backends:
+    """The engine's backends for ``choice``. ``unet``/``classifier``: the torch modules (torch backend only)."""
+    device = torch.device(device)
+    if choice.kind is BackendKind.TORCH:
+        from densepure.engine.backends.graphs import bucket_sizes
+        from densepure.engine.backends.torch_backend import TorchClassifier, TorchDenoiser
+
+        if classifier is None or (needs_denoiser and unet is None):
+            raise ConfigError("the torch backend needs the torch classifier (and UNet, for modes that denoise)")
+        gpu = device.type == "cuda"
+        buckets = bucket_sizes(choice.rows) if gpu and choice.cuda_graphs else None
+        graphs = buckets is not None
+        return Backends(
+            TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs) if needs_denoiser else None,
+            TorchClassifier(classifier, identity.num_classes, device, buckets=buckets, cuda_graphs=graphs,
+                            image_shape=identity.image_shape))
+    precision = Precision(choice.precision)
+    kinds = (ArtifactKind.UNET, ArtifactKind.CLASSIFIER) if needs_denoiser else (ArtifactKind.CLASSIFIER,)
+    found = {}
+    for kind in kinds:
+        path, manifest = find_onnx(choice.artifacts, kind, precision)
+        check_identity(path, manifest, identity)
+        found[kind] = path, manifest
+    if choice.kind is BackendKind.ONNXRUNTIME:
+        return _onnxruntime(found, device, choice.threads)
+    return _tensorrt(found, device, choice)
+
+
+def find_onnx(directory: Path, kind: ArtifactKind, precision: Precision) -> tuple[Path, ArtifactManifest]:
+    """The one ONNX graph of ``kind`` and ``precision`` in an export directory, by its manifest."""
+    from densepure.export.commands import exported_artifacts
+
+    base = Path(directory)
+    graphs = exported_artifacts(base, (kind,))
+    matches = [(p, m) for p, m in graphs if m.precision is precision]
+    if not matches:
+        have = sorted({m.precision.value for _, m in graphs})
+        extra = f" (it has {kind.value} graphs in {', '.join(have)})" if have else ""
+        raise ArtifactError(f"no {precision.value} {kind.value} ONNX graph in {base}{extra}: write one with "
+                            f"`densepure export --precision {precision.value} --out {base}`")
+    if len(matches) > 1:
+        names = ", ".join(p.name for p, _ in matches)
+        raise ArtifactError(f"{len(matches)} {precision.value} {kind.value} graphs in {base} ({names}): keep one")
+    return matches[0]
+
+
+def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdentity) -> None:
+    """:class:`ArtifactError` unless the artifact at ``path`` was exported from the job's models."""
+    src, what = manifest.source, f"{path.name} ({manifest.kind.value})"
+
+    def fix(flags: str = "") -> str:
+        return f"export the job's models: `densepure export --preset {identity.preset}{flags} --out DIR`"
+
+    if src.preset is not None and src.preset != identity.preset:
+        raise ArtifactError(f"{what} was exported for preset {src.preset!r}, this job uses {identity.preset!r}: "
+                            f"{fix()}")
+    shape = tuple(manifest.input("x").shape[1:])
+    if shape != tuple(identity.image_shape):
+        raise ArtifactError(f"{what} takes images {shape}, this job's are {tuple(identity.image_shape)}: {fix()}")
+    if manifest.kind is ArtifactKind.UNET:
+        ours, theirs = identity.checkpoint_sha256, src.checkpoint_sha256
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ArtifactError(f"{what} was exported from another checkpoint (sha256 {theirs[:12]}..., this job's "
+                                f"is {ours[:12]}...): {fix(' --checkpoint CHECKPOINT')}")
+        return
+    classes = int(manifest.outputs[0].shape[-1])
+    if classes != identity.num_classes:
+        raise ArtifactError(f"{what} outputs {classes} classes, this job has {identity.num_classes}: {fix()}")
+    recorded, requested = _classifier_tag(src.description), _classifier_tag(identity.classifier)
+    if recorded is not None and requested is not None and recorded != requested:
+        raise ArtifactError(f"{what} was exported from classifier {src.description!r}, this job uses "
+                            f"{identity.classifier!r}: {fix(f' --classifier {identity.classifier}')}")
+
+
+def _classifier_tag(spec: str | None) -> tuple[str, ...] | None:
+    """A classifier spec without its directories (``hf:/models/vit`` -> ``('hf', 'vit')``): exports are
+    often made on another machine, where the same model lives elsewhere. None: not a spec."""
+    if not spec or spec.split(":", 1)[0] not in _CLASSIFIER_SOURCES:
+        return None
+    head, *rest = spec.split(":")
+    return (head, *(Path(part).name for part in rest))
+
+
+def _verified(path: Path, manifest: ArtifactManifest) -> str:
+    """The graph's sha256, checked against its manifest now rather than after results were started."""
+    sha = onnx_sha256(path, manifest.external_data)
+    if sha != manifest.onnx_sha256:
+        raise ArtifactError(f"{path} does not match its manifest's sha256: export it again (`densepure export ...`)")
+    return sha
+
+
+def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
+    from densepure.engine.backends.onnxruntime_backend import (
+        OnnxRuntimeClassifier, OnnxRuntimeDenoiser, default_providers, select_providers,
+    )
+
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+    providers = default_providers(device)
+    try:
+        select_providers(providers, ort.get_available_providers(), device)
+    except BackendError as exc:
+        raise BackendError(f"{exc}; or run the onnxruntime backend on the CPU (--device cpu)") from exc
+    for path, manifest in found.values():
+        _verified(path, manifest)
+    unet = found.get(ArtifactKind.UNET)
+    denoiser = None if unet is None else OnnxRuntimeDenoiser(unet[0], device, providers, intra_op_threads=threads)
+    classifier = OnnxRuntimeClassifier(found[ArtifactKind.CLASSIFIER][0], device, providers,
+                                       intra_op_threads=threads)
+    return Backends(denoiser, classifier)
+
+
+def _tensorrt(found, device: torch.device, choice: BackendChoice) -> Backends:
+    from densepure.engine.backends.tensorrt_backend import TensorRTClassifier, TensorRTDenoiser
+    from densepure.export.cache import EngineCache
+    from densepure.export.tensorrt_build import import_tensorrt, machine_info
+
+    import_tensorrt()  # "not installed" says more than any device or cache problem
+    if device.type != "cuda":
+        raise BackendError(f"the tensorrt backend runs on a CUDA device, got {device} (use --device cuda)")
+    if choice.cache_dir is None:
+        raise ConfigError("the tensorrt backend needs the engine cache `densepure build` wrote into (--cache-dir)")
+    cache, machine = EngineCache(choice.cache_dir), machine_info(device)
+    entries = {kind: choose_engine(cache, path, manifest, machine, choice.artifacts)
+               for kind, (path, manifest) in found.items()}
+    unet = entries.get(ArtifactKind.UNET)
+    return Backends(None if unet is None else TensorRTDenoiser(unet.directory, device),
+                    TensorRTClassifier(entries[ArtifactKind.CLASSIFIER].directory, device))
+
+
+def choose_engine(cache, onnx_path: Path, onnx_manifest: ArtifactManifest, machine: MachineInfo,
+                  onnx_dir: Path | None = None):
+    """The cache entry to run for the ONNX graph at ``onnx_path`` on ``machine``: among engines built
+    from its content at its precision for this machine, the one with the largest batch bucket (then
+    the smallest key); hash-checked. Engines only for other machines raise the machine mismatch."""
+    from densepure.export.cache import require_same_machine
+
+    sha = _verified(onnx_path, onnx_manifest)
+    built = [e for e in cache.built_from(sha) if e.manifest.precision is onnx_manifest.precision]
+    here = [e for e in built if not e.manifest.engine.machine.differences(machine)]
+    build = f"`densepure build --onnx-dir {onnx_dir or onnx_path.parent} --cache-dir {cache.root}`"
+    if not here and built:
+        require_same_machine(built[0].manifest, machine, where=f"the engine for {onnx_path.name}")
+    if not here:
+        raise ArtifactError(f"no TensorRT engine for {onnx_path.name} in {cache.root}: build it with {build}")
+    best = min(here, key=lambda e: (-e.manifest.engine.buckets[-1], e.key))
+    lookup = cache.lookup(best.key)
+    if lookup.entry is None:
+        raise ArtifactError(f"the engine for {onnx_path.name} in {best.directory} is unusable ({lookup.reason}): "
+                            f"rebuild it with {build}")
+    return lookup.entry

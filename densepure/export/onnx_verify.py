@@ -1,0 +1,95 @@
+"""Checks of a saved ONNX graph: ``onnx.checker``, and onnxruntime (CPU) against torch's outputs.
+
+Numerics are ``max |onnxruntime - torch| / max |torch|`` per output, within :data:`TOLERANCES` for the
+graph's precision. An fp32 graph that onnxruntime cannot run is an error; an fp16 graph that the CPU
+provider cannot run is reported as skipped (TensorRT may still build it).
+
+``onnx`` and ``onnxruntime`` are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from densepure.errors import ArtifactError
+from densepure.export.manifest import Precision
+
+TOLERANCES = {Precision.FP32: 1e-4, Precision.FP16: 3e-2}  # max |onnx - torch| / max |torch|
+
+
+class CheckStatus(enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class NumericCheck:
+    """onnxruntime (CPU) against torch on ``batch`` random rows: ``max |ort - torch| / max |torch|``.
+
+    ``max_rel_error`` compares with torch at the graph's precision (fp16 UNet: the fp16 torch model;
+    fp16 classifier: the fp32 one, as its fp32 islands have no torch twin); ``max_rel_error_vs_fp32``
+    always with the float32 model. ``skipped_reason`` says why numerics did not run.
+    """
+
+    status: CheckStatus
+    batch: int
+    tolerance: float
+    max_rel_error: float | None = None
+    max_rel_error_vs_fp32: float | None = None
+    per_output: tuple[tuple[str, float], ...] = ()
+    skipped_reason: str | None = None
+
+
+def check_model(path: Path) -> None:
+    """``onnx.checker`` on the saved file; :class:`ArtifactError` with its first line if it fails."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: handles external data and models over 2 GB
+    except onnx.checker.ValidationError as exc:
+        raise ArtifactError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def run_onnxruntime_cpu(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a saved graph on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """``max |got - want| / max |want|`` in float64."""
+    scale = max(float(np.abs(want).max()), 1e-12)
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) / scale
+
+
+def numeric_check(path: Path, precision: Precision, feeds: Mapping[str, np.ndarray],
+                  expected: Sequence[tuple[str, np.ndarray]], expected32: Sequence[np.ndarray]) -> NumericCheck:
+    """Run ``path`` on onnxruntime CPU with ``feeds`` and compare with torch's outputs.
+
+    ``expected``: (output name, torch output at the graph's precision), in graph output order;
+    ``expected32``: the float32 model's outputs, same order. Raises :class:`ArtifactError` when an fp32
+    graph cannot run; the caller decides what a FAILED check means.
+    """
+    tol, batch = TOLERANCES[precision], int(next(iter(feeds.values())).shape[0])
+    try:
+        got = run_onnxruntime_cpu(path, dict(feeds))
+    except Exception as exc:  # onnxruntime raises its own pybind types (NotImplemented, Fail, ...)
+        if precision is Precision.FP32:
+            raise ArtifactError(f"onnxruntime cannot run {path}: {str(exc).splitlines()[0]}") from exc
+        reason = f"numerics skipped: onnxruntime CPU cannot run this float16 graph ({str(exc).splitlines()[0]})"
+        return NumericCheck(CheckStatus.SKIPPED, batch, tol, skipped_reason=reason)
+    per = tuple((name, rel_error(g, w)) for (name, w), g in zip(expected, got))
+    worst = max(e for _, e in per)
+    vs32 = max(rel_error(g, w) for g, w in zip(got, expected32))
+    status = CheckStatus.PASSED if worst <= tol else CheckStatus.FAILED
+    return NumericCheck(status, batch, tol, worst, vs32, per)
