@@ -185,11 +185,23 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
+def engine_backends(args, precision: str, device: torch.device):
+    """Fresh models in ``precision`` (the UNet keeps its fp32 islands; the classifier network is cast)."""
+    unet, clf, schedule, shape, classes = load_models(args.arch, device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    unet.set_precision(dtype)
+    if dtype is not torch.float32:
+        clf.network.to(dtype)
+        clf.compute_dtype = dtype
+    return make_engine(args, unet, clf, schedule, shape, classes, device, args.rows), unet, shape
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["digits", "cifar10", "imagenet"], default="digits")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="engine precision")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32"],
+                    help="engine precisions to measure (the official loop is always fp32)")
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--n0", type=int, default=100)
@@ -199,6 +211,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.25)
     ap.add_argument("--rows", type=int, default=512, help="engine rows per model call")
     ap.add_argument("--official-batch", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; medians are reported")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -208,42 +221,47 @@ def main() -> None:
                           ("cpu" if args.device == "auto" else args.device))
     batch = args.official_batch or (ARCH[args.arch][2] if args.arch in ARCH else 100)
     unet, clf, schedule, shape, classes = load_models(args.arch, device)
-    g = torch.Generator().manual_seed(0)
     if args.arch == "digits":
         from densepure.models.digits import load_digits_test_split
 
         all_images, _ = load_digits_test_split()
         images = [all_images[i] for i in np.linspace(0, len(all_images) - 1, args.images).astype(int)]
     else:
+        g = torch.Generator().manual_seed(0)
         images = [torch.rand(shape, generator=g) for _ in range(args.images)]
     draws = args.images * (args.n0 + args.n)
-    official = official_loop(unet, clf, schedule, images, args.sigma, args.K, args.b, args.n0 + args.n, batch, device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-    unet.set_precision(dtype)
-    if dtype is not torch.float32:
-        clf.network.to(dtype)
-        clf.compute_dtype = dtype
-    engine = make_engine(args, unet, clf, schedule, shape, classes, device, args.rows)
-    seconds = engine_seconds(engine, images, args)
-    out = {"arch": args.arch, "device": machine(device), "precision": args.precision, "K": args.K, "b": args.b,
-           "images": args.images, "n0": args.n0, "n": args.n, "official_batch": batch, "engine_rows": args.rows,
-           "official_draws_per_s": draws / official, "engine_draws_per_s": draws / seconds,
-           "speedup": official / seconds, "engine_unet_rows": engine.stats.unet_rows,
-           "engine_classifier_rows": engine.stats.classifier_rows}
-    print(f"{args.arch} on {out['device']}: K={args.K}, b={args.b}, {args.images} images x {args.n0 + args.n} draws")
+    engines = {p: engine_backends(args, p, device) for p in args.precision}
+    official_s, engine_s = [], {p: [] for p in args.precision}
+    for _ in range(args.repeats):  # alternate, so drifts in machine speed hit both sides alike
+        official_s.append(official_loop(unet, clf, schedule, images, args.sigma, args.K, args.b,
+                                        args.n0 + args.n, batch, device))
+        for p, (engine, _, _) in engines.items():
+            engine_s[p].append(engine_seconds(engine, images, args))
+    official = float(np.median(official_s))
+    graphs = args.cuda_graphs and device.type == "cuda"
+    out = {"arch": args.arch, "device": machine(device), "K": args.K, "b": args.b, "images": args.images,
+           "n0": args.n0, "n": args.n, "official_batch": batch, "engine_rows": args.rows, "cuda_graphs": graphs,
+           "repeats": args.repeats, "official_draws_per_s": draws / official, "engine": {}}
+    print(f"{args.arch} on {out['device']}: K={args.K}, b={args.b}, {args.images} images x {args.n0 + args.n} "
+          f"draws, median of {args.repeats} alternating runs")
     print(f"  official protocol (fp32, eager, batch {batch}): {out['official_draws_per_s']:10.1f} draws/s")
-    print(f"  engine ({args.precision}, rows {args.rows}{', CUDA graphs' if args.cuda_graphs and device.type == 'cuda' else ''}):"
-          f" {out['engine_draws_per_s']:10.1f} draws/s")
-    print(f"  ratio engine / official: {out['speedup']:.2f}x")
-    if device.type == "cuda":
-        rate = unet_forward_rate(unet, args.rows, shape, device, args.cuda_graphs)
-        flops = flops_per_row(unet, shape, device)
-        out.update(unet_rows_per_s=rate, unet_gflops_per_row=flops / 1e9,
-                   mfu=rate * flops / (args.peak_tflops * 1e12),
-                   certified_images_per_hour_n100k=3600 * out["engine_draws_per_s"] / 100_100)
-        print(f"  UNet: {rate:.0f} rows/s at batch {args.rows}, {flops / 1e9:.2f} GFLOP/row, "
-              f"MFU {100 * out['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s")
-        print(f"  certified images/hour at N0=100, N=100,000: {out['certified_images_per_hour_n100k']:.2f}")
+    for p, (engine, p_unet, _) in engines.items():
+        seconds = float(np.median(engine_s[p]))
+        row = {"draws_per_s": draws / seconds, "speedup": official / seconds,
+               "unet_rows_per_draw": engine.stats.unet_rows / draws / args.repeats,
+               "classifier_rows_per_draw": engine.stats.classifier_rows / draws / args.repeats}
+        print(f"  engine ({p}, rows {args.rows}{', CUDA graphs' if graphs else ''}): {row['draws_per_s']:10.1f} "
+              f"draws/s   ratio engine / official: {row['speedup']:.2f}x")
+        if device.type == "cuda":
+            rate = unet_forward_rate(p_unet, args.rows, shape, device, graphs)
+            flops = flops_per_row(p_unet, shape, device)
+            row.update(unet_rows_per_s=rate, unet_gflops_per_row=flops / 1e9,
+                       mfu=rate * flops / (args.peak_tflops * 1e12),
+                       certified_images_per_hour_n100k=3600 * row["draws_per_s"] / 100_100)
+            print(f"    UNet alone: {rate:.0f} rows/s at batch {args.rows}, {flops / 1e9:.2f} GFLOP/row, MFU "
+                  f"{100 * row['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s; certified images/hour at N0=100, "
+                  f"N=100,000: {row['certified_images_per_hour_n100k']:.2f}")
+        out["engine"][p] = row
     print(json.dumps(out))
 
 

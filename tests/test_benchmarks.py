@@ -40,9 +40,11 @@ def test_table1_runs_resumes_and_reports(tmp_path):
 @pytest.mark.slow
 def test_throughput_prints_both_rates_and_their_ratio():
     stdout = run_script("throughput.py", "--images", "1", "--n0", "10", "--n", "20", "--K", "3", "--threads", "1",
-                        "--device", "cpu")
+                        "--device", "cpu", "--precision", "fp32", "bf16", "--repeats", "1")
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["official_draws_per_s"] > 0 and result["engine_draws_per_s"] > 0
-    assert result["speedup"] == pytest.approx(result["engine_draws_per_s"] / result["official_draws_per_s"])
+    assert set(result["engine"]) == {"fp32", "bf16"} and result["official_draws_per_s"] > 0
+    for row in result["engine"].values():
+        assert row["speedup"] == pytest.approx(row["draws_per_s"] / result["official_draws_per_s"])
+        assert 1 <= row["unet_rows_per_draw"] <= 1 + 3 * (2 - 1)  # shared first step + one step per chain
     assert "torch" in result["device"]
     assert "official protocol" in stdout and "ratio engine / official" in stdout
