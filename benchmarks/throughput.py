@@ -190,9 +190,7 @@ def engine_backends(args, precision: str, device: torch.device):
     unet, clf, schedule, shape, classes = load_models(args.arch, device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     unet.set_precision(dtype)
-    if dtype is not torch.float32:
-        clf.network.to(dtype)
-        clf.compute_dtype = dtype
+    clf.set_precision(dtype)
     return make_engine(args, unet, clf, schedule, shape, classes, device, args.rows), unet, shape
 
 

@@ -41,7 +41,7 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="torch: UNet precision; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
+                   help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the classifier network; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
                         "(default: fp32)")
     g.add_argument("--backend", default="torch", choices=[k.value for k in BackendKind],
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

@@ -145,6 +145,8 @@ def prepare(options: JobOptions) -> Job:
     dataset = _dataset(options)
     indices = select_indices(len(dataset), options.skip, options.max)
     classifier = load_classifier(spec, device)
+    if options.backend is BackendKind.TORCH and dtype is not torch.float32:
+        classifier.set_precision(dtype)  # the classifier is most of the work for ViT-sized models
     num_classes = classifier.num_classes or dataset.num_classes
     if num_classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")

@@ -112,6 +112,14 @@ class Classifier(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
 
+    def set_precision(self, dtype: torch.dtype) -> Classifier:
+        """Run the network in ``dtype``; preprocessing stays float32 and logits come back float32."""
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ConfigError(f"unsupported classifier precision {dtype}")
+        self.network.to(dtype)
+        self.compute_dtype = dtype
+        return self
+
     @torch.no_grad()
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels ``(B,)`` int64 (ties: lowest index, as ``argmax``)."""
