@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import machine
 
 from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, summarize
 from densepure.certify.procedures import CertifyParams
@@ -78,18 +79,6 @@ def groups(sigmas: list[float]) -> list[Group]:
     out = [Group("gaussian", s) for s in sigmas] + [Group("onestep", s) for s in sigmas]
     out += [Group("densepure", s, 2, 10) for s in sigmas] + [Group("densepure", s, 4, 10) for s in sigmas]
     return out
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, indices: list[int]) -> None:

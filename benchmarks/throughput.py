@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import numpy as np
 import torch
 from torch import nn
+
+from common import machine
 
 from densepure.certify.procedures import CertifyParams
 from densepure.certify.runner import Task, policy_for
@@ -172,17 +173,6 @@ def flops_per_row(unet, shape, device) -> float:
     with counter, torch.inference_mode():
         unet(torch.randn(1, *shape, device=device), torch.ones(1, device=device))
     return float(counter.get_total_flops())
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def engine_backends(args, precision: str, device: torch.device):
