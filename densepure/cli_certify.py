@@ -36,7 +36,7 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     if not predict:
         g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
     g = p.add_argument_group("execution")
-    g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call (default: 500)")
+    g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call; on CUDA lowered to what fits in free memory (default: 500)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
