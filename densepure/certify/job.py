@@ -196,14 +196,19 @@ def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifi
         return options.batch_size
     from densepure.engine.backends.graphs import rows_for_memory
 
-    def probe(rows: int) -> None:
-        with torch.inference_mode():
-            x = torch.zeros((rows, *shape), device=device)
-            if denoiser is not None:
-                denoiser.eps_and_var(x, torch.ones(rows, device=device))
-            classifier(x)
+    def batch(rows: int) -> torch.Tensor:
+        return torch.rand((rows, *shape), device=device) * 2 - 1
 
-    return rows_for_memory(probe, device, cap=options.batch_size)
+    def unet_probe(rows: int) -> None:
+        with torch.inference_mode():
+            denoiser.eps_and_var(batch(rows), torch.full((rows,), 100.0, device=device))
+
+    def classifier_probe(rows: int) -> None:
+        with torch.inference_mode():
+            classifier(batch(rows))
+
+    probes = [classifier_probe] if denoiser is None else [unet_probe, classifier_probe]
+    return rows_for_memory(probes, device, cap=options.batch_size)
 
 
 def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:

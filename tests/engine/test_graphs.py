@@ -1,6 +1,5 @@
 """Batch buckets (CPU: the padding path; CUDA: graphs) give the same rows as a direct call."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,7 +25,7 @@ def test_bucket_sizes_and_pick():
 
 
 def test_rows_for_memory_on_cpu_is_the_cap():
-    assert rows_for_memory(lambda rows: None, torch.device("cpu"), cap=777) == 777
+    assert rows_for_memory([lambda rows: None], torch.device("cpu"), cap=777) == 777
 
 
 def test_padding_never_reaches_results():
@@ -91,6 +90,7 @@ def test_rows_for_memory_on_cuda():
         with torch.inference_mode():
             unet(torch.randn(rows, 1, 8, 8, device=dev), torch.ones(rows, device=dev))
 
-    rows = rows_for_memory(probe, dev, cap=1 << 20)
-    assert rows >= 8 and rows % 8 == 0
-    assert np.isfinite(rows)
+    one = rows_for_memory([probe], dev, cap=1 << 20)
+    two = rows_for_memory([probe, probe], dev, cap=1 << 20)
+    assert one >= 8 and one % 8 == 0 and two % 8 == 0
+    assert two <= one // 2 + 8  # two models' pools: twice the memory per row

@@ -42,22 +42,25 @@ def pick_bucket(buckets: Sequence[int], rows: int) -> int:
                        f"lower the engine's rows per call or raise the buckets")
 
 
-def rows_for_memory(probe: Callable[[int], object], device: torch.device, probe_rows: int = 32,
+def rows_for_memory(probes: Sequence[Callable[[int], object]], device: torch.device, probe_rows: int = 32,
                     fraction: float = 0.6, cap: int = 4096) -> int:
     """Rows per model call that fit in ``fraction`` of the free memory of a CUDA ``device``.
 
-    ``probe(rows)`` runs one batch; its peak allocation above the baseline, divided by
-    ``probe_rows``, is the cost of a row (activations and workspace scale with the batch). The result
-    is rounded down to a multiple of 8 and clipped to ``[8, cap]``. CPU devices return ``cap``.
+    Each ``probe(rows)`` runs one model on a batch; its peak allocation above the baseline, divided
+    by ``probe_rows``, is that model's cost per row (activations and workspace scale with the batch).
+    The costs add up, because each model's CUDA graphs keep their own memory pool. The result is
+    rounded down to a multiple of 8 and clipped to ``[8, cap]``. CPU devices return ``cap``.
     """
     if device.type != "cuda":
         return cap
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    probe(probe_rows)
-    torch.cuda.synchronize(device)
-    per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe_rows)
+    per_row = 0
+    for probe in probes:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        probe(probe_rows)
+        torch.cuda.synchronize(device)
+        per_row += max(1, (torch.cuda.max_memory_allocated(device) - base) // probe_rows)
     free, _ = torch.cuda.mem_get_info(device)
     rows = int(fraction * free // per_row) // 8 * 8
     return max(8, min(cap, rows))
