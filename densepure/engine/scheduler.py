@@ -231,6 +231,8 @@ class Scheduler:
 
 def _vote(labels: list[int]) -> int:
     """The majority label; ties go to the tied label that occurs first in chain order."""
+    if len(labels) == 1:
+        return labels[0]
     counts = np.bincount(np.array(labels, dtype=np.int64))
     top = counts.max()
     return next(lab for lab in labels if counts[lab] == top)
