@@ -62,9 +62,11 @@ def _cmd_job(args: argparse.Namespace) -> int:
     finally:
         close()
     if predict:
-        print(f"results: {output} (sidecar {output}.jsonl)")
+        for path in (output, *(opts.prefix_output(k) for k in opts.also_chains)):
+            print(f"results: {path} (sidecar {path}.jsonl)")
         return 0
-    for line in summarize_run(output, args.plot):
+    also = tuple(opts.prefix_output(k) for k in opts.also_chains)
+    for line in summarize_run(output, args.plot, also=also):
         print(line)
     return 0
 

@@ -25,6 +25,9 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--mode", default="densepure", choices=[m.value for m in Mode], help="base classifier (default: densepure)")
     g.add_argument("--sigma", type=float, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
     g.add_argument("--K", dest="num_chains", type=int, help="DensePure: reverse chains per draw (default: 10; digits: 3)")
+    g.add_argument("--also-K", dest="also_chains", type=_chain_list, default=(),
+                   help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
+                        "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
     g.add_argument("--b", dest="steps", type=int, help="DensePure: reverse steps per chain (default: 2)")
     g.add_argument("--t-star", dest="t_star_rule", default="auto", choices=[r.value for r in TStarRule],
                    help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, dds")
@@ -57,6 +60,16 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
         g.add_argument("--plot", help="certified-accuracy PNG (default: next to the result file)")
 
 
+def _chain_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected chain counts like 1,3, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"chain counts must be >= 1, got {text!r}")
+    return values
+
+
 def options_from_args(args: argparse.Namespace, predict: bool):
     from densepure.certify.job import JobOptions
 
@@ -66,7 +79,8 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
         radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
         precision=args.precision, backend=BackendKind(args.backend), artifacts=args.artifacts,
-        cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, seed=args.seed, output=args.output, skip=args.skip, max=args.max,
+        cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
+        seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite,
     )
 
@@ -88,10 +102,14 @@ def progress_hook(total: int):
     return hook, bar.close
 
 
-def summarize_run(output: Path, plot: str | None, radii=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[str]:
+def summarize_run(output: Path, plot: str | None, radii=(0.0, 0.25, 0.5, 0.75, 1.0),
+                  also: tuple[Path, ...] = ()) -> list[str]:
+    """The certified-accuracy table of the run (and its ``--also-K`` files), and the plot's path."""
     from densepure.certify.analyze import load_run, markdown_table, plot_certified_accuracy, summarize
 
-    run = load_run(output)
+    runs = [load_run(path) for path in (output, *also)]
     plot_path = Path(plot) if plot else output.with_suffix(".png")
-    plot_certified_accuracy([run], plot_path)
-    return [markdown_table([summarize(run, radii)]), f"results: {output} (sidecar {output}.jsonl)", f"plot:    {plot_path}"]
+    plot_certified_accuracy(runs, plot_path)
+    lines = [markdown_table([summarize(run, radii) for run in runs]), f"results: {output} (sidecar {output}.jsonl)"]
+    lines += [f"         {path} (sidecar {path}.jsonl)" for path in also]
+    return [*lines, f"plot:    {plot_path}"]

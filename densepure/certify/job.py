@@ -7,6 +7,7 @@ users can do the same. Defaults are the embedded digits preset, so a job with no
 from __future__ import annotations
 
 import secrets
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class JobOptions:
     artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
     cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
     cuda_graphs: bool = True  # torch on CUDA: bucketed CUDA graphs
+    also_chains: tuple[int, ...] = ()  # densepure, fixed N: also write the k-chain results (first k chains)
     seed: int | None = None
     output: str = "runs/certify.tsv"
     skip: int | None = None
@@ -90,12 +92,25 @@ class JobOptions:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.radius is not None and self.radius < 0:
             raise ConfigError(f"radius must be >= 0, got {self.radius}")
+        object.__setattr__(self, "also_chains", tuple(sorted({int(k) for k in self.also_chains})))
+        if self.also_chains and (self.mode is not Mode.DENSEPURE or self.radius is not None):
+            raise ConfigError("--also-K needs --mode densepure with a fixed N (not --radius): the k-chain counts "
+                              "are read from the same draws")
         if self.radius is not None and self.predict:
             raise ConfigError("--radius (sequential certification) and --predict exclude each other")
 
     def record(self) -> dict:
         """The configuration written to the sidecar and compared on resume."""
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
+
+    def prefix_record(self, k: int) -> dict:
+        """The configuration of the ``k``-chain results read from this run (see :meth:`prefix_output`)."""
+        return {**self.record(), "num_chains": k, "also_chains": [], "computed_as": f"first {k} of {self.num_chains} chains"}
+
+    def prefix_output(self, k: int) -> Path:
+        """``runs/certify.tsv`` -> ``runs/certify.K1.tsv`` for ``k = 1``."""
+        path = Path(self.output)
+        return path.with_name(f"{path.stem}.K{k}{path.suffix}")
 
 
 @dataclass
@@ -186,7 +201,7 @@ def _engine(options, smoothing, classifier, num_classes, denoiser, schedule, see
                   steps=smoothing.steps, num_classes=num_classes,
                   classifier=backends.classifier, denoiser=backends.denoiser, schedule=schedule,
                   t_star_rule=smoothing.t_star_rule, seed=seed, image_shape=tuple(x0.shape), device=device,
-                  config=config)
+                  config=config, chain_prefixes=options.also_chains)
 
 
 def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifier, shape) -> int:
@@ -212,9 +227,13 @@ def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifi
 
 
 def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:
-    """Certify the job's images into ``options.output`` (resuming a matching earlier run)."""
+    """Certify the job's images into ``options.output`` (resuming a matching earlier run), and the
+    ``k``-chain results of ``also_chains`` into their own files (:meth:`JobOptions.prefix_output`)."""
     opts = job.options
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
-    with open_results(opts.output, opts.record(), job.seed, mode) as writer, torch.inference_mode():
-        records = run_dataset_engine(job.engine, job.dataset, job.indices, job.task, writer, on_image)
+    with ExitStack() as stack, torch.inference_mode():
+        writer = stack.enter_context(open_results(opts.output, opts.record(), job.seed, mode))
+        extra = {k: stack.enter_context(open_results(opts.prefix_output(k), opts.prefix_record(k), job.seed, mode))
+                 for k in opts.also_chains}
+        records = run_dataset_engine(job.engine, job.dataset, job.indices, job.task, writer, on_image, extra)
     return Path(opts.output), records

@@ -8,7 +8,7 @@ through a :class:`~densepure.certify.procedures.LabelCounter`) and :func:`run_da
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,18 +107,23 @@ def policy_for(task: Task, num_classes: int):
 
 
 def run_dataset_engine(engine, dataset: Dataset, indices: Sequence[int], task: Task, writer: ResultWriter,
-                       on_image: ProgressHook | None = None) -> list[ImageRecord]:
+                       on_image: ProgressHook | None = None,
+                       extra: Mapping[int, ResultWriter] | None = None) -> list[ImageRecord]:
     """Like :func:`run_dataset`, with all images streamed through one engine (same counts, same records).
 
     Records are written in completion order; each line is whole and flushed. ``time`` is the wall
     time from an image's admission to its decision (images overlap, so these add up to more than the run).
+    ``extra[k]`` receives the records of the first ``k`` chains of each draw (the engine must run with
+    those ``chain_prefixes``); an image is sampled unless every writer has it. Returns the main records.
     """
+    extra = dict(extra or {})
+    writers = [writer, *extra.values()]
     labels: dict[int, int] = {}
     starts: dict[int, float] = {}
 
     def jobs():
         for idx in indices:
-            if idx in writer.finished:
+            if all(idx in w.finished for w in writers):
                 continue
             x, label = dataset[idx]
             x = validate_image(x, name=f"image {idx}")
@@ -127,12 +132,19 @@ def run_dataset_engine(engine, dataset: Dataset, indices: Sequence[int], task: T
 
     done = []
     for idx, policy in engine.run(jobs()):
-        counts0 = policy.counts.get(NoisePhase.SELECTION)
-        counts = policy.counts[NoisePhase.PREDICT if task.predict_only else NoisePhase.ESTIMATION]
-        record = make_record(task, idx, labels.pop(idx), time.perf_counter() - starts.pop(idx), counts0, counts,
-                             getattr(policy, "result", None))
-        writer.write(record)
-        done.append(record)
+        label, seconds = labels.pop(idx), time.perf_counter() - starts.pop(idx)
+        sources = [(writer, policy.counts), *((w, policy.prefix_counts[k]) for k, w in extra.items())]
+        written = []
+        for out, counts in sources:
+            if idx in out.finished:
+                continue
+            final = counts[NoisePhase.PREDICT if task.predict_only else NoisePhase.ESTIMATION]
+            record = make_record(task, idx, label, seconds, counts.get(NoisePhase.SELECTION), final,
+                                 getattr(policy, "result", None))
+            out.write(record)
+            written.append(record)
+            if out is writer:
+                done.append(record)
         if on_image is not None:
-            on_image(record, policy.total_draws)
+            on_image(written[0], policy.total_draws)
     return done
