@@ -45,6 +45,6 @@ def test_throughput_prints_both_rates_and_their_ratio():
     assert set(result["engine"]) == {"fp32", "bf16"} and result["official_draws_per_s"] > 0
     for row in result["engine"].values():
         assert row["speedup"] == pytest.approx(row["draws_per_s"] / result["official_draws_per_s"])
-        assert 1 <= row["unet_rows_per_draw"] <= 1 + 3 * (2 - 1)  # shared first step + one step per chain
+        assert 3 <= row["unet_rows_per_draw"] <= 4  # shared first step + 2 or 3 chains (early exit), 1 step each
     assert "torch" in result["device"]
     assert "official protocol" in stdout and "ratio engine / official" in stdout
