@@ -16,6 +16,7 @@ from densepure.certify.analyze import (
     certified_accuracy,
     load_run,
     markdown_table,
+    paired_acr_difference,
     plot_certified_accuracy,
     summarize,
 )
@@ -96,3 +97,33 @@ def test_errors(tmp_path: Path, hand_made: Path) -> None:
         plot_certified_accuracy([], tmp_path / "x.png")
     single = Run("one", (ResultRow(0, 1, 1, 0.0, True, 1.0),))
     assert certified_accuracy(single, 0.0) == 1.0 and average_certified_radius(single) == 0.0
+
+
+def test_paired_acr_difference_by_hand(hand_made: Path, tmp_path: Path) -> None:
+    other = tmp_path / "run_b.tsv"
+    other.write_text(TSV_HEADER + "\n"
+                     "0\t1\t1\t0.5000\t1\t1.0\n"
+                     "1\t2\t2\t0.3000\t1\t1.0\n"
+                     "2\t3\t3\t0.4000\t1\t1.0\n"
+                     "3\t4\t4\t0.6000\t1\t1.0\n"
+                     "4\t0\t-1\t0.0000\t0\t1.0\n"
+                     "7\t1\t1\t0.9000\t1\t1.0\n")  # idx 7 is not in run_a: left out
+    a, b = load_run(hand_made), load_run(other)
+    # per-image correct * radius: a = .8 .3 0 0 .25, b = .5 .3 .4 .6 0; differences .3 0 -.4 -.6 .25
+    d = paired_acr_difference(a, b)
+    assert d.count == 5
+    assert d.difference == pytest.approx(-0.09, abs=1e-12)
+    # deviations from the mean: .39 .09 -.31 -.51 .34; sum of squares .632; sample variance .158
+    assert d.half_width == pytest.approx(1.959963984540054 * np.sqrt(0.158 / 5), rel=1e-12)
+    back = paired_acr_difference(b, a)
+    assert (back.difference, back.half_width) == pytest.approx((0.09, d.half_width), abs=1e-12)
+    # a run against itself: no difference and no spread
+    same = paired_acr_difference(a, a)
+    assert (same.difference, same.half_width) == (0.0, 0.0)
+
+
+def test_paired_acr_difference_needs_shared_images(hand_made: Path, tmp_path: Path) -> None:
+    other = tmp_path / "run_c.tsv"
+    other.write_text(TSV_HEADER + "\n" + "4\t0\t0\t0.2500\t1\t1.0\n" + "9\t0\t0\t0.2500\t1\t1.0\n")
+    with pytest.raises(InputError, match="share 1 image"):
+        paired_acr_difference(load_run(hand_made), load_run(other))
