@@ -24,7 +24,7 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g = p.add_argument_group("smoothing")
     g.add_argument("--mode", default="densepure", choices=[m.value for m in Mode], help="base classifier (default: densepure)")
     g.add_argument("--sigma", type=float, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
-    g.add_argument("--K", dest="num_chains", type=int, help="DensePure: reverse chains per draw (default: 10; digits: 3)")
+    g.add_argument("--K", dest="num_chains", type=int, help="DensePure: reverse chains per draw (default: 10)")
     g.add_argument("--also-K", dest="also_chains", type=_chain_list, default=(),
                    help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
                         "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
@@ -34,7 +34,7 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g = p.add_argument_group("statistics")
     if not predict:
         g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
-    g.add_argument("--n", type=int, help="estimation draws; the largest n for --radius (default: 100000; digits: 500)")
+    g.add_argument("--n", type=int, help="estimation draws; the largest n for --radius (default: 100000; digits: 1000)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
     if not predict:
         g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
