@@ -36,7 +36,7 @@ import torch
 
 from common import machine
 
-from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_acr_difference, summarize
+from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
 from densepure.certify.procedures import CertifyParams
 from densepure.certify.results import IfExists, open_results
 from densepure.certify.runner import Task, make_record, policy_for
@@ -163,14 +163,7 @@ def _paired_lines(runs: list[Run]) -> list[str]:
     """Each run's ACR minus one-step's, paired over the same images, with a 95% interval."""
     reference = next((run for run in runs if run.name.startswith("onestep")), None)
     others = [run for run in runs if run is not reference]
-    if reference is None or not others:
-        return []
-    lines = ["ACR minus one-step's, paired over the same images (mean of the per-image difference of "
-             "certified radii, 95% normal interval):", ""]
-    for run in others:
-        d = paired_acr_difference(run, reference)
-        lines.append(f"- {run.name}: {d.difference:+.3f} ± {d.half_width:.3f} ({d.count} images)")
-    return [*lines, ""]
+    return [paired_markdown(reference, others)] if reference is not None and others else []
 
 
 def _plot(runs_by_sigma: dict[float, list[Run]], path: Path) -> None:

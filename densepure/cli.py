@@ -11,7 +11,7 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from densepure.errors import DensePureError
+from densepure.errors import ConfigError, DensePureError
 
 EXIT_USER_ERROR = 2
 
@@ -72,10 +72,16 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from densepure.certify.analyze import analyze_files, load_run, markdown_table, plot_certified_accuracy
+    from densepure.certify.analyze import (analyze_files, load_run, markdown_table, paired_markdown,
+                                           plot_certified_accuracy)
 
     radii = tuple(float(r) for r in args.radii.split(","))
     print(markdown_table(analyze_files(args.results, radii)))
+    if args.paired:
+        if len(args.results) < 2:
+            raise ConfigError("--paired compares the other result files with the first: give at least two")
+        runs = [load_run(p) for p in args.results]
+        print(paired_markdown(runs[0], runs[1:]))
     if args.plot:
         plot = plot_certified_accuracy([load_run(p) for p in args.results], args.plot)
         print(f"plot: {plot}")
@@ -159,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="result files (TSV)")
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="comma-separated radii (default: 0,0.25,0.5,0.75,1.0)")
     p.add_argument("--plot", help="write a PNG of certified accuracy against radius here")
+    p.add_argument("--paired", action="store_true",
+                   help="also each file's ACR minus the first file's, paired over the images both certified, "
+                        "with a 95%% interval")
     p.set_defaults(func=_cmd_analyze)
     _add_export_parsers(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")

@@ -84,3 +84,19 @@ def test_build_without_tensorrt_is_one_line(capsys, tmp_path):
         pass
     code, out, err = run_cli(capsys, "build", "--onnx-dir", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_analyze_paired(capsys, tmp_path):
+    from densepure.certify.results import TSV_HEADER
+
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text(TSV_HEADER + "\n0\t1\t1\t0.5000\t1\t1.0\n1\t2\t2\t0.2000\t1\t1.0\n2\t3\t-1\t0.0000\t0\t1.0\n")
+    second.write_text(TSV_HEADER + "\n0\t1\t1\t0.7000\t1\t1.0\n1\t2\t2\t0.2000\t1\t1.0\n2\t3\t3\t0.3000\t1\t1.0\n")
+    code, out, err = run_cli(capsys, "analyze", str(first), str(second), "--paired")
+    assert code == 0 and err == ""
+    assert "| a.tsv | 66.7 |" in out and "ACR minus a.tsv's" in out
+    # per-image differences .2 0 .3: mean 1/6, sample sd sqrt(7/300), half-width 1.96 sd / sqrt(3)
+    half = 1.959963984540054 * np.sqrt(7 / 300) / np.sqrt(3)
+    assert f"- b.tsv: +0.167 ± {half:.3f} (3 images)" in out
+    code, out, err = run_cli(capsys, "analyze", str(first), "--paired")
+    assert code == 2 and err.count("\n") == 1 and "at least two" in err

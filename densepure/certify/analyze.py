@@ -109,6 +109,16 @@ def paired_acr_difference(a: Run, b: Run) -> PairedDifference:
     return PairedDifference(len(diff), float(np.mean(diff)), half)
 
 
+def paired_markdown(reference: Run, others: Sequence[Run]) -> str:
+    """A markdown list of each run's :func:`paired_acr_difference` against ``reference``."""
+    lines = [f"ACR minus {reference.name}'s, paired over the same images (mean of the per-image "
+             "difference of certified radii, 95% normal interval):", ""]
+    for run in others:
+        d = paired_acr_difference(run, reference)
+        lines.append(f"- {run.name}: {d.difference:+.3f} ± {d.half_width:.3f} ({d.count} images)")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(run: Run, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
     """Certified accuracies at ``radii``, ACR and abstention rate of one run."""
     radii = check_radii(radii)
