@@ -110,10 +110,18 @@ def paired_acr_difference(a: Run, b: Run) -> PairedDifference:
 
 
 def paired_markdown(reference: Run, others: Sequence[Run]) -> str:
-    """A markdown list of each run's :func:`paired_acr_difference` against ``reference``."""
+    """A markdown list of each run's :func:`paired_acr_difference` against ``reference``.
+
+    A run sharing fewer than two images with ``reference`` (a run just started) gets a line saying
+    so instead of an interval, so a report of partial results never fails.
+    """
     lines = [f"ACR minus {reference.name}'s, paired over the same images (mean of the per-image "
              "difference of certified radii, 95% normal interval):", ""]
     for run in others:
+        shared = {row.idx for row in run.rows} & {row.idx for row in reference.rows}
+        if len(shared) < 2:
+            lines.append(f"- {run.name}: not enough shared images yet ({len(shared)})")
+            continue
         d = paired_acr_difference(run, reference)
         lines.append(f"- {run.name}: {d.difference:+.3f} ± {d.half_width:.3f} ({d.count} images)")
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from densepure.certify.analyze import (
     load_run,
     markdown_table,
     paired_acr_difference,
+    paired_markdown,
     plot_certified_accuracy,
     summarize,
 )
@@ -127,3 +128,13 @@ def test_paired_acr_difference_needs_shared_images(hand_made: Path, tmp_path: Pa
     other.write_text(TSV_HEADER + "\n" + "4\t0\t0\t0.2500\t1\t1.0\n" + "9\t0\t0\t0.2500\t1\t1.0\n")
     with pytest.raises(InputError, match="share 1 image"):
         paired_acr_difference(load_run(hand_made), load_run(other))
+
+
+def test_paired_markdown_reports_a_run_that_has_just_started(hand_made: Path, tmp_path: Path) -> None:
+    """A partial run sharing one image gets a line instead of an error, so a report never fails."""
+    started = tmp_path / "run_d.tsv"
+    started.write_text(TSV_HEADER + "\n" + "4\t0\t0\t0.2500\t1\t1.0\n")
+    reference = load_run(hand_made, "ref")
+    text = paired_markdown(reference, [load_run(started, "new"), load_run(hand_made, "same")])
+    assert "- new: not enough shared images yet (1)" in text
+    assert "- same: +0.000 ± 0.000 (5 images)" in text
