@@ -72,18 +72,18 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from densepure.certify.analyze import (analyze_files, load_run, markdown_table, paired_markdown,
-                                           plot_certified_accuracy)
+    from densepure.certify.analyze import (check_radii, load_run, markdown_table, paired_markdown,
+                                           plot_certified_accuracy, summarize)
 
-    radii = tuple(float(r) for r in args.radii.split(","))
-    print(markdown_table(analyze_files(args.results, radii)))
+    radii = check_radii(tuple(float(r) for r in args.radii.split(",")))
+    if args.paired and len(args.results) < 2:
+        raise ConfigError("--paired compares the other result files with the first: give at least two")
+    runs = [load_run(p) for p in args.results]  # each file read once, for the table, pairing and plot
+    print(markdown_table([summarize(run, radii) for run in runs]))
     if args.paired:
-        if len(args.results) < 2:
-            raise ConfigError("--paired compares the other result files with the first: give at least two")
-        runs = [load_run(p) for p in args.results]
         print(paired_markdown(runs[0], runs[1:]))
     if args.plot:
-        plot = plot_certified_accuracy([load_run(p) for p in args.results], args.plot)
+        plot = plot_certified_accuracy(runs, args.plot)
         print(f"plot: {plot}")
     return 0
 

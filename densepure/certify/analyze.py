@@ -91,6 +91,19 @@ class PairedDifference:
     half_width: float
 
 
+def _radius_differences(a: Run, b: Run) -> np.ndarray:
+    """Per-image ``correct * radius`` of ``a`` minus that of ``b``, over the ``idx`` both have."""
+    radius_b = {row.idx: row.correct * row.radius for row in b.rows}
+    return np.array([row.correct * row.radius - radius_b[row.idx]
+                     for row in sorted(a.rows, key=lambda row: row.idx) if row.idx in radius_b],
+                    dtype=np.float64)
+
+
+def _paired(diff: np.ndarray) -> PairedDifference:
+    half = 1.959963984540054 * float(np.std(diff, ddof=1)) / math.sqrt(len(diff))
+    return PairedDifference(len(diff), float(np.mean(diff)), half)
+
+
 def paired_acr_difference(a: Run, b: Run) -> PairedDifference:
     """Compare two runs on the same images: the mean of the per-image difference of certified
     radii (``correct * radius``; its mean is the ACR difference) and the half-width of its 95%
@@ -99,14 +112,10 @@ def paired_acr_difference(a: Run, b: Run) -> PairedDifference:
     Pairing removes the spread between images, which dominates the spread of each ACR alone. Images
     are matched by ``idx``; those in only one run are left out. Needs at least two shared images.
     """
-    radius_a = {row.idx: row.correct * row.radius for row in a.rows}
-    radius_b = {row.idx: row.correct * row.radius for row in b.rows}
-    shared = sorted(radius_a.keys() & radius_b.keys())
-    if len(shared) < 2:
-        raise InputError(f"{a.name!r} and {b.name!r} share {len(shared)} image(s); pairing needs at least 2")
-    diff = np.array([radius_a[i] - radius_b[i] for i in shared], dtype=np.float64)
-    half = 1.959963984540054 * float(np.std(diff, ddof=1)) / math.sqrt(len(diff))
-    return PairedDifference(len(diff), float(np.mean(diff)), half)
+    diff = _radius_differences(a, b)
+    if len(diff) < 2:
+        raise InputError(f"{a.name!r} and {b.name!r} share {len(diff)} image(s); pairing needs at least 2")
+    return _paired(diff)
 
 
 def paired_markdown(reference: Run, others: Sequence[Run]) -> str:
@@ -118,11 +127,11 @@ def paired_markdown(reference: Run, others: Sequence[Run]) -> str:
     lines = [f"ACR minus {reference.name}'s, paired over the same images (mean of the per-image "
              "difference of certified radii, 95% normal interval):", ""]
     for run in others:
-        shared = {row.idx for row in run.rows} & {row.idx for row in reference.rows}
-        if len(shared) < 2:
-            lines.append(f"- {run.name}: not enough shared images yet ({len(shared)})")
+        diff = _radius_differences(run, reference)
+        if len(diff) < 2:
+            lines.append(f"- {run.name}: not enough shared images yet ({len(diff)})")
             continue
-        d = paired_acr_difference(run, reference)
+        d = _paired(diff)
         lines.append(f"- {run.name}: {d.difference:+.3f} ± {d.half_width:.3f} ({d.count} images)")
     return "\n".join(lines) + "\n"
 
