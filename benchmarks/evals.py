@@ -26,7 +26,7 @@ from densepure.certify.procedures import CertifyParams
 from densepure.certify.sequential import SequentialPlan
 from densepure.engine.backends import TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset

@@ -8,7 +8,7 @@
 * ``DENSEPURE``: K reverse chains of b steps from the same start, majority-voted.
 
 This module is the plain path: every chain is run in full, one batch of draws at a time. All noise
-comes from :mod:`densepure.engine.rng`, keyed by ``(seed, image, phase, draw, chain, step,
+comes from :mod:`densepure.noise`, keyed by ``(seed, image, phase, draw, chain, step,
 stream)``, so the labels of a draw do not depend on the batch size or on which draws share a batch;
 the optimised engine must reproduce exactly these labels.
 """
@@ -37,7 +37,7 @@ from densepure.diffusion import (
 )
 from densepure.diffusion.tstar import t_star_dds
 from densepure.engine.reference import Denoiser
-from densepure.engine.rng import NoiseKeys, NoisePhase, NoiseStream, gaussian
+from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian
 from densepure.errors import ConfigError
 
 

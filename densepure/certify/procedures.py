@@ -22,7 +22,7 @@ from densepure.certify.stats import (
     validate_alpha,
     validate_sample_count,
 )
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 
 
 class LabelCounter(Protocol):

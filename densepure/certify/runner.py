@@ -19,7 +19,7 @@ from densepure.certify.sequential import SequentialPlan, SequentialResult
 from densepure.certify.stats import certify_from_counts, predict_from_counts
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 
 
 @dataclass(frozen=True)

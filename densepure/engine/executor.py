@@ -15,7 +15,7 @@ import torch
 
 from densepure.diffusion import GridTables, ReverseGrid, dds_forward_sample, start_scale, step_mean_std
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
-from densepure.engine.rng import NoiseKeys, NoiseStream, gaussian
+from densepure.noise import NoiseKeys, NoiseStream, gaussian
 from densepure.engine.scheduler import RowKind, Rows
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from densepure.certify.sequential import SequentialDecision, SequentialPlan, SequentialResult, SequentialTest
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 
 
 @dataclass(frozen=True)

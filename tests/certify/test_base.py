@@ -9,7 +9,7 @@ from densepure.certify.base import BaseClassifier, Mode, SmoothingConfig
 from densepure.diffusion import NoiseSchedule, build_reverse_grid, t_star
 from densepure.diffusion.tstar import t_star_dds
 from densepure.engine.reference import run_chain
-from densepure.engine.rng import NoiseKeys, NoisePhase, NoiseStream, gaussian
+from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian
 from densepure.errors import ConfigError
 from densepure.models.classifiers import Classifier, InputRange, Preprocess
 

@@ -7,7 +7,7 @@ from scipy.stats import beta, norm
 
 from densepure.certify.procedures import CertifyParams, certify, certify_sequential, predict
 from densepure.certify.sequential import SequentialDecision, SequentialPlan
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 from densepure.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from densepure.diffusion import NoiseSchedule
 from densepure.engine.backends import TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.policy import FixedPolicy, SequentialPolicy
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, Preprocess
 

@@ -33,7 +33,7 @@ from densepure.certify.stats import certify_from_counts
 from densepure.engine.backends import ClassifierBackend, TorchClassifier, TorchDenoiser
 from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
 from densepure.engine.engine import Engine, EngineConfig
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 from densepure.export import ArtifactKind, Precision, export_command
 from densepure.models.digits import load_digits_test_split, load_digits_unet, register_digits_preset
 

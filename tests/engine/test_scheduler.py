@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from densepure.certify.sequential import SequentialPlan
 from densepure.engine.policy import FixedPolicy, SequentialPolicy
-from densepure.engine.rng import NoisePhase
+from densepure.noise import NoisePhase
 from densepure.engine.scheduler import RowKind, Scheduler
 
 CLASSES = 3

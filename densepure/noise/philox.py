@@ -1,7 +1,7 @@
 """Philox4x32 (Salmon, Moraes, Dror, Shaw, SC'11) in plain torch int64 tensor ops.
 
 uint32 arithmetic is emulated in int64 so that CPU and CUDA produce identical words; the keying and
-counter layout that turn these words into the engine's noise are in :mod:`densepure.engine.rng`.
+counter layout that turn these words into the engine's noise are in :mod:`densepure.noise.keys`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Counter-based Gaussian noise: every value is a pure function of its identity.
+"""Noise identities and their Philox words: every noise value is a pure function of its identity.
 
 A row's noise depends only on its :class:`NoiseKey` ``(seed, image, phase, draw, chain, step,
 stream)`` and on the flat element index, never on batch layout, batch order or on which other
@@ -29,7 +29,13 @@ chain < 2**16, step < 2**16, at most 4 * 2**24 = 67,108,864 values per row; the 
 64-bit unsigned integer. Within one seed, distinct (stream, image, phase, draw, chain, step,
 block) tuples map to distinct (key, counter) pairs, so no two values share a Philox output word.
 
-Conversion: a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
+Row words: a batch's identities become one ``(B, 6)`` int64 tensor ``[c0, c1, c2, c3, k0, k1]``
+(:func:`row_words`; ``c0`` without its block bits). That tensor is the whole contract between the
+identities and the generators: :mod:`densepure.noise.fields` (torch) and the fused kernels of
+:mod:`densepure.kernels` read nothing else, and rows of different seeds may share a batch (the engine
+keys each submitted image by its own seed, :func:`key_table`).
+
+Conversion (:mod:`densepure.noise.fields`): a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
 ``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64, ``r = sqrt(-2 ln u_a)``,
 ``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The float64 result is
 rounded once to float32; every other requested dtype is a cast of that float32 field. The integer
@@ -40,22 +46,19 @@ float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from densepure.engine.philox import MASK32 as _MASK32
-from densepure.engine.philox import philox as _philox
-from densepure.engine.philox import philox4x32
 from densepure.errors import InputError
+from densepure.noise.philox import MASK32 as _MASK32
 
 __all__ = [
     "BLOCK_BITS", "CHAIN_BITS", "DRAW_BITS", "IMAGE_BITS", "MAX_NUMEL", "PHASE_BITS", "STEP_BITS",
-    "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream",
-    "derive_key", "gaussian", "philox4x32", "uniform",
+    "WORDS", "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream",
+    "counter_words", "derive_key", "key_table", "row_words",
 ]  # fmt: skip
 
 IMAGE_BITS = 24
@@ -67,11 +70,10 @@ BLOCK_BITS = 24
 SEED_BITS = 64
 MAX_NUMEL = 4 << BLOCK_BITS  # values per row
 
+WORDS = 6  # per-row words: c0 (block bits 0), c1, c2, c3, k0, k1
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN64 = 0x9E3779B97F4A7C15
-# Rows x blocks processed at once: bounds the int64 temporaries (~2 MiB each) without changing
-# any value, since every value is a pure function of its key and index.
-_CHUNK_BLOCKS = 1 << 18
 
 
 class NoisePhase(enum.IntEnum):
@@ -265,113 +267,28 @@ def derive_key(seed: int, stream: NoiseStream | int) -> tuple[int, int]:
     return z & _MASK32, z >> 32
 
 
-def _row_words(keys: NoiseKeys, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per-row (B, 1) int64 words: c0 without the block index, c1, c2, c3, k0, k1."""
+def key_table(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(len(NoiseStream), 2)`` int64: the Philox key ``(k0, k1)`` of ``seed`` for each stream."""
+    return torch.tensor([derive_key(seed, s) for s in NoiseStream], dtype=torch.int64, device=device)
+
+
+def counter_words(image: torch.Tensor, phase: torch.Tensor, draw: torch.Tensor, chain: torch.Tensor,
+                  step: torch.Tensor) -> torch.Tensor:
+    """``(B, 4)`` int64 counter words ``c0..c3`` (``c0`` without its block bits) of 1-D int64 fields.
+
+    No range checks: callers pass fields already within the limits of the module docstring
+    (:class:`NoiseKeys` checks them; the engine checks them once per submitted image).
+    """
+    c0 = phase << BLOCK_BITS
+    c1 = step | (chain << STEP_BITS)
+    c2 = draw & _MASK32
+    c3 = (draw >> 32) | (image << (DRAW_BITS - 32))
+    return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), dim=1)
+
+
+def row_words(keys: NoiseKeys, device: torch.device | str) -> torch.Tensor:
+    """The ``(B, 6)`` int64 row words ``[c0, c1, c2, c3, k0, k1]`` of a batch of keys, on ``device``."""
     f = {name: getattr(keys, name).to(device) for name in _ROW_FIELDS}
-    c0 = f["phase"] << BLOCK_BITS
-    c1 = f["step"] | (f["chain"] << STEP_BITS)
-    c2 = f["draw"] & _MASK32
-    c3 = (f["draw"] >> 32) | (f["image"] << (DRAW_BITS - 32))
-    table = torch.tensor([derive_key(keys.seed, s) for s in NoiseStream], dtype=torch.int64,
-                         device=device)
-    k = table[f["stream"]]
-    return tuple(w.unsqueeze(1) for w in (c0, c1, c2, c3, k[:, 0], k[:, 1]))
-
-
-def _bits(keys: NoiseKeys, numel: int, device: torch.device, emit) -> None:
-    """Run Philox over blocks ``0..ceil(numel/4)-1`` of every row, chunked; ``emit`` gets
-    ``(row_slice, block_slice, (w0, w1, w2, w3))`` with each word (rows, blocks) int64."""
-    n_blocks = -(-numel // 4)
-    if n_blocks == 0 or len(keys) == 0:
-        return
-    words = _row_words(keys, device)
-    rows_per = max(1, _CHUNK_BLOCKS // n_blocks)
-    blocks_per = min(n_blocks, _CHUNK_BLOCKS)
-    for r0 in range(0, len(keys), rows_per):
-        rows = slice(r0, min(r0 + rows_per, len(keys)))
-        c0, c1, c2, c3, k0, k1 = (w[rows] for w in words)
-        for b0 in range(0, n_blocks, blocks_per):
-            blocks = slice(b0, min(b0 + blocks_per, n_blocks))
-            block = torch.arange(blocks.start, blocks.stop, dtype=torch.int64, device=device)
-            emit(rows, blocks, _philox(c0 | block, c1, c2, c3, k0, k1))
-
-
-def _check_request(keys: NoiseKeys, shape: Sequence[int], device: object, dtype) -> int:
-    if not isinstance(keys, NoiseKeys):
-        raise InputError(f"keys must be NoiseKeys, got {type(keys).__name__}")
-    if not isinstance(device, torch.device):
-        raise InputError(f"device must be a torch.device, got {type(device).__name__}")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"dtype must be a floating torch.dtype, got {dtype}")
-    try:
-        dims = tuple(int(s) for s in shape)
-    except TypeError as err:
-        raise InputError(f"shape must be a tuple of ints, got {shape!r}") from err
-    if any(s < 0 for s in dims):
-        raise InputError(f"shape must be non-negative, got {dims}")
-    numel = math.prod(dims)
-    if numel > MAX_NUMEL:
-        raise InputError(f"at most {MAX_NUMEL} values per row (4 * 2**{BLOCK_BITS}), got {numel}")
-    return numel
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint32 words (int64) -> float64 uniforms (x + 0.5) / 2**32 in [2**-33, 1 - 2**-33]."""
-    return x.to(torch.float64).add_(0.5).mul_(2.0**-32)
-
-
-def gaussian(
-    keys: NoiseKeys,
-    shape: tuple[int, ...],
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Standard normal fields, one per key: a (B, *shape) tensor of ``dtype`` on ``device``.
-
-    Row ``r`` is a pure function of ``keys[r]`` and the flat (C-order) element index: the same key
-    gives the same values in any batch, at any row position, and a field of ``n`` values is the
-    prefix of any longer field of the same key. Values are generated in float64, rounded to
-    float32, then cast to ``dtype``; ``|z| <= 6.77``, never inf or NaN.
-    """
-    numel = _check_request(keys, shape, device, dtype)
-    n_blocks = -(-numel // 4)
-    out = torch.empty((len(keys), n_blocks, 4), dtype=torch.float32, device=device)
-
-    def emit(rows, blocks, w):
-        dst = out[rows, blocks]
-        for pair in (0, 1):
-            radius = _to_unit(w[2 * pair]).log_().mul_(-2.0).sqrt_()
-            angle = _to_unit(w[2 * pair + 1]).mul_(2.0 * math.pi)
-            dst[..., 2 * pair].copy_(torch.cos(angle).mul_(radius))
-            dst[..., 2 * pair + 1].copy_(angle.sin_().mul_(radius))
-
-    _bits(keys, numel, device, emit)
-    field = out.reshape(len(keys), n_blocks * 4)[:, :numel].reshape(len(keys), *shape)
-    return field if dtype == torch.float32 else field.to(dtype)
-
-
-def uniform(
-    keys: NoiseKeys,
-    shape: tuple[int, ...],
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Uniforms in the open interval (0, 1), one field per key: (B, *shape) ``dtype``.
-
-    Same counters as :func:`gaussian` (element i uses word i % 4 of block i // 4), so do not use
-    both from one key and expect independence. Each word gives ``(x + 0.5) / 2**32`` in float64,
-    rounded to ``dtype`` and clamped to [smallest normal, largest value below 1] of ``dtype``.
-    """
-    numel = _check_request(keys, shape, device, dtype)
-    n_blocks = -(-numel // 4)
-    out = torch.empty((len(keys), n_blocks, 4), dtype=torch.float64, device=device)
-
-    def emit(rows, blocks, w):
-        dst = out[rows, blocks]
-        for lane in range(4):
-            dst[..., lane].copy_(_to_unit(w[lane]))
-
-    _bits(keys, numel, device, emit)
-    field = out.reshape(len(keys), n_blocks * 4)[:, :numel].reshape(len(keys), *shape)
-    info = torch.finfo(dtype)
-    return field.to(dtype).clamp_(min=info.tiny, max=1.0 - info.eps / 2)
+    k = key_table(keys.seed, device)[f["stream"]]
+    c = counter_words(f["image"], f["phase"], f["draw"], f["chain"], f["step"])
+    return torch.cat([c.reshape(-1, 4), k.reshape(-1, 2)], dim=1)

@@ -1,4 +1,4 @@
-"""Tests of the counter-based noise generator (densepure.engine.rng)."""
+"""Tests of the counter-based noise generator (densepure.noise)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-import densepure.engine.rng as rng
-from densepure.engine.rng import (
+import densepure.noise.fields as noise_fields
+from densepure.noise import (
     MAX_NUMEL,
     NoiseKey,
     NoiseKeys,
@@ -20,6 +20,10 @@ from densepure.engine.rng import (
     derive_key,
     gaussian,
     philox4x32,
+    counter_words,
+    gaussian_words,
+    key_table,
+    row_words,
     uniform,
 )
 from densepure.errors import InputError
@@ -150,8 +154,37 @@ def test_batching_invariance_big_batch_one_by_one_shuffled(monkeypatch):
     shuffled_list = NoiseKeys.from_keys([keys[int(r)] for r in perm])
     assert torch.equal(gaussian(shuffled_list, shape, CPU), big[perm])
     # Chunking over rows and over blocks inside a row must not change a single bit.
-    monkeypatch.setattr(rng, "_CHUNK_BLOCKS", 5)
+    monkeypatch.setattr(noise_fields, "_CHUNK_BLOCKS", 5)
     assert torch.equal(gaussian(keys, shape, CPU), big)
+
+
+def test_rows_of_different_seeds_share_a_batch_through_row_words():
+    """The engine mixes images of different seeds in one batch: each row keeps its own field."""
+    a, b = _keys(5, seed=11), _keys(7, seed=2**64 - 3)
+    words = torch.cat([row_words(a, CPU), row_words(b, CPU)])
+    mixed = gaussian_words(words[torch.tensor([5, 0, 11, 3])], (3, 5, 5), CPU)
+    alone = torch.cat([gaussian(a, (3, 5, 5), CPU), gaussian(b, (3, 5, 5), CPU)])
+    assert torch.equal(mixed, alone[torch.tensor([5, 0, 11, 3])])
+
+
+def test_row_words_are_counter_words_and_the_key_table():
+    keys = _keys(9)
+    words = row_words(keys, CPU)
+    assert words.shape == (9, 6) and words.dtype == torch.int64
+    counters = counter_words(keys.image, keys.phase, keys.draw, keys.chain, keys.step)
+    assert torch.equal(words[:, :4], counters)
+    assert torch.equal(words[:, 4:], key_table(keys.seed)[keys.stream])
+    for r in range(9):
+        k = keys[r]
+        assert tuple(words[r, 4:].tolist()) == derive_key(k.seed, k.stream)
+        assert words[r, 0].item() == int(k.phase) << 24
+
+
+def test_gaussian_words_rejects_malformed_words():
+    with pytest.raises(InputError, match="row words"):
+        gaussian_words(torch.zeros(3, 5, dtype=torch.int64), (4,), CPU)
+    with pytest.raises(InputError, match="row words"):
+        gaussian_words(torch.zeros(3, 6, dtype=torch.int32), (4,), CPU)
 
 
 def test_value_depends_on_flat_index_only():
