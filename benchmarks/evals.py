@@ -21,24 +21,29 @@ import platform
 import numpy as np
 import torch
 
-from densepure.certify.runner import Task, policy_for
-from densepure.certify.procedures import CertifyParams
-from densepure.certify.sequential import SequentialPlan
-from densepure.engine.backends import TorchClassifier, TorchDenoiser
-from densepure.engine.engine import Engine, EngineConfig
-from densepure.noise import NoisePhase
+from densepure.certify.tasks import CertifyTask, SequentialTask
+from densepure.diffusion import Mode, SmoothingConfig
+from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset
+from densepure.noise import NoisePhase
 
 
-def make_engine(mode: str, k: int, b: int, sigma: float) -> Engine:
+def make_engine(mode: Mode, k: int, b: int, sigma: float) -> Engine:
     unet = load_digits_unet()
     clf = Classifier(load_digits_classifier(), Preprocess(), num_classes=10)
-    return Engine(mode=mode, sigma=sigma, chains=k, steps=b, num_classes=10, classifier=TorchClassifier(clf, 10),
-                  denoiser=TorchDenoiser(unet), schedule=get_preset("digits").schedule, seed=0,
-                  image_shape=(1, 8, 8), device=torch.device("cpu"),
-                  config=EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8))
+    smoothing = SmoothingConfig(mode, sigma, k, b, schedule=get_preset("digits").schedule)
+    backends = Backends(TorchDenoiser(unet), TorchClassifier(clf, 10, (1, 8, 8)))
+    return Engine(smoothing, backends, (1, 8, 8), "cpu",
+                  EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8))
+
+
+def run(engine: Engine, images, idx, task) -> dict:
+    """{image index: its decided policy}, every image keyed by (seed 0, its index)."""
+    requests = (ImageRequest(i, images[i], task.policy(10, engine.smoothing.sigma), 0, noise_id=i) for i in idx)
+    return {r.key: r.policy for r in engine.run(requests)}
 
 
 def main() -> None:
@@ -52,19 +57,16 @@ def main() -> None:
     images, _ = load_digits_test_split()
     idx = np.linspace(0, len(images) - 1, args.images).astype(int).tolist()
     k, b = 10, 2
-    eng = make_engine("densepure", k, b, args.sigma)
-    task = Task(CertifyParams(args.n0, args.n, 0.001), args.sigma)
-    done = dict(eng.run((i, images[i], policy_for(task, 10)) for i in idx))
+    eng = make_engine(Mode.DENSEPURE, k, b, args.sigma)
+    done = run(eng, images, idx, CertifyTask(args.n0, args.n, 0.001))
     draws = len(idx) * (args.n0 + args.n)
     official_unet, official_cls = k * b * draws, k * draws
     print(f"fixed N: {len(idx)} digits images, N0={args.n0}, N={args.n}, K={k}, b={b}, sigma={args.sigma}")
     print(f"  UNet calls:       engine {eng.stats.unet_rows:>10,d}   official {official_unet:>10,d}")
     print(f"  classifier calls: engine {eng.stats.classifier_rows:>10,d}   official {official_cls:>10,d}")
     confident = [i for i in idx if done[i].counts[NoisePhase.ESTIMATION].max() >= 0.99 * args.n]
-    seq_task = Task(CertifyParams(args.n0, args.seq_nmax, 0.001), args.sigma,
-                    SequentialPlan.geometric(args.sigma, args.sigma, 0.001, n_max=args.seq_nmax))
-    seq = dict(make_engine("densepure", k, b, args.sigma).run(
-        (i, images[i], policy_for(seq_task, 10)) for i in confident))
+    seq_task = SequentialTask(args.n0, args.sigma, 0.001, n_max=args.seq_nmax)
+    seq = run(make_engine(Mode.DENSEPURE, k, b, args.sigma), images, confident, seq_task)
     used = [seq[i].result.n_used for i in confident]
     certified = sum(seq[i].result.certified for i in confident)
     mean_used = float(np.mean(used)) if used else float("nan")

@@ -33,16 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import machine
 
 from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
-from densepure.certify.procedures import CertifyParams
-from densepure.certify.results import IfExists, open_results
-from densepure.certify.runner import Task, make_record, policy_for
-from densepure.engine.backends import TorchClassifier, TorchDenoiser
-from densepure.engine.engine import Engine, EngineConfig
-from densepure.noise import NoisePhase
+from densepure.certify.records import IfExists
+from densepure.certify.results import open_results
+from densepure.certify.tasks import CertifyTask
+from densepure.diffusion import Mode, SmoothingConfig
+from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset
@@ -82,8 +81,7 @@ def groups(sigmas: list[float]) -> list[Group]:
 
 
 def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, indices: list[int]) -> None:
-    params = CertifyParams(args.n0, args.n, args.alpha)
-    task = Task(params, group.sigma)
+    task = CertifyTask(args.n0, args.n, args.alpha)
     writers = {}
     for k in group.ks:
         config = {"benchmark": "table1", "preset": "digits", "classifier": "digits", "mode": group.mode,
@@ -96,29 +94,29 @@ def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, in
         for w in writers.values():
             w.close()
         return
-    engine = Engine(mode=group.mode, sigma=group.sigma, chains=group.chains, steps=group.steps, num_classes=10,
-                    classifier=TorchClassifier(Classifier(load_digits_classifier(), Preprocess(), num_classes=10), 10),
-                    denoiser=TorchDenoiser(load_digits_unet()) if group.mode != "gaussian" else None,
-                    schedule=get_preset("digits").schedule, seed=args.seed, image_shape=(1, 8, 8),
-                    device=torch.device("cpu"), config=EngineConfig(unet_rows=512, classifier_rows=512,
-                                                                    draw_capacity=1024, image_slots=8),
-                    chain_prefixes=PREFIXES if group.mode == "densepure" else ())
+    mode = Mode(group.mode)
+    smoothing = SmoothingConfig(mode, group.sigma, group.chains, group.steps, schedule=get_preset("digits").schedule)
+    classifier = TorchClassifier(Classifier(load_digits_classifier(), Preprocess(), num_classes=10), 10, (1, 8, 8))
+    backends = Backends(TorchDenoiser(load_digits_unet()) if mode is not Mode.GAUSSIAN else None, classifier)
+    config = EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8,
+                          chain_prefixes=PREFIXES if mode is Mode.DENSEPURE else ())
+    engine = Engine(smoothing, backends, (1, 8, 8), "cpu", config)
     started: dict[int, float] = {}
 
-    def jobs():
+    def requests():
         for i in todo:
             started[i] = time.perf_counter()
-            yield i, images[i], policy_for(task, 10)
+            yield ImageRequest(i, images[i], task.policy(10, group.sigma), args.seed, noise_id=i)
 
     t0 = time.perf_counter()
-    for done, (i, policy) in enumerate(engine.run(jobs()), 1):
+    for done, request in enumerate(engine.run(requests()), 1):
+        i, policy = request.key, request.policy
         seconds = time.perf_counter() - started.pop(i)
         for k, writer in writers.items():
             if i in writer.finished:
                 continue
             counts = policy.counts if k == group.chains else policy.prefix_counts[k]
-            writer.write(make_record(task, i, int(labels[i]), seconds, counts[NoisePhase.SELECTION],
-                                     counts[NoisePhase.ESTIMATION]))
+            writer.write(task.record(i, int(labels[i]), seconds, counts, engine.smoothing.sigma))
         rate = done * (args.n0 + args.n) / (time.perf_counter() - t0)
         print(f"  {group.name(group.chains)} sigma={group.sigma:g}: {done}/{len(todo)} images, "
               f"{rate:.0f} draws/s", flush=True)

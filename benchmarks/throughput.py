@@ -29,16 +29,23 @@ import time
 
 import numpy as np
 import torch
+from common import machine
 from torch import nn
 
-from common import machine
-
-from densepure.certify.procedures import CertifyParams
-from densepure.certify.runner import Task, policy_for
-from densepure.diffusion import GridTables, TStarRule, build_reverse_grid, start_scale, step_mean_std, t_star
-from densepure.engine.backends import TorchClassifier, TorchDenoiser
-from densepure.engine.backends.graphs import bucket_sizes
-from densepure.engine.engine import Engine, EngineConfig
+from densepure.artifacts.buckets import bucket_sizes
+from densepure.certify.tasks import CertifyTask
+from densepure.diffusion import (
+    GridTables,
+    Mode,
+    SmoothingConfig,
+    TStarRule,
+    build_reverse_grid,
+    start_scale,
+    step_mean_std,
+    t_star,
+)
+from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.presets import get_preset
@@ -133,20 +140,21 @@ def make_engine(args, unet, clf, schedule, shape, classes, device, rows: int) ->
     graphs = args.cuda_graphs and device.type == "cuda"
     buckets = bucket_sizes(rows) if graphs else None
     denoiser = TorchDenoiser(unet, channels_last=device.type == "cuda", buckets=buckets, cuda_graphs=graphs)
-    classifier = TorchClassifier(clf, classes, device, buckets=buckets, cuda_graphs=graphs, image_shape=shape)
+    classifier = TorchClassifier(clf, classes, shape, device, buckets=buckets, cuda_graphs=graphs)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
-    return Engine(mode="densepure", sigma=args.sigma, chains=args.K, steps=args.b, num_classes=classes,
-                  classifier=classifier, denoiser=denoiser, schedule=schedule, seed=0, image_shape=shape,
-                  device=device, config=config)
+    smoothing = SmoothingConfig(Mode.DENSEPURE, args.sigma, args.K, args.b, schedule=schedule)
+    return Engine(smoothing, Backends(denoiser, classifier), shape, device, config)
 
 
 def engine_seconds(engine: Engine, images, args) -> float:
-    task = Task(CertifyParams(args.n0, args.n, 0.001), args.sigma)
-    sync(engine.executor.device)
+    task = CertifyTask(args.n0, args.n, 0.001)
+    sync(engine.device)
     start = time.perf_counter()
-    for _ in engine.run((i, x, policy_for(task, engine.num_classes)) for i, x in enumerate(images)):
+    requests = (ImageRequest(i, x, task.policy(engine.num_classes, args.sigma), 0, noise_id=i)
+                for i, x in enumerate(images))
+    for _ in engine.run(requests):
         pass
-    sync(engine.executor.device)
+    sync(engine.device)
     return time.perf_counter() - start
 
 

@@ -51,12 +51,8 @@ def _cmd_job(args: argparse.Namespace) -> int:
         args.cache_dir = _cache_dir(args.cache_dir)
     job = prepare(options_from_args(args, predict))
     opts = job.options
-    todo = len(job.indices)
-    print(f"{args.command}: {todo} images, mode={opts.mode.value} sigma={opts.sigma} "
-          + (f"K={opts.num_chains} b={opts.steps} " if opts.mode.value == "densepure" else "")
-          + f"n0={opts.n0 if not predict else '-'} n={opts.n} alpha={opts.alpha} seed={job.seed} "
-          f"device={job.engine.executor.device} backend={opts.backend.value}", file=sys.stderr)
-    hook, close = progress_hook(todo)
+    print(job.describe(args.command), file=sys.stderr)
+    hook, close = progress_hook(len(job.indices))
     try:
         output, _ = run(job, hook)
     finally:
@@ -72,8 +68,14 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from densepure.certify.analyze import (check_radii, load_run, markdown_table, paired_markdown,
-                                           plot_certified_accuracy, summarize)
+    from densepure.certify.analyze import (
+        check_radii,
+        load_run,
+        markdown_table,
+        paired_markdown,
+        plot_certified_accuracy,
+        summarize,
+    )
 
     radii = check_radii(tuple(float(r) for r in args.radii.split(",")))
     if args.paired and len(args.results) < 2:
@@ -89,17 +91,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from densepure.export import export_command
+    from densepure.precision import Precision
 
-    from densepure.certify.factory import ClassifierSpec, load_classifier
-    from densepure.export import Precision, export_command
-    from densepure.models import get_preset
-
-    preset = get_preset(args.preset)
-    classifier = None if args.no_classifier else load_classifier(ClassifierSpec.parse(args.classifier), torch.device("cpu"))
-    precisions = tuple(Precision.parse(p.strip()) for p in args.precision.split(",") if p.strip())
-    report = export_command(preset, args.checkpoint, args.out or f"artifacts/{preset.name}", precisions=precisions,
-                            classifier=classifier, classifier_label=args.classifier, unet=not args.no_unet,
+    report = export_command(args.preset, args.checkpoint, args.out or f"artifacts/{args.preset}",
+                            precisions=Precision.parse_list(args.precision),
+                            classifier=None if args.no_classifier else args.classifier, unet=not args.no_unet,
                             opset=args.opset, reuse=not args.force)
     for line in report.lines():
         print(line)
@@ -107,13 +104,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from densepure.export import ArtifactKind, BuildSettings, Precision, TypingMode, build_command
+    from densepure.artifacts import ArtifactKind, TypingMode
+    from densepure.export import BuildSettings, build_command
+    from densepure.precision import Precision
 
     cache_dir = _cache_dir(args.cache_dir)
     settings = BuildSettings(buckets=[b for b in args.buckets.split(",") if b.strip()],
                              workspace_bytes=None if args.workspace_mb is None else args.workspace_mb * 2**20,
                              typing=TypingMode(args.typing), optimization_level=args.opt_level)
-    precisions = tuple(Precision.parse(p.strip()) for p in args.precision.split(",")) if args.precision else None
+    precisions = Precision.parse_list(args.precision) if args.precision else None
     report = build_command(args.onnx_dir, cache_dir, settings=settings, device=args.device,
                            kinds=(ArtifactKind(args.only),) if args.only else None, precisions=precisions)
     for line in report.lines():
@@ -122,10 +121,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _add_export_parsers(sub) -> None:
+    from densepure.cli_certify import add_model_arguments
+
     p = sub.add_parser("export", help="export the UNet and classifier to checked ONNX graphs (fp32/fp16)")
-    p.add_argument("--preset", default="digits", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: digits)")
-    p.add_argument("--checkpoint", help="diffusion checkpoint (official .pt, read weights_only, or .safetensors)")
-    p.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
+    add_model_arguments(p)
     p.add_argument("--no-classifier", action="store_true", help="export the UNet only")
     p.add_argument("--no-unet", action="store_true", help="export the classifier only")
     p.add_argument("--precision", default="fp32,fp16", help="comma-separated fp32, fp16 (default: fp32,fp16)")

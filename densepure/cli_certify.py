@@ -6,16 +6,21 @@ import argparse
 import time
 from pathlib import Path
 
-from densepure.certify.base import Mode
-from densepure.diffusion import TStarRule
+from densepure.diffusion import Mode, TStarRule
 from densepure.engine.backends.select import BackendKind
+from densepure.precision import Precision
 
 
-def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model flags, the same for certify, predict, export (and serve)."""
     g = p.add_argument_group("models")
     g.add_argument("--preset", default="digits", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: digits)")
     g.add_argument("--checkpoint", help="diffusion checkpoint in the official format (.pt, read weights_only, or .safetensors)")
     g.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
+
+
+def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
+    add_model_arguments(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", help="CIFAR-10 batch dir or file, ImageNet-style folder, .npz (images, labels) or an image "
                                   "(default: the shipped digits test split)")
@@ -43,7 +48,7 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+    g.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the classifier network; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
                         "(default: fp32)")
     g.add_argument("--backend", default="torch", choices=[k.value for k in BackendKind],
@@ -75,10 +80,10 @@ def options_from_args(args: argparse.Namespace, predict: bool):
 
     return JobOptions(
         preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, data=args.data,
-        mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None) if not predict else 1, n=args.n, alpha=args.alpha,
+        mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None), n=args.n, alpha=args.alpha,
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
         radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, backend=BackendKind(args.backend), artifacts=args.artifacts,
+        precision=Precision(args.precision), backend=BackendKind(args.backend), artifacts=args.artifacts,
         cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite,

@@ -29,3 +29,7 @@ class BackendError(DensePureError):
 
 class ArtifactError(BackendError):
     """An exported artifact (ONNX graph, TensorRT engine, manifest) that is missing or inconsistent."""
+
+
+class ModelOutputError(DensePureError):
+    """A model returned something no certificate may be built on: NaN or inf outputs or logits."""

@@ -37,7 +37,8 @@ from sklearn.model_selection import train_test_split
 
 from densepure.diffusion import NoiseSchedule, ScheduleKind, TStarRule, build_reverse_grid, start_point, t_star
 from densepure.engine.reference import onestep_x0, run_chain
-from densepure.models.checkpoint import file_sha256, save_state_dict
+from densepure.hashing import file_sha256
+from densepure.models.checkpoint import save_state_dict
 from densepure.models.digits import DIGITS_FLAGS, PIXEL_LEVELS, DigitsCNN
 from densepure.models.digits_training import TrainingTables, ema_update, hybrid_loss
 from densepure.models.presets import build_unet

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden_data import GOLDEN, golden_unet
 
 from densepure.models import UNetModel
-from golden_data import GOLDEN, golden_unet
 
 # The test models are tiny: one thread is faster than two and immune to a busy neighbour
 # (two threads spinning on a loaded 2-core machine made an 8x8 convolution 50x slower).

@@ -7,10 +7,11 @@ import json
 import torch
 from torch import nn
 
-from densepure.export import Precision, export_command
+from densepure.export import export_command
 from densepure.models import UNetModel, save_state_dict
 from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeMode
 from densepure.models.presets import Dataset, DiffusionPreset
+from densepure.precision import Precision
 
 
 def tiny_classifier() -> Classifier:

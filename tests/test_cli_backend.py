@@ -12,13 +12,25 @@ import shutil
 
 import pytest
 
+from densepure.artifacts import (
+    ArtifactFormat,
+    ArtifactKind,
+    ArtifactManifest,
+    EngineCache,
+    EngineInfo,
+    MachineInfo,
+    SourceInfo,
+    TensorSpec,
+    TypingMode,
+    bucket_profiles,
+    cache_key,
+    manifest_path_for,
+    onnx_sha256,
+)
 from densepure.cli import main
 from densepure.engine.backends.select import ModelIdentity, check_identity, choose_engine
 from densepure.errors import ArtifactError
-from densepure.export import (
-    ArtifactFormat, ArtifactKind, ArtifactManifest, EngineCache, EngineInfo, MachineInfo, Precision, SourceInfo,
-    TensorSpec, TypingMode, bucket_profiles, cache_key, manifest_path_for, onnx_sha256,
-)
+from densepure.precision import Precision
 
 COMMON = ("--max", "2", "--n", "50", "--seed", "3", "--device", "cpu")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from densepure.certify.results import CorrectColumn, ResultRow, read_results
+from densepure.certify.records import CorrectColumn, ResultRow
+from densepure.certify.results import read_results
 from densepure.errors import ConfigError, InputError
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,6 @@ def summarize(run: Run, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
     return Summary(run.name, len(run.rows), radii,
                    tuple(certified_accuracy(run, r) for r in radii),
                    average_certified_radius(run), float(abstained))
-
-
-def analyze_files(paths: Sequence[str | Path],
-                  radii: Sequence[float] = DEFAULT_RADII) -> tuple[Summary, ...]:
-    """:func:`summarize` each result file, in the given order."""
-    radii = check_radii(radii)
-    return tuple(summarize(load_run(path), radii) for path in paths)
 
 
 def markdown_table(summaries: Sequence[Summary]) -> str:

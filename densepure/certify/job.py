@@ -1,7 +1,8 @@
-"""A certification job: options -> models, data and base classifier -> result file -> summary.
+"""A certification job: options -> models, data and engine -> result file -> summary.
 
 The CLI builds :class:`JobOptions` from argv and calls :func:`prepare` and :func:`run`; library
 users can do the same. Defaults are the embedded digits preset, so a job with no options runs.
+Everything that needs no model is validated when the options are built, before any model loads.
 """
 
 from __future__ import annotations
@@ -13,24 +14,18 @@ from pathlib import Path
 
 import torch
 
-from densepure.certify.base import Mode, SmoothingConfig
-from densepure.certify.factory import (
-    ClassifierSpec,
-    default_checkpoint,
-    load_classifier,
-    parse_precision,
-    resolve_device,
-)
-from densepure.certify.procedures import CertifyParams
-from densepure.certify.results import IfExists, ImageRecord, open_results
-from densepure.certify.runner import ProgressHook, Task, run_dataset_engine
-from densepure.certify.sequential import SequentialPlan
+from densepure.certify.records import IfExists, ImageRecord
+from densepure.certify.results import open_results
+from densepure.certify.runner import ProgressHook, run_dataset
 from densepure.certify.stats import validate_alpha
+from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
 from densepure.data.datasets import Dataset, open_dataset, select_indices
-from densepure.diffusion import TStarRule
-from densepure.engine.backends.select import BackendKind, check_backend_options
+from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, check_backend_options
+from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.errors import ConfigError, DensePureError
+from densepure.precision import Precision
 
 # settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
 # cache are keyed by content)
@@ -68,7 +63,7 @@ class JobOptions:
     predict: bool = False
     batch_size: int = 500
     device: str = "auto"
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     backend: BackendKind = BackendKind.TORCH
     artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
     cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
@@ -83,22 +78,40 @@ class JobOptions:
     def __post_init__(self) -> None:
         defaults = PRESET_DEFAULTS.get(self.preset, PRESET_DEFAULTS[None])
         for key, value in defaults.items():
-            if getattr(self, key) is None:
+            if getattr(self, key) is None and not (key == "n0" and self.predict):
                 object.__setattr__(self, key, value)
-        validate_alpha(self.alpha)
-        parse_precision(self.precision)
+        object.__setattr__(self, "mode", Mode.parse(self.mode))
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        object.__setattr__(self, "t_star_rule", TStarRule(self.t_star_rule))
+        validate_alpha(self.alpha)
         check_backend_options(self.backend, self.artifacts, self.precision)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.radius is not None and self.radius < 0:
-            raise ConfigError(f"radius must be >= 0, got {self.radius}")
+        if self.predict and self.n0 is not None:
+            raise ConfigError("predict draws no selection samples: n0 applies to certify only")
         object.__setattr__(self, "also_chains", tuple(sorted({int(k) for k in self.also_chains})))
         if self.also_chains and (self.mode is not Mode.DENSEPURE or self.radius is not None):
             raise ConfigError("--also-K needs --mode densepure with a fixed N (not --radius): the k-chain counts "
                               "are read from the same draws")
         if self.radius is not None and self.predict:
             raise ConfigError("--radius (sequential certification) and --predict exclude each other")
+        self.task()  # n0, n, alpha, radius: checked now, before any model loads
+
+    def task(self) -> Task:
+        """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
+        if self.predict:
+            return PredictTask(self.n, self.alpha)
+        if self.radius is not None:
+            return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n)
+        return CertifyTask(self.n0, self.n, self.alpha)
+
+    def smoothing(self, schedule: NoiseSchedule | None) -> SmoothingConfig:
+        """The one smoothing configuration of the job (``schedule``: the preset's, for every mode but gaussian)."""
+        chains = self.num_chains if self.mode is Mode.DENSEPURE else 1
+        steps = self.steps if self.mode is Mode.DENSEPURE else 1
+        return SmoothingConfig(self.mode, self.sigma, chains, steps, self.t_star_rule,
+                               schedule if self.mode is not Mode.GAUSSIAN else None)
 
     def record(self) -> dict:
         """The configuration written to the sidecar and compared on resume."""
@@ -122,6 +135,16 @@ class Job:
     indices: list[int]
     task: Task
     seed: int
+
+    def describe(self, command: str = "certify") -> str:
+        """One line: what the job runs, with which seed, where."""
+        o, s = self.options, self.engine.smoothing
+        chains = f"K={s.num_chains} b={s.steps} " if s.mode is Mode.DENSEPURE else ""
+        stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
+                                                                     else "")
+        return (f"{command}: {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
+                f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={o.backend.value} "
+                f"precision={o.precision.value}")
 
 
 def _dataset(options: JobOptions) -> Dataset:
@@ -149,60 +172,53 @@ def _resumed_seed(options: JobOptions) -> int:
 
 
 def prepare(options: JobOptions) -> Job:
-    """Load models and data and build the base classifier; nothing is written yet."""
+    """Load models and data and build the engine; nothing is written yet."""
+    from densepure.models import build_unet, get_preset, resolve_checkpoint
+    from densepure.models.sources import ClassifierSpec, load_classifier
+
     seed = options.seed if options.seed is not None else _resumed_seed(options)
     options = replace(options, seed=seed)
-    smoothing = SmoothingConfig(options.mode, options.sigma, options.num_chains if options.mode is Mode.DENSEPURE else 1,
-                                options.steps, options.t_star_rule)
-    params = CertifyParams(options.n0, options.n, options.alpha)
+    preset = get_preset(options.preset)
+    smoothing = options.smoothing(preset.schedule)
     spec = ClassifierSpec.parse(options.classifier)
     device = resolve_device(options.device)
-    dtype = parse_precision(options.precision)
     dataset = _dataset(options)
     indices = select_indices(len(dataset), options.skip, options.max)
+    if not len(dataset):
+        raise ConfigError("the dataset is empty")
     classifier = load_classifier(spec, device)
-    if options.backend is BackendKind.TORCH and dtype is not torch.float32:
-        classifier.set_precision(dtype)  # the classifier is most of the work for ViT-sized models
+    torch_backend = options.backend is BackendKind.TORCH
+    if torch_backend and options.precision is not Precision.FP32:
+        classifier.set_precision(options.precision.dtype)  # the classifier is most of the work for ViT-sized models
     num_classes = classifier.num_classes or dataset.num_classes
     if num_classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")
-    denoiser = schedule = None
+    denoiser = checkpoint = None
     if smoothing.needs_denoiser:
-        from densepure.models import build_unet, get_preset
-
-        preset = get_preset(options.preset)
-        if options.backend is BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
-            denoiser = build_unet(preset, default_checkpoint(options.preset, options.checkpoint), device, dtype)
-        schedule = preset.schedule
-    engine = _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset)
-    plan = None
-    if options.radius is not None:
-        plan = SequentialPlan.geometric(options.radius, options.sigma, options.alpha, n_max=options.n)
-    return Job(options, engine, dataset, indices, Task(params, options.sigma, plan, options.predict), seed)
+        checkpoint = resolve_checkpoint(preset, options.checkpoint)
+        if torch_backend:  # exported backends run the graphs, not the checkpoint
+            denoiser = build_unet(preset, checkpoint, device, options.precision.dtype)
+    engine = _engine(options, smoothing, classifier, num_classes, denoiser, checkpoint, device, dataset)
+    return Job(options, engine, dataset, indices, options.task(), seed)
 
 
-def _engine(options, smoothing, classifier, num_classes, denoiser, schedule, seed, device, dataset) -> Engine:
-    from densepure.engine.backends.select import BackendChoice, ModelIdentity, make_backends
-    from densepure.models.checkpoint import file_sha256
+def _engine(options, smoothing, classifier, num_classes, denoiser, checkpoint, device, dataset) -> Engine:
+    from densepure.engine.backends.select import make_backends
+    from densepure.hashing import file_sha256
 
-    x0, _ = dataset[0] if len(dataset) else (None, None)
-    if x0 is None:
-        raise ConfigError("the dataset is empty")
-    rows = _rows_per_call(options, device, denoiser, classifier, tuple(x0.shape))
-    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
+    shape = tuple(dataset[0][0].shape)
+    rows = _rows_per_call(options, device, denoiser, classifier, shape)
     exported = options.backend is not BackendKind.TORCH
-    checkpoint = default_checkpoint(options.preset, options.checkpoint) if exported and smoothing.needs_denoiser else None
-    identity = ModelIdentity(options.preset, tuple(x0.shape), num_classes,
-                             file_sha256(checkpoint) if checkpoint is not None else None, options.classifier)
+    identity = ModelIdentity(options.preset, shape, num_classes,
+                             file_sha256(checkpoint) if exported and checkpoint is not None else None,
+                             options.classifier)
     choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
                            torch.get_num_threads(), rows, options.cuda_graphs)
     backends = make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=denoiser,
                              classifier=classifier)
-    return Engine(mode=smoothing.mode.value, sigma=smoothing.sigma, chains=smoothing.num_chains,
-                  steps=smoothing.steps, num_classes=num_classes,
-                  classifier=backends.classifier, denoiser=backends.denoiser, schedule=schedule,
-                  t_star_rule=smoothing.t_star_rule, seed=seed, image_shape=tuple(x0.shape), device=device,
-                  config=config, chain_prefixes=options.also_chains)
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8,
+                          chain_prefixes=options.also_chains)
+    return Engine(smoothing, backends, shape, device, config)
 
 
 def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifier, shape) -> int:
@@ -236,5 +252,5 @@ def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[Imag
         writer = stack.enter_context(open_results(opts.output, opts.record(), job.seed, mode))
         extra = {k: stack.enter_context(open_results(opts.prefix_output(k), opts.prefix_record(k), job.seed, mode))
                  for k in opts.also_chains}
-        records = run_dataset_engine(job.engine, job.dataset, job.indices, job.task, writer, on_image, extra)
+        records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writer, on_image, extra)
     return Path(opts.output), records

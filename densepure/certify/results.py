@@ -24,11 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from densepure.certify.records import (  # noqa: F401  (re-exported: the public names of result files)
-    _RESERVED,
+from densepure.certify.records import (
     _TIMEDELTA,
-    SIDECAR_FORMAT,
-    SIDECAR_VERSION,
     TSV_COLUMNS,
     TSV_HEADER,
     CorrectColumn,
@@ -38,10 +35,8 @@ from densepure.certify.records import (  # noqa: F401  (re-exported: the public 
     RunHeader,
     Sidecar,
     Versions,
-    _coerce,
     _is_int,
     _to_json,
-    format_radius,
 )
 from densepure.errors import ConfigError, InputError
 

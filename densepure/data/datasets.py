@@ -16,8 +16,7 @@ import torch
 
 from densepure.data.arrays import load_npz
 from densepure.data.cifar import Cifar10Dataset, find_batch
-from densepure.data.folders import ImageFolderDataset, SingleImageDataset, find_classes, \
-    is_image_file
+from densepure.data.folders import ImageFolderDataset, SingleImageDataset, find_classes, is_image_file
 from densepure.data.images import IMAGE_EXTENSIONS, NO_TRANSFORM, ImageTransform
 from densepure.errors import ConfigError, InputError
 

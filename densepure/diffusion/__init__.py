@@ -5,11 +5,13 @@ This sub-package imports nothing else of densepure's except :mod:`densepure.erro
 
 from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, coarse_timesteps, onestep_grid
 from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind, cosine_alpha_bar
+from densepure.diffusion.smoothing import Mode, SmoothingConfig, StartKind
 from densepure.diffusion.step import (
     GridTables,
     StepCoefficients,
     dds_forward_sample,
     model_time_tensor,
+    noisy_input,
     predict_x0,
     predict_x0_at,
     reverse_step,
@@ -20,9 +22,12 @@ from densepure.diffusion.tstar import TStarRule, start_scale, t_star, validate_s
 
 __all__ = [
     "GridTables",
+    "Mode",
     "NoiseSchedule",
     "ReverseGrid",
     "ScheduleKind",
+    "SmoothingConfig",
+    "StartKind",
     "StepCoefficients",
     "TStarRule",
     "build_reverse_grid",
@@ -31,6 +36,7 @@ __all__ = [
     "cosine_alpha_bar",
     "dds_forward_sample",
     "model_time_tensor",
+    "noisy_input",
     "predict_x0",
     "predict_x0_at",
     "reverse_step",

@@ -110,12 +110,18 @@ def predict_x0_at(y: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch
     return (y * alpha_bar ** -0.5 - eps * (1.0 / alpha_bar - 1.0) ** 0.5).clamp(-1.0, 1.0)
 
 
+def noisy_input(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The noisy image in the models' [-1, 1] space, ``2(x + delta) - 1`` (Gaussian smoothing's
+    classifier input). ``x`` in [0,1] and ``delta ~ N(0, sigma^2)`` (already scaled), ``(B,C,H,W)``."""
+    return 2.0 * (x + delta) - 1.0
+
+
 def start_point(x: torch.Tensor, delta: torch.Tensor, sigma: float) -> torch.Tensor:
     """DensePure's start ``y = sqrt(a) (2(x + delta) - 1)`` with ``a = 1/(1+4 sigma^2)``.
 
     ``x`` in [0,1] and ``delta ~ N(0, sigma^2)`` (already scaled by sigma), both ``(B,C,H,W)``.
     """
-    return math.sqrt(start_scale(sigma)) * (2.0 * (x + delta) - 1.0)
+    return math.sqrt(start_scale(sigma)) * noisy_input(x, delta)
 
 
 def dds_forward_sample(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:

@@ -1,43 +1,72 @@
-"""The engine: streams images through the scheduler and executor until each policy is decided.
+"""The engine core: images are submitted, batches are stepped, decided images are collected.
 
-Images are admitted into a fixed number of slots and leave as soon as their policy is done, so the
-UNet and classifier batches are refilled across images continuously. Counts are identical to the
-plain path's (``densepure.certify.base.BaseClassifier``) for the same seed: every noise value is a
-function of its identity, the vote's early exit is exact, and policies read prefixes of draws.
+``submit`` queues an :class:`ImageRequest` (an image, its sampling policy and its noise identity);
+``step`` admits queued images into free slots and runs one round (a classifier batch, launched first so
+that on CUDA it overlaps, and a UNet batch); ``collect`` returns the requests whose policy is decided;
+``idle`` says nothing is queued or in flight; ``cancel`` drops a request. A dataset run, a server loop
+and a cluster worker all drive the engine through these five, and :meth:`Engine.run` is such a loop.
+
+UNet and classifier batches mix rows of all images in flight and are refilled continuously, so an image
+leaves as soon as its policy is decided. Counts are identical to the plain path's
+(:class:`~densepure.engine.reference.ReferenceSampler`) for the same noise identities: every noise value
+is a function of its identity (:mod:`densepure.noise`), the vote's early exit is exact, and policies
+read prefixes of draws.
+
+Noise identity of a request: ``(seed, noise_id)``. A dataset run gives every image the run's seed and
+its dataset index as ``noise_id`` (the key's 24-bit image field); a server gives every request its own
+secret seed and ``noise_id = 0``. Either way no two images of one run share noise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from densepure.diffusion import NoiseSchedule, build_reverse_grid, onestep_grid, t_star
-from densepure.diffusion.tstar import t_star_dds
-from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
-from densepure.engine.executor import Executor, StartKind
+from densepure.diffusion import SmoothingConfig
+from densepure.engine.backends.base import Backends
+from densepure.engine.executor import Executor
 from densepure.engine.policy import Policy
 from densepure.engine.scheduler import Scheduler, check_prefixes
-from densepure.errors import ConfigError
+from densepure.errors import ConfigError, InputError
+from densepure.noise import CHAIN_BITS, DRAW_BITS, IMAGE_BITS, SEED_BITS, STEP_BITS
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Batch and pool sizes. ``unet_rows``/``classifier_rows``: rows per model call;
-    ``draw_capacity``: draws in flight; ``image_slots``: images in flight; ``early_exit`` of the vote."""
+    """Batch and pool sizes: ``unet_rows``/``classifier_rows`` rows per model call; ``draw_capacity``
+    draws in flight; ``image_slots`` images in flight; ``early_exit`` of the vote; ``chain_prefixes``:
+    also count the votes of each draw's first ``k`` chains (DensePure only, see the scheduler)."""
 
     unet_rows: int = 512
     classifier_rows: int = 512
     draw_capacity: int = 1024
     image_slots: int = 8
     early_exit: bool = True
+    chain_prefixes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("unet_rows", "classifier_rows", "draw_capacity", "image_slots"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "chain_prefixes", tuple(int(k) for k in self.chain_prefixes))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRequest:
+    """One image to sample for: ``key`` comes back with it (a dataset index, a request id); ``image``
+    ``(C, H, W)`` in [0, 1]; ``policy`` decides which draws it needs; ``(seed, noise_id)`` is its noise
+    identity (module docstring)."""
+
+    key: Hashable
+    image: torch.Tensor
+    policy: Policy
+    seed: int
+    noise_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,86 +75,137 @@ class EngineStats:
     classifier_rows: int
 
 
-def engine_grid(mode: str, sigma: float, steps: int, schedule: NoiseSchedule | None, t_star_rule):
-    """(grid, start kind) for a base-classifier mode ('gaussian', 'onestep', 'onestep-dds', 'densepure')."""
-    if mode == "gaussian":
-        return None, StartKind.GAUSSIAN
-    if mode == "onestep-dds":
-        return onestep_grid(schedule, t_star_dds(sigma, schedule)), StartKind.DDS
-    ts = t_star(sigma, schedule, t_star_rule)
-    if mode == "onestep":
-        return onestep_grid(schedule, round(ts)), StartKind.DENSEPURE
-    return build_reverse_grid(schedule, ts, steps), StartKind.DENSEPURE
-
-
 class Engine:
-    """Runs base-classifier draws for many images at once. See the module docstring."""
+    """Runs base-classifier draws for many images at once (module docstring). A context manager: the
+    backends stay active (graphs captured, sessions open) while the engine is."""
 
-    def __init__(self, *, mode: str, sigma: float, chains: int, steps: int, num_classes: int,
-                 classifier: ClassifierBackend, denoiser: DenoiserBackend | None = None,
-                 schedule: NoiseSchedule | None = None, t_star_rule=None, seed: int = 0,
-                 image_shape: tuple[int, int, int], device: torch.device, config: EngineConfig = EngineConfig(),
-                 chain_prefixes: tuple[int, ...] = ()):
-        from densepure.diffusion import TStarRule
-
-        grid, start = engine_grid(mode, sigma, steps, schedule, t_star_rule or TStarRule.AUTO)
-        if grid is not None and denoiser is None:
-            raise ConfigError(f"mode {mode} needs a denoiser")
-        self.config, self.num_classes = config, int(num_classes)
-        chains = chains if mode == "densepure" else 1
-        if chain_prefixes and mode != "densepure":
-            raise ConfigError(f"chain prefixes need densepure mode, not {mode}")
+    def __init__(self, smoothing: SmoothingConfig, backends: Backends, image_shape: tuple[int, int, int],
+                 device: torch.device | str, config: EngineConfig = EngineConfig()):
+        if not isinstance(smoothing, SmoothingConfig):
+            raise ConfigError(f"smoothing must be a SmoothingConfig, got {type(smoothing).__name__}")
+        if smoothing.needs_denoiser and backends.denoiser is None:
+            raise ConfigError(f"mode {smoothing.mode.value} needs a denoiser backend")
+        if smoothing.chains >= 1 << CHAIN_BITS or smoothing.steps >= 1 << STEP_BITS:
+            raise ConfigError(f"K and b must be < {1 << CHAIN_BITS}, got K={smoothing.chains} b={smoothing.steps}")
+        if config.chain_prefixes and smoothing.chains == 1:
+            raise ConfigError(f"chain prefixes need densepure mode, not {smoothing.mode.value}")
         try:
-            check_prefixes(tuple(chain_prefixes), chains, config.early_exit)
+            check_prefixes(config.chain_prefixes, smoothing.chains, config.early_exit)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        self.grid_steps = grid.num_steps if grid is not None else 1
-        self.denoiser, self.classifier = denoiser, classifier
-        self.scheduler_args = dict(steps=self.grid_steps, chains=chains, num_classes=num_classes,
-                                   draw_capacity=config.draw_capacity, uses_unet=grid is not None,
-                                   early_exit=config.early_exit, prefixes=tuple(chain_prefixes))
-        self.executor = Executor(denoiser, classifier, grid, start, sigma, seed, tuple(image_shape),
-                                 config.image_slots, config.draw_capacity, chains, device)
-        self.stats = EngineStats(0, 0)
+        self.smoothing, self.backends, self.config = smoothing, backends, config
+        self.device, self.image_shape = torch.device(device), tuple(int(d) for d in image_shape)
+        self.num_classes = backends.classifier.num_classes
+        self.executor = Executor(backends, smoothing, self.image_shape, config.image_slots, config.draw_capacity,
+                                 self.device)
+        steps = self.executor.grid.num_steps if self.executor.grid is not None else 1
+        self.scheduler = Scheduler(steps, smoothing.chains, self.num_classes, config.draw_capacity,
+                                   uses_unet=smoothing.needs_denoiser, early_exit=config.early_exit,
+                                   prefixes=config.chain_prefixes)
+        self._waiting: deque[ImageRequest] = deque()
+        self._free = list(range(config.image_slots))[::-1]
+        self._by_slot: dict[int, ImageRequest] = {}
+        self._finished: list[ImageRequest] = []
+        self._active = 0
 
-    def run(self, jobs: Iterable[tuple[int, torch.Tensor, Policy]]) -> Iterator[tuple[int, Policy]]:
-        """Yield ``(image_index, policy)`` as each image's policy is decided (completion order)."""
-        scheduler = Scheduler(**self.scheduler_args)
-        ids = np.zeros(self.config.image_slots, dtype=np.int64)
-        self.executor.set_image_ids(ids)
-        free = list(range(self.config.image_slots))[::-1]
-        waiting = iter(jobs)
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> Engine:
+        if self._active == 0:
+            for backend in (self.backends.denoiser, self.backends.classifier):
+                if backend is not None:
+                    backend.__enter__()
+        self._active += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active -= 1
+        if self._active == 0:
+            for backend in (self.backends.classifier, self.backends.denoiser):
+                if backend is not None:
+                    backend.__exit__(*exc)
+
+    @property
+    def stats(self) -> EngineStats:
+        return EngineStats(self.scheduler.unet_rows, self.scheduler.cls_rows)
+
+    # -- the core API -------------------------------------------------------------------------
+    def submit(self, request: ImageRequest) -> None:
+        """Queue ``request`` (checked now: image shape, range and finiteness, noise identity, draw counts)."""
+        self._check(request)
+        self._waiting.append(request)
+
+    def cancel(self, key: Hashable) -> bool:
+        """Drop the queued or in-flight request with ``key`` (its slot is freed); False if there is none."""
+        for request in list(self._waiting):
+            if request.key == key:
+                self._waiting.remove(request)
+                return True
+        for slot, request in list(self._by_slot.items()):
+            if request.key == key:
+                self.scheduler.drop_image(slot)
+                del self._by_slot[slot]
+                self._free.append(slot)
+                return True
+        return False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight (finished requests may still wait for :meth:`collect`)."""
+        return not self._waiting and not self._by_slot
+
+    @property
+    def free_slots(self) -> int:
+        """Image slots not yet claimed by a queued or in-flight request."""
+        return max(0, len(self._free) - len(self._waiting))
+
+    def step(self) -> bool:
+        """Admit queued requests into free slots and run one round of batches; True if any work ran."""
+        if self._active == 0:
+            raise ConfigError("Engine.step needs an active engine: use `with engine:` (Engine.run does this)")
+        while self._free and self._waiting:
+            request, slot = self._waiting.popleft(), self._free.pop()
+            self.executor.put_image(slot, request.image, request.seed, request.noise_id)
+            self.scheduler.add_image(slot, request.policy)
+            self._by_slot[slot] = request
+        ran = self._round()
+        for slot in self.scheduler.pop_finished():
+            self._finished.append(self._by_slot.pop(slot))
+            self._free.append(slot)
+        if not ran and self._by_slot and self.scheduler.idle and not self._finished:
+            raise RuntimeError("engine stalled: images in flight but no work to run")  # a policy bug
+        return ran
+
+    def collect(self) -> list[ImageRequest]:
+        """The requests decided since the last call, in completion order (their policies hold the counts)."""
+        out, self._finished = self._finished, []
+        return out
+
+    def run(self, requests: Iterable[ImageRequest]) -> Iterator[ImageRequest]:
+        """Stream ``requests`` through the engine (submitted lazily, as slots free up); yield each as its
+        policy is decided (completion order)."""
+        pending = iter(requests)
         exhausted = False
-        by_slot: dict[int, tuple[int, Policy]] = {}
-        with _active(self.denoiser), _active(self.classifier):
+        with self:
             while True:
-                while free and not exhausted:
-                    job = next(waiting, None)
-                    if job is None:
+                while not exhausted and self.free_slots:
+                    request = next(pending, None)
+                    if request is None:
                         exhausted = True
-                        break
-                    slot = free.pop()
-                    ids[slot] = job[0]
-                    self.executor.put_image(slot, job[1])
-                    scheduler.add_image(slot, job[2])
-                    by_slot[slot] = (job[0], job[2])
-                ran = self._step(scheduler)
-                for slot in scheduler.pop_finished():
-                    free.append(slot)
-                    yield by_slot.pop(slot)
-                if not ran and not by_slot and exhausted:
+                    else:
+                        self.submit(request)
+                if exhausted and self.idle:
                     break
-                if not ran and by_slot and not free and scheduler.idle:
-                    raise RuntimeError("engine stalled: images in flight but no work to run")  # a policy bug
-        self.stats = EngineStats(self.stats.unet_rows + scheduler.unet_rows,
-                                 self.stats.classifier_rows + scheduler.cls_rows)
+                self.step()
+                yield from self.collect()
+            yield from self.collect()
 
-    def _step(self, scheduler: Scheduler) -> bool:
+    def _round(self) -> bool:
         """One classifier batch (launched first: on CUDA it overlaps the UNet) and one UNet batch.
 
         The order of scheduler calls does not change any count: every label is a function of its
         draw's and chain's noise keys, and each queue is first-in first-out.
         """
+        scheduler = self.scheduler
         cls_rows = scheduler.next_classify(self.config.classifier_rows)
         pending = self.executor.launch_classifier(cls_rows) if cls_rows is not None else None
         ran = cls_rows is not None
@@ -139,17 +219,22 @@ class Engine:
             scheduler.classified(cls_rows, pending.labels())
         return ran
 
-
-class _active:
-    """Keep a backend active for the whole run (None is allowed)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __enter__(self):
-        if self.backend is not None:
-            self.backend.__enter__()
-
-    def __exit__(self, *exc):
-        if self.backend is not None:
-            self.backend.__exit__(*exc)
+    def _check(self, request: ImageRequest) -> None:
+        if not isinstance(request, ImageRequest) or not isinstance(request.policy, Policy):
+            raise InputError(f"submit takes an ImageRequest with a Policy, got {type(request).__name__}")
+        x = request.image
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != self.image_shape or not x.is_floating_point():
+            got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"image {request.key!r} must be a float tensor of shape {self.image_shape}, got {got}")
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(f"image {request.key!r} contains NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"image {request.key!r} must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]: "
+                             "did you pass an already normalized image?")
+        for name, value, bits in (("seed", request.seed, SEED_BITS), ("noise_id", request.noise_id, IMAGE_BITS)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
+                raise InputError(f"{name} of image {request.key!r} must be an integer in [0, 2**{bits}), got {value!r}")
+        if request.policy.max_draws >= 1 << DRAW_BITS:
+            raise InputError(f"image {request.key!r} asks for {request.policy.max_draws} draws in one phase; the "
+                             f"noise counters hold at most 2**{DRAW_BITS} - 1")

@@ -1,9 +1,10 @@
 """Per-image sampling policies: which draws an image needs, and when it is decided.
 
-A policy sees only ``(phase, draw, label)`` events and hands out draw indices; it never sees
-tensors. Draws of a phase are handed out in increasing order, so whatever order they complete in,
-the labels a policy decides on are those of the prefix ``0..n-1`` of that phase: exactly the
-labels the plain one-image-at-a-time path sees for the same seed.
+The engine defines what a policy is; certification implements the statistical ones
+(:mod:`densepure.certify.policies`). A policy sees only ``(phase, draw, label)`` events and hands out
+draw indices; it never sees tensors. Draws of a phase are handed out in increasing order, so whatever
+order they complete in, the labels a policy decides on are those of the prefix ``0..n-1`` of that
+phase: exactly the labels the plain one-image-at-a-time path sees for the same seed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.sequential import SequentialDecision, SequentialPlan, SequentialResult, SequentialTest
 from densepure.noise import NoisePhase
 
 
@@ -75,6 +75,11 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def done(self) -> bool: ...
 
+    @property
+    @abc.abstractmethod
+    def max_draws(self) -> int:
+        """An upper bound on the draws of any one phase (the engine checks it against the noise layout)."""
+
 
 class FixedPolicy(Policy):
     """A fixed number of draws per phase (CERTIFY: SELECTION n0 + ESTIMATION n; PREDICT: n)."""
@@ -99,55 +104,6 @@ class FixedPolicy(Policy):
     def done(self) -> bool:
         return self.outstanding == 0 and all(self.issued[p] == n for p, n in self.totals.items())
 
-
-class SequentialPolicy(Policy):
-    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential`).
-
-    Selection draws (n0) and estimation draws run concurrently, but estimation draws are never
-    handed out beyond the next look, and a look is evaluated only once the selection is complete and
-    every estimation draw below the look has its label: the counts at look ``n_i`` are those of
-    draws ``0..n_i-1``, as the validity argument requires. Stopping happens only at planned looks.
-    """
-
-    def __init__(self, num_classes: int, n0: int, plan: SequentialPlan):
-        super().__init__(num_classes)
-        self.n0, self.plan = int(n0), plan
-        self.issued_sel = self.issued_est = self.done_sel = self.done_est = 0
-        self.test: SequentialTest | None = None
-        self.selected = -1
-        self._counts(NoisePhase.SELECTION)
-        self._counts(NoisePhase.ESTIMATION)
-
-    def _take(self, limit: int) -> list[DrawRequest]:
-        if self.result is not None:
-            return []
-        sel = min(self.n0, self.issued_sel + limit) - self.issued_sel
-        out = [DrawRequest(NoisePhase.SELECTION, d) for d in range(self.issued_sel, self.issued_sel + sel)]
-        self.issued_sel += sel
-        look = self.test.next_look if self.test is not None else self.plan.looks[0]
-        stop = min(look, self.issued_est + limit - len(out))
-        out += [DrawRequest(NoisePhase.ESTIMATION, d) for d in range(self.issued_est, stop)]
-        self.issued_est = max(self.issued_est, stop)
-        return out
-
-    def _recorded(self, request: DrawRequest) -> None:
-        if request.phase is NoisePhase.SELECTION:
-            self.done_sel += 1
-            if self.done_sel == self.n0:
-                self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
-                self.test = SequentialTest(self.plan, self.selected)
-        else:
-            self.done_est += 1
-        while (self.test is not None and self.test.result is None
-               and self.done_est == self.issued_est == self.test.next_look):
-            n_a = int(self.counts[NoisePhase.ESTIMATION][self.selected])
-            if self.test.update(n_a, self.done_est) is not SequentialDecision.CONTINUE:
-                break
-
     @property
-    def result(self) -> SequentialResult | None:
-        return self.test.result if self.test is not None else None
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None and self.outstanding == 0
+    def max_draws(self) -> int:
+        return max(self.totals.values(), default=0)

@@ -12,7 +12,7 @@ Savings, each exact:
 * **Early exit of the vote.** Chains are launched in waves, in chain order 0, 1, ...; a wave has the
   fewest chains that could decide the vote, and the draw is finalised once the leader's count
   exceeds the runner-up's plus the chains not yet run (strictly): then no continuation changes the
-  mode, tie-break included. Otherwise all K chains run and :func:`majority_vote`'s rule applies.
+  mode, tie-break included. Otherwise all K chains run and :func:`~densepure.engine.vote.vote` decides.
   Chain k's noise is keyed by ``(draw, k, step)``, so it is the same whether or not other chains ran.
 * **b = 1** (and one-step denoising): the single step adds no noise, so all K chains are identical;
   one evaluation and one classification stand for all of them.
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from densepure.engine.policy import DrawRequest, Policy
+from densepure.engine.vote import decided, next_wave, vote
 
 
 class RowKind(enum.IntEnum):
@@ -109,6 +110,19 @@ class Scheduler:
             self._order.remove(slot)
         return done
 
+    def drop_image(self, image_slot: int) -> None:
+        """Forget an image before its policy is done (a cancelled request): its queued rows are removed
+        and its draw slots freed. Call between batches (no batch of it is then in flight)."""
+        if self.images.pop(image_slot, None) is None:
+            return
+        self._order.remove(image_slot)
+        self.unet_ready = deque(item for item in self.unet_ready if item[1].image != image_slot)
+        self.starts = deque(d for d in self.starts if d.image != image_slot)
+        self.cls_ready = deque(item for item in self.cls_ready if item[0].image != image_slot)
+        for slot in [s for s, d in self._by_slot.items() if d.image == image_slot]:
+            del self._by_slot[slot]
+            self.free_slots.append(slot)
+
     @property
     def idle(self) -> bool:
         return not (self.unet_ready or self.starts or self.cls_ready)
@@ -166,23 +180,11 @@ class Scheduler:
     def _counts(self, draw: _Draw) -> np.ndarray:
         return np.bincount(np.array(draw.labels, dtype=np.int64), minlength=self.num_classes)
 
-    def _leader_runner(self, draw: _Draw) -> tuple[int, int]:
-        """The highest and second-highest label counts of the chains classified so far."""
-        top = np.sort(self._counts(draw))[::-1]
-        return int(top[0]), int(top[1]) if top.shape[0] > 1 else 0
-
     def _launch(self, draw: _Draw) -> None:
-        """Launch the next wave of chains of ``draw`` (SPAWN rows at step 1).
-
-        With early exit, a wave is the fewest chains that could decide the vote if all of them
-        agreed with the leader: the smallest j with ``leader + j > runner + (left - j)``.
-        """
+        """Launch the next wave of chains of ``draw`` (SPAWN rows at step 1): with early exit, the
+        fewest chains that could decide the vote (:func:`~densepure.engine.vote.next_wave`)."""
         left = self.chains - draw.launched
-        if self.early_exit:
-            leader, runner = self._leader_runner(draw)
-            wave = min(left, (runner + left - leader) // 2 + 1)
-        else:
-            wave = left
+        wave = next_wave(self._counts(draw), left) if self.early_exit else left
         for chain in range(draw.launched, draw.launched + wave):
             self.unet_ready.append((RowKind.SPAWN, draw, chain, 1))
         draw.launched += wave
@@ -216,26 +218,14 @@ class Scheduler:
     def _decided(self, draw: _Draw) -> bool:
         if not self.shared or draw.finished == self.chains:
             return True
-        if not self.early_exit:
-            return False
-        leader, runner = self._leader_runner(draw)
-        return leader > runner + (self.chains - draw.finished)
+        return self.early_exit and decided(self._counts(draw), self.chains - draw.finished)
 
     def _finalise(self, draw: _Draw) -> None:
-        draw.final = _vote(draw.labels)
-        prefix = {k: _vote(draw.labels[:k]) for k in self.prefixes} if self.prefixes else None
+        draw.final = vote(draw.labels)
+        prefix = {k: vote(draw.labels[:k]) for k in self.prefixes} if self.prefixes else None
         self.images[draw.image].record(draw.request, draw.final, prefix)
         del self._by_slot[draw.slot]
         self.free_slots.append(draw.slot)
-
-
-def _vote(labels: list[int]) -> int:
-    """The majority label; ties go to the tied label that occurs first in chain order."""
-    if len(labels) == 1:
-        return labels[0]
-    counts = np.bincount(np.array(labels, dtype=np.int64))
-    top = counts.max()
-    return next(lab for lab in labels if counts[lab] == top)
 
 
 def check_prefixes(prefixes: tuple[int, ...], chains: int, early_exit: bool) -> tuple[int, ...]:

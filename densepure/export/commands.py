@@ -20,19 +20,24 @@ from pathlib import Path
 
 import torch
 
+from densepure.artifacts.cache import EngineCache
+from densepure.artifacts.directory import exported_artifacts
+from densepure.artifacts.manifest import ArtifactKind, SourceInfo
 from densepure.errors import ArtifactError, ConfigError
-from densepure.export.cache import EngineCache
-from densepure.export.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, Precision, SourceInfo
 from densepure.export.onnx_export import (
-    DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, ExportResult, export_classifier, export_unet,
+    DEFAULT_OPSET,
+    EXTERNAL_DATA_THRESHOLD,
+    ExportResult,
+    export_classifier,
+    export_unet,
 )
 from densepure.export.onnx_verify import CheckStatus
 from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
-from densepure.models.checkpoint import file_sha256
+from densepure.hashing import file_sha256
 from densepure.models.classifiers import Classifier
-from densepure.models.presets import DiffusionPreset, build_unet, get_preset
-
-MANIFEST_SUFFIX = ".onnx.manifest.json"
+from densepure.models.presets import DiffusionPreset, build_unet, get_preset, resolve_checkpoint
+from densepure.models.sources import ClassifierSpec, load_classifier
+from densepure.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -70,33 +75,31 @@ class BuildReport:
         return out
 
 
-def _resolve_checkpoint(preset: DiffusionPreset, checkpoint: str | os.PathLike | None) -> Path:
-    if checkpoint is not None:
-        return Path(checkpoint)
-    shipped = Path(preset.checkpoint_file)  # presets shipped with the package name an absolute file
-    if shipped.is_absolute() and shipped.is_file():
-        return shipped
-    raise ConfigError(f"preset {preset.name!r} needs a checkpoint (the official file is {preset.checkpoint_file})")
-
-
 def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
                    *, precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
-                   classifier: Classifier | None = None, classifier_label: str = "", unet: bool = True,
+                   classifier: Classifier | str | None = None, classifier_label: str = "", unet: bool = True,
                    opset: int = DEFAULT_OPSET, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
                    reuse: bool = True) -> ExportReport:
-    """Export the preset's UNet (weights from ``checkpoint``) and, if given, ``classifier`` (for the
-    preset's image shape) at each precision into ``out_dir``, each checked (see
-    :mod:`densepure.export.onnx_export`). Raises :class:`ArtifactError` if a check fails."""
+    """Export the preset's UNet (weights from ``checkpoint``) and, if given, ``classifier`` (a module, or a
+    classifier spec such as ``digits`` or ``hf:DIR``, loaded here on the CPU; for the preset's image shape)
+    at each precision into ``out_dir``, each checked (see :mod:`densepure.export.onnx_export`). Raises
+    :class:`ArtifactError` if a check fails."""
     spec = get_preset(preset) if isinstance(preset, str) else preset
     if not precisions:
         raise ConfigError("at least one precision is needed")
+    bad = [p.value for p in precisions if not Precision.parse(p).exportable]
+    if bad:
+        raise ConfigError(f"graphs are exported in fp32 or fp16, got {', '.join(bad)}")
+    if isinstance(classifier, str):
+        classifier_label = classifier_label or classifier
+        classifier = load_classifier(ClassifierSpec.parse(classifier), torch.device("cpu"))
     if not unet and classifier is None:
         raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
     out = Path(out_dir)
     cfg = spec.unet_config
     results = []
     if unet:
-        ckpt = _resolve_checkpoint(spec, checkpoint)
+        ckpt = resolve_checkpoint(spec, checkpoint)
         model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
         source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
         for p in precisions:
@@ -110,22 +113,6 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
                                              opset=opset, external_data_threshold=external_data_threshold,
                                              reuse=reuse))
     return ExportReport(out, tuple(results))
-
-
-def exported_artifacts(onnx_dir: str | os.PathLike, kinds: Sequence[ArtifactKind] | None = None,
-                       precisions: Sequence[Precision] | None = None) -> list[tuple[Path, ArtifactManifest]]:
-    """The ONNX artifacts of an export directory, by their manifests, optionally filtered."""
-    base = Path(onnx_dir)
-    if not base.is_dir():
-        raise ArtifactError(f"export directory not found: {base} (run `densepure export --out {base}` first)")
-    found = []
-    for mpath in sorted(base.glob(f"*{MANIFEST_SUFFIX}")):
-        manifest = ArtifactManifest.read(mpath)
-        if manifest.format is not ArtifactFormat.ONNX:
-            continue
-        if (kinds is None or manifest.kind in kinds) and (precisions is None or manifest.precision in precisions):
-            found.append((base / manifest.file, manifest))
-    return found
 
 
 def build_command(onnx_dir: str | os.PathLike, cache_dir: str | os.PathLike, *,

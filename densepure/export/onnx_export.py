@@ -38,21 +38,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from densepure.errors import ArtifactError, ConfigError
-from densepure.export.manifest import (
-    BATCH, ArtifactFormat, ArtifactKind, ArtifactManifest, Precision, SourceInfo, TensorSpec, manifest_path_for,
+from densepure.artifacts.manifest import (
+    BATCH,
+    ArtifactFormat,
+    ArtifactKind,
+    ArtifactManifest,
+    SourceInfo,
+    TensorSpec,
+    manifest_path_for,
     onnx_sha256,
 )
+from densepure.errors import ArtifactError, ConfigError
 from densepure.export.onnx_passes import drop_noop_antialias, rewrite_einsum_as_matmul
 from densepure.export.onnx_typing import TYPING_POLICIES, OpTyping, keep_in_float32, op_typing, typing_violations
 from densepure.export.onnx_verify import CheckStatus, NumericCheck, check_model, numeric_check
 from densepure.models.classifiers import Classifier
 from densepure.models.unet import UNetModel
+from densepure.precision import Precision
 
 DEFAULT_OPSET = 21
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights; protobuf cannot serialize a 2 GiB message
-UNET_INPUTS, UNET_OUTPUTS = ("x", "t"), ("eps", "v")
-CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS = ("x",), ("logits",)
 TRACE_BATCH = 2
 
 

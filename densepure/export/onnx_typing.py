@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from densepure.export.manifest import ArtifactKind
+from densepure.artifacts.manifest import ArtifactKind
 
 ONNX_FLOAT, ONNX_FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
 

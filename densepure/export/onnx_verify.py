@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from densepure.errors import ArtifactError
-from densepure.export.manifest import Precision
+from densepure.precision import Precision
 
 TOLERANCES = {Precision.FP32: 1e-4, Precision.FP16: 3e-2}  # max |onnx - torch| / max |torch|
 

@@ -1,5 +1,5 @@
 """TensorRT engines from exported ONNX graphs, built on this machine through TensorRT's Python API
-(10.x and 11.x; never ``trtexec``), into the content-addressed :class:`~densepure.export.cache.EngineCache`.
+(10.x and 11.x; never ``trtexec``), into the content-addressed :class:`~densepure.artifacts.cache.EngineCache`.
 
 * Typing: ``STRONG`` (default) creates a strongly typed network (``NetworkDefinitionCreationFlag.
   STRONGLY_TYPED`` on 10.x; always on, flag ignored, on 11.x): TensorRT computes exactly the types in
@@ -19,46 +19,36 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from densepure.errors import ArtifactError, BackendError, ConfigError
-from densepure.export.cache import ENGINE_FILE, CacheEntry, EngineCache, cache_key
-from densepure.export.manifest import (
-    ArtifactFormat, ArtifactManifest, BatchProfile, EngineInfo, MachineInfo, Precision, TypingMode,
-    manifest_path_for, onnx_sha256,
+from densepure.artifacts.buckets import DEFAULT_ENGINE_BUCKETS, bucket_profiles, normalize_buckets
+from densepure.artifacts.cache import ENGINE_FILE, CacheEntry, EngineCache, cache_key
+from densepure.artifacts.machine import import_tensorrt, machine_info, trt_version_tuple
+from densepure.artifacts.manifest import (
+    ArtifactFormat,
+    ArtifactManifest,
+    BatchProfile,
+    EngineInfo,
+    MachineInfo,
+    TypingMode,
+    manifest_path_for,
+    verify_onnx,
 )
+from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.precision import Precision
 
-DEFAULT_BUCKETS = (1, 8, 32, 128)
 MIN_WORKSPACE = 1 << 20
-
-
-def normalize_buckets(buckets) -> tuple[int, ...]:
-    """Sorted, distinct, positive batch buckets, or :class:`ConfigError` saying what was wrong."""
-    try:
-        values = tuple(sorted({int(b) for b in buckets}))
-    except (TypeError, ValueError):
-        raise ConfigError(f"batch buckets must be integers, got {buckets!r}") from None
-    if not values or values[0] < 1:
-        raise ConfigError(f"batch buckets must be >= 1 and at least one is needed, got {tuple(buckets)}")
-    return values
-
-
-def bucket_profiles(buckets) -> tuple[BatchProfile, ...]:
-    """One profile per bucket: ``min`` = previous bucket + 1, ``opt`` = ``max`` = bucket."""
-    values = normalize_buckets(buckets)
-    return tuple(BatchProfile(prev + 1, b, b) for prev, b in zip((0, *values), values))
 
 
 @dataclass(frozen=True)
 class BuildSettings:
     """How an engine is built. ``workspace_bytes=None`` leaves TensorRT's default (the GPU's memory)."""
 
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    buckets: tuple[int, ...] = DEFAULT_ENGINE_BUCKETS
     workspace_bytes: int | None = None
     typing: TypingMode = TypingMode.STRONG
     optimization_level: int = 3
@@ -90,34 +80,6 @@ class BuildOutcome:
     log: tuple[str, ...] = ()  # TensorRT's warnings and errors during the build
 
 
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendError("TensorRT is not installed: pip install 'densepure[tensorrt]' (needs an NVIDIA GPU; "
-                           "on Jetson it comes with JetPack)") from exc
-    return tensorrt
-
-
-def trt_version_tuple(version: str) -> tuple[int, int]:
-    parts = (version.split(".") + ["0"])[:2]
-    try:
-        return int(parts[0]), int(parts[1])
-    except ValueError:
-        raise BackendError(f"cannot read the TensorRT version {version!r}") from None
-
-
-def machine_info(device: torch.device | str | int = 0) -> MachineInfo:
-    """This machine as engines see it: TensorRT version, GPU name, compute capability, platform."""
-    trt = import_tensorrt()
-    if not torch.cuda.is_available():
-        raise BackendError("TensorRT needs a CUDA GPU and none is visible to torch (see `densepure doctor`)")
-    index = device if isinstance(device, int) else (torch.device(device).index or 0)
-    props = torch.cuda.get_device_properties(index)
-    return MachineInfo(str(trt.__version__), props.name, (props.major, props.minor),
-                       f"{platform.system()}-{platform.machine()}")
-
-
 def check_typing_mode(settings: BuildSettings, machine: MachineInfo, onnx: ArtifactManifest) -> None:
     """``WEAK_FP16`` exists only before TensorRT 11 and only makes sense on a float32 graph."""
     if settings.typing is TypingMode.WEAK_FP16:
@@ -132,22 +94,7 @@ def _checked_onnx(path: Path) -> tuple[ArtifactManifest, str]:
     onnx_manifest = ArtifactManifest.read(manifest_path_for(path))
     if onnx_manifest.format is not ArtifactFormat.ONNX:
         raise ArtifactError(f"{path} is not an ONNX artifact")
-    sha = onnx_sha256(path, onnx_manifest.external_data)
-    if sha != onnx_manifest.onnx_sha256:
-        raise ArtifactError(f"{path} does not match its manifest's sha256: export it again (`densepure export ...`)")
-    return onnx_manifest, sha
-
-
-def find_engine(onnx_path: str | os.PathLike, cache: EngineCache, settings: BuildSettings = BuildSettings(),
-                device: torch.device | str | int = 0) -> CacheEntry:
-    """The cached engine for ``onnx_path`` built with ``settings`` on this machine, without building."""
-    path = Path(onnx_path)
-    _, sha = _checked_onnx(path)
-    found = cache.lookup(cache_key(sha, settings.key_fields(), machine_info(device)))
-    if found.entry is None:
-        raise ArtifactError(f"no TensorRT engine for {path.name} with these settings on this machine ({found.reason}): "
-                            f"build it with `densepure build --onnx-dir {path.parent}`")
-    return found.entry
+    return onnx_manifest, verify_onnx(path, onnx_manifest)
 
 
 def build_engine(onnx_path: str | os.PathLike, cache: EngineCache, settings: BuildSettings = BuildSettings(),

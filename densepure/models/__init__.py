@@ -1,7 +1,14 @@
 """Models: the diffusion UNet, presets of the official checkpoints, checkpoint I/O."""
 
 from densepure.models.checkpoint import load_into, read_state_dict, save_state_dict
-from densepure.models.presets import PRESETS, DiffusionPreset, build_unet, get_preset, register_preset
+from densepure.models.presets import (
+    PRESETS,
+    DiffusionPreset,
+    build_unet,
+    get_preset,
+    register_preset,
+    resolve_checkpoint,
+)
 from densepure.models.unet import UNetModel
 from densepure.models.unet_config import UNetConfig
 
@@ -15,5 +22,6 @@ __all__ = [
     "load_into",
     "read_state_dict",
     "register_preset",
+    "resolve_checkpoint",
     "save_state_dict",
 ]

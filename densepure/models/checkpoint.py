@@ -7,7 +7,6 @@ unexpected and mismatched keys (and their counts) instead of torch's long traceb
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -102,12 +101,3 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str =
         raise CheckpointError(f"{source} does not fit this architecture: {problem}")
     model.load_state_dict(dict(state), strict=True)
     return model
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (for manifests and caches keyed by content, not by existence)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -18,9 +18,7 @@ Importing this module loads nothing; the ``load_*`` functions read the files on 
 from __future__ import annotations
 
 import json
-from importlib import resources
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,20 +26,18 @@ from torch import nn
 
 from densepure.errors import CheckpointError
 from densepure.models.checkpoint import load_into, read_state_dict
-from densepure.models.presets import Dataset, DiffusionPreset, build_unet, register_preset
+from densepure.models.presets import (  # noqa: F401  (DIGITS_FLAGS, digits_asset_path: public here too)
+    DIGITS_FLAGS,
+    DiffusionPreset,
+    build_unet,
+    digits_asset_path,
+    get_preset,
+)
 from densepure.models.unet import UNetModel
 
 PRESET_NAME = "digits"
 NUM_CLASSES = 10
 PIXEL_LEVELS = 16  # load_digits() pixels are integers 0..16
-
-DIGITS_FLAGS: Mapping[str, Any] = {
-    "image_size": 8, "in_channels": 1, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "",
-    "num_heads": 4, "num_heads_upsample": -1, "attention_resolutions": "4", "dropout": 0.1,
-    "learn_sigma": True, "class_cond": False, "diffusion_steps": 1000, "noise_schedule": "cosine",
-    "use_scale_shift_norm": True, "resblock_updown": False,
-}
-
 
 class DigitsCNN(nn.Module):
     """Three 3x3 conv layers and a linear head: ``(B, 1, 8, 8)`` in [0, 1] -> ``(B, 10)`` logits."""
@@ -59,16 +55,9 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def digits_asset_path(name: str) -> Path:
-    """Path of a shipped file (``unet.pt``, ``classifier.pt``, ``test_split.npz``, ``manifest.json``)."""
-    return Path(str(resources.files("densepure").joinpath("assets", "digits", name)))
-
-
 def register_digits_preset() -> DiffusionPreset:
-    """Register (idempotently) and return the ``digits`` preset, whose checkpoint is the shipped ``unet.pt``."""
-    preset = DiffusionPreset(PRESET_NAME, DIGITS_FLAGS, Dataset.DIGITS, str(digits_asset_path("unet.pt")))
-    register_preset(preset)
-    return preset
+    """The ``digits`` preset (always registered; kept for callers that ask for it by this name)."""
+    return get_preset(PRESET_NAME)
 
 
 def load_digits_unet(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> UNetModel:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -30,6 +32,20 @@ IMAGENET256_FLAGS: Mapping[str, Any] = {
     "learn_sigma": True, "class_cond": False, "diffusion_steps": 1000, "noise_schedule": "linear",
     "use_scale_shift_norm": True, "resblock_updown": True, "use_new_attention_order": False,
 }
+
+
+DIGITS_FLAGS: Mapping[str, Any] = {
+    "image_size": 8, "in_channels": 1, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "",
+    "num_heads": 4, "num_heads_upsample": -1, "attention_resolutions": "4", "dropout": 0.1,
+    "learn_sigma": True, "class_cond": False, "diffusion_steps": 1000, "noise_schedule": "cosine",
+    "use_scale_shift_norm": True, "resblock_updown": False,
+}
+
+
+def digits_asset_path(name: str) -> Path:
+    """Path of a file shipped in ``densepure/assets/digits/`` (``unet.pt``, ``classifier.pt``,
+    ``test_split.npz``, ``manifest.json``); nothing is read here."""
+    return Path(str(resources.files("densepure").joinpath("assets", "digits", name)))
 
 
 class Dataset(enum.Enum):
@@ -63,6 +79,8 @@ class DiffusionPreset:
 PRESETS: dict[str, DiffusionPreset] = {
     "cifar10": DiffusionPreset("cifar10", CIFAR10_FLAGS, Dataset.CIFAR10, "cifar10_uncond_50M_500K.pt"),
     "imagenet256": DiffusionPreset("imagenet256", IMAGENET256_FLAGS, Dataset.IMAGENET, "256x256_diffusion_uncond.pt"),
+    # shipped with the package (densepure/assets/digits, see densepure.models.digits): an absolute path
+    "digits": DiffusionPreset("digits", DIGITS_FLAGS, Dataset.DIGITS, str(digits_asset_path("unet.pt"))),
 }
 
 
@@ -72,14 +90,10 @@ def register_preset(preset: DiffusionPreset) -> None:
 
 
 def get_preset(name: str) -> DiffusionPreset:
-    if name == "digits" and name not in PRESETS:  # shipped with the package; registered on first use
-        from densepure.models.digits import register_digits_preset
-
-        register_digits_preset()
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted({*PRESETS, 'digits'}))}") from None
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
 
 
 def build_unet(
@@ -104,3 +118,14 @@ def build_unet(
         model = model.to(device)
         model.set_precision(dtype)
     return model.eval()
+
+
+def resolve_checkpoint(preset: DiffusionPreset | str, checkpoint: str | os.PathLike | None) -> Path:
+    """The diffusion checkpoint to load: the given one, the packaged one for shipped presets, else an error."""
+    spec = get_preset(preset) if isinstance(preset, str) else preset
+    if checkpoint is not None:
+        return Path(checkpoint)
+    shipped = Path(spec.checkpoint_file)  # presets shipped with the package name an absolute file
+    if shipped.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"preset {spec.name!r} needs --checkpoint (the official file is {spec.checkpoint_file})")

@@ -11,8 +11,23 @@ This package imports nothing of densepure's but :mod:`densepure.errors`.
 
 from densepure.noise.fields import gaussian, gaussian_words, uniform, uniform_words
 from densepure.noise.keys import (
-    BLOCK_BITS, CHAIN_BITS, DRAW_BITS, IMAGE_BITS, MAX_NUMEL, PHASE_BITS, SEED_BITS, STEP_BITS, WORDS,
-    NoiseKey, NoiseKeys, NoisePhase, NoiseStream, counter_words, derive_key, key_table, row_words,
+    BLOCK_BITS,
+    CHAIN_BITS,
+    DRAW_BITS,
+    IMAGE_BITS,
+    MAX_NUMEL,
+    PHASE_BITS,
+    SEED_BITS,
+    STEP_BITS,
+    WORDS,
+    NoiseKey,
+    NoiseKeys,
+    NoisePhase,
+    NoiseStream,
+    counter_words,
+    derive_key,
+    key_table,
+    row_words,
 )
 from densepure.noise.philox import philox4x32
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from densepure.certify.analyze import (
-    PNG_SIGNATURE,
     Run,
     accuracy_curve,
-    analyze_files,
     average_certified_radius,
     certified_accuracy,
     load_run,
@@ -21,7 +19,7 @@ from densepure.certify.analyze import (
     plot_certified_accuracy,
     summarize,
 )
-from densepure.certify.results import TSV_HEADER, ResultRow
+from densepure.certify.records import TSV_HEADER, ResultRow
 from densepure.errors import ConfigError, InputError
 
 # idx label predict radius correct: two correct-and-robust, one abstention, one robust mistake
@@ -61,7 +59,8 @@ def test_numbers_by_hand(hand_made: Path) -> None:
 def test_markdown_table_shape(hand_made: Path, tmp_path: Path) -> None:
     other = tmp_path / "run|b.tsv"
     other.write_text(TSV_HEADER + "\n7\t1\t1\t1.2000\t1\t2.0\n")
-    table = markdown_table(analyze_files([hand_made, other], radii=(0.0, 0.25, 0.5, 1.0)))
+    radii = (0.0, 0.25, 0.5, 1.0)
+    table = markdown_table([summarize(load_run(p), radii) for p in (hand_made, other)])
     lines = table.splitlines()
     assert lines[0] == "| results | r=0 | r=0.25 | r=0.5 | r=1 | ACR | count |"
     assert lines[1] == "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -74,7 +73,7 @@ def test_plot_is_a_png(hand_made: Path, tmp_path: Path) -> None:
     runs = [load_run(hand_made), load_run(hand_made, name="again")]
     out = plot_certified_accuracy(runs, tmp_path / "plots" / "acc.png")
     data = out.read_bytes()
-    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
 
 
 def test_curve_matches_pointwise_definition(hand_made: Path) -> None:

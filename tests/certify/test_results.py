@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from densepure.certify.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
 from densepure.certify.results import (
-    TSV_HEADER,
-    CorrectColumn,
-    IfExists,
-    ImageRecord,
-    ResultRow,
     config_differences,
-    format_radius,
     open_results,
     parse_seconds,
     read_results,

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from densepure.artifacts.buckets import bucket_sizes, pick_bucket
 from densepure.engine.backends import TorchClassifier, TorchDenoiser
-from densepure.engine.backends.graphs import BucketedCall, bucket_sizes, pick_bucket, rows_for_memory
+from densepure.engine.backends.graphs import BucketedCall, rows_for_memory
 from densepure.errors import BackendError, ConfigError
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_unet
@@ -53,12 +54,24 @@ def test_bucketed_backends_match_direct_calls():
     direct, bucketed = TorchDenoiser(unet), TorchDenoiser(unet, buckets=bucket_sizes(64))
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(37, 1, 8, 8, generator=g), torch.randint(1, 999, (37,), generator=g).float()
-    for a, b in zip(direct.eps_and_var(x, t), bucketed.eps_and_var(x, t)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    c_direct = TorchClassifier(clf, 10)
-    c_bucketed = TorchClassifier(clf, 10, buckets=bucket_sizes(64), image_shape=(1, 8, 8))
-    torch.testing.assert_close(c_direct.logits(x.clamp(-1, 1)), c_bucketed.logits(x.clamp(-1, 1)),
-                               rtol=1e-5, atol=1e-5)
+    with direct, bucketed:
+        for a, b in zip(direct.eps_and_var(x, t), bucketed.eps_and_var(x, t)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    c_direct = TorchClassifier(clf, 10, (1, 8, 8))
+    c_bucketed = TorchClassifier(clf, 10, (1, 8, 8), buckets=bucket_sizes(64))
+    with c_direct, c_bucketed:
+        torch.testing.assert_close(c_direct.logits(x.clamp(-1, 1)), c_bucketed.logits(x.clamp(-1, 1)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_backend_outside_its_with_block_is_an_error():
+    clf = TorchClassifier(Classifier(load_digits_classifier(), Preprocess(), num_classes=10), 10, (1, 8, 8))
+    with pytest.raises(BackendError, match="outside its `with` block"):
+        clf.logits(torch.zeros(2, 1, 8, 8))
+    with clf:
+        assert clf.logits(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        with pytest.raises(BackendError, match=r"x must be \(B, 1, 8, 8\)"):
+            clf.logits(torch.zeros(2, 1, 4, 4))
 
 
 @needs_cuda
@@ -67,7 +80,7 @@ def test_bucketed_backends_match_direct_calls():
 def test_cuda_graphs_match_eager(dtype):
     dev = torch.device("cuda")
     unet = load_digits_unet(device=dev).set_precision(dtype)
-    eager = TorchDenoiser(unet)
+    eager = TorchDenoiser(load_digits_unet(device=dev).set_precision(dtype))  # its own UNet: no shared layout
     graphed = TorchDenoiser(unet, channels_last=True, buckets=bucket_sizes(256), cuda_graphs=True)
     x, t = torch.randn(100, 1, 8, 8, device=dev), torch.randint(1, 999, (100,), device=dev).float()
     with graphed:
@@ -75,7 +88,9 @@ def test_cuda_graphs_match_eager(dtype):
         got = graphed.eps_and_var(x, t)
         again = graphed.eps_and_var(x[:10], t[:10])  # another bucket; earlier outputs must survive
     tol = 1e-4 if dtype is torch.float32 else 3e-2
-    for a, b in zip(eager.eps_and_var(x, t), got):
+    with eager:
+        want = eager.eps_and_var(x, t)
+    for a, b in zip(want, got):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     torch.testing.assert_close(again[0], got[0][:10], rtol=tol, atol=tol)
 

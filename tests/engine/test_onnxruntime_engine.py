@@ -26,16 +26,19 @@ import numpy as np
 import pytest
 import torch
 
-from densepure.certify.factory import ClassifierSpec, load_classifier
-from densepure.certify.procedures import CertifyParams
-from densepure.certify.runner import Task, policy_for
+from densepure.artifacts import ArtifactKind
 from densepure.certify.stats import certify_from_counts
-from densepure.engine.backends import ClassifierBackend, TorchClassifier, TorchDenoiser
+from densepure.certify.tasks import CertifyTask
+from densepure.diffusion import Mode, SmoothingConfig
+from densepure.engine.backends import Backends, ClassifierBackend, TorchClassifier, TorchDenoiser
 from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
-from densepure.engine.engine import Engine, EngineConfig
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest
+from densepure.export import export_command
+from densepure.models import get_preset
+from densepure.models.digits import load_digits_test_split, load_digits_unet
+from densepure.models.sources import ClassifierSpec, load_classifier
 from densepure.noise import NoisePhase
-from densepure.export import ArtifactKind, Precision, export_command
-from densepure.models.digits import load_digits_test_split, load_digits_unet, register_digits_preset
+from densepure.precision import Precision
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
@@ -48,9 +51,7 @@ PHASES = (NoisePhase.SELECTION, NoisePhase.ESTIMATION)
 def export_digits(tmp_path_factory, precisions):
     """``export_command`` on the shipped digits UNet and classifier into the session's shared directory."""
     out = tmp_path_factory.getbasetemp() / "shared-exports" / "digits"
-    classifier = load_classifier(ClassifierSpec.parse("digits"), torch.device("cpu"))
-    report = export_command(register_digits_preset(), None, out, precisions=precisions, classifier=classifier,
-                            classifier_label="digits")
+    report = export_command("digits", None, out, precisions=precisions, classifier="digits")
     return {(r.manifest.kind, r.manifest.precision): r.onnx_path for r in report.results}
 
 
@@ -76,7 +77,7 @@ class Recording(ClassifierBackend):
     name = "recording"
 
     def __init__(self, inner: ClassifierBackend):
-        super().__init__(inner.device, inner.num_classes)
+        super().__init__(inner.device, inner.num_classes, inner.image_shape)
         self.inner, self.labels = inner, []
 
     def _activate_impl(self) -> None:
@@ -99,13 +100,16 @@ def ort_backends(graphs, precision: Precision):
 
 def certify_all(mode: str, denoiser, classifier, digits, early_exit: bool = True):
     """Run CERTIFY's draws for every image through one engine: ({image: policy}, engine stats)."""
-    engine = Engine(mode=mode, sigma=SIGMA, chains=3, steps=2, num_classes=10, classifier=classifier,
-                    denoiser=None if mode == "gaussian" else denoiser, schedule=register_digits_preset().schedule,
-                    seed=SEED, image_shape=(1, 8, 8), device=torch.device("cpu"),
-                    config=EngineConfig(unet_rows=256, classifier_rows=256, draw_capacity=512, image_slots=4,
-                                        early_exit=early_exit))
-    task = Task(CertifyParams(N0, N, ALPHA), SIGMA)
-    done = dict(engine.run((i, x, policy_for(task, 10)) for i, x in digits.items()))
+    mode = Mode(mode)
+    dense = mode is Mode.DENSEPURE
+    smoothing = SmoothingConfig(mode, SIGMA, 3 if dense else 1, 2 if dense else 1, schedule=get_preset("digits").schedule)
+    backends = Backends(None if mode is Mode.GAUSSIAN else denoiser, classifier)
+    engine = Engine(smoothing, backends, (1, 8, 8), "cpu",
+                    EngineConfig(unet_rows=256, classifier_rows=256, draw_capacity=512, image_slots=4,
+                                 early_exit=early_exit))
+    task = CertifyTask(N0, N, ALPHA)
+    done = {r.key: r.policy for r in engine.run(ImageRequest(i, x, task.policy(10, SIGMA), SEED, noise_id=i)
+                                                  for i, x in digits.items())}
     return done, engine.stats
 
 
@@ -117,7 +121,7 @@ def certificate(policy):
 @pytest.mark.parametrize("mode", ["densepure", "onestep", "gaussian"])
 def test_fp32_graphs_give_the_torch_counts_and_certificates(graphs, torch_models, digits, mode):
     unet, clf = torch_models
-    want, want_stats = certify_all(mode, TorchDenoiser(unet), TorchClassifier(clf, 10), digits)
+    want, want_stats = certify_all(mode, TorchDenoiser(unet), TorchClassifier(clf, 10, (1, 8, 8)), digits)
     got, got_stats = certify_all(mode, *ort_backends(graphs, Precision.FP32), digits)
     contested = sum(int(want[i].counts[NoisePhase.ESTIMATION].max()) < N for i in IMAGES)
     assert contested >= 2, "the images must have labels that vary under noise, or equal counts prove little"
@@ -131,7 +135,7 @@ def test_fp32_graphs_give_the_torch_counts_and_certificates(graphs, torch_models
 def test_fp16_graphs_agree_with_torch_fp32(graphs, torch_models, digits):
     unet, clf = torch_models
     denoiser16, classifier16 = ort_backends(graphs, Precision.FP16)
-    reference, fp16 = Recording(TorchClassifier(clf, 10)), Recording(classifier16)
+    reference, fp16 = Recording(TorchClassifier(clf, 10, (1, 8, 8))), Recording(classifier16)
     # early exit off: both runs label exactly the same chains in the same order, whatever the labels are
     want, _ = certify_all("densepure", TorchDenoiser(unet), reference, digits, early_exit=False)
     got, _ = certify_all("densepure", denoiser16, fp16, digits, early_exit=False)

@@ -4,10 +4,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from densepure.certify.policies import SequentialPolicy
 from densepure.certify.sequential import SequentialPlan
-from densepure.engine.policy import FixedPolicy, SequentialPolicy
-from densepure.noise import NoisePhase
+from densepure.engine.policy import FixedPolicy
 from densepure.engine.scheduler import RowKind, Scheduler
+from densepure.noise import NoisePhase
 
 CLASSES = 3
 

@@ -7,7 +7,6 @@ reused through its manifest's export key (also what ``densepure export`` does wh
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -17,22 +16,20 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
 
+from densepure.artifacts import ArtifactKind, ArtifactManifest, manifest_path_for, onnx_sha256
 from densepure.errors import ArtifactError, ConfigError
-from densepure.export import (
-    ArtifactKind, ArtifactManifest, CheckStatus, Precision, export_classifier, export_command, export_unet,
-    manifest_path_for, onnx_sha256, typing_violations,
-)
+from densepure.export import CheckStatus, export_classifier, export_command, export_unet, typing_violations
 from densepure.export.onnx_passes import _matmul_plan, rewrite_einsum_as_matmul
 from densepure.export.onnx_verify import run_onnxruntime_cpu
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeMode
 from densepure.models.presets import Dataset, DiffusionPreset
+from densepure.precision import Precision
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 from export_helpers import golden_export, tiny_classifier  # noqa: E402
-
 
 # ------------------------------------------------------------------------------------------------------
 

@@ -13,15 +13,23 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densepure.engine.backends.tensorrt_backend import (
-    GraphMode, TensorRTClassifier, TensorRTDenoiser, choose_bucket, pad_rows, plan_chunks,
+from densepure.artifacts import (
+    ArtifactFormat,
+    ArtifactKind,
+    ArtifactManifest,
+    EngineCache,
+    EngineInfo,
+    MachineInfo,
+    SourceInfo,
+    TensorSpec,
+    TypingMode,
+    cache_key,
 )
+from densepure.artifacts.buckets import bucket_profiles, normalize_buckets, pad_into, pick_bucket, plan_chunks
+from densepure.engine.backends.tensorrt_backend import GraphMode, TensorRTClassifier, TensorRTDenoiser
 from densepure.errors import ArtifactError, BackendError, ConfigError
-from densepure.export import (
-    ArtifactFormat, ArtifactKind, ArtifactManifest, EngineCache, EngineInfo, MachineInfo, Precision, SourceInfo,
-    TensorSpec, TypingMode, cache_key,
-)
-from densepure.export.tensorrt_build import BuildSettings, bucket_profiles, check_typing_mode, normalize_buckets
+from densepure.export.tensorrt_build import BuildSettings, check_typing_mode
+from densepure.precision import Precision
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 bucket_sets = st.lists(st.integers(1, 300), min_size=1, max_size=6).map(lambda b: tuple(sorted(set(b))))
@@ -56,22 +64,22 @@ def test_chunks_cover_rows_in_buckets(buckets, rows):
     assert all(c.bucket in buckets and 1 <= c.rows <= c.bucket for c in chunks)
     assert all(c.rows == buckets[-1] for c in chunks[:-1])  # only the last chunk is padded
     last = chunks[-1]
-    assert last.bucket == choose_bucket(last.rows, buckets)
+    assert last.bucket == pick_bucket(buckets, last.rows)
     assert all(b < last.rows for b in buckets if b < last.bucket)  # no smaller bucket would hold it
 
 
 def test_choose_bucket_and_pad():
-    assert choose_bucket(1, (1, 8, 32)) == 1 and choose_bucket(9, (1, 8, 32)) == 32
+    assert pick_bucket((1, 8, 32), 1) == 1 and pick_bucket((1, 8, 32), 9) == 32
     with pytest.raises(BackendError, match="exceed"):
-        choose_bucket(33, (1, 8, 32))
+        pick_bucket((1, 8, 32), 33)
     with pytest.raises(BackendError, match="at least one row"):
         plan_chunks(0, (1, 8))
     x = torch.arange(6.0).reshape(3, 2)
-    padded = pad_rows(x, 8)
-    assert padded.shape == (8, 2) and torch.equal(padded[:3], x) and not padded[3:].any()
-    assert pad_rows(x, 3) is x
+    padded = pad_into(torch.full((8, 2), float("nan")), x)
+    assert padded.shape == (8, 2) and torch.equal(padded[:3], x)
+    assert torch.equal(padded[3:], x[:1].expand(5, 2))  # padding rows are copies of row 0, as in every backend
     with pytest.raises(BackendError, match="do not fit"):
-        pad_rows(x, 2)
+        pad_into(torch.zeros(2, 2), x)
 
 
 def test_typing_mode_checks():

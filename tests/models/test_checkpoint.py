@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from densepure.errors import CheckpointError
+from densepure.hashing import file_sha256
 from densepure.models import build_unet, read_state_dict, save_state_dict
-from densepure.models.checkpoint import file_sha256
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from torch import nn
 
 from densepure.diffusion import NoiseSchedule, ScheduleKind, TStarRule, build_reverse_grid, start_point, t_star
 from densepure.engine.reference import onestep_x0, run_chain
+from densepure.hashing import file_sha256
 from densepure.models import get_preset, read_state_dict
-from densepure.models.checkpoint import file_sha256, load_into
+from densepure.models.checkpoint import load_into
 from densepure.models.digits import (
     DIGITS_FLAGS,
     DigitsCNN,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from densepure.certify.factory import ClassifierSource, ClassifierSpec, load_classifier
 from densepure.errors import CheckpointError, ConfigError
 from densepure.models.classifiers import InputRange, Preprocess, ResizeMode, from_timm, from_transformers, hf_preprocess
+from densepure.models.sources import ClassifierSource, ClassifierSpec, load_classifier
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 CPU = torch.device("cpu")

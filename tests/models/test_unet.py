@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from densepure.errors import ConfigError
 from densepure.models import UNetConfig, build_unet, get_preset
 from densepure.models.unet import timestep_embedding
-from densepure.errors import ConfigError
 
 
 @pytest.mark.parametrize("fixture", ["improved_tiny", "guided_tiny"])

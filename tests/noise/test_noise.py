@@ -11,22 +11,22 @@ import torch
 from scipy import stats
 
 import densepure.noise.fields as noise_fields
+from densepure.errors import InputError
 from densepure.noise import (
     MAX_NUMEL,
     NoiseKey,
     NoiseKeys,
     NoisePhase,
     NoiseStream,
+    counter_words,
     derive_key,
     gaussian,
-    philox4x32,
-    counter_words,
     gaussian_words,
     key_table,
+    philox4x32,
     row_words,
     uniform,
 )
-from densepure.errors import InputError
 
 CPU = torch.device("cpu")
 MASK32 = 0xFFFFFFFF

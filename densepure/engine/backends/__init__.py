@@ -4,7 +4,7 @@
 of :mod:`densepure.export`. Each backend module imports its runtime lazily.
 """
 
-from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
+from densepure.engine.backends.base import Backends, ClassifierBackend, DenoiserBackend
 from densepure.engine.backends.torch_backend import TorchClassifier, TorchDenoiser
 
-__all__ = ["ClassifierBackend", "DenoiserBackend", "TorchClassifier", "TorchDenoiser"]
+__all__ = ["Backends", "ClassifierBackend", "DenoiserBackend", "TorchClassifier", "TorchDenoiser"]

@@ -2,8 +2,9 @@
 
 Public methods check state and inputs once; subclasses implement only the ``_impl`` hooks.
 A backend is a context manager: ``__enter__`` acquires engines, buffers and streams
-(``_activate_impl``), ``__exit__`` releases them. Calling a backend that is not active activates it
-for the duration of the call's owner (the engine keeps it active for a whole run).
+(``_activate_impl``), ``__exit__`` releases them. A call outside the ``with`` block is an error: an
+implicit activation per call would, for TensorRT, deserialize the engine on every batch. The engine
+keeps its backends active while it is (``with engine:``, or for the length of ``Engine.run``).
 
 Shapes: ``x`` ``(B, C, H, W)`` float32 on the backend's device (the model's [-1, 1] space);
 ``t_model`` ``(B,)`` float32 (the checkpoint's timestep convention). Outputs are float32.
@@ -12,6 +13,7 @@ Shapes: ``x`` ``(B, C, H, W)`` float32 on the backend's device (the model's [-1,
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +22,7 @@ from densepure.errors import BackendError
 
 class _Lifecycle(abc.ABC):
     name = "backend"
+    role = "model"
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
@@ -42,7 +45,13 @@ class _Lifecycle(abc.ABC):
     def _deactivate_impl(self) -> None:
         """Release what ``_activate_impl`` acquired. Default: nothing to do."""
 
+    def _check_active(self) -> None:
+        if not self.active:
+            raise BackendError(f"the {self.name} {self.role} is used outside its `with` block: activate it first "
+                               f"(`with backend: ...`; the engine does this for the length of a run)")
+
     def _check_input(self, x: torch.Tensor, what: str) -> None:
+        self._check_active()
         if x.dim() != 4:
             raise BackendError(f"{self.name}: {what} must be (B, C, H, W), got shape {tuple(x.shape)}")
         if x.device != self.device and not (x.device.type == self.device.type == "cuda" and self.device.index is None):
@@ -51,6 +60,8 @@ class _Lifecycle(abc.ABC):
 
 class DenoiserBackend(_Lifecycle):
     """The diffusion model seam: ``eps_and_var(x, t_model) -> (eps, v)``, each ``(B, C, H, W)`` float32."""
+
+    role = "denoiser"
 
     def __init__(self, device: torch.device, channels: int, image_size: int):
         super().__init__(device)
@@ -64,9 +75,6 @@ class DenoiserBackend(_Lifecycle):
         if t_model.shape != (x.shape[0],) or t_model.dtype != torch.float32:
             raise BackendError(f"{self.name}: t_model must be ({x.shape[0]},) float32, got "
                                f"{tuple(t_model.shape)} {t_model.dtype}")
-        if not self.active:
-            with self:
-                return self._eps_and_var_impl(x, t_model)
         return self._eps_and_var_impl(x, t_model)
 
     @abc.abstractmethod
@@ -75,17 +83,20 @@ class DenoiserBackend(_Lifecycle):
 
 
 class ClassifierBackend(_Lifecycle):
-    """The classifier seam: ``logits(x) -> (B, num_classes)`` float32 for ``x`` in [-1, 1]."""
+    """The classifier seam: ``logits(x) -> (B, num_classes)`` float32 for ``x`` ``(B, *image_shape)`` in [-1, 1]."""
 
-    def __init__(self, device: torch.device, num_classes: int):
+    role = "classifier"
+
+    def __init__(self, device: torch.device, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(device)
         self.num_classes = int(num_classes)
+        self.image_shape = tuple(int(d) for d in image_shape)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, "x")
-        if not self.active:
-            with self:
-                return self._logits_impl(x)
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise BackendError(f"{self.name}: x must be (B, {', '.join(map(str, self.image_shape))}), "
+                               f"got {tuple(x.shape)}")
         return self._logits_impl(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,3 +105,11 @@ class ClassifierBackend(_Lifecycle):
     @abc.abstractmethod
     def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
         """Run the classifier (preprocessing included); the input is already checked."""
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The engine's two models: the denoiser (None for Gaussian smoothing) and the classifier."""
+
+    denoiser: DenoiserBackend | None
+    classifier: ClassifierBackend

@@ -17,29 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from densepure.errors import BackendError, ConfigError
+from densepure.artifacts.buckets import pad_into, pick_bucket
+from densepure.errors import BackendError
 
 Fn = Callable[..., tuple[torch.Tensor, ...]]
-
-
-def bucket_sizes(max_rows: int, smallest: int = 8) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below ``max_rows``, then ``max_rows`` itself (ascending)."""
-    if max_rows < 1 or smallest < 1:
-        raise ConfigError(f"bucket sizes need max_rows >= 1 and smallest >= 1, got {max_rows}, {smallest}")
-    out, size = [], smallest
-    while size < max_rows:
-        out.append(size)
-        size *= 2
-    return (*out, max_rows)
-
-
-def pick_bucket(buckets: Sequence[int], rows: int) -> int:
-    """The smallest bucket holding ``rows`` rows."""
-    for size in buckets:
-        if size >= rows:
-            return size
-    raise BackendError(f"a batch of {rows} rows exceeds the largest bucket ({buckets[-1]}); "
-                       f"lower the engine's rows per call or raise the buckets")
 
 
 def rows_for_memory(probes: Sequence[Callable[[int], object]], device: torch.device, probe_rows: int = 32,
@@ -120,9 +101,7 @@ class BucketedCall:
             return tuple(out.float() for out in self.fn(*inputs))
         static = self._buffers(size)
         for buf, x in zip(static, inputs):
-            buf[:rows].copy_(x)
-            if rows < size:
-                buf[rows:].copy_(buf[:1].expand(size - rows, *buf.shape[1:]))  # padding: copies of row 0
+            pad_into(buf, x)
         if not self.graphs:
             return tuple(out[:rows].float() for out in self.fn(*static))
         if size not in self.captured:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from densepure.artifacts.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for, verify_onnx
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
 from densepure.errors import ArtifactError, BackendError
-from densepure.export.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for, onnx_sha256
 
 
 class OrtProvider(enum.Enum):
@@ -112,9 +112,7 @@ class _Session:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
-        if onnx_sha256(self.path, self.manifest.external_data) != self.manifest.onnx_sha256:
-            raise ArtifactError(f"{self.path} does not match its manifest's sha256: export it again "
-                                "(`densepure export ...`)")
+        verify_onnx(self.path, self.manifest)
         chosen = select_providers(self.providers, ort.get_available_providers(), self.device, self.trt_cache_dir)
         if self.device.type == "cuda":
             self.stream = torch.cuda.Stream(self.device)
@@ -210,9 +208,9 @@ class OnnxRuntimeClassifier(ClassifierBackend):
                  providers: Sequence[OrtProvider] | None = None, io_mode: IoMode = IoMode.BINDING,
                  intra_op_threads: int = 0, trt_cache_dir: str | os.PathLike | None = None):
         manifest = read_onnx_manifest(path, ArtifactKind.CLASSIFIER)
-        super().__init__(torch.device(device), int(manifest.outputs[0].shape[1]))
+        super().__init__(torch.device(device), int(manifest.outputs[0].shape[1]),
+                         tuple(int(d) for d in manifest.input("x").shape[1:]))
         self.manifest = manifest
-        self.image_shape = tuple(int(d) for d in manifest.input("x").shape[1:])
         self._session = _Session(Path(path), manifest, self.device, providers, io_mode, intra_op_threads,
                                  trt_cache_dir)
 
@@ -223,7 +221,4 @@ class OnnxRuntimeClassifier(ClassifierBackend):
         self._session.close()
 
     def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise BackendError(f"{self.name}: x must be (B, {', '.join(map(str, self.image_shape))}) as exported, "
-                               f"got {tuple(x.shape)}")
         return self._session.run({"x": _as_feed(x)})["logits"]

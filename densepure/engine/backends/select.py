@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
+from densepure.artifacts.directory import find_onnx
+from densepure.artifacts.manifest import ArtifactKind, ArtifactManifest, MachineInfo, verify_onnx
+from densepure.engine.backends.base import Backends
 from densepure.errors import ArtifactError, BackendError, ConfigError
-from densepure.export.manifest import ArtifactKind, ArtifactManifest, MachineInfo, Precision, onnx_sha256
+from densepure.precision import EXPORTED_PRECISIONS, Precision
 
 
 class BackendKind(enum.Enum):
@@ -45,13 +47,12 @@ class BackendKind(enum.Enum):
             raise ConfigError(f"backend must be one of {', '.join(k.value for k in cls)}, got {value!r}") from None
 
 
-EXPORTED_PRECISIONS = tuple(p.value for p in Precision)  # graphs are exported in fp32 and fp16 only
 _CLASSIFIER_SOURCES = ("digits", "hf", "timm")  # the heads of certify's classifier specs
 
 
-def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None, precision: str) -> None:
+def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None, precision: Precision) -> None:
     """Validate a backend choice before any model is loaded (:class:`ConfigError` saying why)."""
-    kind = BackendKind.parse(kind)
+    kind, precision = BackendKind.parse(kind), Precision.parse(precision)
     if kind is BackendKind.TORCH:
         if artifacts is not None:
             raise ConfigError("--artifacts is read by the onnxruntime and tensorrt backends only; the torch backend "
@@ -60,9 +61,9 @@ def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None
     if artifacts is None:
         raise ConfigError(f"the {kind.value} backend needs --artifacts DIR, a directory written by "
                           "`densepure export --out DIR`")
-    if precision not in EXPORTED_PRECISIONS:
-        raise ConfigError(f"the {kind.value} backend runs exported {' or '.join(EXPORTED_PRECISIONS)} graphs, got "
-                          f"precision {precision!r}")
+    if not precision.exportable:
+        raise ConfigError(f"the {kind.value} backend runs exported "
+                          f"{' or '.join(p.value for p in EXPORTED_PRECISIONS)} graphs, got precision {precision.value}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class BackendChoice:
 
     kind: BackendKind = BackendKind.TORCH
     artifacts: Path | None = None
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     cache_dir: Path | None = None
     threads: int = 0
     rows: int = 512
@@ -82,6 +83,7 @@ class BackendChoice:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", BackendKind.parse(self.kind))
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
         for name in ("artifacts", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -102,18 +104,12 @@ class ModelIdentity:
     classifier: str | None = None
 
 
-@dataclass(frozen=True)
-class Backends:
-    denoiser: DenoiserBackend | None
-    classifier: ClassifierBackend
-
-
 def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.device, *, needs_denoiser: bool,
                   unet=None, classifier=None) -> Backends:
     """The engine's backends for ``choice``. ``unet``/``classifier``: the torch modules (torch backend only)."""
     device = torch.device(device)
     if choice.kind is BackendKind.TORCH:
-        from densepure.engine.backends.graphs import bucket_sizes
+        from densepure.artifacts.buckets import bucket_sizes
         from densepure.engine.backends.torch_backend import TorchClassifier, TorchDenoiser
 
         if classifier is None or (needs_denoiser and unet is None):
@@ -123,9 +119,9 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
         graphs = buckets is not None
         return Backends(
             TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs) if needs_denoiser else None,
-            TorchClassifier(classifier, identity.num_classes, device, buckets=buckets, cuda_graphs=graphs,
-                            image_shape=identity.image_shape))
-    precision = Precision(choice.precision)
+            TorchClassifier(classifier, identity.num_classes, identity.image_shape, device, buckets=buckets,
+                            cuda_graphs=graphs))
+    precision = choice.precision
     kinds = (ArtifactKind.UNET, ArtifactKind.CLASSIFIER) if needs_denoiser else (ArtifactKind.CLASSIFIER,)
     found = {}
     for kind in kinds:
@@ -135,24 +131,6 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
     if choice.kind is BackendKind.ONNXRUNTIME:
         return _onnxruntime(found, device, choice.threads)
     return _tensorrt(found, device, choice)
-
-
-def find_onnx(directory: Path, kind: ArtifactKind, precision: Precision) -> tuple[Path, ArtifactManifest]:
-    """The one ONNX graph of ``kind`` and ``precision`` in an export directory, by its manifest."""
-    from densepure.export.commands import exported_artifacts
-
-    base = Path(directory)
-    graphs = exported_artifacts(base, (kind,))
-    matches = [(p, m) for p, m in graphs if m.precision is precision]
-    if not matches:
-        have = sorted({m.precision.value for _, m in graphs})
-        extra = f" (it has {kind.value} graphs in {', '.join(have)})" if have else ""
-        raise ArtifactError(f"no {precision.value} {kind.value} ONNX graph in {base}{extra}: write one with "
-                            f"`densepure export --precision {precision.value} --out {base}`")
-    if len(matches) > 1:
-        names = ", ".join(p.name for p, _ in matches)
-        raise ArtifactError(f"{len(matches)} {precision.value} {kind.value} graphs in {base} ({names}): keep one")
-    return matches[0]
 
 
 def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdentity) -> None:
@@ -192,17 +170,12 @@ def _classifier_tag(spec: str | None) -> tuple[str, ...] | None:
     return (head, *(Path(part).name for part in rest))
 
 
-def _verified(path: Path, manifest: ArtifactManifest) -> str:
-    """The graph's sha256, checked against its manifest now rather than after results were started."""
-    sha = onnx_sha256(path, manifest.external_data)
-    if sha != manifest.onnx_sha256:
-        raise ArtifactError(f"{path} does not match its manifest's sha256: export it again (`densepure export ...`)")
-    return sha
-
-
 def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
     from densepure.engine.backends.onnxruntime_backend import (
-        OnnxRuntimeClassifier, OnnxRuntimeDenoiser, default_providers, select_providers,
+        OnnxRuntimeClassifier,
+        OnnxRuntimeDenoiser,
+        default_providers,
+        select_providers,
     )
 
     try:
@@ -215,7 +188,7 @@ def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
     except BackendError as exc:
         raise BackendError(f"{exc}; or run the onnxruntime backend on the CPU (--device cpu)") from exc
     for path, manifest in found.values():
-        _verified(path, manifest)
+        verify_onnx(path, manifest)
     unet = found.get(ArtifactKind.UNET)
     denoiser = None if unet is None else OnnxRuntimeDenoiser(unet[0], device, providers, intra_op_threads=threads)
     classifier = OnnxRuntimeClassifier(found[ArtifactKind.CLASSIFIER][0], device, providers,
@@ -224,9 +197,9 @@ def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
 
 
 def _tensorrt(found, device: torch.device, choice: BackendChoice) -> Backends:
+    from densepure.artifacts.cache import EngineCache
+    from densepure.artifacts.machine import import_tensorrt, machine_info
     from densepure.engine.backends.tensorrt_backend import TensorRTClassifier, TensorRTDenoiser
-    from densepure.export.cache import EngineCache
-    from densepure.export.tensorrt_build import import_tensorrt, machine_info
 
     import_tensorrt()  # "not installed" says more than any device or cache problem
     if device.type != "cuda":
@@ -246,9 +219,9 @@ def choose_engine(cache, onnx_path: Path, onnx_manifest: ArtifactManifest, machi
     """The cache entry to run for the ONNX graph at ``onnx_path`` on ``machine``: among engines built
     from its content at its precision for this machine, the one with the largest batch bucket (then
     the smallest key); hash-checked. Engines only for other machines raise the machine mismatch."""
-    from densepure.export.cache import require_same_machine
+    from densepure.artifacts.cache import require_same_machine
 
-    sha = _verified(onnx_path, onnx_manifest)
+    sha = verify_onnx(onnx_path, onnx_manifest)
     built = [e for e in cache.built_from(sha) if e.manifest.precision is onnx_manifest.precision]
     here = [e for e in built if not e.manifest.engine.machine.differences(machine)]
     build = f"`densepure build --onnx-dir {onnx_dir or onnx_path.parent} --cache-dir {cache.root}`"

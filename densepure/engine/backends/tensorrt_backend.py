@@ -1,7 +1,7 @@
 """The TensorRT backend: engines built by :mod:`densepure.export.tensorrt_build`, on torch's CUDA streams.
 
 Loading checks the engine's manifest against this machine first (TensorRT version, GPU name, compute
-capability, platform: :func:`~densepure.export.cache.read_engine`) and the engine bytes against their
+capability, platform: :func:`~densepure.artifacts.cache.read_engine`) and the engine bytes against their
 sha256. Execution uses TensorRT's name-based API with torch tensors as buffers: one execution context
 per optimization profile (= batch bucket), static input/output buffers per bucket bound once with
 ``set_input_shape`` + ``set_tensor_address``, and ``execute_async_v3`` on the backend's own torch CUDA
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from densepure.artifacts.buckets import pad_into, plan_chunks
+from densepure.artifacts.cache import engine_file
+from densepure.artifacts.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
 from densepure.errors import ArtifactError, BackendError
-from densepure.export.cache import ENGINE_FILE
-from densepure.export.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for
 
 
 class GraphMode(enum.Enum):
@@ -35,59 +36,9 @@ class GraphMode(enum.Enum):
     EAGER = "eager"
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """Rows ``[start, stop)`` of a call, run in the engine's bucket ``bucket`` (>= ``stop - start``)."""
-
-    start: int
-    stop: int
-    bucket: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-def choose_bucket(rows: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket holding ``rows`` (buckets ascending); :class:`BackendError` if none does."""
-    if rows < 1:
-        raise BackendError(f"a batch needs at least one row, got {rows}")
-    for b in buckets:
-        if rows <= b:
-            return b
-    raise BackendError(f"{rows} rows exceed the engine's largest batch bucket {buckets[-1]}: split the batch or "
-                       "rebuild with a larger bucket (`densepure build --buckets ...`)")
-
-
-def plan_chunks(rows: int, buckets: tuple[int, ...]) -> tuple[Chunk, ...]:
-    """Cover ``rows`` with full chunks of the largest bucket, then one chunk in the smallest bucket that
-    holds the remainder. Padding per call is less than the gap between two buckets."""
-    if rows < 1:
-        raise BackendError(f"a batch needs at least one row, got {rows}")
-    largest, chunks, start = buckets[-1], [], 0
-    while rows - start > largest:
-        chunks.append(Chunk(start, start + largest, largest))
-        start += largest
-    chunks.append(Chunk(start, rows, choose_bucket(rows - start, buckets)))
-    return tuple(chunks)
-
-
-def pad_rows(x: torch.Tensor, bucket: int) -> torch.Tensor:
-    """``x`` with zero rows appended up to ``bucket`` rows (``x`` itself if it already has them)."""
-    if x.shape[0] > bucket:
-        raise BackendError(f"{x.shape[0]} rows do not fit bucket {bucket}")
-    if x.shape[0] == bucket:
-        return x
-    return torch.cat([x, x.new_zeros((bucket - x.shape[0], *x.shape[1:]))])
-
-
 def read_engine_manifest(path: str | os.PathLike, kind: ArtifactKind) -> tuple[Path, ArtifactManifest]:
     """(engine file, manifest) for an engine directory, ``.plan`` file or manifest, checked to be ``kind``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / ENGINE_FILE
-    if p.name.endswith(".manifest.json"):
-        p = p.with_name(p.name[: -len(".manifest.json")])
+    p = engine_file(path)
     manifest = ArtifactManifest.read(manifest_path_for(p))
     if manifest.format is not ArtifactFormat.TENSORRT or manifest.kind is not kind:
         raise ArtifactError(f"{p} is a {manifest.kind.value} {manifest.format.value} artifact; expected a "
@@ -112,7 +63,7 @@ class _EngineRunner:
     """A deserialized engine with one context, static buffers and (optionally) a CUDA graph per bucket."""
 
     def __init__(self, manifest: ArtifactManifest, engine_bytes: bytes, device: torch.device, mode: GraphMode):
-        from densepure.export.tensorrt_build import import_tensorrt
+        from densepure.artifacts.machine import import_tensorrt
 
         trt = import_tensorrt()
         self.manifest, self.device, self.mode = manifest, device, GraphMode(mode)
@@ -166,7 +117,7 @@ class _EngineRunner:
             for chunk in plan_chunks(rows, tuple(sorted(self.buckets))):
                 bucket = self.buckets[chunk.bucket]
                 for name, t in feeds.items():
-                    bucket.inputs[name][: chunk.rows].copy_(t[chunk.start:chunk.stop])
+                    pad_into(bucket.inputs[name], t[chunk.start:chunk.stop])
                 if bucket.graph is not None:
                     bucket.graph.replay()
                 else:
@@ -200,8 +151,8 @@ class _TensorRTBackend:
         return manifest
 
     def _activate_impl(self) -> None:
-        from densepure.export.cache import read_engine
-        from densepure.export.tensorrt_build import machine_info
+        from densepure.artifacts.cache import read_engine
+        from densepure.artifacts.machine import machine_info
 
         manifest, data = read_engine(self.engine_path, machine_info(self.device))
         with torch.cuda.device(self.device):
@@ -234,12 +185,9 @@ class TensorRTClassifier(_TensorRTBackend, ClassifierBackend):
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda",
                  mode: GraphMode = GraphMode.CUDA_GRAPHS):
         manifest = self._init_engine(path, ArtifactKind.CLASSIFIER, device, mode)
-        ClassifierBackend.__init__(self, torch.device(device), int(manifest.outputs[0].shape[1]))
+        ClassifierBackend.__init__(self, torch.device(device), int(manifest.outputs[0].shape[1]),
+                                   tuple(int(d) for d in manifest.input("x").shape[1:]))
         self.manifest = manifest
-        self.image_shape = tuple(int(d) for d in manifest.input("x").shape[1:])
 
     def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise BackendError(f"{self.name}: x must be (B, {', '.join(map(str, self.image_shape))}) as exported, "
-                               f"got {tuple(x.shape)}")
         return self.runner.run({"x": x})["logits"]

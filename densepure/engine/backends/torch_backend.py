@@ -61,24 +61,20 @@ class TorchDenoiser(DenoiserBackend):
 
 
 class TorchClassifier(ClassifierBackend):
-    """Any module mapping [-1, 1] images to logits (e.g. :class:`~densepure.models.classifiers.Classifier`).
-
-    ``image_shape`` (C, H, W) is needed only with ``buckets``.
-    """
+    """Any module mapping ``(B, *image_shape)`` images in [-1, 1] to logits (e.g.
+    :class:`~densepure.models.classifiers.Classifier`)."""
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, num_classes: int, device: torch.device | str | None = None,
-                 buckets: Sequence[int] | None = None, cuda_graphs: bool = False,
-                 image_shape: tuple[int, int, int] | None = None):
+    def __init__(self, module: nn.Module, num_classes: int, image_shape: tuple[int, int, int],
+                 device: torch.device | str | None = None, buckets: Sequence[int] | None = None,
+                 cuda_graphs: bool = False):
         if device is None:
             first = next(iter(module.parameters()), None)
             device = first.device if first is not None else torch.device("cpu")
-        super().__init__(torch.device(device), num_classes)
+        super().__init__(torch.device(device), num_classes, image_shape)
         self.module = module.eval()
-        if buckets is not None and image_shape is None:
-            raise ValueError("a bucketed classifier needs image_shape")
-        example = [torch.zeros(1, *image_shape, device=self.device)] if image_shape is not None else []
+        example = [torch.zeros(1, *self.image_shape, device=self.device)]
         self.call = _bucketed(lambda x: (self.module(x),), example, buckets, self.device, cuda_graphs)
 
     def _activate_impl(self) -> None:

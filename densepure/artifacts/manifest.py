@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from densepure.errors import ArtifactError, ConfigError
+from densepure.errors import ArtifactError
+from densepure.precision import Precision
 
 FORMAT_VERSION = 1
 BATCH = "batch"
@@ -34,20 +35,6 @@ class ArtifactKind(enum.Enum):
 class ArtifactFormat(enum.Enum):
     ONNX = "onnx"
     TENSORRT = "tensorrt"
-
-
-class Precision(enum.Enum):
-    """Compute precision of a graph. Graph inputs and outputs are float32 in both cases."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-
-    @classmethod
-    def parse(cls, text: str) -> "Precision":
-        try:
-            return cls(text)
-        except ValueError:
-            raise ConfigError(f"precision must be one of {', '.join(p.value for p in cls)}, got {text!r}") from None
 
 
 class TypingMode(enum.Enum):
@@ -198,6 +185,8 @@ class ArtifactManifest:
     def __post_init__(self) -> None:
         for name, enum_type in (("kind", ArtifactKind), ("format", ArtifactFormat), ("precision", Precision)):
             object.__setattr__(self, name, enum_type(getattr(self, name)))
+        if not self.precision.exportable:
+            raise ArtifactError(f"artifacts are fp32 or fp16, got precision {self.precision.value}")
         for name in ("inputs", "outputs", "external_data", "notes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.opset < 1:
@@ -283,3 +272,21 @@ def onnx_sha256(path: str | Path, external: Sequence[str] = ()) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
+
+
+def verify_onnx(path: str | Path, manifest: "ArtifactManifest") -> str:
+    """The sha256 of the ONNX graph at ``path`` (external data included), checked against its manifest.
+
+    The one place an ONNX artifact's content is checked before it is trusted: an edited, truncated or
+    swapped file is an :class:`ArtifactError` naming the fix, never a wrong answer.
+    """
+    p = Path(path)
+    try:
+        sha = onnx_sha256(p, manifest.external_data)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read the exported graph {p}: {exc.strerror or exc}; export it again "
+                            "(`densepure export ...`)") from exc
+    if sha != manifest.onnx_sha256:
+        raise ArtifactError(f"{p} does not match its manifest's sha256 ({sha[:12]}... != "
+                            f"{manifest.onnx_sha256[:12]}...): export it again (`densepure export ...`)")
+    return sha

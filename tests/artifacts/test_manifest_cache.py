@@ -8,12 +8,26 @@ import json
 
 import pytest
 
-from densepure.errors import ArtifactError
-from densepure.export import (
-    ArtifactFormat, ArtifactKind, ArtifactManifest, BatchProfile, EngineCache, EngineInfo, MachineInfo, Precision,
-    SourceInfo, TensorSpec, TypingMode, cache_key, manifest_path_for, onnx_sha256, read_engine, require_same_machine,
+from densepure.artifacts import (
+    ArtifactFormat,
+    ArtifactKind,
+    ArtifactManifest,
+    BatchProfile,
+    EngineCache,
+    EngineInfo,
+    MachineInfo,
+    SourceInfo,
+    TensorSpec,
+    TypingMode,
+    cache_key,
+    manifest_path_for,
+    onnx_sha256,
+    read_engine,
+    require_same_machine,
 )
+from densepure.errors import ArtifactError
 from densepure.export.tensorrt_build import BuildSettings
+from densepure.precision import Precision
 
 H100 = MachineInfo("10.13.3", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
 ORIN = MachineInfo("10.3.0", "Orin", (8, 7), "Linux-aarch64")

@@ -1,17 +1,16 @@
-"""The three base classifiers on the golden tiny UNet with a small random classifier."""
+"""The reference sampler (the plain path) on the golden tiny UNet with a small random classifier."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from densepure.certify.base import BaseClassifier, Mode, SmoothingConfig
-from densepure.diffusion import NoiseSchedule, build_reverse_grid, t_star
+from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, build_reverse_grid, t_star
 from densepure.diffusion.tstar import t_star_dds
-from densepure.engine.reference import run_chain
-from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian
+from densepure.engine.reference import ReferenceSampler, run_chain
 from densepure.errors import ConfigError
 from densepure.models.classifiers import Classifier, InputRange, Preprocess
+from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian
 
 SCHEDULE = NoiseSchedule("cosine", 4000)
 
@@ -31,8 +30,9 @@ def image():
 
 def make(improved_tiny, mode, batch_size=64, k=3, b=2, sigma=0.25, seed=7):
     unet, _ = improved_tiny
-    cfg = SmoothingConfig(mode, sigma, k if mode is Mode.DENSEPURE else 1, b)
-    return BaseClassifier(cfg, tiny_classifier(), 4, denoiser=unet, schedule=SCHEDULE, seed=seed, batch_size=batch_size)
+    dense = mode is Mode.DENSEPURE
+    cfg = SmoothingConfig(mode, sigma, k if dense else 1, b if dense else 1, schedule=SCHEDULE)
+    return ReferenceSampler(cfg, tiny_classifier(), 4, denoiser=unet, seed=seed, batch_size=batch_size)
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -74,8 +74,8 @@ def test_gaussian_mode_is_classifier_on_noisy_input(improved_tiny, image):
 
 
 def test_onestep_variants_use_their_timesteps(improved_tiny):
-    assert make(improved_tiny, Mode.ONESTEP).tau == round(t_star(0.25, SCHEDULE))
-    assert make(improved_tiny, Mode.ONESTEP_DDS).tau == t_star_dds(0.25, SCHEDULE)
+    assert make(improved_tiny, Mode.ONESTEP).grid.taus.tolist() == [round(t_star(0.25, SCHEDULE))]
+    assert make(improved_tiny, Mode.ONESTEP_DDS).grid.taus.tolist() == [t_star_dds(0.25, SCHEDULE)]
 
 
 def test_phases_and_images_give_independent_noise(improved_tiny, image):
@@ -95,9 +95,11 @@ def test_count_sums_to_draws(improved_tiny, image):
 def test_config_validation(improved_tiny):
     with pytest.raises(ConfigError, match="sigma must be > 0"):
         SmoothingConfig(Mode.GAUSSIAN, -0.25)
-    with pytest.raises(ConfigError, match="num_chains must be"):
-        SmoothingConfig(Mode.DENSEPURE, 0.25, 0, 2)
+    with pytest.raises(ConfigError, match="num_chains"):
+        SmoothingConfig(Mode.DENSEPURE, 0.25, 0, 2, schedule=SCHEDULE)
     with pytest.raises(ConfigError, match="applies to densepure only"):
-        SmoothingConfig(Mode.ONESTEP, 0.25, 4)
+        SmoothingConfig(Mode.ONESTEP, 0.25, 4, schedule=SCHEDULE)
+    with pytest.raises(ConfigError, match="noise schedule"):
+        SmoothingConfig(Mode.ONESTEP, 0.25)
     with pytest.raises(ConfigError, match="needs a diffusion model"):
-        BaseClassifier(SmoothingConfig(Mode.ONESTEP, 0.25), tiny_classifier(), 4)
+        ReferenceSampler(SmoothingConfig(Mode.ONESTEP, 0.25, schedule=SCHEDULE), tiny_classifier(), 4)

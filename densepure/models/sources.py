@@ -1,4 +1,4 @@
-"""Assemble a certification pipeline (denoiser, classifier, data) from user-level options.
+"""Where models come from: classifier specs, shipped and official checkpoints.
 
 Classifier specs (``--classifier``):
 * ``digits`` - the CNN shipped with the package (the embedded default);
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -52,29 +51,6 @@ class ClassifierSpec:
         return cls(source, rest)
 
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_precision(name: str) -> torch.dtype:
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; an explicit unavailable device is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {name!r}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here (see `densepure doctor`)")
-    return device
-
-
 def load_classifier(spec: ClassifierSpec, device: torch.device, preprocess: Preprocess | None = None) -> Classifier:
     """Load the classifier named by ``spec`` (eval mode, on ``device``)."""
     from densepure.models import classifiers
@@ -95,16 +71,3 @@ def papers_preprocess(dataset: str) -> Preprocess:
     if size is None:
         raise ConfigError(f"no paper preprocessing for dataset {dataset!r}")
     return Preprocess(InputRange.ZERO_ONE, size, ResizeMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3)
-
-
-def default_checkpoint(preset_name: str, checkpoint: str | None) -> str | None:
-    """The checkpoint to load: the given one, the packaged one for shipped presets, else an error."""
-    if checkpoint is not None:
-        return checkpoint
-    from densepure.models import get_preset
-
-    preset = get_preset(preset_name)
-    path = Path(preset.checkpoint_file)
-    if path.is_absolute() and path.is_file():
-        return str(path)
-    raise ConfigError(f"preset {preset_name!r} needs --checkpoint (the official file is {preset.checkpoint_file})")

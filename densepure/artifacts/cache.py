@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from densepure.artifacts.manifest import ArtifactFormat, ArtifactManifest, EngineInfo, MachineInfo, manifest_path_for
 from densepure.errors import ArtifactError
-from densepure.export.manifest import ArtifactFormat, ArtifactManifest, EngineInfo, MachineInfo, manifest_path_for
-from densepure.models.checkpoint import file_sha256
+from densepure.hashing import file_sha256
 
 ENGINE_FILE = "engine.plan"
 REBUILD_HINT = "densepure build --onnx-dir DIR"
@@ -166,17 +166,23 @@ class EngineCache:
         return [r.entry for r in found if r.entry is not None]
 
 
+def engine_file(path: str | os.PathLike) -> Path:
+    """The engine file named by ``path``: an entry directory, the ``.plan`` itself or its manifest."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ENGINE_FILE
+    if p.name.endswith(".manifest.json"):
+        p = p.with_name(p.name[: -len(".manifest.json")])
+    return p
+
+
 def read_engine(path: str | os.PathLike, machine: MachineInfo) -> tuple[ArtifactManifest, bytes]:
     """Read an engine (its directory, the ``.plan`` or its manifest) after checking it fits ``machine``.
 
     Raises :class:`ArtifactError` if the manifest is missing, names another GPU/TensorRT/platform, or the
     engine bytes do not hash to the recorded sha256.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / ENGINE_FILE
-    if p.name.endswith(".manifest.json"):
-        p = p.with_name(p.name[: -len(".manifest.json")])
+    p = engine_file(path)
     manifest = ArtifactManifest.read(manifest_path_for(p))
     if manifest.format is not ArtifactFormat.TENSORRT:
         raise ArtifactError(f"{p} is a {manifest.format.value} artifact, not a TensorRT engine")

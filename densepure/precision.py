@@ -1,0 +1,51 @@
+"""The one precision type of densepure: what the models compute in.
+
+``FP32``, ``FP16`` and ``BF16`` for the torch backend (GroupNorm, the attention softmax and the time
+embedding stay float32 inside a half-precision UNet, ALGORITHM §10); exported ONNX graphs and
+TensorRT engines exist in ``FP32`` and ``FP16`` only (:attr:`Precision.exportable`). Model inputs and
+outputs at every backend boundary are float32 whatever the compute precision.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from densepure.errors import ConfigError
+
+
+class Precision(enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @classmethod
+    def parse(cls, value: "Precision | str") -> "Precision":
+        """``"fp16"`` -> ``Precision.FP16``; anything else is a :class:`ConfigError` naming the choices."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"precision must be one of {', '.join(p.value for p in cls)}, got {value!r}") from None
+
+    @classmethod
+    def parse_list(cls, text: str) -> tuple["Precision", ...]:
+        """``"fp32,fp16"`` -> ``(FP32, FP16)`` (empty items ignored; at least one required)."""
+        out = tuple(cls.parse(part.strip()) for part in str(text).split(",") if part.strip())
+        if not out:
+            raise ConfigError(f"at least one precision is needed, got {text!r}")
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[self]
+
+    @property
+    def exportable(self) -> bool:
+        """True for the precisions ONNX graphs and TensorRT engines are made in (fp32, fp16)."""
+        return self is not Precision.BF16
+
+
+EXPORTED_PRECISIONS = tuple(p for p in Precision if p.exportable)
