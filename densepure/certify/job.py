@@ -173,24 +173,36 @@ def _resumed_seed(options: JobOptions) -> int:
 
 def prepare(options: JobOptions) -> Job:
     """Load models and data and build the engine; nothing is written yet."""
+    seed = options.seed if options.seed is not None else _resumed_seed(options)
+    options = replace(options, seed=seed)
+    dataset = _dataset(options)
+    if not len(dataset):
+        raise ConfigError("the dataset is empty")
+    indices = select_indices(len(dataset), options.skip, options.max)
+    engine = build_engine(options, tuple(dataset[0][0].shape), dataset.num_classes)
+    return Job(options, engine, dataset, indices, options.task(), seed)
+
+
+def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None) -> Engine:
+    """The engine for ``options``' models, backend, precision and device, for images of ``image_shape``.
+
+    ``num_classes`` is used when the classifier does not say (a dataset's class count). Shared by the
+    dataset job, the server and cluster workers, so all of them run exactly the same models.
+    """
+    from densepure.engine.backends.select import make_backends
+    from densepure.hashing import file_sha256
     from densepure.models import build_unet, get_preset, resolve_checkpoint
     from densepure.models.sources import ClassifierSpec, load_classifier
 
-    seed = options.seed if options.seed is not None else _resumed_seed(options)
-    options = replace(options, seed=seed)
     preset = get_preset(options.preset)
     smoothing = options.smoothing(preset.schedule)
     spec = ClassifierSpec.parse(options.classifier)
     device = resolve_device(options.device)
-    dataset = _dataset(options)
-    indices = select_indices(len(dataset), options.skip, options.max)
-    if not len(dataset):
-        raise ConfigError("the dataset is empty")
     classifier = load_classifier(spec, device)
     torch_backend = options.backend is BackendKind.TORCH
     if torch_backend and options.precision is not Precision.FP32:
         classifier.set_precision(options.precision.dtype)  # the classifier is most of the work for ViT-sized models
-    num_classes = classifier.num_classes or dataset.num_classes
+    num_classes = classifier.num_classes or num_classes
     if num_classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")
     denoiser = checkpoint = None
@@ -198,19 +210,10 @@ def prepare(options: JobOptions) -> Job:
         checkpoint = resolve_checkpoint(preset, options.checkpoint)
         if torch_backend:  # exported backends run the graphs, not the checkpoint
             denoiser = build_unet(preset, checkpoint, device, options.precision.dtype)
-    engine = _engine(options, smoothing, classifier, num_classes, denoiser, checkpoint, device, dataset)
-    return Job(options, engine, dataset, indices, options.task(), seed)
-
-
-def _engine(options, smoothing, classifier, num_classes, denoiser, checkpoint, device, dataset) -> Engine:
-    from densepure.engine.backends.select import make_backends
-    from densepure.hashing import file_sha256
-
-    shape = tuple(dataset[0][0].shape)
+    shape = tuple(int(d) for d in image_shape)
     rows = _rows_per_call(options, device, denoiser, classifier, shape)
-    exported = options.backend is not BackendKind.TORCH
     identity = ModelIdentity(options.preset, shape, num_classes,
-                             file_sha256(checkpoint) if exported and checkpoint is not None else None,
+                             file_sha256(checkpoint) if not torch_backend and checkpoint is not None else None,
                              options.classifier)
     choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
                            torch.get_num_threads(), rows, options.cuda_graphs)

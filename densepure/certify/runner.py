@@ -4,7 +4,8 @@ resumable (result files: :mod:`densepure.certify.results`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from densepure.certify.records import ImageRecord
 from densepure.certify.results import ResultWriter
@@ -16,48 +17,64 @@ from densepure.engine.engine import Engine, ImageRequest
 ProgressHook = Callable[[ImageRecord, int], None]
 
 
-def run_dataset(engine: Engine, dataset: Dataset, indices: Sequence[int], task: Task, seed: int,
-                writer: ResultWriter, on_image: ProgressHook | None = None,
-                extra: Mapping[int, ResultWriter] | None = None) -> list[ImageRecord]:
-    """Run ``task`` on ``dataset[i]`` for each ``i`` in ``indices`` not already in every writer.
+@dataclass(frozen=True)
+class ImageResult:
+    """One decided image: its main record, the records of its first ``k`` chains (``prefixes[k]``) and
+    the draws it took."""
 
-    Every image's noise is keyed by ``(seed, i)``. Each image is validated ((C,H,W) in [0,1], finite)
-    before any sampling, so a bad image stops the run without a half-written line. Records are written
-    in completion order; each line is whole and flushed. ``time`` is the wall time from an image's
-    admission to its decision (images overlap, so these add up to more than the run). ``extra[k]``
-    receives the records of the first ``k`` chains of each draw (the engine must count those
-    ``chain_prefixes``). Radii use the engine's own ``smoothing.sigma``. Returns the main records.
+    record: ImageRecord
+    prefixes: Mapping[int, ImageRecord]
+    draws: int
+
+
+def certify_images(engine: Engine, dataset: Dataset, indices: Iterable[int], task: Task, seed: int,
+                   prefixes: Sequence[int] = ()) -> Iterator[ImageResult]:
+    """Run ``task`` on ``dataset[i]`` for each ``i`` in ``indices``; yield results in completion order.
+
+    Every image's noise is keyed by ``(seed, i)``, so results do not depend on which process or in which
+    order an image runs. Each image is validated ((C,H,W) in [0,1], finite) before any sampling.
+    ``time`` is the wall time from an image's admission to its decision (images overlap, so these add
+    up to more than the run). ``prefixes`` (the engine must count those ``chain_prefixes``) adds the
+    records of each draw's first ``k`` chains. Radii use the engine's own ``smoothing.sigma``.
     """
-    extra = dict(extra or {})
-    writers = [writer, *extra.values()]
     labels: dict[int, int] = {}
     starts: dict[int, float] = {}
     sigma = engine.smoothing.sigma
 
     def requests():
         for idx in indices:
-            if all(idx in w.finished for w in writers):
-                continue
             x, label = dataset[idx]
             x = validate_image(x, name=f"image {idx}")
             labels[idx], starts[idx] = int(label), time.perf_counter()
             yield ImageRequest(idx, x, task.policy(engine.num_classes, sigma), seed, noise_id=idx)
 
-    done = []
     for request in engine.run(requests()):
         idx, policy = request.key, request.policy
         label, seconds = labels.pop(idx), time.perf_counter() - starts.pop(idx)
         result = getattr(policy, "result", None)
-        sources = [(writer, policy.counts), *((w, policy.prefix_counts[k]) for k, w in extra.items())]
-        written = []
-        for out, counts in sources:
-            if idx in out.finished:
-                continue
-            record = task.record(idx, label, seconds, counts, sigma, result)
-            out.write(record)
-            written.append(record)
-            if out is writer:
-                done.append(record)
+        record = task.record(idx, label, seconds, policy.counts, sigma, result)
+        extra = {k: task.record(idx, label, seconds, policy.prefix_counts[k], sigma, result) for k in prefixes}
+        yield ImageResult(record, extra, policy.total_draws)
+
+
+def run_dataset(engine: Engine, dataset: Dataset, indices: Sequence[int], task: Task, seed: int,
+                writer: ResultWriter, on_image: ProgressHook | None = None,
+                extra: Mapping[int, ResultWriter] | None = None) -> list[ImageRecord]:
+    """:func:`certify_images` for each ``i`` in ``indices`` not already in every writer, each record
+    written (whole and flushed) as its image is decided; ``extra[k]`` receives the ``k``-chain records.
+    Returns the main records written."""
+    extra = dict(extra or {})
+    writers = [writer, *extra.values()]
+    todo = [idx for idx in indices if not all(idx in w.finished for w in writers)]
+    done = []
+    for result in certify_images(engine, dataset, todo, task, seed, tuple(extra)):
+        idx = result.record.row.idx
+        if idx not in writer.finished:
+            writer.write(result.record)
+            done.append(result.record)
+        for k, out in extra.items():
+            if idx not in out.finished:
+                out.write(result.prefixes[k])
         if on_image is not None:
-            on_image(written[0], policy.total_draws)
+            on_image(result.record, result.draws)
     return done
