@@ -49,7 +49,7 @@ Two ways to fill the boundaries:
   still runs.
 
 Tuning, fixed before the benchmark ran: :func:`default_looks` (every 4 draws up to 64, then 10 %
-growth: 93 looks at n_max = 100,000), ``spending_power = 0.5``, spending from ``n_c / 2``,
+growth: 93 looks at n_max = 100,000, less those where no count can stop), ``spending_power = 0.5``, spending from ``n_c / 2``,
 ``futility_alpha = alpha``, ``final_share = 0``. They were chosen among a handful of candidates
 (power 0.5-1, start n_c/4-n_c, early spacing 1-16, growth 2-40 %) from *exact* expected draws
 (:func:`densepure.certify.binomial_dp.operating_characteristics`) at p in [0.8, 0.9999], r in
@@ -260,6 +260,13 @@ def _with_curtailment(looks, certify_at, futile_at) -> tuple[int, ...]:
     return tuple(max(f, -1) for f in out)
 
 
+def _live(looks, certify_at, futile_at) -> tuple[tuple[int, ...], ...]:
+    """Drop looks (but the last) where no count can stop: same decisions, fewer round trips."""
+    last = len(looks) - 1
+    keep = [i for i, (n, c, f) in enumerate(zip(looks, certify_at, futile_at)) if c <= n or f >= 0 or i == last]
+    return tuple(tuple(seq[i] for i in keep) for seq in (looks, certify_at, futile_at))
+
+
 @functools.lru_cache(maxsize=64)
 def _exact_plan(radius, sigma, alpha, n_max, beta, looks, power, final_share) -> BoundaryPlan:
     t = float(special.ndtr(radius / sigma))
@@ -271,7 +278,7 @@ def _exact_plan(radius, sigma, alpha, n_max, beta, looks, power, final_share) ->
     certify_at = binomial_dp.design_upper(looks, t, alpha * margin * certify_share)
     futile_at = binomial_dp.design_lower(looks, t, beta * margin * futile_share)
     futile_at = _with_curtailment(looks, certify_at, futile_at)
-    return BoundaryPlan(radius, sigma, alpha, looks, certify_at, futile_at, SequentialMethod.EXACT)
+    return BoundaryPlan(radius, sigma, alpha, *_live(looks, certify_at, futile_at), SequentialMethod.EXACT)
 
 
 @functools.lru_cache(maxsize=64)
@@ -281,7 +288,7 @@ def _betting_plan(radius, sigma, alpha, n_max, beta, looks) -> BoundaryPlan:
     certify_at = tuple(int(c) for c in certify_counts(n, t, math.log(1.0 / alpha)))
     futile_at = tuple(int(f) for f in futile_counts(n, t, math.log(1.0 / beta)))
     futile_at = _with_curtailment(looks, certify_at, futile_at)
-    return BoundaryPlan(radius, sigma, alpha, looks, certify_at, futile_at, SequentialMethod.BETTING)
+    return BoundaryPlan(radius, sigma, alpha, *_live(looks, certify_at, futile_at), SequentialMethod.BETTING)
 
 
 class BoundaryTest:
