@@ -41,6 +41,7 @@ drives it, and :func:`run_sequential` is a small driver for tests.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,22 @@ class AlphaSpending(enum.Enum):
     EQUAL = "equal"
 
 
+class SequentialMethod(enum.Enum):
+    """How the looks and the decision rule of a sequential test are built (recorded in the sidecar).
+
+    EXACT: count boundaries from alpha spending with exact binomial probabilities
+        (:meth:`densepure.certify.boundary.BoundaryPlan.exact`). The default.
+    BETTING: count boundaries where a betting e-process crosses 1/alpha (Ville's inequality; valid
+        at any stopping time, :meth:`densepure.certify.boundary.BoundaryPlan.betting`).
+    GEOMETRIC: Clopper-Pearson bounds at doubling looks with a union bound (:class:`SequentialPlan`),
+        the rule of releases before issue 19, kept to reproduce earlier results.
+    """
+
+    EXACT = "exact"
+    BETTING = "betting"
+    GEOMETRIC = "geometric"
+
+
 class SequentialDecision(enum.Enum):
     """The decision at a look: keep sampling, or stop with an answer."""
 
@@ -111,7 +128,7 @@ class SequentialPlan:
             raise ConfigError("looks must contain at least one sample count, got ()")
         for n in looks:
             validate_sample_count("each look", n)
-        if any(b <= a for a, b in zip(looks, looks[1:])):
+        if any(b <= a for a, b in itertools.pairwise(looks)):
             raise ConfigError(f"looks must be strictly increasing, got {looks}")
         alphas = tuple(self.alphas)
         if len(alphas) != len(looks):
@@ -139,6 +156,31 @@ class SequentialPlan:
     def n_max(self) -> int:
         """The last look: the most estimation samples the plan can use."""
         return self.looks[-1]
+
+    @property
+    def method(self) -> SequentialMethod:
+        return SequentialMethod.GEOMETRIC
+
+    def start(self, label: int) -> SequentialTest:
+        """A fresh state machine for one input whose selected class is ``label``."""
+        return SequentialTest(self, label)
+
+    def count_boundaries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The plan as count boundaries: (certify_at, futile_at) per look.
+
+        :class:`SequentialTest` certifies at look i exactly when ``n_a >= certify_at[i]`` and stops
+        for futility exactly when ``n_a <= futile_at[i]`` (both bounds are increasing in n_a), so
+        the plan's operating characteristics can be computed exactly
+        (:mod:`densepure.certify.binomial_dp`).
+        """
+        target, certify_at, futile_at = self.target, [], []
+        for n, level in zip(self.looks, self.alphas):
+            counts = np.arange(n + 1)
+            lower = np.where(counts > 0, special.betaincinv(np.maximum(counts, 1), n - counts + 1, level), 0.0)
+            upper = np.where(counts < n, special.betaincinv(counts + 1, np.maximum(n - counts, 1), 1.0 - level), 1.0)
+            certify_at.append(int(np.argmax(lower >= target)) if lower[-1] >= target else n + 1)
+            futile_at.append(int(np.flatnonzero(upper < target)[-1]) if upper[0] < target else -1)
+        return tuple(certify_at), tuple(futile_at)
 
     @classmethod
     def geometric(
@@ -311,13 +353,15 @@ class SequentialTest:
         return decision
 
 
-def run_sequential(sample_fn: Callable[[int], int], plan: SequentialPlan, label: int) -> SequentialResult:
-    """Drive a :class:`SequentialTest` to its end.
+def run_sequential(sample_fn: Callable[[int], int], plan, label: int) -> SequentialResult:
+    """Drive the state machine of ``plan`` (``plan.start(label)``: any sequential plan) to its end.
 
     sample_fn(k) must draw k *fresh* estimation samples (independent of the selection ones) and
     return how many of them the base classifier assigned to ``label``.
     """
-    test = SequentialTest(plan, label)
+    if not callable(getattr(plan, "start", None)):
+        raise ConfigError(f"plan must be a sequential plan (SequentialPlan, BoundaryPlan), got {type(plan).__name__}")
+    test = plan.start(label)
     n_a = 0
     n = 0
     while (look := test.next_look) is not None:
