@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from densepure.certify.boundary import DEFAULT_METHOD
+from densepure.certify.sequential import SequentialMethod
 from densepure.diffusion import Mode, TStarRule
 from densepure.engine.backends.select import BackendKind
 from densepure.precision import Precision
@@ -43,6 +45,10 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
     if not predict:
         g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
+        g.add_argument("--sequential", default=DEFAULT_METHOD.value, choices=[m.value for m in SequentialMethod],
+                       help="the test --radius runs: exact (exact-boundary test at fixed looks, the default), betting "
+                            "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
+                            "densepure <= 0.1, to reproduce earlier runs) (default: exact)")
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call; on CUDA lowered to what fits in free memory (default: 500)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -82,7 +88,8 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, data=args.data,
         mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None), n=args.n, alpha=args.alpha,
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
-        radius=getattr(args, "radius", None), predict=predict, batch_size=args.batch_size, device=args.device,
+        radius=getattr(args, "radius", None), sequential=getattr(args, "sequential", DEFAULT_METHOD.value),
+        predict=predict, batch_size=args.batch_size, device=args.device,
         precision=Precision(args.precision), backend=BackendKind(args.backend), artifacts=args.artifacts,
         cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from densepure.certify.boundary import DEFAULT_METHOD
 from densepure.certify.records import IfExists, ImageRecord
 from densepure.certify.results import open_results
 from densepure.certify.runner import ProgressHook, run_dataset
+from densepure.certify.sequential import SequentialMethod
 from densepure.certify.stats import validate_alpha
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
 from densepure.data.datasets import Dataset, open_dataset, select_indices
@@ -60,6 +62,7 @@ class JobOptions:
     steps: int | None = None
     t_star_rule: TStarRule = TStarRule.AUTO
     radius: float | None = None
+    sequential: SequentialMethod = DEFAULT_METHOD  # the test --radius runs
     predict: bool = False
     batch_size: int = 500
     device: str = "auto"
@@ -84,6 +87,7 @@ class JobOptions:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
         object.__setattr__(self, "t_star_rule", TStarRule(self.t_star_rule))
+        object.__setattr__(self, "sequential", SequentialMethod(self.sequential))
         validate_alpha(self.alpha)
         check_backend_options(self.backend, self.artifacts, self.precision)
         if self.batch_size < 1:
@@ -103,7 +107,7 @@ class JobOptions:
         if self.predict:
             return PredictTask(self.n, self.alpha)
         if self.radius is not None:
-            return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n)
+            return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n, method=self.sequential)
         return CertifyTask(self.n0, self.n, self.alpha)
 
     def smoothing(self, schedule: NoiseSchedule | None) -> SmoothingConfig:

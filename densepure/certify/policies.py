@@ -3,30 +3,54 @@ policy is, :mod:`densepure.engine.policy`; certification implements the ones tha
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from densepure.certify.sequential import SequentialDecision, SequentialPlan, SequentialResult, SequentialTest
+from densepure.certify.boundary import AnyPlan
+from densepure.certify.sequential import SequentialDecision, SequentialResult
 from densepure.engine.policy import DrawRequest, Policy
 from densepure.noise import NoisePhase
 
+LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
+MIN_LOOKAHEAD = 16
+
 
 class SequentialPolicy(Policy):
-    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential`).
+    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential` and
+    :mod:`densepure.certify.boundary`): ``n0`` selection draws, then estimation draws until the plan's
+    test decides.
 
-    Selection draws (n0) and estimation draws run concurrently, but estimation draws are never
-    handed out beyond the next look, and a look is evaluated only once the selection is complete and
-    every estimation draw below the look has its label: the counts at look ``n_i`` are those of
-    draws ``0..n_i-1``, as the validity argument requires. Stopping happens only at planned looks.
+    Validity with the engine's batching: the test sees only the counts at its planned looks, and the
+    counts at look ``n_i`` are those of estimation draws ``0..n_i-1`` exactly, whatever order their
+    labels arrive in. Each draw's label is kept by draw index; a look is evaluated only once the
+    selection is complete and every draw below it has its label, in look order. So decisions are a
+    function of the i.i.d. label sequence and the plan alone, as the plans' guarantees require, and are
+    identical for every batch size and pool size.
+
+    Look-ahead, for latency: estimation draws are handed out up to ``LOOKAHEAD`` (50 %) beyond the next
+    look (at least ``MIN_LOOKAHEAD`` draws, never beyond the plan's ``n_max``), so a dense look schedule
+    does not cost a round trip per look. Draws beyond the stopping look are computed but ignored: the
+    result and the recorded estimation counts are those of draws ``0..n_used-1``. Those extra draws
+    change neither which samples the test reads nor when it stops, only the compute spent.
     """
 
-    def __init__(self, num_classes: int, n0: int, plan: SequentialPlan):
+    def __init__(self, num_classes: int, n0: int, plan: AnyPlan):
         super().__init__(num_classes)
         self.n0, self.plan = int(n0), plan
-        self.issued_sel = self.issued_est = self.done_sel = self.done_est = 0
-        self.test: SequentialTest | None = None
+        self.issued_sel = self.issued_est = self.done_sel = 0
+        self.test = None
         self.selected = -1
+        self.labels = np.full(plan.n_max, -1, dtype=np.int32)  # estimation labels by draw index
+        self.hits = 0  # hits of the selected class among draws 0..evaluated-1
+        self.evaluated = 0
         self._counts(NoisePhase.SELECTION)
         self._counts(NoisePhase.ESTIMATION)
+
+    def _horizon(self) -> int:
+        look = self.test.next_look if self.test is not None else self.plan.looks[0]
+        ahead = max(MIN_LOOKAHEAD, math.ceil(LOOKAHEAD * look))
+        return min(self.plan.n_max, look + ahead)
 
     def _take(self, limit: int) -> list[DrawRequest]:
         if self.result is not None:
@@ -34,25 +58,41 @@ class SequentialPolicy(Policy):
         sel = min(self.n0, self.issued_sel + limit) - self.issued_sel
         out = [DrawRequest(NoisePhase.SELECTION, d) for d in range(self.issued_sel, self.issued_sel + sel)]
         self.issued_sel += sel
-        look = self.test.next_look if self.test is not None else self.plan.looks[0]
-        stop = min(look, self.issued_est + limit - len(out))
+        stop = min(self._horizon(), self.issued_est + limit - len(out))
         out += [DrawRequest(NoisePhase.ESTIMATION, d) for d in range(self.issued_est, stop)]
         self.issued_est = max(self.issued_est, stop)
         return out
 
+    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
+        """Keep estimation labels by draw index (the counts are fixed from the prefix at the stop)."""
+        if request.phase is NoisePhase.ESTIMATION:
+            self.outstanding -= 1
+            if self.result is None:
+                self.labels[request.draw] = label
+                self._advance()
+            return
+        super().record(request, label, prefix_labels)
+
     def _recorded(self, request: DrawRequest) -> None:
-        if request.phase is NoisePhase.SELECTION:
-            self.done_sel += 1
-            if self.done_sel == self.n0:
-                self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
-                self.test = SequentialTest(self.plan, self.selected)
-        else:
-            self.done_est += 1
-        while (self.test is not None and self.test.result is None
-               and self.done_est == self.issued_est == self.test.next_look):
-            n_a = int(self.counts[NoisePhase.ESTIMATION][self.selected])
-            if self.test.update(n_a, self.done_est) is not SequentialDecision.CONTINUE:
-                break
+        self.done_sel += 1
+        if self.done_sel == self.n0:
+            self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
+            self.test = self.plan.start(self.selected)
+            self._advance()
+
+    def _advance(self) -> None:
+        """Evaluate every look whose draws have all arrived, in order, until the test stops."""
+        while self.test is not None and self.test.result is None:
+            look = self.test.next_look
+            arrived = self.labels[self.evaluated:look]
+            if (arrived < 0).any():
+                return
+            self.hits += int(np.count_nonzero(arrived == self.selected))
+            self.evaluated = look
+            if self.test.update(self.hits, look) is not SequentialDecision.CONTINUE:
+                used = self.labels[:look]
+                self.counts[NoisePhase.ESTIMATION] = np.bincount(used, minlength=self.num_classes).astype(np.int64)
+                return
 
     @property
     def result(self) -> SequentialResult | None:
@@ -60,7 +100,8 @@ class SequentialPolicy(Policy):
 
     @property
     def done(self) -> bool:
-        return self.result is not None and self.outstanding == 0
+        """Decided. Look-ahead draws still in flight are dropped by the engine (they are never read)."""
+        return self.result is not None and self.done_sel == self.n0
 
     @property
     def max_draws(self) -> int:

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from densepure.certify.sequential import SequentialDecision, SequentialResult, SequentialTest
+from densepure.certify.sequential import SequentialDecision, SequentialResult
 from densepure.certify.stats import Certificate, Prediction, certify_from_counts, predict_from_counts
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.diffusion import SmoothingConfig
@@ -79,7 +79,7 @@ def certify_sequential(counter: LabelCounter, x: torch.Tensor, image: int, task:
     """
     counts0 = counter.count(x, image, NoisePhase.SELECTION, 0, task.n0)
     label = int(np.argmax(counts0))
-    test = SequentialTest(task.plan(counter.smoothing.sigma), label)
+    test = task.plan(counter.smoothing.sigma).start(label)
     counts = np.zeros(counter.num_classes, dtype=np.int64)
     drawn = 0
     while (look := test.next_look) is not None:

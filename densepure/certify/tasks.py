@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from densepure.certify.boundary import DEFAULT_METHOD, AnyPlan, build_plan
 from densepure.certify.policies import SequentialPolicy
 from densepure.certify.records import ImageRecord, ResultRow
-from densepure.certify.sequential import SequentialPlan, SequentialResult
+from densepure.certify.sequential import SequentialMethod, SequentialResult
 from densepure.certify.stats import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
@@ -88,12 +89,15 @@ class CertifyTask:
 
 @dataclass(frozen=True)
 class SequentialTask:
-    """Sequential certification of ``radius``: ``n0`` selection draws, at most ``n_max`` estimation draws."""
+    """Sequential certification of ``radius``: ``n0`` selection draws, at most ``n_max`` estimation draws,
+    decided by ``method``'s test (:mod:`densepure.certify.boundary`; ``GEOMETRIC`` reproduces runs made
+    before the exact boundary test became the default)."""
 
     n0: int
     radius: float
     alpha: float = 0.001
     n_max: int = 100_000
+    method: SequentialMethod = DEFAULT_METHOD
 
     def __post_init__(self) -> None:
         validate_sample_count("n0", self.n0)
@@ -101,10 +105,15 @@ class SequentialTask:
         validate_alpha(self.alpha)
         if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not self.radius >= 0:
             raise ConfigError(f"radius must be a number >= 0, got {self.radius!r}")
+        try:
+            object.__setattr__(self, "method", SequentialMethod(self.method))
+        except ValueError:
+            raise ConfigError(f"sequential method must be one of {', '.join(m.value for m in SequentialMethod)}, "
+                              f"got {self.method!r}") from None
 
-    def plan(self, sigma: float) -> SequentialPlan:
-        """The looks and levels, fixed before sampling, for the engine's ``sigma``."""
-        return SequentialPlan.geometric(self.radius, sigma, self.alpha, n_max=self.n_max)
+    def plan(self, sigma: float) -> AnyPlan:
+        """The looks and boundaries, fixed before sampling, for the engine's ``sigma``."""
+        return build_plan(self.method, self.radius, sigma, self.alpha, n_max=self.n_max)
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return SequentialPolicy(num_classes, self.n0, self.plan(sigma))
@@ -114,7 +123,8 @@ class SequentialTask:
         if result is None:
             raise ConfigError("a sequential record needs the test's result")
         radius = result.radius_requested if result.certified else 0.0
-        extra = {"decision": result.decision.value, "n_used": result.n_used, "p_a_lower": result.p_a_lower}
+        extra = {"decision": result.decision.value, "n_used": result.n_used, "p_a_lower": result.p_a_lower,
+                 "p_a_upper": result.p_a_upper, "sequential": self.method.value}
         return ImageRecord(row=_row(idx, label, result.label, radius, seconds), n0=self.n0, n=result.n_used,
                            selection_counts=_tuple(counts[NoisePhase.SELECTION]),
                            estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]), extra=extra)

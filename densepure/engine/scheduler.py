@@ -103,19 +103,21 @@ class Scheduler:
         self._order.append(image_slot)
 
     def pop_finished(self) -> list[int]:
-        """Image slots whose policy is done (their slot may be reused)."""
+        """Image slots whose policy is done (their slot may be reused). Work still queued for them (a
+        policy may decide before all the draws it handed out return) is dropped: it is never read."""
         done = [slot for slot, policy in self.images.items() if policy.done]
         for slot in done:
-            del self.images[slot]
-            self._order.remove(slot)
+            self.drop_image(slot)
         return done
 
     def drop_image(self, image_slot: int) -> None:
-        """Forget an image before its policy is done (a cancelled request): its queued rows are removed
-        and its draw slots freed. Call between batches (no batch of it is then in flight)."""
+        """Forget an image: its queued rows are removed and its draw slots freed (a cancelled request, or
+        a decided one with draws still queued). Call between batches (no batch of it is then in flight)."""
         if self.images.pop(image_slot, None) is None:
             return
         self._order.remove(image_slot)
+        if not any(d.image == image_slot for d in self._by_slot.values()):
+            return
         self.unet_ready = deque(item for item in self.unet_ready if item[1].image != image_slot)
         self.starts = deque(d for d in self.starts if d.image != image_slot)
         self.cls_ready = deque(item for item in self.cls_ready if item[0].image != image_slot)
