@@ -37,8 +37,8 @@ from common import machine
 
 from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
 from densepure.certify.records import IfExists
-from densepure.certify.results import open_results
 from densepure.certify.tasks import CertifyTask
+from densepure.certify.writer import open_results
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest

@@ -16,11 +16,11 @@ import torch
 
 from densepure.certify.boundary import DEFAULT_METHOD
 from densepure.certify.records import IfExists, ImageRecord
-from densepure.certify.results import open_results
 from densepure.certify.runner import ProgressHook, run_dataset
 from densepure.certify.sequential import SequentialMethod
 from densepure.certify.stats import validate_alpha
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
+from densepure.certify.writer import open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
 from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, check_backend_options

@@ -17,9 +17,7 @@ redone -- readers keep the last record of each index.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,12 @@ from densepure.certify.records import (
     TSV_COLUMNS,
     TSV_HEADER,
     CorrectColumn,
-    IfExists,
     ImageRecord,
     ResultRow,
     RunHeader,
     Sidecar,
-    Versions,
-    _is_int,
-    _to_json,
 )
-from densepure.errors import ConfigError, InputError
+from densepure.errors import InputError
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -91,6 +85,16 @@ def _read_lines(path: Path) -> tuple[list[str], bool]:
     return lines, not lines or lines[-1].endswith("\n")
 
 
+def _whole_lines(path: Path) -> tuple[list[str], bool]:
+    """The lines of ``path`` that end in a newline, and whether a partial last line was dropped.
+
+    A record is written as one line ending in ``\n``; a last line without it is an interrupted write
+    (a crash, a full disk) even when what is there still parses, so it is never read as a record.
+    """
+    lines, complete = _read_lines(path)
+    return (lines, False) if complete else (lines[:-1], True)
+
+
 def _check_header(lines: list[str], path: Path) -> None:
     if not lines or lines[0].rstrip("\r\n").split("\t") != list(TSV_COLUMNS):
         got = lines[0].rstrip() if lines else "an empty file"
@@ -98,11 +102,10 @@ def _check_header(lines: list[str], path: Path) -> None:
                          f"{TSV_HEADER!r}, got {got!r}")
 
 
-def _parse_body(lines: list[str], complete: bool, path: Path,
-                drop_bad_last: bool = False) -> tuple[list[tuple], int]:
-    """Parse the lines after the header. A bad *last* line is dropped when it is partial (no
-    newline) or when ``drop_bad_last``; any other bad line raises InputError. Returns the parsed
-    fields and how many lines (header included) were kept."""
+def _parse_body(lines: list[str], path: Path, drop_bad_last: bool = False) -> tuple[list[tuple], int]:
+    """Parse the (whole) lines after the header. A bad *last* line is dropped when ``drop_bad_last``;
+    any other bad line raises InputError. Returns the parsed fields and how many lines (header
+    included) were kept."""
     parsed: list[tuple] = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -110,7 +113,7 @@ def _parse_body(lines: list[str], complete: bool, path: Path,
         try:
             parsed.append(_parse_fields(line))
         except InputError as exc:
-            if number == len(lines) and (drop_bad_last or not complete):
+            if number == len(lines) and drop_bad_last:
                 return parsed, number - 1
             raise InputError(f"{str(path)!r}, line {number}: {exc}") from exc
     return parsed, len(lines)
@@ -133,9 +136,9 @@ def read_results(path: str | Path, correct: CorrectColumn = CorrectColumn.AUTO) 
     """Read a result TSV: ours, Cohen's (``H:MM:SS.ffffff`` times, 3-digit radii) or DDS's
     (running-total ``correct``, see :class:`CorrectColumn`). A partial last line is skipped."""
     path = Path(path)
-    lines, complete = _read_lines(path)
+    lines, _ = _whole_lines(path)
     _check_header(lines, path)
-    parsed, _ = _parse_body(lines, complete, path)
+    parsed, _ = _parse_body(lines, path)
     per_row = _correct_per_row([fields[4] for fields in parsed], correct, path)
     rows, seen = [], set()
     for fields, ok in zip(parsed, per_row):
@@ -173,14 +176,14 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _read_jsonl(path: Path, drop_bad_last: bool) -> tuple[list[dict[str, Any]], int]:
     """Records of a JSONL file and the byte length of the valid prefix (a bad or partial last
     line is dropped when ``drop_bad_last``, else it raises InputError)."""
-    lines, _ = _read_lines(path)
+    lines, _ = _whole_lines(path)
     records, kept = [], 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             kept += len(line.encode("utf-8"))
             continue
         try:
-            record = json.loads(line) if line.endswith("\n") else None
+            record = json.loads(line)
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
@@ -208,116 +211,3 @@ def read_sidecar(path: str | Path) -> Sidecar:
         raise InputError(f"sidecar {str(path)!r}: malformed record ({exc!r})") from exc
     resumes = tuple(r.get("created", "") for r in records[1:] if r["record"] == "resume")
     return Sidecar(header, tuple(images.values()), resumes)
-
-
-class ResultWriter:
-    """Appends images to a TSV and its sidecar; make one with :func:`open_results`.
-
-    ``finished`` holds the indices already in the file when it was opened (resume skips them).
-    """
-
-    def __init__(self, path: Path, header: RunHeader, finished: frozenset[int]) -> None:
-        self.path = path
-        self.header = header
-        self.finished = finished
-        self._written: set[int] = set()
-        self._tsv = path.open("a", encoding="utf-8", newline="")
-        self._jsonl = sidecar_path(path).open("a", encoding="utf-8", newline="")
-
-    def write(self, record: ImageRecord) -> None:
-        """Append one image: its sidecar record, then its TSV line in one write, each flushed."""
-        idx = record.row.idx
-        if idx in self.finished or idx in self._written:
-            raise InputError(f"image idx {idx} is already in {str(self.path)!r}")
-        if self._tsv.closed:
-            raise InputError(f"result file {str(self.path)!r} is closed")
-        line = _to_json(record.to_json(), "image record", InputError) + "\n"
-        try:
-            self._jsonl.write(line)
-            self._jsonl.flush()
-            self._tsv.write(record.row.to_line())
-            self._tsv.flush()
-        except OSError as exc:
-            raise InputError(f"cannot write to {str(self.path)!r}: {exc}") from exc
-        self._written.add(idx)
-
-    def close(self) -> None:
-        self._tsv.close()
-        self._jsonl.close()
-
-    def __enter__(self) -> ResultWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def open_results(path: str | Path, config: Mapping[str, Any], seed: int,
-                 if_exists: IfExists = IfExists.RESUME) -> ResultWriter:
-    """Open ``path`` (and ``<path>.jsonl``) to write results; resume an existing run if asked.
-
-    Resuming checks that the sidecar's configuration and seed equal ``config`` and ``seed``
-    (ConfigError naming the differing keys otherwise), drops a partial last line of either file,
-    records the resume in the sidecar, and appends. A file without any finished image restarts.
-    """
-    path = Path(path)
-    if not _is_int(seed):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
-    if not isinstance(if_exists, IfExists):
-        raise ConfigError(f"if_exists must be an IfExists, got {if_exists!r}")
-    config = json.loads(_to_json(dict(config), "config"))
-    header = RunHeader(config, seed, Versions.current(), _now())
-    try:
-        exists = path.exists() and path.stat().st_size > 0
-        if exists and if_exists is IfExists.FAIL:
-            raise InputError(f"result file {str(path)!r} already exists; resume or overwrite it, "
-                             f"or choose another path")
-        if exists and if_exists is IfExists.RESUME:
-            finished = _prepare_resume(path, header)
-            if finished:
-                return ResultWriter(path, header, finished)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(TSV_HEADER + "\n", encoding="utf-8")
-        side = _to_json(header.to_json(), "header") + "\n"
-        sidecar_path(path).write_text(side, encoding="utf-8")
-        return ResultWriter(path, header, frozenset())
-    except OSError as exc:
-        raise InputError(f"cannot open the result file {str(path)!r}: {exc}") from exc
-
-
-def _prepare_resume(path: Path, header: RunHeader) -> frozenset[int]:
-    """Check and trim an existing run; its finished indices (empty: start the file again)."""
-    lines, complete = _read_lines(path)
-    _check_header(lines, path)
-    parsed, kept = _parse_body(lines, complete, path, drop_bad_last=True)
-    if not parsed:
-        return frozenset()
-    side = sidecar_path(path)
-    if not side.exists():
-        raise InputError(f"cannot resume {str(path)!r}: its sidecar {str(side)!r} is missing, so "
-                         f"the configuration cannot be checked; overwrite or use a new file")
-    records, side_kept = _read_jsonl(side, drop_bad_last=True)
-    if not records:
-        raise InputError(f"cannot resume {str(path)!r}: {str(side)!r} has no header record")
-    old = RunHeader.from_json(records[0])
-    _check_same_run(path, old, header)
-    os.truncate(path, len("".join(lines[:kept]).encode("utf-8")))
-    os.truncate(side, side_kept)
-    resume = {"record": "resume", "versions": asdict(header.versions), "created": header.created}
-    with side.open("a", encoding="utf-8", newline="") as handle:
-        handle.write(_to_json(resume, "resume record") + "\n")
-    return frozenset(fields[0] for fields in parsed)
-
-
-def _check_same_run(path: Path, old: RunHeader, new: RunHeader) -> None:
-    differing = list(config_differences(old.config, new.config))
-    if old.seed != new.seed:
-        differing.append("seed")
-    if differing:
-        flat_old, flat_new = _flatten(old.config), _flatten(new.config)
-        flat_old["seed"], flat_new["seed"] = old.seed, new.seed
-        shown = "; ".join(f"{k}: {flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r}"
-                          for k in differing[:5])
-        raise ConfigError(f"cannot resume {str(path)!r}: the configuration differs from the "
-                          f"existing run in {differing} ({shown}); use a new output file or "
-                          f"overwrite, so that results of different runs are not mixed")

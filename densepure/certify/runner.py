@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from densepure.certify.records import ImageRecord
-from densepure.certify.results import ResultWriter
 from densepure.certify.tasks import Task
+from densepure.certify.writer import ResultWriter
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.engine.engine import Engine, ImageRequest
