@@ -70,7 +70,8 @@ def _gn_silu_kernel(x_ptr, out_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, groups, 
         ok = ch_ok[:, None] & (hw < hw_size)[None, :]
         x = tl.load(x_ptr + b * sxb + ch[:, None] * sxc + hw[None, :] * sxhw, mask=ok, other=0.0).to(tl.float32)
         h = (x - mean) * gain[:, None] + offset[:, None]  # centre first: no cancellation when |mean| >> std
-        h = h / (1.0 + tl.exp(-h))
+        e = tl.exp(-tl.abs(h))  # sigmoid without overflow: e in (0, 1]
+        h = h * tl.where(h >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         tl.store(out_ptr + b * sob + ch[:, None] * soc + hw[None, :] * sohw, h.to(out_ptr.dtype.element_ty),
                  mask=ok)
 
