@@ -99,6 +99,14 @@ def _exp32(x, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
+def _dest_row(out_rows_ptr, r, HAS_OUT_ROWS: tl.constexpr):
+    """Row of the output written by call row ``r``: ``out_rows[r]``, or ``r`` itself."""
+    if HAS_OUT_ROWS:
+        return tl.load(out_rows_ptr + r)
+    return r
+
+
+@triton.jit
 def _start_kernel(img_ptr, img_stride, slot_ptr, words_ptr, out_ptr, out_stride, out_rows_ptr, numel,
                   coef_a, coef_b, FORM: tl.constexpr, HAS_OUT_ROWS: tl.constexpr, BLOCK: tl.constexpr,
                   LIBDEVICE: tl.constexpr):
@@ -114,8 +122,7 @@ def _start_kernel(img_ptr, img_stride, slot_ptr, words_ptr, out_ptr, out_stride,
         y = 2.0 * (x + coef_b * z) - 1.0
         if FORM == 0:
             y = coef_a * y
-    dest = tl.load(out_rows_ptr + r) if HAS_OUT_ROWS else r
-    tl.store(out_ptr + dest * out_stride + offs, y, mask=inside)
+    tl.store(out_ptr + _dest_row(out_rows_ptr, r, HAS_OUT_ROWS) * out_stride + offs, y, mask=inside)
 
 
 @triton.jit
@@ -129,8 +136,7 @@ def _spawn_kernel(mean_ptr, mean_stride, std_ptr, std_stride, slot_ptr, words_pt
     mean = tl.load(mean_ptr + slot * mean_stride + offs, mask=inside)
     std = tl.load(std_ptr + slot * std_stride + offs, mask=inside)
     y = mean + std * _normals(words_ptr + r * 6, chunk, BLOCK, LIBDEVICE)
-    dest = tl.load(out_rows_ptr + r) if HAS_OUT_ROWS else r
-    tl.store(out_ptr + dest * out_stride + offs, y, mask=inside)
+    tl.store(out_ptr + _dest_row(out_rows_ptr, r, HAS_OUT_ROWS) * out_stride + offs, y, mask=inside)
 
 
 @triton.jit
