@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def run_script(name: str, *args: str, env: dict | None = None) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -48,3 +48,18 @@ def test_throughput_prints_both_rates_and_their_ratio():
         assert 3 <= row["unet_rows_per_draw"] <= 4  # shared first step + 2 or 3 chains (early exit), 1 step each
     assert "torch" in result["device"]
     assert "official protocol" in stdout and "ratio engine / official" in stdout
+
+
+@pytest.mark.slow
+def test_kernels_benchmark_smoke_compares_torch_and_triton():
+    pytest.importorskip("triton")
+    stdout = run_script("kernels.py", "--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1",
+                        env={"TRITON_INTERPRET": "1"})  # the script's CPU run uses Triton's interpreter
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["kernels"].startswith("triton") and result["compile"] is False
+    for table in ("row_kernels", "norms"):
+        for row in result[table].values():
+            assert set(row) == {"torch", "triton"} and row["triton"]["us"] > 0
+            assert row["triton"]["speedup_vs_eager"] == pytest.approx(row["torch"]["us"] / row["triton"]["us"])
+    assert set(result["unet"]) == {"modules", "fused norms"} and result["unet"]["modules"]["draws_vs_modules"] == 1.0
+    assert "torch/triton" in stdout and "draws/s" in stdout

@@ -8,6 +8,12 @@ Mixed precision (:meth:`UNetModel.set_precision`): convolutions run in fp16/bf16
 the attention softmax, the timestep embedding and the embedding projections stay float32 (x^2
 overflows fp16 above |x| = 256; sinusoid arguments reach ~1000 rad where fp16 spacing is 0.5).
 
+Kernels (:meth:`UNetModel.set_kernels`): every GroupNorm -> [scale-shift ->] SiLU chain (ResBlocks and
+the output head) can run as one fused kernel of :mod:`densepure.kernels`; module names, parameters and
+``state_dict()`` keys do not change, and with no kernels set the modules run exactly as before.
+Attention runs through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA),
+except while exporting to ONNX, where the explicit two-matmul form is kept for the exporters.
+
 Input ``x``: ``(B, C, H, W)`` in the model's [-1, 1] space; ``timesteps``: ``(B,)`` float32 as the
 checkpoint expects them (already rescaled). Output: ``(B, 2C, H, W)`` = ``[eps, v]`` when
 ``learn_sigma``, in the compute dtype.
@@ -16,12 +22,20 @@ checkpoint expects them (already rescaled). Output: ``(B, 2C, H, W)`` = ``[eps, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from densepure.models.unet_config import UNetConfig
+
+if TYPE_CHECKING:
+    from densepure.kernels import Kernels
+
+# (x, weight, bias, groups, eps, scale, shift) -> SiLU(GroupNorm(x) [* (1 + scale) + shift])
+NormSiLU = Callable[..., torch.Tensor]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -46,6 +60,17 @@ class GroupNorm32(nn.GroupNorm):
 
 def _norm(channels: int, groups: int) -> GroupNorm32:
     return GroupNorm32(min(groups, channels), channels)
+
+
+def norm_silu(norm: GroupNorm32, x: torch.Tensor, fused: NormSiLU | None, scale: torch.Tensor | None = None,
+              shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``SiLU(norm(x) [* (1 + scale) + shift])``: the modules' ops, or ``fused`` with the norm's parameters."""
+    if fused is not None:
+        return fused(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift)
+    h = norm(x)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h)
 
 
 class TimestepSequential(nn.Sequential):
@@ -105,25 +130,26 @@ class ResBlock(nn.Module):
         )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
+        self.fused_norm_silu: NormSiLU | None = None  # a plain attribute: not in state_dict
         if out_channels == channels:
             self.skip_connection: nn.Module = nn.Identity()
         else:
             self.skip_connection = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = norm_silu(self.in_layers[0], x, self.fused_norm_silu)
         if self.updown:
-            h = self.in_layers[:-1](x)
             h = self.in_layers[-1](self.h_upd(h))
             x = self.x_upd(x)
         else:
-            h = self.in_layers(x)
+            h = self.in_layers[-1](h)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = norm_silu(self.out_layers[0], h, self.fused_norm_silu, scale, shift)
         else:
-            h = self.out_layers(h + emb_out)
+            h = norm_silu(self.out_layers[0], h + emb_out, self.fused_norm_silu)
+        h = self.out_layers[3](self.out_layers[2](h))  # dropout, conv
         return self.skip_connection(x) + h
 
 
@@ -159,11 +185,21 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         flat = x.reshape(b, c, -1)
         q, k, v = self._split_heads(self.qkv(self.norm(flat)))
-        scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        weight = torch.softmax(weight.float(), dim=-1).to(q.dtype)
-        h = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
-        return (flat + self.proj_out(h)).reshape(b, c, *spatial)
+        if torch.onnx.is_in_onnx_export():
+            h = _attention_matmuls(q, k, v)
+        else:  # (B*heads, ch, T) -> (B*heads, T, ch) and back; softmax in float32 inside the fused kernels
+            h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            h = h.transpose(1, 2)
+        return (flat + self.proj_out(h.reshape(b, c, -1))).reshape(b, c, *spatial)
+
+
+def _attention_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q^T k / sqrt(ch)) v`` as two einsums with a float32 softmax, q and k each scaled by
+    ``ch^(-1/4)`` (fp16-safe); ``(B*heads, ch, T)`` in and out. The form ONNX export keeps."""
+    scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
+    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    weight = torch.softmax(weight.float(), dim=-1).to(q.dtype)
+    return torch.einsum("bts,bcs->bct", weight, v)
 
 
 class UNetModel(nn.Module):
@@ -215,13 +251,14 @@ class UNetModel(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
         self.compute_dtype = torch.float32
+        self.fused_norm_silu: NormSiLU | None = None
 
     def _attention(self, ch: int, heads: int) -> AttentionBlock:
         cfg = self.config
         legacy = not bool(cfg.extra.get("use_new_attention_order", False))
         return AttentionBlock(ch, heads, cfg.num_head_channels, cfg.num_groups, legacy_order=legacy)
 
-    def set_precision(self, dtype: torch.dtype) -> "UNetModel":
+    def set_precision(self, dtype: torch.dtype) -> UNetModel:
         """Run convolutions in ``dtype`` (float32, float16 or bfloat16); norms, softmax and embeddings stay float32."""
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"unsupported precision {dtype}")
@@ -231,6 +268,16 @@ class UNetModel(nn.Module):
             elif isinstance(module, (nn.GroupNorm, nn.Linear)):
                 module.float()
         self.compute_dtype = dtype
+        return self
+
+    def set_kernels(self, kernels: Kernels | None) -> UNetModel:
+        """Run every GroupNorm -> [scale-shift ->] SiLU chain through ``kernels.group_norm_silu``
+        (:func:`densepure.kernels.resolve_kernels`), or through the modules again with None."""
+        fused = kernels.group_norm_silu if kernels is not None else None
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                module.fused_norm_silu = fused
+        self.fused_norm_silu = fused
         return self
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -243,7 +290,7 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        return self.out[-1](norm_silu(self.out[0], h, self.fused_norm_silu))
 
     def eps_and_var(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's seam: float32 ``(eps, v)`` halves of the output, each ``(B, C, H, W)``."""
