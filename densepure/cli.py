@@ -43,50 +43,50 @@ def _cache_dir(explicit: str | None) -> str:
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
+    from densepure.certify.analyze import check_plot_path, default_plot_path
     from densepure.certify.job import prepare, run
-    from densepure.cli_certify import options_from_args, progress_hook, summarize_run
+    from densepure.cli_certify import BarProgress, options_from_args, summarize_run
 
     predict = args.command == "predict"
     if args.backend == "tensorrt":
         args.cache_dir = _cache_dir(args.cache_dir)
-    job = prepare(options_from_args(args, predict))
-    opts = job.options
+    options = options_from_args(args, predict)
+    outputs = [options.output, *(options.prefix_output(k) for k in options.also_chains)]
+    plot = None if predict else check_plot_path(args.plot or default_plot_path(options.output), outputs)
+    job = prepare(options)
     print(job.describe(args.command), file=sys.stderr)
-    hook, close = progress_hook(len(job.indices))
-    try:
-        output, _ = run(job, hook)
-    finally:
-        close()
+    with BarProgress(job.task) as progress:
+        output, _ = run(job, progress)
     if predict:
-        for path in (output, *(opts.prefix_output(k) for k in opts.also_chains)):
+        for path in outputs:
             print(f"results: {path} (sidecar {path}.jsonl)")
         return 0
-    also = tuple(opts.prefix_output(k) for k in opts.also_chains)
-    for line in summarize_run(output, args.plot, also=also):
+    for line in summarize_run(output, plot, also=tuple(outputs[1:])):
         print(line)
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from densepure.certify.analyze import (
-        check_radii,
+        check_plot_path,
         load_run,
         markdown_table,
         paired_markdown,
+        parse_radii,
         plot_certified_accuracy,
         summarize,
     )
 
-    radii = check_radii(tuple(float(r) for r in args.radii.split(",")))
+    radii = parse_radii(args.radii)
     if args.paired and len(args.results) < 2:
         raise ConfigError("--paired compares the other result files with the first: give at least two")
+    plot = check_plot_path(args.plot, args.results) if args.plot else None
     runs = [load_run(p) for p in args.results]  # each file read once, for the table, pairing and plot
     print(markdown_table([summarize(run, radii) for run in runs]))
     if args.paired:
         print(paired_markdown(runs[0], runs[1:]))
-    if args.plot:
-        plot = plot_certified_accuracy(runs, args.plot)
-        print(f"plot: {plot}")
+    if plot is not None:
+        print(f"plot: {plot_certified_accuracy(runs, plot)}")
     return 0
 
 
@@ -177,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error is one line and exit 2, Ctrl-C at any moment (imports and model
+    loading included) is one line and exit 130."""
+    try:
+        return _main(argv)
+    except DensePureError as exc:
+        print(f"densepure: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("densepure: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -187,14 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except DensePureError as exc:
-        print(f"densepure: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("densepure: interrupted", file=sys.stderr)
-        return 130
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

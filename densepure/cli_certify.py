@@ -10,6 +10,7 @@ from densepure.certify.boundary import DEFAULT_METHOD
 from densepure.certify.sequential import SequentialMethod
 from densepure.diffusion import Mode, TStarRule
 from densepure.engine.backends.select import BackendKind
+from densepure.kernels import CompileMode, KernelChoice
 from densepure.precision import Precision
 
 
@@ -52,6 +53,13 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call; on CUDA lowered to what fits in free memory (default: 500)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    g.add_argument("--kernels", default="auto", choices=[k.value for k in KernelChoice],
+                   help="the engine's per-row kernels (noise, start, reverse step; and the UNet's GroupNorm+SiLU on "
+                        "CUDA): auto (Triton on CUDA when importable, torch otherwise), torch or triton; the choice "
+                        "made is recorded in the sidecar (default: auto)")
+    g.add_argument("--compile", choices=[m.value for m in CompileMode],
+                   help="torch backend: torch.compile the UNet and the classifier in this mode (composed with the "
+                        "CUDA graphs); the first call of each batch size compiles")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
     g.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
@@ -92,36 +100,68 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         predict=predict, batch_size=args.batch_size, device=args.device,
         precision=Precision(args.precision), backend=BackendKind(args.backend), artifacts=args.artifacts,
         cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
+        kernels=KernelChoice(args.kernels), compile=CompileMode(args.compile) if args.compile else None,
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite,
     )
 
 
-def progress_hook(total: int):
-    """A tqdm bar over images with draws/s; returns (hook, close)."""
-    from tqdm import tqdm
+class BarProgress:
+    """One tqdm bar over the run's draws (its total known for fixed-n tasks: ETA), moving after every
+    engine step, so a long image shows progress; the postfix has draws/s and images done."""
 
-    bar = tqdm(total=total, unit="img", dynamic_ncols=True)
-    state = {"draws": 0, "start": time.perf_counter()}
+    def __init__(self, task):
+        self.per_image = _draws_per_image(task)
+        self.bar = None
+        self.images = self.done = 0
+        self.start_time = time.perf_counter()
 
-    def hook(record, draws: int) -> None:
-        state["draws"] += draws
-        rate = state["draws"] / max(time.perf_counter() - state["start"], 1e-9)
-        bar.set_postfix_str(f"{rate:,.0f} draws/s, last: label {record.row.label} -> {record.row.predict} "
-                            f"r={record.row.radius:.3f}")
-        bar.update(1)
+    def __enter__(self) -> BarProgress:
+        return self
 
-    return hook, bar.close
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def start(self, images: int) -> None:
+        from tqdm import tqdm
+
+        self.images = images
+        total = images * self.per_image if self.per_image else None
+        self.bar = tqdm(total=total, unit="draw", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
+        self._postfix()
+
+    def step(self, stats) -> None:
+        if self.bar is not None and stats.draws > self.bar.n:
+            self.bar.update(stats.draws - self.bar.n)
+
+    def image(self, record, draws: int) -> None:
+        self.done += 1
+        self._postfix(f", last: label {record.row.label} -> {record.row.predict} r={record.row.radius:.3f}")
+
+    def _postfix(self, last: str = "") -> None:
+        rate = (self.bar.n if self.bar is not None else 0) / max(time.perf_counter() - self.start_time, 1e-9)
+        self.bar.set_postfix_str(f"images {self.done}/{self.images}, {rate:,.0f} draws/s{last}")
 
 
-def summarize_run(output: Path, plot: str | None, radii=(0.0, 0.25, 0.5, 0.75, 1.0),
+def _draws_per_image(task) -> int | None:
+    """Draws one image takes under ``task`` when fixed in advance (None for sequential tasks)."""
+    from densepure.certify.tasks import CertifyTask, PredictTask
+
+    if isinstance(task, CertifyTask):
+        return task.n0 + task.n
+    if isinstance(task, PredictTask):
+        return task.n
+    return None
+
+
+def summarize_run(output: Path, plot: Path, radii=(0.0, 0.25, 0.5, 0.75, 1.0),
                   also: tuple[Path, ...] = ()) -> list[str]:
     """The certified-accuracy table of the run (and its ``--also-K`` files), and the plot's path."""
     from densepure.certify.analyze import load_run, markdown_table, plot_certified_accuracy, summarize
 
     runs = [load_run(path) for path in (output, *also)]
-    plot_path = Path(plot) if plot else output.with_suffix(".png")
-    plot_certified_accuracy(runs, plot_path)
+    plot_path = plot_certified_accuracy(runs, plot)
     lines = [markdown_table([summarize(run, radii) for run in runs]), f"results: {output} (sidecar {output}.jsonl)"]
     lines += [f"         {path} (sidecar {path}.jsonl)" for path in also]
     return [*lines, f"plot:    {plot_path}"]

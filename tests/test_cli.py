@@ -76,6 +76,21 @@ def test_export_writes_checked_onnx_for_digits(capsys, tmp_path):
     assert list((tmp_path / "a").rglob("*.onnx")), out
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--opset", "99"], "opset must be in 21.."),
+    (["--opset", "20"], "opset must be in 21.."),
+    (["--out", "FILE"], "--out must be a directory"),
+    (["--out", "FILE/sub"], "cannot create the export directory"),
+])
+def test_export_errors_are_one_line_and_write_nothing(capsys, tmp_path, argv, message):
+    (tmp_path / "FILE").write_text("not a directory")
+    argv = [a.replace("FILE", str(tmp_path / "FILE")) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "art")]
+    code, _, err = run_cli(capsys, "export", "--precision", "fp32", *argv, *out)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "art").exists() and (tmp_path / "FILE").read_text() == "not a directory"
+
+
 def test_build_without_tensorrt_is_one_line(capsys, tmp_path):
     try:
         import tensorrt  # noqa: F401

@@ -36,7 +36,7 @@ def test_also_k_equals_separate_runs(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--mode", "onestep", "--also-K", "1"], "--also-K needs --mode densepure"),
+    (["--mode", "onestep", "--also-K", "1"], "--mode densepure"),
     (["--K", "5", "--also-K", "1", "--radius", "0.25"], "--also-K needs --mode densepure"),
     (["--K", "5", "--also-K", "4"], "chain prefixes [4] out of range"),
 ])

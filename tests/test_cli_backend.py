@@ -114,6 +114,8 @@ def _edit_manifest(directory, name, **source):
     ("checkpoint", ("--backend", "onnxruntime"), "exported from another checkpoint"),
     ("classifier", ("--backend", "onnxruntime"), "exported from classifier 'hf:/models/vit'"),
     ("bytes", ("--backend", "onnxruntime", "--mode", "gaussian"), "does not match its manifest's sha256"),
+    ("deleted", ("--backend", "onnxruntime"), "cannot read the exported graph"),
+    ("swapped", ("--backend", "onnxruntime"), "is not the graph its manifest describes"),
     ("copy", ("--backend", "tensorrt"), "TensorRT is not installed"),
 ])
 def test_artifact_errors_are_one_line_before_any_result(capsys, tmp_path, request, setup, argv, message):
@@ -136,6 +138,14 @@ def test_artifact_errors_are_one_line_before_any_result(capsys, tmp_path, reques
         elif setup == "bytes":
             with open(copy / "classifier-fp32.onnx", "ab") as f:
                 f.write(b"\0")
+        elif setup == "deleted":
+            (copy / "unet-fp32.onnx").unlink()
+        elif setup == "swapped":  # the classifier graph in the UNet's place, its manifest's sha256 updated to match
+            (copy / "unet-fp32.onnx").write_bytes((copy / "classifier-fp32.onnx").read_bytes())
+            path = manifest_path_for(copy / "unet-fp32.onnx")
+            raw = json.loads(path.read_text())
+            raw["onnx_sha256"] = onnx_sha256(copy / "unet-fp32.onnx")
+            path.write_text(json.dumps(raw))
     output = tmp_path / "r.tsv"
     code, out, err = run_cli(capsys, "certify", *COMMON, *argv, *flags, "--output", str(output))
     assert code == 2, err
@@ -171,11 +181,20 @@ ORIN = MachineInfo("10.3.0", "Orin", (8, 7), "Linux-aarch64")
 
 @pytest.fixture
 def graph(tmp_path):
-    """A stand-in fp16 UNet ONNX file with its manifest (engines are keyed by these bytes)."""
+    """A stand-in UNet ONNX graph (the UNet's inputs and outputs, identity inside) with its manifest
+    (engines are keyed by these bytes)."""
+    import onnx
+    from onnx import TensorProto, helper
+
     path = tmp_path / "export" / "unet-fp16.onnx"
     path.parent.mkdir()
-    path.write_bytes(b"stand-in graph")
     image = ("batch", 3, 32, 32)
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(image)) for n in ("x", "eps", "v")]
+    t = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"])
+    nodes = [helper.make_node("Identity", ["x"], ["eps"]), helper.make_node("Identity", ["x"], ["v"])]
+    model = helper.make_model(helper.make_graph(nodes, "stand_in", [spec[0], t], spec[1:]),
+                              opset_imports=[helper.make_opsetid("", 21)])
+    onnx.save_model(model, str(path))
     manifest = ArtifactManifest(ArtifactKind.UNET, ArtifactFormat.ONNX, Precision.FP16, 21, onnx_sha256(path),
                                 (TensorSpec("x", "float32", image), TensorSpec("t", "float32", ("batch",))),
                                 (TensorSpec("eps", "float32", image), TensorSpec("v", "float32", image)),

@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "kernels": {"noise", "diffusion"},
     "engine": {"diffusion", "noise", "kernels", "models", "artifacts"},
     "export": {"models", "artifacts", "diffusion"},
-    "certify": {"engine", "diffusion", "noise", "models", "data"},
+    "certify": {"engine", "diffusion", "noise", "models", "data", "kernels"},
     "serve": {"certify", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
     "distributed": {"certify", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
     "doctor": {"engine", "kernels", "artifacts", "models"},

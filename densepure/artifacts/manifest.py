@@ -290,3 +290,40 @@ def verify_onnx(path: str | Path, manifest: "ArtifactManifest") -> str:
         raise ArtifactError(f"{p} does not match its manifest's sha256 ({sha[:12]}... != "
                             f"{manifest.onnx_sha256[:12]}...): export it again (`densepure export ...`)")
     return sha
+
+
+_ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def verify_graph_signature(path: str | Path, manifest: "ArtifactManifest") -> None:
+    """:class:`ArtifactError` unless the ONNX graph at ``path`` has the manifest's inputs and outputs (names,
+    ranks, static sizes, float32 at the boundary). Reads the graph's structure only (no weights), so a graph
+    swapped together with its manifest's sha256 is refused before anything runs."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ArtifactError("reading exported graphs needs 'onnx': pip install 'densepure[onnx]'") from exc
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors
+        raise ArtifactError(f"{path} is not a readable ONNX graph ({type(exc).__name__}): export it again") from exc
+    initializers = {i.name for i in graph.initializer}
+    for kind, got, want in (("inputs", [i for i in graph.input if i.name not in initializers], manifest.inputs),
+                            ("outputs", list(graph.output), manifest.outputs)):
+        problem = _signature_problem(kind, got, want)
+        if problem:
+            raise ArtifactError(f"{path} is not the graph its manifest describes ({problem}): export it again "
+                                "(`densepure export ...`)")
+
+
+def _signature_problem(kind: str, got, want) -> str | None:
+    if [g.name for g in got] != [w.name for w in want]:
+        return f"{kind} {[g.name for g in got]} instead of {[w.name for w in want]}"
+    for g, w in zip(got, want):
+        tensor = g.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else BATCH for d in tensor.shape.dim]
+        if len(dims) != len(w.shape) or any(a != b for a, b in zip(dims[1:], w.shape[1:])):
+            return f"{g.name} has shape {dims}, the manifest says {list(w.shape)}"
+        if tensor.elem_type != _ONNX_FLOAT:
+            return f"{g.name} is not float32"
+    return None

@@ -177,18 +177,62 @@ def accuracy_curve(run: Run, radii: np.ndarray) -> np.ndarray:
     return at_least / len(run.rows)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parse_radii(text: str) -> tuple[float, ...]:
+    """``"0,0.25,0.5"`` -> ``(0.0, 0.25, 0.5)``, or a ConfigError that says what was wrong."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        values = tuple(float(part) for part in parts if part)
+    except ValueError:
+        raise ConfigError(f"radii must be comma-separated numbers such as 0,0.25,0.5, got {text!r}") from None
+    return check_radii(values)
+
+
+def default_plot_path(output: str | Path) -> Path:
+    """Where a run's plot goes by default: beside its result file, never onto it."""
+    output = Path(output)
+    plot = output.with_suffix(".png")
+    return plot if plot != output else output.with_name(output.name + ".png")
+
+
+def check_plot_path(path: str | Path, protected: Sequence[str | Path] = ()) -> Path:
+    """``path`` if a plot may be written there: it ends in ``.png``, it is none of the ``protected`` files
+    (result files and their sidecars), and anything already there is a PNG. A plot never overwrites results."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"a plot path must end in .png, got {str(path)!r}")
+    guarded = {Path(p).resolve() for p in protected} | {Path(f"{p}.jsonl").resolve() for p in protected}
+    if path.resolve() in guarded:
+        raise ConfigError(f"{str(path)!r} is a result file of this run: choose another plot path")
+    if path.is_dir():
+        raise ConfigError(f"the plot path {str(path)!r} is a directory")
+    if path.exists():
+        try:
+            with path.open("rb") as handle:
+                is_png = handle.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+        except OSError as exc:
+            raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+        if not is_png:
+            raise ConfigError(f"{str(path)!r} exists and is not a PNG: refusing to overwrite it with a plot")
+    return path
+
+
 def plot_certified_accuracy(runs: Sequence[Run], out_path: str | Path,
                             max_radius: float | None = None, points: int = 512) -> Path:
     """Write a PNG of certified accuracy against radius, one labelled curve per run.
 
     Uses matplotlib's Agg canvas directly (headless, and no global backend switch).
-    ``max_radius`` defaults to 5 % beyond the largest radius of any run (at least 0.1).
+    ``max_radius`` defaults to 5 % beyond the largest radius of any run (at least 0.1). The path is
+    checked first (:func:`check_plot_path`): a plot never replaces anything but a PNG.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not runs:
         raise ConfigError("plot_certified_accuracy needs at least one run, got none")
+    out_path = check_plot_path(out_path)
     if points < 2:
         raise ConfigError(f"points must be >= 2, got {points}")
     if max_radius is None:

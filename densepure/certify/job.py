@@ -1,134 +1,38 @@
-"""A certification job: options -> models, data and engine -> result file -> summary.
+"""A certification job: options -> data, checks, models and engine -> result file -> summary.
 
-The CLI builds :class:`JobOptions` from argv and calls :func:`prepare` and :func:`run`; library
-users can do the same. Defaults are the embedded digits preset, so a job with no options runs.
-Everything that needs no model is validated when the options are built, before any model loads.
+The CLI builds :class:`~densepure.certify.options.JobOptions` and calls :func:`prepare` and :func:`run`;
+library users can do the same. :func:`prepare` checks everything that needs no model first (the data,
+its shape, the output files and whether they can be resumed) and only then loads the models, so a
+mistake costs a second, not a model load, and no result file is created before the run can start.
+
+Resume identity is content, not paths: the sidecar records the sha256 of the data, the diffusion
+checkpoint and the classifier's files (and, for exported backends, the graphs' manifests), so a file
+replaced at the same path cannot be mixed into a run.
 """
 
 from __future__ import annotations
 
 import secrets
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from densepure.certify.boundary import DEFAULT_METHOD
+from densepure.certify.options import JobOptions
 from densepure.certify.records import IfExists, ImageRecord
-from densepure.certify.runner import ProgressHook, run_dataset
-from densepure.certify.sequential import SequentialMethod
-from densepure.certify.stats import validate_alpha
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
-from densepure.certify.writer import open_results
+from densepure.certify.runner import Progress, run_dataset
+from densepure.certify.tasks import Task
+from densepure.certify.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
-from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
-from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, check_backend_options
+from densepure.diffusion import Mode
+from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.errors import ConfigError, DensePureError
 from densepure.precision import Precision
 
-# settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
-# cache are keyed by content)
-_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs")
-
-
-# Unset options take the preset's defaults. digits, from benchmarks/results/table1_digits.md (100 test
-# images, N=10,000): at sigma=0.25 DensePure b=2 reaches ACR 0.535 / 0.567 / 0.582 with K = 1 / 3 / 10,
-# so K=10; sigma=0.5 loses accuracy at every radius the main job can certify. n=1000 allows radii up to
-# 0.62 (sigma * PhiInv(alpha ** (1/n))) and keeps the job near a minute on 2 CPU cores (20 images spread
-# over the test split). Real checkpoints: the papers' protocol (N0=100, N=100,000, K=10, b=2).
-PRESET_DEFAULTS = {
-    "digits": {"sigma": 0.25, "n0": 50, "n": 1000, "num_chains": 10, "steps": 2, "skip": 22, "max": 20},
-    None: {"sigma": 0.25, "n0": 100, "n": 100_000, "num_chains": 10, "steps": 2, "skip": 1, "max": -1},
-}
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """Every user-level setting of a certify/predict job (CLI flags map one to one)."""
-
-    preset: str = "digits"
-    checkpoint: str | None = None
-    classifier: str = "digits"
-    data: str | None = None
-    mode: Mode = Mode.DENSEPURE
-    sigma: float | None = None
-    n0: int | None = None
-    n: int | None = None
-    alpha: float = 0.001
-    num_chains: int | None = None
-    steps: int | None = None
-    t_star_rule: TStarRule = TStarRule.AUTO
-    radius: float | None = None
-    sequential: SequentialMethod = DEFAULT_METHOD  # the test --radius runs
-    predict: bool = False
-    batch_size: int = 500
-    device: str = "auto"
-    precision: Precision = Precision.FP32
-    backend: BackendKind = BackendKind.TORCH
-    artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
-    cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
-    cuda_graphs: bool = True  # torch on CUDA: bucketed CUDA graphs
-    also_chains: tuple[int, ...] = ()  # densepure, fixed N: also write the k-chain results (first k chains)
-    seed: int | None = None
-    output: str = "runs/certify.tsv"
-    skip: int | None = None
-    max: int | None = None
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        defaults = PRESET_DEFAULTS.get(self.preset, PRESET_DEFAULTS[None])
-        for key, value in defaults.items():
-            if getattr(self, key) is None and not (key == "n0" and self.predict):
-                object.__setattr__(self, key, value)
-        object.__setattr__(self, "mode", Mode.parse(self.mode))
-        object.__setattr__(self, "precision", Precision.parse(self.precision))
-        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
-        object.__setattr__(self, "t_star_rule", TStarRule(self.t_star_rule))
-        object.__setattr__(self, "sequential", SequentialMethod(self.sequential))
-        validate_alpha(self.alpha)
-        check_backend_options(self.backend, self.artifacts, self.precision)
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.predict and self.n0 is not None:
-            raise ConfigError("predict draws no selection samples: n0 applies to certify only")
-        object.__setattr__(self, "also_chains", tuple(sorted({int(k) for k in self.also_chains})))
-        if self.also_chains and (self.mode is not Mode.DENSEPURE or self.radius is not None):
-            raise ConfigError("--also-K needs --mode densepure with a fixed N (not --radius): the k-chain counts "
-                              "are read from the same draws")
-        if self.radius is not None and self.predict:
-            raise ConfigError("--radius (sequential certification) and --predict exclude each other")
-        self.task()  # n0, n, alpha, radius: checked now, before any model loads
-
-    def task(self) -> Task:
-        """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
-        if self.predict:
-            return PredictTask(self.n, self.alpha)
-        if self.radius is not None:
-            return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n, method=self.sequential)
-        return CertifyTask(self.n0, self.n, self.alpha)
-
-    def smoothing(self, schedule: NoiseSchedule | None) -> SmoothingConfig:
-        """The one smoothing configuration of the job (``schedule``: the preset's, for every mode but gaussian)."""
-        chains = self.num_chains if self.mode is Mode.DENSEPURE else 1
-        steps = self.steps if self.mode is Mode.DENSEPURE else 1
-        return SmoothingConfig(self.mode, self.sigma, chains, steps, self.t_star_rule,
-                               schedule if self.mode is not Mode.GAUSSIAN else None)
-
-    def record(self) -> dict:
-        """The configuration written to the sidecar and compared on resume."""
-        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
-
-    def prefix_record(self, k: int) -> dict:
-        """The configuration of the ``k``-chain results read from this run (see :meth:`prefix_output`)."""
-        return {**self.record(), "num_chains": k, "also_chains": [], "computed_as": f"first {k} of {self.num_chains} chains"}
-
-    def prefix_output(self, k: int) -> Path:
-        """``runs/certify.tsv`` -> ``runs/certify.K1.tsv`` for ``k = 1``."""
-        path = Path(self.output)
-        return path.with_name(f"{path.stem}.K{k}{path.suffix}")
+__all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
 
 
 @dataclass
@@ -139,6 +43,7 @@ class Job:
     indices: list[int]
     task: Task
     seed: int
+    record: dict  # the sidecar configuration: options, resolved kernels, content hashes
 
     def describe(self, command: str = "certify") -> str:
         """One line: what the job runs, with which seed, where."""
@@ -148,19 +53,32 @@ class Job:
                                                                      else "")
         return (f"{command}: {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
                 f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={o.backend.value} "
-                f"precision={o.precision.value}")
+                f"precision={o.precision.value} kernels={self.engine.kernels.name}")
+
+    def prefix_record(self, k: int) -> dict:
+        """The configuration of the ``k``-chain results read from this run."""
+        return {**self.record, "num_chains": k, "also_chains": [],
+                "computed_as": f"first {k} of {self.options.num_chains} chains"}
+
+    def outputs(self) -> list[tuple[Path, dict]]:
+        """Every result file of the job with its configuration: the main one, then each ``--also-K``."""
+        o = self.options
+        return [(Path(o.output), self.record), *((o.prefix_output(k), self.prefix_record(k)) for k in o.also_chains)]
 
 
-def _dataset(options: JobOptions) -> Dataset:
+def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
+    """The data and the file or directory it was read from (for its content hash)."""
     if options.data is not None:
-        return open_dataset(options.data)
+        return open_dataset(options.data), Path(options.data)
     if options.preset != "digits":
         raise ConfigError(f"preset {options.preset!r} needs --data (a CIFAR-10 batch, an image folder, .npz or image)")
     from densepure.data.arrays import ArrayDataset
     from densepure.models.digits import load_digits_test_split
+    from densepure.models.presets import digits_asset_path
 
     images, labels = load_digits_test_split()
-    return ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10)
+    dataset = ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10)
+    return dataset, digits_asset_path("test_split.npz")
 
 
 def _resumed_seed(options: JobOptions) -> int:
@@ -175,57 +93,120 @@ def _resumed_seed(options: JobOptions) -> int:
     return secrets.randbits(63)
 
 
+def _check_shape(options: JobOptions, dataset: Dataset, source: Path) -> tuple[int, int, int]:
+    from densepure.models import get_preset
+
+    cfg = get_preset(options.preset).unet_config
+    want = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    got = tuple(int(d) for d in dataset[0][0].shape)
+    if got != want:
+        raise ConfigError(f"images must be (N, {', '.join(map(str, want))}) for preset {options.preset}, got "
+                          f"(N, {', '.join(map(str, got))}) from {source}")
+    return want
+
+
+def content_hashes(options: JobOptions, data_source: Path) -> dict[str, object]:
+    """sha256 of what the results are computed from: the data, the checkpoint, the classifier, the graphs."""
+    from densepure.hashing import tree_sha256
+    from densepure.models import resolve_checkpoint
+    from densepure.models.sources import ClassifierSpec, classifier_source_path
+
+    content: dict[str, object] = {"data": tree_sha256(data_source)}
+    if options.backend is BackendKind.TORCH:
+        if options.mode is not Mode.GAUSSIAN:
+            content["checkpoint"] = tree_sha256(resolve_checkpoint(options.preset, options.checkpoint))
+        content["classifier"] = tree_sha256(classifier_source_path(ClassifierSpec.parse(options.classifier)))
+    else:
+        graphs = sorted(Path(options.artifacts).glob("*.manifest.json"))
+        content["artifacts"] = {p.name: tree_sha256(p) for p in graphs}
+    return content
+
+
 def prepare(options: JobOptions) -> Job:
-    """Load models and data and build the engine; nothing is written yet."""
+    """Check the data and the outputs, then load the models and build the engine; nothing is written yet."""
+    from densepure.kernels import resolve_kernels
+
     seed = options.seed if options.seed is not None else _resumed_seed(options)
     options = replace(options, seed=seed)
-    dataset = _dataset(options)
+    dataset, source = _dataset(options)
     if not len(dataset):
-        raise ConfigError("the dataset is empty")
+        raise ConfigError(f"the dataset {source} is empty")
     indices = select_indices(len(dataset), options.skip, options.max)
-    engine = build_engine(options, tuple(dataset[0][0].shape), dataset.num_classes)
-    return Job(options, engine, dataset, indices, options.task(), seed)
+    if not indices:
+        raise ConfigError(f"--skip {options.skip} --max {options.max} select no image of {len(dataset)}")
+    shape = _check_shape(options, dataset, source)
+    kernels = resolve_kernels(options.kernels, resolve_device(options.device))
+    record = {**options.record(), "kernels": kernels.name, "content": content_hashes(options, source)}
+    draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
+    mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
+    for path, config in draft.outputs():
+        check_results(path, config, seed, mode)
+    engine = build_engine(options, shape, dataset.num_classes)
+    return replace(draft, engine=engine)
 
 
 def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None) -> Engine:
-    """The engine for ``options``' models, backend, precision and device, for images of ``image_shape``.
+    """The engine for ``options``' models, backend, precision, kernels and device, for images of ``image_shape``.
 
     ``num_classes`` is used when the classifier does not say (a dataset's class count). Shared by the
     dataset job, the server and cluster workers, so all of them run exactly the same models.
     """
-    from densepure.engine.backends.select import make_backends
-    from densepure.hashing import file_sha256
-    from densepure.models import build_unet, get_preset, resolve_checkpoint
+    from densepure.kernels import resolve_kernels
+    from densepure.models import get_preset
     from densepure.models.sources import ClassifierSpec, load_classifier
 
     preset = get_preset(options.preset)
     smoothing = options.smoothing(preset.schedule)
-    spec = ClassifierSpec.parse(options.classifier)
     device = resolve_device(options.device)
-    classifier = load_classifier(spec, device)
+    kernels = resolve_kernels(options.kernels, device)
+    classifier = load_classifier(ClassifierSpec.parse(options.classifier), device)
     torch_backend = options.backend is BackendKind.TORCH
     if torch_backend and options.precision is not Precision.FP32:
         classifier.set_precision(options.precision.dtype)  # the classifier is most of the work for ViT-sized models
-    num_classes = classifier.num_classes or num_classes
-    if num_classes is None:
+    classes = classifier.num_classes or num_classes
+    if classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")
-    denoiser = checkpoint = None
-    if smoothing.needs_denoiser:
-        checkpoint = resolve_checkpoint(preset, options.checkpoint)
-        if torch_backend:  # exported backends run the graphs, not the checkpoint
-            denoiser = build_unet(preset, checkpoint, device, options.precision.dtype)
+    if num_classes is not None and classifier.num_classes is not None and classifier.num_classes < num_classes:
+        raise ConfigError(f"the classifier has {classifier.num_classes} classes but the data has {num_classes}: "
+                          "its labels could never be predicted")
+    denoiser, checkpoint = _denoiser(options, preset, smoothing.needs_denoiser, device, kernels)
     shape = tuple(int(d) for d in image_shape)
     rows = _rows_per_call(options, device, denoiser, classifier, shape)
-    identity = ModelIdentity(options.preset, shape, num_classes,
-                             file_sha256(checkpoint) if not torch_backend and checkpoint is not None else None,
-                             options.classifier)
-    choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
-                           torch.get_num_threads(), rows, options.cuda_graphs)
-    backends = make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=denoiser,
-                             classifier=classifier)
+    backends = _backends(options, preset, shape, classes, checkpoint, rows, device, denoiser, classifier,
+                         smoothing.needs_denoiser)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8,
                           chain_prefixes=options.also_chains)
-    return Engine(smoothing, backends, shape, device, config)
+    return Engine(smoothing, backends, shape, device, config, kernels)
+
+
+def _denoiser(options: JobOptions, preset, needed: bool, device: torch.device, kernels):
+    """(the torch UNet or None, the checkpoint path or None). With Triton kernels on CUDA the UNet's
+    GroupNorm+SiLU chains run fused; on the CPU they stay torch's (the interpreter is exact but slow)."""
+    from densepure.models import build_unet, resolve_checkpoint
+
+    if not needed:
+        return None, None
+    checkpoint = resolve_checkpoint(preset, options.checkpoint)
+    if options.backend is not BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
+        return None, checkpoint
+    unet = build_unet(preset, checkpoint, device, options.precision.dtype)
+    if kernels.name == "triton" and device.type == "cuda":
+        unet.set_kernels(kernels)
+    return unet, checkpoint
+
+
+def _backends(options, preset, shape, classes, checkpoint, rows, device, denoiser, classifier, needs_denoiser):
+    from densepure.engine.backends.select import make_backends
+    from densepure.hashing import file_sha256
+
+    exported = options.backend is not BackendKind.TORCH
+    identity = ModelIdentity(preset.name, shape, classes,
+                             file_sha256(checkpoint) if exported and checkpoint is not None else None,
+                             options.classifier)
+    choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
+                           torch.get_num_threads(), rows, options.cuda_graphs, options.compile)
+    return make_backends(choice, identity, device, needs_denoiser=needs_denoiser, unet=denoiser,
+                         classifier=classifier)
 
 
 def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifier, shape) -> int:
@@ -250,14 +231,13 @@ def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifi
     return rows_for_memory(probes, device, cap=options.batch_size)
 
 
-def run(job: Job, on_image: ProgressHook | None = None) -> tuple[Path, list[ImageRecord]]:
+def run(job: Job, progress: Progress | None = None) -> tuple[Path, list[ImageRecord]]:
     """Certify the job's images into ``options.output`` (resuming a matching earlier run), and the
     ``k``-chain results of ``also_chains`` into their own files (:meth:`JobOptions.prefix_output`)."""
     opts = job.options
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
     with ExitStack() as stack, torch.inference_mode():
-        writer = stack.enter_context(open_results(opts.output, opts.record(), job.seed, mode))
-        extra = {k: stack.enter_context(open_results(opts.prefix_output(k), opts.prefix_record(k), job.seed, mode))
-                 for k in opts.also_chains}
-        records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writer, on_image, extra)
+        writers = [stack.enter_context(open_results(path, config, job.seed, mode)) for path, config in job.outputs()]
+        extra = dict(zip(opts.also_chains, writers[1:]))
+        records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writers[0], progress, extra)
     return Path(opts.output), records

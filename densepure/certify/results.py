@@ -145,6 +145,10 @@ def read_results(path: str | Path, correct: CorrectColumn = CorrectColumn.AUTO) 
         if fields[0] in seen:
             raise InputError(f"{str(path)!r}: image idx {fields[0]} appears twice")
         seen.add(fields[0])
+        label, predict = fields[1], fields[2]
+        if ok != int(label >= 0 and predict == label):
+            raise InputError(f"{str(path)!r}, image idx {fields[0]}: correct={ok} but predict={predict} and "
+                             f"label={label}; correct must be 1 exactly when the prediction equals a known label")
         try:
             rows.append(ResultRow(fields[0], fields[1], fields[2], fields[3], ok, fields[5]))
         except InputError as exc:

@@ -47,10 +47,16 @@ def validate_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+MAX_DRAWS = (1 << 40) - 1  # the noise counters' draw field has 40 bits (densepure.noise)
+
+
 def validate_sample_count(name: str, n: int) -> int:
-    """Return ``n`` as an int; raise ConfigError unless it is an integer >= 1."""
+    """Return ``n`` as an int; raise ConfigError unless it is an integer in [1, MAX_DRAWS]."""
     if not _is_int(n) or n < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {n!r}")
+    if n > MAX_DRAWS:
+        raise ConfigError(f"{name} must be at most 2**40 - 1 = {MAX_DRAWS:,} (the noise counters' draw field), "
+                          f"got {n:,}")
     return int(n)
 
 

@@ -38,7 +38,7 @@ def _tuple(counts: np.ndarray | None) -> tuple[int, ...]:
 
 def _row(idx: int, label: int, predicted: int, radius: float, seconds: float) -> ResultRow:
     return ResultRow(idx=idx, label=int(label), predict=int(predicted), radius=float(radius),
-                     correct=bool(predicted == label), time=seconds)
+                     correct=bool(label >= 0 and predicted == label), time=seconds)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,15 @@ def load_npz(path: str | Path) -> ArrayDataset:
         raise
     except FileNotFoundError as exc:
         raise InputError(f"npz file {source!r} does not exist") from exc
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:  # numpy's messages suggest allow_pickle=True, which would run the file's code
+        if "Object arrays" in str(exc):
+            raise InputError(f"npz file {source!r} holds object arrays (pickled Python objects); densepure reads "
+                             "numeric arrays only and never unpickles") from exc
+        if "pickled data" in str(exc):
+            raise InputError(f"cannot read npz file {source!r}: it is not an .npz archive of arrays (numpy would "
+                             "have to unpickle it, which densepure never does)") from exc
+        raise InputError(f"cannot read npz file {source!r}: {exc}") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputError(f"cannot read npz file {source!r}: {exc}") from exc
     return ArrayDataset(images, labels, name=path.stem, num_classes=num_classes)
 

@@ -20,7 +20,7 @@ secret seed and ``noise_id = 0``. Either way no two images of one run share nois
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ from densepure.engine.executor import Executor
 from densepure.engine.policy import Policy
 from densepure.engine.scheduler import Scheduler, check_prefixes
 from densepure.errors import ConfigError, InputError
+from densepure.kernels import Kernels
 from densepure.noise import CHAIN_BITS, DRAW_BITS, IMAGE_BITS, SEED_BITS, STEP_BITS
 
 
@@ -71,8 +72,11 @@ class ImageRequest:
 
 @dataclass(frozen=True)
 class EngineStats:
+    """Cumulative counts since the engine was built: model rows run and draws decided."""
+
     unet_rows: int
     classifier_rows: int
+    draws: int = 0
 
 
 class Engine:
@@ -80,7 +84,7 @@ class Engine:
     backends stay active (graphs captured, sessions open) while the engine is."""
 
     def __init__(self, smoothing: SmoothingConfig, backends: Backends, image_shape: tuple[int, int, int],
-                 device: torch.device | str, config: EngineConfig = EngineConfig()):
+                 device: torch.device | str, config: EngineConfig = EngineConfig(), kernels: Kernels | None = None):
         if not isinstance(smoothing, SmoothingConfig):
             raise ConfigError(f"smoothing must be a SmoothingConfig, got {type(smoothing).__name__}")
         if smoothing.needs_denoiser and backends.denoiser is None:
@@ -97,7 +101,8 @@ class Engine:
         self.device, self.image_shape = torch.device(device), tuple(int(d) for d in image_shape)
         self.num_classes = backends.classifier.num_classes
         self.executor = Executor(backends, smoothing, self.image_shape, config.image_slots, config.draw_capacity,
-                                 self.device)
+                                 self.device, kernels)
+        self.kernels = self.executor.kernels
         steps = self.executor.grid.num_steps if self.executor.grid is not None else 1
         self.scheduler = Scheduler(steps, smoothing.chains, self.num_classes, config.draw_capacity,
                                    uses_unet=smoothing.needs_denoiser, early_exit=config.early_exit,
@@ -126,7 +131,7 @@ class Engine:
 
     @property
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.unet_rows, self.scheduler.cls_rows)
+        return EngineStats(self.scheduler.unet_rows, self.scheduler.cls_rows, self.scheduler.draws)
 
     # -- the core API -------------------------------------------------------------------------
     def submit(self, request: ImageRequest) -> None:
@@ -180,9 +185,11 @@ class Engine:
         out, self._finished = self._finished, []
         return out
 
-    def run(self, requests: Iterable[ImageRequest]) -> Iterator[ImageRequest]:
+    def run(self, requests: Iterable[ImageRequest],
+            on_step: Callable[[EngineStats], None] | None = None) -> Iterator[ImageRequest]:
         """Stream ``requests`` through the engine (submitted lazily, as slots free up); yield each as its
-        policy is decided (completion order)."""
+        policy is decided (completion order). ``on_step`` sees the cumulative stats after every step
+        (progress inside long images)."""
         pending = iter(requests)
         exhausted = False
         with self:
@@ -196,6 +203,8 @@ class Engine:
                 if exhausted and self.idle:
                     break
                 self.step()
+                if on_step is not None:
+                    on_step(self.stats)
                 yield from self.collect()
             yield from self.collect()
 

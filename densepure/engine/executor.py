@@ -22,32 +22,41 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from densepure.diffusion import (
-    GridTables,
-    SmoothingConfig,
-    StartKind,
-    dds_forward_sample,
-    noisy_input,
-    start_point,
-    step_mean_std,
-)
+from densepure.diffusion import GridTables, SmoothingConfig, StartKind
 from densepure.engine.backends.base import Backends
 from densepure.engine.scheduler import RowKind, Rows
 from densepure.errors import ModelOutputError
-from densepure.noise import NoiseStream, counter_words, gaussian_words, key_table
+from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartForm, StartRule, resolve_kernels
+from densepure.noise import NoiseStream, counter_words, key_table
 
 _BAD_LOGITS = -1  # the label of a row whose logits were not all finite
 
 
+def start_rule(smoothing: SmoothingConfig, grid) -> StartRule:
+    """How the kernels make a draw's start (or Gaussian smoothing's classifier input) for ``smoothing``."""
+    if smoothing.start is StartKind.DDS:
+        return StartRule(StartForm.DDS, alpha_bar=float(grid.alphas_cumprod[0]))
+    form = StartForm.GAUSSIAN if smoothing.start is StartKind.GAUSSIAN else StartForm.DENSEPURE
+    return StartRule(form, sigma=smoothing.sigma)
+
+
 class Executor:
-    """Runs batches for ``smoothing`` with ``backends`` on ``device`` (pools sized by the capacities)."""
+    """Runs batches for ``smoothing`` with ``backends`` on ``device`` (pools sized by the capacities).
+
+    The per-row arithmetic (start points, the shared first step, spawns, the reverse step with its keyed
+    noise) runs through ``kernels`` (:mod:`densepure.kernels`): the torch references, or the fused Triton
+    kernels that reproduce them.
+    """
 
     def __init__(self, backends: Backends, smoothing: SmoothingConfig, image_shape: tuple[int, int, int],
-                 image_slots: int, draw_capacity: int, device: torch.device):
+                 image_slots: int, draw_capacity: int, device: torch.device, kernels: Kernels | None = None):
         self.denoiser, self.classifier = backends.denoiser, backends.classifier
-        self.smoothing, self.sigma, self.start = smoothing, smoothing.sigma, smoothing.start
+        self.smoothing, self.start = smoothing, smoothing.start
         self.grid = smoothing.grid()
         self.device, self.shape = torch.device(device), tuple(image_shape)
+        self.kernels = kernels if kernels is not None else resolve_kernels(KernelChoice.TORCH, self.device)
+        self.rule = start_rule(smoothing, self.grid)
+        self.start_stream = NoiseStream.FORWARD if self.start is StartKind.DDS else NoiseStream.DELTA
         self.tables = GridTables(self.grid, self.device) if self.grid is not None else None
         self.images = torch.zeros((image_slots, *self.shape), device=self.device)
         shared = self.grid is not None and self.grid.num_steps >= 2
@@ -69,8 +78,9 @@ class Executor:
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
 
-    def _noise(self, rows: Rows, stream: NoiseStream, chain: np.ndarray | int, step: np.ndarray | int) -> torch.Tensor:
-        """Standard normals ``(B, *shape)`` for the rows' identities in ``stream``."""
+    def _words(self, rows: Rows, stream: NoiseStream, chain: np.ndarray | int, step: np.ndarray | int) -> torch.Tensor:
+        """The rows' ``(R, 6)`` noise row words in ``stream`` (:mod:`densepure.noise`), built on the host
+        from the slots' keys and the rows' identities, then copied to the device at once."""
         slots = rows.image_slot
         n = len(rows)
         chain = np.broadcast_to(np.asarray(chain, dtype=np.int64), (n,))
@@ -78,57 +88,51 @@ class Executor:
         counters = counter_words(*(torch.from_numpy(np.array(c, dtype=np.int64)) for c in (
             self.slot_noise_id[slots], rows.phase, rows.draw, chain, step)))
         keys = torch.from_numpy(self.slot_keys[slots, int(stream)])
-        words = torch.cat([counters.reshape(n, 4), keys.reshape(n, 2)], dim=1).to(self.device)
-        return gaussian_words(words, self.shape, self.device)
+        return torch.cat([counters.reshape(n, 4), keys.reshape(n, 2)], dim=1).to(self.device)
 
-    def start_points(self, rows: Rows) -> torch.Tensor:
-        """The draws' starts (or, for Gaussian smoothing, the classifier inputs)."""
-        x = self.images[self._t(rows.image_slot)]
-        if self.start is StartKind.DDS:
-            abar = float(self.grid.alphas_cumprod[0])
-            return dds_forward_sample(x, self._noise(rows, NoiseStream.FORWARD, 0, 0), abar)
-        delta = self.sigma * self._noise(rows, NoiseStream.DELTA, 0, 0)
-        if self.start is StartKind.GAUSSIAN:
-            return noisy_input(x, delta)
-        return start_point(x, delta, self.sigma)
+    def _start_rows(self, rows: Rows, out: torch.Tensor | None = None, at: np.ndarray | None = None) -> torch.Tensor:
+        """The rows' starts (Gaussian smoothing: the classifier inputs), into ``out[at]`` when given."""
+        words = self._words(rows, self.start_stream, 0, 0)
+        out_rows = self._t(at) if at is not None else None
+        return self.kernels.start_rows(self.images, self._t(rows.image_slot), words, self.rule, out, out_rows)
 
     @torch.no_grad()
     def run_unet(self, rows: Rows) -> None:
         kinds = rows.kind
         y = torch.empty((len(rows), *self.shape), device=self.device)
-        for kind, fill in ((RowKind.START, self.start_points), (RowKind.SPAWN, self._spawn),
-                           (RowKind.CONTINUE, self._continue)):
+        for kind in (RowKind.START, RowKind.SPAWN, RowKind.CONTINUE):
             idx = np.nonzero(kinds == kind)[0]
-            if idx.size:
-                y[self._t(idx)] = fill(_take(rows, idx))
+            if not idx.size:
+                continue
+            sub = _take(rows, idx)
+            if kind is RowKind.START:
+                self._start_rows(sub, y, idx)
+            elif kind is RowKind.SPAWN:
+                words = self._words(sub, NoiseStream.CHAIN, sub.chain, 0)
+                self.kernels.spawn_rows(self.mean, self.std, self._t(sub.draw_slot), words, y, self._t(idx))
+            else:
+                y[self._t(idx)] = self.state[self._t(sub.chain_slot)]
         c = self.tables.gather(self._t(rows.step))
         eps, v = self.denoiser.eps_and_var(y, c.model_time)
         self.unet_bad |= ~(torch.isfinite(eps).all() & torch.isfinite(v).all())
-        mean, std, _ = step_mean_std(y, eps, v, c)
-        shared = self.mean.shape[0] > 0
-        start = (kinds == RowKind.START) if shared else np.zeros(len(rows), dtype=bool)
-        if start.any():  # shared first step: keep (mean, std) per draw for its chains
-            sel, slots = self._t(np.nonzero(start)[0]), self._t(rows.draw_slot[start])
-            self.mean[slots], self.std[slots] = mean[sel], std[sel]
-        chain_rows = np.nonzero(~start)[0]
-        if chain_rows.size:
-            sub = _take(rows, chain_rows)
-            sel = self._t(chain_rows)
-            out = mean[sel]
-            noisy = self.grid.has_noise[sub.step]
-            if noisy.any():
-                nz = np.nonzero(noisy)[0]
-                z = self._noise(_take(sub, nz), NoiseStream.CHAIN, sub.chain[nz], sub.step[nz])
-                out[self._t(nz)] += std[sel[self._t(nz)]] * z
-            self.state[self._t(sub.chain_slot)] = out
+        self.kernels.step_rows(y, eps, v, c, keep=self._keep(rows), advance=self._advance(rows))
 
-    def _spawn(self, rows: Rows) -> torch.Tensor:
-        slots = self._t(rows.draw_slot)
-        z = self._noise(rows, NoiseStream.CHAIN, rows.chain, 0)
-        return self.mean[slots] + self.std[slots] * z
+    def _keep(self, rows: Rows) -> KeepRows | None:
+        """START rows of a shared first step keep their ``(mean, std)`` per draw, for the draw's chains."""
+        start = np.nonzero(rows.kind == RowKind.START)[0] if self.mean.shape[0] else np.zeros(0, dtype=np.int64)
+        if not start.size:
+            return None
+        return KeepRows(self._t(start), self._t(rows.draw_slot[start]), self.mean, self.std)
 
-    def _continue(self, rows: Rows) -> torch.Tensor:
-        return self.state[self._t(rows.chain_slot)]
+    def _advance(self, rows: Rows) -> AdvanceRows | None:
+        """Every other row moves its chain on: ``mean + std z`` (``mean``, i.e. ``x0_hat``, at the last step)."""
+        moving = np.nonzero(rows.kind != RowKind.START)[0] if self.mean.shape[0] else np.arange(len(rows))
+        if not moving.size:
+            return None
+        sub = _take(rows, moving)
+        noisy = torch.from_numpy(np.nonzero(self.grid.has_noise[sub.step])[0])
+        words = self._words(sub, NoiseStream.CHAIN, sub.chain, sub.step)
+        return AdvanceRows(self._t(moving), self._t(sub.chain_slot), words, self.state, noisy)
 
     @torch.no_grad()
     def launch_classifier(self, rows: Rows) -> PendingLabels:
@@ -153,7 +157,7 @@ class Executor:
 
     def _labels(self, rows: Rows) -> torch.Tensor:
         """``(B + 1,)`` int64: each row's label (``-1``: non-finite logits), then the UNet's flag (0/1)."""
-        x = self.start_points(rows) if self.start is StartKind.GAUSSIAN else self.state[self._t(rows.chain_slot)]
+        x = self._start_rows(rows) if self.start is StartKind.GAUSSIAN else self.state[self._t(rows.chain_slot)]
         logits = self.classifier.logits(x)
         labels = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), _BAD_LOGITS)
         return torch.cat([labels, self.unet_bad.to(torch.int64).reshape(1)])

@@ -92,7 +92,7 @@ class Scheduler:
         self.unet_ready: deque[tuple[RowKind, _Draw, int, int]] = deque()  # (kind, draw, chain, step)
         self.starts: deque[_Draw] = deque()
         self.cls_ready: deque[tuple[_Draw, int]] = deque()
-        self.unet_rows = self.cls_rows = 0
+        self.unet_rows = self.cls_rows = self.draws = 0
         self._by_slot: dict[int, _Draw] = {}
 
     # -- images -------------------------------------------------------------------------------
@@ -226,6 +226,7 @@ class Scheduler:
         draw.final = vote(draw.labels)
         prefix = {k: vote(draw.labels[:k]) for k in self.prefixes} if self.prefixes else None
         self.images[draw.image].record(draw.request, draw.final, prefix)
+        self.draws += 1
         del self._by_slot[draw.slot]
         self.free_slots.append(draw.slot)
 

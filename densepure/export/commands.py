@@ -75,6 +75,29 @@ class BuildReport:
         return out
 
 
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    newest = int(onnx.defs.onnx_opset_version())
+    if isinstance(opset, bool) or not isinstance(opset, int) or not DEFAULT_OPSET <= opset <= newest:
+        raise ConfigError(f"opset must be in {DEFAULT_OPSET}..{newest} (from native GroupNormalization to the newest "
+                          f"this onnx {onnx.__version__} knows), got {opset!r}")
+
+
+def _output_directory(out_dir: str | os.PathLike) -> Path:
+    """``out_dir``, created if needed, or a ConfigError (a file, an unwritable place) before any work."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out must be a directory, got the file {str(out)!r}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the export directory {str(out)!r}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"the export directory {str(out)!r} is not writable")
+    return out
+
+
 def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
                    *, precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
                    classifier: Classifier | str | None = None, classifier_label: str = "", unet: bool = True,
@@ -90,12 +113,13 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
     bad = [p.value for p in precisions if not Precision.parse(p).exportable]
     if bad:
         raise ConfigError(f"graphs are exported in fp32 or fp16, got {', '.join(bad)}")
+    if not unet and classifier is None:
+        raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
+    _check_opset(opset)
+    out = _output_directory(out_dir)
     if isinstance(classifier, str):
         classifier_label = classifier_label or classifier
         classifier = load_classifier(ClassifierSpec.parse(classifier), torch.device("cpu"))
-    if not unet and classifier is None:
-        raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
-    out = Path(out_dir)
     cfg = spec.unet_config
     results = []
     if unet:

@@ -185,8 +185,10 @@ def _reusable(job: _Job, key: str) -> ArtifactManifest | None:
 def _export(job: _Job, reuse: bool) -> ExportResult:
     import onnx
 
-    if job.opset < DEFAULT_OPSET:
-        raise ConfigError(f"opset must be >= {DEFAULT_OPSET} (native GroupNormalization), got {job.opset}")
+    newest = int(onnx.defs.onnx_opset_version())
+    if not DEFAULT_OPSET <= job.opset <= newest:
+        raise ConfigError(f"opset must be in {DEFAULT_OPSET}..{newest} (from native GroupNormalization to the newest "
+                          f"this onnx {onnx.__version__} knows), got {job.opset}")
     if job.feeds[0].shape[0] == TRACE_BATCH or job.feeds[0].shape[0] < 1:
         raise ConfigError(f"verify_batch must be >= 1 and differ from the traced batch {TRACE_BATCH}, "
                           f"got {job.feeds[0].shape[0]}")
@@ -198,7 +200,12 @@ def _export(job: _Job, reuse: bool) -> ExportResult:
         notes, external = _write_graph(job)
     else:
         notes, external = [n for n in previous.notes if not n.startswith("numerics")], previous.external_data
-    typing = op_typing(onnx.load(str(job.path), load_external_data=False))
+    graph = onnx.load(str(job.path), load_external_data=False)
+    actual = graph_opset(graph)
+    if actual != job.opset:
+        raise ArtifactError(f"{job.path}: the exporter wrote opset {actual}, not the requested {job.opset}; "
+                            "no manifest written")
+    typing = op_typing(graph)
     check_model(job.path)
     numerics = _compare(job)
     if numerics.status is CheckStatus.FAILED:
@@ -265,6 +272,14 @@ def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
 
 # ---------------------------------------------------------------------------------------------------
 # Files
+
+
+def graph_opset(model) -> int:
+    """The default-domain (``ai.onnx``) opset a loaded ONNX model declares."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ArtifactError("the graph declares no ai.onnx opset")
+    return int(versions[0])
 
 
 def save_onnx(model, path: str | Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> tuple[str, ...]:

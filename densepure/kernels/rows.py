@@ -30,7 +30,12 @@ from dataclasses import dataclass
 import torch
 
 from densepure.diffusion import (
-    StepCoefficients, dds_forward_sample, start_point, start_scale, step_mean_std, validate_sigma,
+    StepCoefficients,
+    dds_forward_sample,
+    start_point,
+    start_scale,
+    step_mean_std,
+    validate_sigma,
 )
 from densepure.errors import ConfigError, InputError
 from densepure.kernels.checks import check_index, check_words, float_rows, writable_rows
@@ -100,12 +105,17 @@ class AdvanceRows:
     """Rows of a step that move on: ``out[slots[i]] = mean[r] + std[r] z_i`` with ``r = rows[i]`` and
     ``z_i`` the normal field of ``words[i]``, or ``mean[r]`` where ``noise_mask[r] == 0`` (its words are
     then not read). ``rows``, ``slots``: ``(R,)`` int64 (``slots`` distinct); ``words``: ``(R, 6)``
-    int64; ``out``: ``(S, C, H, W)`` float32 with C-contiguous rows, not aliasing the step's inputs."""
+    int64; ``out``: ``(S, C, H, W)`` float32 with C-contiguous rows, not aliasing the step's inputs.
+
+    ``noisy`` (optional, a host ``(N,)`` int64 tensor): the positions ``i`` whose row takes noise, when
+    the caller knows them (the engine does, from the grid). The torch reference then reads no mask from
+    the device (no synchronisation); kernels that read the mask on the device ignore it."""
 
     rows: torch.Tensor
     slots: torch.Tensor
     words: torch.Tensor
     out: torch.Tensor
+    noisy: torch.Tensor | None = None
 
 
 def _scatter(out: torch.Tensor | None, out_rows: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
@@ -172,7 +182,7 @@ def check_step(y, eps, v, coeffs, keep, advance):
         rows = check_index(advance.rows, "advance.rows", device)
         advance = AdvanceRows(rows, check_index(advance.slots, "advance.slots", device, rows.shape[0]),
                               check_words(advance.words, device, rows.shape[0]),
-                              writable_rows(advance.out, "advance.out", device, shape))
+                              writable_rows(advance.out, "advance.out", device, shape), advance.noisy)
     return y, eps, v, keep, advance
 
 
@@ -215,7 +225,8 @@ def step_rows(y: torch.Tensor, eps: torch.Tensor, v: torch.Tensor, coeffs: StepC
     ``y``, ``eps``, ``v``: ``(B, C, H, W)`` float32 (the model's ``eps`` and ``v`` halves may be
     strided views); ``coeffs``: per batch row, every field ``(B,)`` float32
     (:meth:`densepure.diffusion.GridTables.gather`). Writes the outputs in place; returns None.
-    This reference reads ``noise_mask`` on the host (one synchronization per call with ``advance``).
+    This reference reads ``noise_mask`` on the host (one synchronization per call with ``advance``)
+    unless ``advance.noisy`` gives the noisy positions.
     """
     y, eps, v, keep, advance = check_step(y, eps, v, coeffs, keep, advance)
     if keep is None and advance is None:
@@ -225,7 +236,8 @@ def step_rows(y: torch.Tensor, eps: torch.Tensor, v: torch.Tensor, coeffs: StepC
         keep.mean_out[keep.slots], keep.std_out[keep.slots] = mean[keep.rows], std[keep.rows]
     if advance is not None:
         new = mean[advance.rows]
-        noisy = torch.nonzero(coeffs.noise_mask[advance.rows] != 0).flatten()
+        noisy = advance.noisy.to(y.device) if advance.noisy is not None else \
+            torch.nonzero(coeffs.noise_mask[advance.rows] != 0).flatten()
         if noisy.numel():
             z = gaussian_words(advance.words[noisy], tuple(y.shape[1:]), y.device)
             new[noisy] += std[advance.rows[noisy]] * z

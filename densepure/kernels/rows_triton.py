@@ -39,7 +39,13 @@ from triton.language.extra import libdevice
 from densepure.diffusion import StepCoefficients
 from densepure.errors import InputError
 from densepure.kernels.rows import (
-    AdvanceRows, KeepRows, StartForm, StartRule, check_spawn, check_start, check_step,
+    AdvanceRows,
+    KeepRows,
+    StartForm,
+    StartRule,
+    check_spawn,
+    check_start,
+    check_step,
 )
 
 __all__ = ["INTERPRETED", "spawn_rows", "start_rows", "step_rows"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -53,13 +54,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{p} is not a plain tensor checkpoint; refusing to unpickle arbitrary objects ({first})"
-        ) from exc
+        raise CheckpointError(unsafe_pickle_message(p, exc)) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from exc
     return _unwrap(obj, str(p))
+
+
+def unsafe_pickle_message(path: os.PathLike | str, exc: BaseException) -> str:
+    """One line for a refused pickle, naming what it tried to load. torch's own message goes on to advise
+    loading with ``weights_only=False``; that advice would run the file's code, so it is not passed on."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path} holds pickled Python objects{what}, not only tensors; densepure reads plain tensor "
+            "checkpoints (or .safetensors) and never runs a file's code")
 
 
 def save_state_dict(path: str | os.PathLike, state: Mapping[str, torch.Tensor]) -> None:

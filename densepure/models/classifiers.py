@@ -17,6 +17,7 @@ import enum
 import json
 import math
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from densepure.errors import CheckpointError, ConfigError
+from densepure.models.checkpoint import unsafe_pickle_message
 
 
 class InputRange(enum.Enum):
@@ -238,7 +240,9 @@ def from_transformers(path: str | os.PathLike, preprocess: Preprocess | None = N
         model = AutoModelForImageClassification.from_pretrained(location, local_files_only=True, dtype=torch.float32)
     except ImportError as exc:  # the model class's own requirements, e.g. a torchvision built for another torch
         raise ConfigError(f"transformers cannot import the model class for {location}: {_first_line(exc)}") from exc
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:  # transformers reads .bin weights with weights_only=True
+        raise CheckpointError(unsafe_pickle_message(location, exc)) from exc
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot load a transformers image classifier from {location}: "
                               f"{_first_line(exc)}") from exc
     return Classifier(model, preprocess, num_classes=int(model.config.num_labels)).to(device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -63,6 +64,27 @@ def load_classifier(spec: ClassifierSpec, device: torch.device, preprocess: Prep
     if spec.source is ClassifierSource.HF:
         return classifiers.from_transformers(spec.location, preprocess, device)
     return classifiers.from_timm(spec.location, spec.checkpoint, preprocess, device)
+
+
+def classifier_source_path(spec: ClassifierSpec) -> Path:
+    """The file or directory a classifier's weights and configuration come from, for content hashing:
+    the shipped digits weights, an ``hf:`` directory (or the hub id's snapshot in the local HF cache),
+    a ``timm:`` checkpoint (or the model's weights in the local HF cache)."""
+    from densepure.models import classifiers
+
+    if spec.source is ClassifierSource.DIGITS:
+        from densepure.models.presets import digits_asset_path
+
+        return digits_asset_path("classifier.pt")
+    if spec.source is ClassifierSource.HF:
+        config = classifiers._hf_file(spec.location, "config.json")
+        if config is None:
+            raise ConfigError(f"no config.json for {spec.location}: not a saved model directory nor a model in the "
+                              "local Hugging Face cache (nothing is downloaded)")
+        return config.parent
+    if spec.checkpoint is not None:
+        return Path(spec.checkpoint)
+    return classifiers._timm_weights(classifiers._import_timm(), spec.location)
 
 
 def papers_preprocess(dataset: str) -> Preprocess:

@@ -11,8 +11,10 @@ overflows fp16 above |x| = 256; sinusoid arguments reach ~1000 rad where fp16 sp
 Kernels (:meth:`UNetModel.set_kernels`): every GroupNorm -> [scale-shift ->] SiLU chain (ResBlocks and
 the output head) can run as one fused kernel of :mod:`densepure.kernels`; module names, parameters and
 ``state_dict()`` keys do not change, and with no kernels set the modules run exactly as before.
-Attention runs through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA),
-except while exporting to ONNX, where the explicit two-matmul form is kept for the exporters.
+Attention runs through ``F.scaled_dot_product_attention`` on CUDA (flash / memory-efficient kernels).
+On the CPU, and while exporting to ONNX, it keeps the explicit two-matmul form: the exporters need it,
+and on the CPU it is the form every earlier result was computed with (CPU SDPA gives its exact bits
+only with 64 channels per head, as the official checkpoints have; the digits UNet has 8).
 
 Input ``x``: ``(B, C, H, W)`` in the model's [-1, 1] space; ``timesteps``: ``(B,)`` float32 as the
 checkpoint expects them (already rescaled). Output: ``(B, 2C, H, W)`` = ``[eps, v]`` when
@@ -23,16 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from densepure.models.unet_config import UNetConfig
-
-if TYPE_CHECKING:
-    from densepure.kernels import Kernels
 
 # (x, weight, bias, groups, eps, scale, shift) -> SiLU(GroupNorm(x) [* (1 + scale) + shift])
 NormSiLU = Callable[..., torch.Tensor]
@@ -60,6 +59,12 @@ class GroupNorm32(nn.GroupNorm):
 
 def _norm(channels: int, groups: int) -> GroupNorm32:
     return GroupNorm32(min(groups, channels), channels)
+
+
+class _FusedNorms(Protocol):
+    """What :meth:`UNetModel.set_kernels` reads (a :class:`densepure.kernels.Kernels`)."""
+
+    group_norm_silu: NormSiLU
 
 
 def norm_silu(norm: GroupNorm32, x: torch.Tensor, fused: NormSiLU | None, scale: torch.Tensor | None = None,
@@ -185,12 +190,16 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         flat = x.reshape(b, c, -1)
         q, k, v = self._split_heads(self.qkv(self.norm(flat)))
-        if torch.onnx.is_in_onnx_export():
-            h = _attention_matmuls(q, k, v)
-        else:  # (B*heads, ch, T) -> (B*heads, T, ch) and back; softmax in float32 inside the fused kernels
-            h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            h = h.transpose(1, 2)
+        fused = x.is_cuda and not torch.onnx.is_in_onnx_export()
+        h = _attention_sdpa(q, k, v) if fused else _attention_matmuls(q, k, v)
         return (flat + self.proj_out(h.reshape(b, c, -1))).reshape(b, c, *spatial)
+
+
+def _attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same attention through ``F.scaled_dot_product_attention`` (softmax in float32 inside the
+    fused kernels); ``(B*heads, ch, T)`` in and out."""
+    h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return h.transpose(1, 2)
 
 
 def _attention_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -270,7 +279,7 @@ class UNetModel(nn.Module):
         self.compute_dtype = dtype
         return self
 
-    def set_kernels(self, kernels: Kernels | None) -> UNetModel:
+    def set_kernels(self, kernels: _FusedNorms | None) -> UNetModel:
         """Run every GroupNorm -> [scale-shift ->] SiLU chain through ``kernels.group_norm_silu``
         (:func:`densepure.kernels.resolve_kernels`), or through the modules again with None."""
         fused = kernels.group_norm_silu if kernels is not None else None

@@ -161,7 +161,19 @@ def test_read_dds_running_total(tmp_path: Path) -> None:
     small = tmp_path / "small.tsv"  # a running total that never exceeds 1: must be named
     small.write_text(TSV_HEADER + "\n0\t1\t1\t0.5\t1\t1.0\n1\t1\t1\t0.5\t1\t1.0\n")
     assert [r.correct for r in read_results(small)] == [True, True]
-    assert [r.correct for r in read_results(small, CorrectColumn.RUNNING_TOTAL)] == [True, False]
+    with pytest.raises(InputError, match="idx 1: correct=0 but predict=1 and label=1"):
+        read_results(small, CorrectColumn.RUNNING_TOTAL)  # the wrong reading contradicts predict == label
+
+
+def test_a_correct_column_that_contradicts_the_labels_is_refused(tmp_path: Path) -> None:
+    """analyze must never count a wrong prediction as certified because a file says correct=1."""
+    path = tmp_path / "lie.tsv"
+    path.write_text(TSV_HEADER + "\n0\t1\t1\t0.5\t1\t1.0\n1\t2\t5\t0.9\t1\t1.0\n")
+    with pytest.raises(InputError, match="idx 1: correct=1 but predict=5 and label=2"):
+        read_results(path)
+    path.write_text(TSV_HEADER + "\n0\t-1\t-1\t0.0\t1\t1.0\n")  # unknown label and abstention: not correct
+    with pytest.raises(InputError, match="correct=1"):
+        read_results(path)
 
 
 def test_read_errors(tmp_path: Path) -> None:

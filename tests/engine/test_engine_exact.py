@@ -3,46 +3,19 @@
 import numpy as np
 import pytest
 import torch
+from engine_helpers import CLASSES, SCHEDULE, PatchSign, micro_unet  # noqa: E402
 from torch import nn
 
 from densepure.certify.procedures import certify_sequential
 from densepure.certify.tasks import SequentialTask
-from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig
+from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.engine.policy import FixedPolicy
 from densepure.engine.reference import ReferenceSampler
 from densepure.errors import ConfigError, InputError
-from densepure.models import UNetConfig, UNetModel
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.noise import NoisePhase
-
-SCHEDULE = NoiseSchedule("cosine", 4000)
-CLASSES = 3
-
-
-class PatchSign(nn.Module):
-    """Labels that depend on the noise: argmax of random projections of 2x2 patch means."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(CLASSES, 3 * 4 * 4, generator=g), requires_grad=False)
-
-    def forward(self, x):
-        return nn.functional.avg_pool2d(x, 2).flatten(1) @ self.w.T
-
-
-def micro_unet():
-    """An 8x8 UNet of the official family with random (non-zero) weights: fast on CPU."""
-    torch.manual_seed(0)
-    cfg = UNetConfig(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=(4,),
-                     channel_mult=(1, 2), num_heads=2)
-    model = UNetModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from triton_env import fresh_generator, kernel_device, prefer_interpreter, triton_kernels_or_skip
 
 prefer_interpreter()

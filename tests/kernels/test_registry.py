@@ -10,8 +10,7 @@ import torch
 
 import densepure.kernels.registry as registry
 from densepure.errors import BackendError, ConfigError
-from densepure.kernels import KernelChoice, resolve_kernels, triton_status
-from densepure.kernels import groupnorm, rows
+from densepure.kernels import KernelChoice, groupnorm, resolve_kernels, rows, triton_status
 
 
 def test_torch_choice_is_the_references():

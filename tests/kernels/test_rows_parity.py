@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from densepure.diffusion import (
-    GridTables, NoiseSchedule, build_reverse_grid, dds_forward_sample, start_scale, step_mean_std, t_star,
+    GridTables,
+    NoiseSchedule,
+    build_reverse_grid,
+    dds_forward_sample,
+    start_scale,
+    step_mean_std,
+    t_star,
 )
 from densepure.kernels import AdvanceRows, KeepRows, StartForm, StartRule, resolve_kernels
 from densepure.noise import NoiseKeys, NoiseStream, gaussian, row_words

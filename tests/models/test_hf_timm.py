@@ -103,6 +103,26 @@ def test_hf_logits_equal_the_source_model_after_its_processor(hf_vit):
     assert got.shape == (2, 10) and got.dtype == torch.float32
 
 
+def test_hf_weights_that_are_a_code_pickle_are_refused_in_one_line(hf_vit, tmp_path):
+    """A saved model directory whose weights file is a pickle that runs code: refused, nothing runs."""
+    import os
+    import shutil
+
+    directory = tmp_path / "evil_vit"
+    shutil.copytree(hf_vit[2], directory)
+    for weights in directory.glob("*.safetensors"):
+        weights.unlink()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"vit.embeddings.cls_token": Evil()}, directory / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickled Python objects") as info:
+        from_transformers(directory)
+    assert "weights_only" not in str(info.value) and not (tmp_path / "pwned").exists()
+
+
 def test_hf_config_read(hf_vit):
     clf = from_transformers(hf_vit[2])
     assert clf.num_classes == 10

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from triton_env import fresh_generator, kernel_device, prefer_interpreter, triton_kernels_or_skip
 
 import densepure.models.unet as unet
 from densepure.kernels import resolve_kernels
 from densepure.kernels.groupnorm import TOLERANCE
 from densepure.models import UNetConfig, UNetModel
-from triton_env import fresh_generator, kernel_device, prefer_interpreter, triton_kernels_or_skip
 
 prefer_interpreter()
 
@@ -26,6 +26,15 @@ def _legacy_attention(block: unet.AttentionBlock, x: torch.Tensor) -> torch.Tens
     weight = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale).float(), dim=-1).to(q.dtype)
     h = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
     return (flat + block.proj_out(h)).reshape(b, c, *spatial)
+
+
+def _sdpa_attention(block: unet.AttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's forward with the SDPA path (the one CUDA takes), on any device."""
+    b, c, *spatial = x.shape
+    flat = x.reshape(b, c, -1)
+    q, k, v = block._split_heads(block.qkv(block.norm(flat)))
+    h = unet._attention_sdpa(q, k, v)
+    return (flat + block.proj_out(h.reshape(b, c, -1))).reshape(b, c, *spatial)
 
 
 def _random_block(gen, channels, heads, head_channels, legacy) -> unet.AttentionBlock:
@@ -45,7 +54,8 @@ def test_sdpa_attention_equals_the_matmul_form_in_fp32(legacy, channels, heads, 
     block = _random_block(gen, channels, heads, head_channels, legacy)
     x = torch.randn((2, channels, size, size), generator=gen)
     with torch.no_grad():
-        assert torch.equal(block(x), _legacy_attention(block, x))
+        assert torch.equal(_sdpa_attention(block, x), _legacy_attention(block, x))
+        assert torch.equal(block(x), _legacy_attention(block, x))  # the CPU forward: the matmul form
 
 
 @pytest.mark.parametrize("channels,heads,size", [(32, 4, 6), (24, 1, 3), (16, 2, 5)])
@@ -55,7 +65,8 @@ def test_sdpa_attention_with_small_heads_in_fp32(channels, heads, size, request)
     block = _random_block(gen, channels, heads, -1, True)
     x = torch.randn((3, channels, size, size), generator=gen)
     with torch.no_grad():
-        got, want = block(x), _legacy_attention(block, x)
+        got, want = _sdpa_attention(block, x), _legacy_attention(block, x)
+        assert torch.equal(block(x), want)  # on the CPU the forward keeps the exact matmul form
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
@@ -66,7 +77,7 @@ def test_sdpa_attention_in_reduced_precision(dtype, tol, request):
     block.qkv.to(dtype), block.proj_out.to(dtype)
     x = torch.randn((2, 32, 4, 4), generator=gen).to(dtype)
     with torch.no_grad():
-        got, want = block(x).float(), _legacy_attention(block, x).float()
+        got, want = _sdpa_attention(block, x).float(), _legacy_attention(block, x).float()
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
 
 

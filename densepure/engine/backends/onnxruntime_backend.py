@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from densepure.artifacts.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for, verify_onnx
+from densepure.artifacts.manifest import (
+    ArtifactFormat,
+    ArtifactKind,
+    ArtifactManifest,
+    manifest_path_for,
+    verify_graph_signature,
+    verify_onnx,
+)
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
 from densepure.errors import ArtifactError, BackendError
 
@@ -113,6 +120,7 @@ class _Session:
         except ImportError as exc:
             raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
         verify_onnx(self.path, self.manifest)
+        verify_graph_signature(self.path, self.manifest)
         chosen = select_providers(self.providers, ort.get_available_providers(), self.device, self.trt_cache_dir)
         if self.device.type == "cuda":
             self.stream = torch.cuda.Stream(self.device)
@@ -138,6 +146,16 @@ class _Session:
         self.session, self.stream = None, None
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`_run` with onnxruntime's own errors turned into one :class:`BackendError` line."""
+        try:
+            return self._run(feeds)
+        except Exception as exc:  # onnxruntime raises its own pybind error types
+            if isinstance(exc, BackendError):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"onnxruntime failed to run {self.path.name}: {first}") from exc
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on float32 contiguous ``feeds`` (on the device); outputs float32 on the device."""
         batch = int(next(iter(feeds.values())).shape[0])
         shapes = {spec.name: spec.with_batch(batch) for spec in self.manifest.outputs}

@@ -28,9 +28,16 @@ from pathlib import Path
 import torch
 
 from densepure.artifacts.directory import find_onnx
-from densepure.artifacts.manifest import ArtifactKind, ArtifactManifest, MachineInfo, verify_onnx
+from densepure.artifacts.manifest import (
+    ArtifactKind,
+    ArtifactManifest,
+    MachineInfo,
+    verify_graph_signature,
+    verify_onnx,
+)
 from densepure.engine.backends.base import Backends
 from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.kernels import CompileMode
 from densepure.precision import EXPORTED_PRECISIONS, Precision
 
 
@@ -71,7 +78,8 @@ class BackendChoice:
     """Which backend runs the models. ``artifacts``: the export directory (exported backends);
     ``cache_dir``: the TensorRT engine cache; ``threads``: onnxruntime intra-op threads (0: its default);
     ``rows``: the engine's rows per model call; ``cuda_graphs``: torch on CUDA runs bucketed CUDA graphs
-    (with channels-last convolutions) up to ``rows``."""
+    (with channels-last convolutions) up to ``rows``; ``compile``: torch, ``torch.compile`` both models
+    (:mod:`densepure.kernels.compile`, composed with the bucketed graphs)."""
 
     kind: BackendKind = BackendKind.TORCH
     artifacts: Path | None = None
@@ -80,10 +88,13 @@ class BackendChoice:
     threads: int = 0
     rows: int = 512
     cuda_graphs: bool = True
+    compile: CompileMode | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", BackendKind.parse(self.kind))
         object.__setattr__(self, "precision", Precision.parse(self.precision))
+        if self.compile is not None:
+            object.__setattr__(self, "compile", CompileMode(self.compile))
         for name in ("artifacts", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -117,6 +128,8 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
         gpu = device.type == "cuda"
         buckets = bucket_sizes(choice.rows) if gpu and choice.cuda_graphs else None
         graphs = buckets is not None
+        if choice.compile is not None:
+            _compile(choice.compile, unet if needs_denoiser else None, classifier, buckets)
         return Backends(
             TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs) if needs_denoiser else None,
             TorchClassifier(classifier, identity.num_classes, identity.image_shape, device, buckets=buckets,
@@ -131,6 +144,17 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
     if choice.kind is BackendKind.ONNXRUNTIME:
         return _onnxruntime(found, device, choice.threads)
     return _tensorrt(found, device, choice)
+
+
+def _compile(mode: CompileMode, unet, classifier, buckets) -> None:
+    """``torch.compile`` the models in place, one compilation per batch shape: a bucket each under CUDA
+    graphs (warm-up compiles, outside capture); on the CPU, each distinct batch size compiles once."""
+    from densepure.kernels import compile_module
+
+    shapes = len(buckets) + 1 if buckets is not None else 64
+    for module in (unet, classifier):
+        if module is not None:
+            compile_module(module, mode, shapes=shapes)
 
 
 def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdentity) -> None:
@@ -189,6 +213,7 @@ def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
         raise BackendError(f"{exc}; or run the onnxruntime backend on the CPU (--device cpu)") from exc
     for path, manifest in found.values():
         verify_onnx(path, manifest)
+        verify_graph_signature(path, manifest)
     unet = found.get(ArtifactKind.UNET)
     denoiser = None if unet is None else OnnxRuntimeDenoiser(unet[0], device, providers, intra_op_threads=threads)
     classifier = OnnxRuntimeClassifier(found[ArtifactKind.CLASSIFIER][0], device, providers,
@@ -229,6 +254,7 @@ def choose_engine(cache, onnx_path: Path, onnx_manifest: ArtifactManifest, machi
         require_same_machine(built[0].manifest, machine, where=f"the engine for {onnx_path.name}")
     if not here:
         raise ArtifactError(f"no TensorRT engine for {onnx_path.name} in {cache.root}: build it with {build}")
+    verify_graph_signature(onnx_path, onnx_manifest)  # what the engine was built from is the graph described
     best = min(here, key=lambda e: (-e.manifest.engine.buckets[-1], e.key))
     lookup = cache.lookup(best.key)
     if lookup.entry is None:

@@ -1,0 +1,142 @@
+"""The options of a certify/predict job: every user-level setting, validated before any model loads.
+
+The CLI builds :class:`JobOptions` from argv (one field per flag); library users can do the same.
+Unset statistics take the preset's defaults (:data:`PRESET_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from densepure.certify.boundary import DEFAULT_METHOD
+from densepure.certify.sequential import SequentialMethod
+from densepure.certify.stats import validate_alpha
+from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
+from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.engine.backends.select import BackendKind, check_backend_options
+from densepure.errors import ConfigError
+from densepure.kernels import CompileMode, KernelChoice
+from densepure.noise import SEED_BITS
+from densepure.precision import Precision
+
+# settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
+# cache are keyed by content)
+# (``kernels`` is recorded as what it resolved to on the machine, by the job: see densepure.certify.job)
+# ``skip`` and ``max`` only select which images run (each image's noise is keyed by its own index), so
+# a run may be resumed with a longer selection.
+_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs", "kernels", "skip", "max")
+
+
+# Unset options take the preset's defaults. digits, from benchmarks/results/table1_digits.md (100 test
+# images, N=10,000): at sigma=0.25 DensePure b=2 reaches ACR 0.535 / 0.567 / 0.582 with K = 1 / 3 / 10,
+# so K=10; sigma=0.5 loses accuracy at every radius the main job can certify. n=1000 allows radii up to
+# 0.62 (sigma * PhiInv(alpha ** (1/n))) and keeps the job near a minute on 2 CPU cores (20 images spread
+# over the test split). Real checkpoints: the papers' protocol (N0=100, N=100,000, K=10, b=2).
+PRESET_DEFAULTS = {
+    "digits": {"sigma": 0.25, "n0": 50, "n": 1000, "num_chains": 10, "steps": 2, "skip": 22, "max": 20},
+    None: {"sigma": 0.25, "n0": 100, "n": 100_000, "num_chains": 10, "steps": 2, "skip": 1, "max": -1},
+}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Every user-level setting of a certify/predict job (CLI flags map one to one)."""
+
+    preset: str = "digits"
+    checkpoint: str | None = None
+    classifier: str = "digits"
+    data: str | None = None
+    mode: Mode = Mode.DENSEPURE
+    sigma: float | None = None
+    n0: int | None = None
+    n: int | None = None
+    alpha: float = 0.001
+    num_chains: int | None = None
+    steps: int | None = None
+    t_star_rule: TStarRule = TStarRule.AUTO
+    radius: float | None = None
+    sequential: SequentialMethod = DEFAULT_METHOD  # the test --radius runs
+    predict: bool = False
+    batch_size: int = 500
+    device: str = "auto"
+    precision: Precision = Precision.FP32
+    backend: BackendKind = BackendKind.TORCH
+    artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
+    cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
+    cuda_graphs: bool = True  # torch on CUDA: bucketed CUDA graphs
+    kernels: KernelChoice = KernelChoice.AUTO  # the engine's per-row kernels (torch references or Triton)
+    compile: CompileMode | None = None  # torch backend: torch.compile the UNet and the classifier
+    also_chains: tuple[int, ...] = ()  # densepure, fixed N: also write the k-chain results (first k chains)
+    seed: int | None = None
+    output: str = "runs/certify.tsv"
+    skip: int | None = None
+    max: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode.parse(self.mode))
+        dense = self.mode is Mode.DENSEPURE
+        if not dense and (self.num_chains not in (None, 1) or self.steps not in (None, 1)):
+            raise ConfigError(f"--K and --b apply to --mode densepure, not {self.mode.value}")
+        defaults = PRESET_DEFAULTS.get(self.preset, PRESET_DEFAULTS[None])
+        for key, value in defaults.items():
+            skip = (key == "n0" and self.predict) or (key in ("num_chains", "steps") and not dense)
+            if getattr(self, key) is None and not skip:
+                object.__setattr__(self, key, value)
+        if not dense:  # recorded as absent: K and b do not exist for the other base classifiers
+            object.__setattr__(self, "num_chains", None)
+            object.__setattr__(self, "steps", None)
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        object.__setattr__(self, "t_star_rule", TStarRule(self.t_star_rule))
+        object.__setattr__(self, "sequential", SequentialMethod(self.sequential))
+        object.__setattr__(self, "kernels", KernelChoice(self.kernels))
+        if self.compile is not None:
+            object.__setattr__(self, "compile", CompileMode(self.compile))
+            if self.backend is not BackendKind.TORCH:
+                raise ConfigError("--compile applies to the torch backend (exported graphs are compiled by their runtime)")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 1 << SEED_BITS):
+            raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        validate_alpha(self.alpha)
+        check_backend_options(self.backend, self.artifacts, self.precision)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.predict and self.n0 is not None:
+            raise ConfigError("predict draws no selection samples: n0 applies to certify only")
+        object.__setattr__(self, "also_chains", tuple(sorted({int(k) for k in self.also_chains})))
+        if self.also_chains and (self.mode is not Mode.DENSEPURE or self.radius is not None):
+            raise ConfigError("--also-K needs --mode densepure with a fixed N (not --radius): the k-chain counts "
+                              "are read from the same draws")
+        if self.radius is not None and self.predict:
+            raise ConfigError("--radius (sequential certification) and --predict exclude each other")
+        self.task()  # n0, n, alpha, radius: checked now, before any model loads
+
+    def task(self) -> Task:
+        """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
+        if self.predict:
+            return PredictTask(self.n, self.alpha)
+        if self.radius is not None:
+            return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n, method=self.sequential)
+        return CertifyTask(self.n0, self.n, self.alpha)
+
+    def smoothing(self, schedule: NoiseSchedule | None) -> SmoothingConfig:
+        """The one smoothing configuration of the job (``schedule``: the preset's, for every mode but gaussian)."""
+        chains = self.num_chains if self.mode is Mode.DENSEPURE else 1
+        steps = self.steps if self.mode is Mode.DENSEPURE else 1
+        return SmoothingConfig(self.mode, self.sigma, chains, steps, self.t_star_rule,
+                               schedule if self.mode is not Mode.GAUSSIAN else None)
+
+    def record(self) -> dict:
+        """The configuration written to the sidecar and compared on resume."""
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
+
+    def prefix_record(self, k: int) -> dict:
+        """The configuration of the ``k``-chain results read from this run (see :meth:`prefix_output`)."""
+        return {**self.record(), "num_chains": k, "also_chains": [], "computed_as": f"first {k} of {self.num_chains} chains"}
+
+    def prefix_output(self, k: int) -> Path:
+        """``runs/certify.tsv`` -> ``runs/certify.K1.tsv`` for ``k = 1``."""
+        path = Path(self.output)
+        return path.with_name(f"{path.stem}.K{k}{path.suffix}")

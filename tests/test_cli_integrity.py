@@ -1,0 +1,175 @@
+"""Results that cannot lie (issue 20), end to end through the CLI: non-finite models, content identity on
+resume, plots that cannot overwrite results, one-line errors found before any model loads, provenance of
+every resumed row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from densepure.certify.results import read_results, read_sidecar, sidecar_path
+from densepure.cli import main
+from densepure.models.presets import digits_asset_path
+
+FAST = ["--max", "2", "--skip", "200", "--n0", "8", "--n", "24", "--K", "3", "--b", "2", "--seed", "5",
+        "--device", "cpu"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(code, err, message):
+    """Exit 2 with only one line on stderr: the error (refused before the run started)."""
+    assert code == 2, err
+    assert err.startswith("densepure: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
+def ends_in_one_line(code, err, message):
+    """Exit 2 during the run: after the banner and the progress bar, the error is one last line."""
+    assert code == 2, err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("densepure: error: ") and "Traceback" not in err and message in last, err
+
+
+def nan_checkpoint(tmp_path):
+    state = torch.load(digits_asset_path("unet.pt"), map_location="cpu", weights_only=True)
+    path = tmp_path / "nan_unet.pt"
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, path)
+    return path
+
+
+def test_a_nan_checkpoint_stops_the_run_before_any_certificate(capsys, tmp_path):
+    out = tmp_path / "r.tsv"
+    code, _, err = run(capsys, "certify", *FAST, "--checkpoint", str(nan_checkpoint(tmp_path)), "--output", str(out))
+    ends_in_one_line(code, err, "diffusion model (torch backend) returned non-finite outputs")
+    assert read_results(out) == [] if out.exists() else True
+
+
+def test_replaced_data_or_checkpoint_refuses_the_resume(capsys, tmp_path):
+    data = tmp_path / "digits.npz"
+    shutil.copy(digits_asset_path("test_split.npz"), data)
+    with np.load(data) as d:
+        images, labels = d["pixels"].astype(np.float32) / 16, d["labels"]
+    np.savez(data, images=images, labels=labels)
+    out = tmp_path / "r.tsv"
+    args = ["certify", *FAST, "--data", str(data), "--output", str(out)]
+    assert run(capsys, *args)[0] == 0
+    assert set(read_sidecar(out).header.config["content"]) == {"data", "checkpoint", "classifier"}
+    images[0, 0, 0, 0] = 1.0 - images[0, 0, 0, 0]  # same path, other content
+    np.savez(data, images=images, labels=labels)
+    code, _, err = run(capsys, *args[:-4], "--max", "3", "--data", str(data), "--output", str(out))
+    one_line(code, err, "content.data")
+    ckpt = tmp_path / "unet.pt"
+    shutil.copy(digits_asset_path("unet.pt"), ckpt)
+    code, _, err = run(capsys, "certify", *FAST, "--checkpoint", str(ckpt), "--output", str(tmp_path / "c.tsv"))
+    assert code == 0
+    state = torch.load(ckpt, weights_only=True)
+    next(iter(state.values())).add_(1e-3)
+    torch.save(state, ckpt)
+    code, _, err = run(capsys, "certify", *FAST, "--checkpoint", str(ckpt), "--output", str(tmp_path / "c.tsv"))
+    one_line(code, err, "content.checkpoint")
+    assert len(read_results(tmp_path / "c.tsv")) == 2  # untouched
+
+
+@pytest.mark.parametrize("make_argv", [
+    lambda t: ["--output", str(t / "out.tsv"), "--plot", str(t / "out.tsv")],
+    lambda t: ["--output", str(t / "out.tsv"), "--plot", str(t / "out.tsv.jsonl")],
+    lambda t: ["--output", str(t / "out.tsv"), "--plot", str(t / "keep.txt")],
+])
+def test_a_plot_path_can_never_be_a_result_file(capsys, tmp_path, make_argv):
+    (tmp_path / "keep.txt").write_text("precious")
+    code, _, err = run(capsys, "certify", *FAST, *make_argv(tmp_path))
+    one_line(code, err, "plot")
+    assert not (tmp_path / "out.tsv").exists()  # refused before anything was written
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_output_named_png_keeps_its_results_and_analyze_protects_its_inputs(capsys, tmp_path):
+    out = tmp_path / "out.png"
+    code, stdout, _ = run(capsys, "certify", *FAST, "--output", str(out))
+    assert code == 0 and len(read_results(out)) == 2  # the plot went beside it, not over it
+    assert (tmp_path / "out.png.png").read_bytes().startswith(b"\x89PNG")
+    before = out.read_bytes()
+    for plot in (str(out), str(out) + ".jsonl"):
+        code, _, err = run(capsys, "analyze", str(out), "--plot", plot)
+        one_line(code, err, "plot")
+    assert out.read_bytes() == before and sidecar_path(out).is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--device", "meta"], "device must be auto, cpu, cuda or cuda:N"),
+    (["--seed", "-3"], "seed must be an integer in [0, 2**64)"),
+    (["--n", str(2**63)], "at most 2**40 - 1"),
+    (["--n0", str(2**41)], "at most 2**40 - 1"),
+    (["--max", "0"], "select no image"),
+    (["--mode", "onestep", "--K", "4"], "apply to --mode densepure"),
+])
+def test_user_errors_are_found_before_any_model_loads(capsys, tmp_path, monkeypatch, argv, message):
+    import densepure.certify.job as job
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded before the options were checked")
+
+    monkeypatch.setattr(job, "build_engine", no_models)
+    flags = dict(zip(FAST[::2], FAST[1::2]))
+    flags.update(zip(argv[::2], argv[1::2]))
+    if flags.get("--mode") == "onestep":
+        del flags["--b"]
+    code, _, err = run(capsys, "certify", *(x for kv in flags.items() for x in kv), "--output", str(tmp_path / "r.tsv"))
+    one_line(code, err, message)
+    assert not (tmp_path / "r.tsv").exists()
+
+
+def test_an_unusable_output_is_found_before_any_model_loads(capsys, tmp_path, monkeypatch):
+    import densepure.certify.job as job
+
+    monkeypatch.setattr(job, "build_engine", lambda *a, **k: pytest.fail("models loaded first"))
+    (tmp_path / "file").write_text("x")
+    for output, message in ((tmp_path, "is a directory"), (tmp_path / "file" / "r.tsv", "not a writable directory")):
+        code, _, err = run(capsys, "certify", *FAST, "--output", str(output))
+        one_line(code, err, message)
+
+
+def test_data_problems_are_named_in_one_line(capsys, tmp_path):
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, images=np.zeros((2, 3, 32, 32), np.float32), labels=np.array([0, 1]))
+    code, _, err = run(capsys, "certify", *FAST, "--skip", "1", "--data", str(rgb), "--output", str(tmp_path / "a.tsv"))
+    one_line(code, err, "images must be (N, 1, 8, 8) for preset digits, got (N, 3, 32, 32)")
+    bad_label = tmp_path / "labels.npz"
+    np.savez(bad_label, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.array([3, 99]))
+    code, _, err = run(capsys, "certify", *FAST, "--skip", "1", "--data", str(bad_label), "--output",
+                       str(tmp_path / "b.tsv"))
+    one_line(code, err, "the classifier has 10 classes but the data has 100")
+    assert not (tmp_path / "b.tsv").exists()
+
+
+@pytest.mark.parametrize("radii", ["a,b", "", "0,-1"])
+def test_analyze_radii_errors_are_one_line(capsys, tmp_path, radii):
+    out = tmp_path / "r.tsv"
+    assert run(capsys, "certify", *FAST, "--output", str(out))[0] == 0
+    code, _, err = run(capsys, "analyze", str(out), "--radii", radii)
+    one_line(code, err, "radii")
+
+
+def test_every_resumed_row_keeps_its_sidecar_record_also_k_included(capsys, tmp_path):
+    out = tmp_path / "r.tsv"
+    base = ["certify", "--skip", "100", "--n0", "8", "--n", "24", "--K", "3", "--b", "2", "--also-K", "1",
+            "--seed", "5", "--device", "cpu", "--output", str(out)]
+    assert run(capsys, *base, "--max", "2")[0] == 0
+    assert run(capsys, *base, "--max", "4")[0] == 0  # resumed: two more images
+    for path in (out, tmp_path / "r.K1.tsv"):
+        rows = read_results(path)
+        records = {r.row.idx: r for r in read_sidecar(path).records}
+        assert len(rows) == 4 and sorted(records) == sorted(r.idx for r in rows)
+        for row in rows:
+            assert records[row.idx].row.to_line() == row.to_line() and sum(records[row.idx].estimation_counts) == 24
+    header = json.loads(sidecar_path(out).read_text().splitlines()[0])
+    assert header["config"]["kernels"] == "torch" and header["config"]["sequential"] == "exact"
