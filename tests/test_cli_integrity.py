@@ -173,3 +173,11 @@ def test_every_resumed_row_keeps_its_sidecar_record_also_k_included(capsys, tmp_
             assert records[row.idx].row.to_line() == row.to_line() and sum(records[row.idx].estimation_counts) == 24
     header = json.loads(sidecar_path(out).read_text().splitlines()[0])
     assert header["config"]["kernels"] == "torch" and header["config"]["sequential"] == "exact"
+
+
+def test_a_huge_batch_size_is_fitted_to_memory(capsys, tmp_path):
+    """--batch-size 100000000 once asked for a 51 GB pool; now rows follow the memory and pools the work."""
+    out = tmp_path / "r.tsv"
+    code, _, err = run(capsys, "certify", *FAST, "--batch-size", "100000000", "--output", str(out))
+    assert code == 0, err
+    assert len(read_results(out)) == 2

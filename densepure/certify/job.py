@@ -12,6 +12,7 @@ replaced at the same path cannot be mixed into a run.
 
 from __future__ import annotations
 
+import math
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from densepure.diffusion import Mode
 from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
+from densepure.engine.memory import rows_that_fit
 from densepure.errors import ConfigError, DensePureError
 from densepure.precision import Precision
 
@@ -171,9 +173,15 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
                           "its labels could never be predicted")
     denoiser, checkpoint = _denoiser(options, preset, smoothing.needs_denoiser, device, kernels)
     shape = tuple(int(d) for d in image_shape)
-    rows = _rows_per_call(options, device, denoiser, classifier, shape)
-    backends = _backends(options, preset, shape, classes, checkpoint, rows, device, denoiser, classifier,
-                         smoothing.needs_denoiser)
+    slot_bytes = 2 * (smoothing.chains + 2) * math.prod(shape) * 4  # draw pools: 2 draws per row (EngineConfig)
+    if options.backend is BackendKind.TORCH:
+        rows = rows_that_fit(_module_probes(denoiser, classifier, shape, device), device, options.batch_size, slot_bytes)
+        backends = _backends(options, preset, shape, classes, checkpoint, rows, device, denoiser, classifier,
+                             smoothing.needs_denoiser)
+    else:  # the graphs' runtime is measured through the backends themselves
+        backends = _backends(options, preset, shape, classes, checkpoint, options.batch_size, device, None,
+                             classifier, smoothing.needs_denoiser)
+        rows = rows_that_fit(_backend_probes(backends, shape, device), device, options.batch_size, slot_bytes)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8,
                           chain_prefixes=options.also_chains)
     return Engine(smoothing, backends, shape, device, config, kernels)
@@ -209,26 +217,35 @@ def _backends(options, preset, shape, classes, checkpoint, rows, device, denoise
                          classifier=classifier)
 
 
-def _rows_per_call(options: JobOptions, device: torch.device, denoiser, classifier, shape) -> int:
-    """``--batch-size``, lowered on CUDA to what fits in the free memory (torch backend: one probe batch
-    through the UNet and the classifier measures the memory per row)."""
-    if device.type != "cuda" or options.backend is not BackendKind.TORCH:
-        return options.batch_size
-    from densepure.engine.backends.graphs import rows_for_memory
+def _inputs(rows: int, shape, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand((rows, *shape), device=device) * 2 - 1, torch.full((rows,), 100.0, device=device)
 
-    def batch(rows: int) -> torch.Tensor:
-        return torch.rand((rows, *shape), device=device) * 2 - 1
 
-    def unet_probe(rows: int) -> None:
+def _module_probes(denoiser, classifier, shape, device) -> list:
+    """One batch through each torch model (the memory cost of a row of each)."""
+    def unet(rows: int) -> None:
         with torch.inference_mode():
-            denoiser.eps_and_var(batch(rows), torch.full((rows,), 100.0, device=device))
+            denoiser.eps_and_var(*_inputs(rows, shape, device))
 
-    def classifier_probe(rows: int) -> None:
+    def classify(rows: int) -> None:
         with torch.inference_mode():
-            classifier(batch(rows))
+            classifier(_inputs(rows, shape, device)[0])
 
-    probes = [classifier_probe] if denoiser is None else [unet_probe, classifier_probe]
-    return rows_for_memory(probes, device, cap=options.batch_size)
+    return [classify] if denoiser is None else [unet, classify]
+
+
+def _backend_probes(backends, shape, device) -> list:
+    """One batch through each exported model, inside its backend's ``with`` block."""
+    def through(backend, call):
+        def probe(rows: int) -> None:
+            with backend, torch.inference_mode():
+                call(*_inputs(rows, shape, device))
+        return probe
+
+    probes = [through(backends.classifier, lambda x, t: backends.classifier.logits(x))]
+    if backends.denoiser is not None:
+        probes.insert(0, through(backends.denoiser, backends.denoiser.eps_and_var))
+    return probes
 
 
 def run(job: Job, progress: Progress | None = None) -> tuple[Path, list[ImageRecord]]:

@@ -3,7 +3,6 @@ resumable (result files: :mod:`densepure.certify.results`)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,13 +45,12 @@ def certify_images(engine: Engine, dataset: Dataset, indices: Iterable[int], tas
 
     Every image's noise is keyed by ``(seed, i)``, so results do not depend on which process or in which
     order an image runs. Each image is validated ((C,H,W) in [0,1], finite) before any sampling.
-    ``time`` is the wall time from an image's admission to its decision (images overlap, so these add
-    up to more than the run). ``prefixes`` (the engine must count those ``chain_prefixes``) adds the
+    ``time`` is the image's own share of the engine's time (every step's time split evenly among the
+    images in flight), so the column adds up to the run's sampling time. ``prefixes`` (the engine must count those ``chain_prefixes``) adds the
     records of each draw's first ``k`` chains. Radii use the engine's own ``smoothing.sigma``. A label
     outside the classifier's classes is refused before the image is sampled.
     """
     labels: dict[int, int] = {}
-    starts: dict[int, float] = {}
     sigma = engine.smoothing.sigma
 
     def requests():
@@ -62,12 +60,12 @@ def certify_images(engine: Engine, dataset: Dataset, indices: Iterable[int], tas
             if not -1 <= int(label) < engine.num_classes:
                 raise InputError(f"image {idx} has label {int(label)}, but the classifier has {engine.num_classes} "
                                  f"classes (0..{engine.num_classes - 1}; -1 means unknown)")
-            labels[idx], starts[idx] = int(label), time.perf_counter()
+            labels[idx] = int(label)
             yield ImageRequest(idx, x, task.policy(engine.num_classes, sigma), seed, noise_id=idx)
 
     for request in engine.run(requests(), on_step):
         idx, policy = request.key, request.policy
-        label, seconds = labels.pop(idx), time.perf_counter() - starts.pop(idx)
+        label, seconds = labels.pop(idx), policy.seconds
         result = getattr(policy, "result", None)
         record = task.record(idx, label, seconds, policy.counts, sigma, result)
         extra = {k: task.record(idx, label, seconds, policy.prefix_counts[k], sigma, result) for k in prefixes}

@@ -19,6 +19,7 @@ secret seed and ``noise_id = 0``. Either way no two images of one run share nois
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Engine:
         self._by_slot: dict[int, ImageRequest] = {}
         self._finished: list[ImageRequest] = []
         self._active = 0
+        self._pending = None  # (rows, labels) of the classifier batch launched last round, read this round
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -172,7 +174,11 @@ class Engine:
             self.executor.put_image(slot, request.image, request.seed, request.noise_id)
             self.scheduler.add_image(slot, request.policy)
             self._by_slot[slot] = request
+        started = time.perf_counter()
         ran = self._round()
+        share = (time.perf_counter() - started) / max(1, len(self._by_slot))
+        for request in self._by_slot.values():  # each image's own time: its share of every step it was in
+            request.policy.seconds += share
         for slot in self.scheduler.pop_finished():
             self._finished.append(self._by_slot.pop(slot))
             self._free.append(slot)
@@ -209,23 +215,30 @@ class Engine:
             yield from self.collect()
 
     def _round(self) -> bool:
-        """One classifier batch (launched first: on CUDA it overlaps the UNet) and one UNet batch.
+        """Launch a classifier batch (on CUDA it overlaps what follows) and a UNet batch, then read the
+        labels of the classifier batch launched in the previous round.
 
-        The order of scheduler calls does not change any count: every label is a function of its
-        draw's and chain's noise keys, and each queue is first-in first-out.
+        Reading labels one round late keeps the device busy: by the time the host waits for them, this
+        round's batches are already queued behind them. The order of scheduler calls does not change any
+        count: every label is a function of its draw's and chain's noise keys, each queue is first-in
+        first-out, and a chain slot is reused only after its draw's labels have been read.
         """
         scheduler = self.scheduler
         cls_rows = scheduler.next_classify(self.config.classifier_rows)
-        pending = self.executor.launch_classifier(cls_rows) if cls_rows is not None else None
-        ran = cls_rows is not None
+        launched = (cls_rows, self.executor.launch_classifier(cls_rows)) if cls_rows is not None else None
+        ran = launched is not None
         if scheduler.uses_unet:
             rows = scheduler.next_unet(self.config.unet_rows)
             if rows is not None:
                 self.executor.run_unet(rows)
                 scheduler.unet_done(rows)
                 ran = True
-        if pending is not None:
-            scheduler.classified(cls_rows, pending.labels())
+        if self._pending is not None:
+            rows, pending = self._pending
+            self._pending = None
+            scheduler.classified(rows, pending.labels())
+            ran = True
+        self._pending = launched
         return ran
 
     def _check(self, request: ImageRequest) -> None:

@@ -25,6 +25,7 @@ import torch
 from densepure.diffusion import GridTables, SmoothingConfig, StartKind
 from densepure.engine.backends.base import Backends
 from densepure.engine.scheduler import RowKind, Rows
+from densepure.engine.transfer import SyncCounter, Uploader
 from densepure.errors import ModelOutputError
 from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartForm, StartRule, resolve_kernels
 from densepure.noise import NoiseStream, counter_words, key_table
@@ -41,11 +42,14 @@ def start_rule(smoothing: SmoothingConfig, grid) -> StartRule:
 
 
 class Executor:
-    """Runs batches for ``smoothing`` with ``backends`` on ``device`` (pools sized by the capacities).
+    """Runs batches for ``smoothing`` with ``backends`` on ``device``.
 
     The per-row arithmetic (start points, the shared first step, spawns, the reverse step with its keyed
     noise) runs through ``kernels`` (:mod:`densepure.kernels`): the torch references, or the fused Triton
-    kernels that reproduce them.
+    kernels that reproduce them. Each batch's index columns reach the device in one asynchronous copy
+    (:mod:`densepure.engine.transfer`). The draw pools grow with the highest draw slot in use (the
+    scheduler hands out the lowest free slot), up to ``draw_capacity``, so memory follows the work queued,
+    not the capacity.
     """
 
     def __init__(self, backends: Backends, smoothing: SmoothingConfig, image_shape: tuple[int, int, int],
@@ -59,80 +63,87 @@ class Executor:
         self.start_stream = NoiseStream.FORWARD if self.start is StartKind.DDS else NoiseStream.DELTA
         self.tables = GridTables(self.grid, self.device) if self.grid is not None else None
         self.images = torch.zeros((image_slots, *self.shape), device=self.device)
-        shared = self.grid is not None and self.grid.num_steps >= 2
-        chains = smoothing.chains if shared else 1
-        self.mean = torch.zeros((draw_capacity if shared else 0, *self.shape), device=self.device)
-        self.std = torch.zeros_like(self.mean)
-        self.state = torch.zeros((draw_capacity * chains, *self.shape), device=self.device)
+        self.shared = self.grid is not None and self.grid.num_steps >= 2
+        self.chains = smoothing.chains if self.shared else 1
+        self.draw_capacity = int(draw_capacity)
+        self.mean = self.std = self.state = torch.zeros((0, *self.shape), device=self.device)
         self.slot_keys = np.zeros((image_slots, len(NoiseStream), 2), dtype=np.int64)
         self.slot_noise_id = np.zeros(image_slots, dtype=np.int64)
         self.unet_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.syncs = SyncCounter()
+        self.upload = Uploader(self.device, self.syncs)
 
     def put_image(self, slot: int, x: torch.Tensor, seed: int, noise_id: int) -> None:
         """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``."""
-        self.images[slot].copy_(x.to(self.device, torch.float32))
+        self.images[slot].copy_(x.to(self.device, torch.float32), non_blocking=True)
         self.slot_keys[slot] = key_table(seed).numpy()
         self.slot_noise_id[slot] = noise_id
 
-    def _t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).to(self.device)
+    def _grow(self, draw_slots: np.ndarray) -> None:
+        """Make the pools hold draw slots ``0..max(draw_slots)`` (doubling, at most ``draw_capacity``)."""
+        need = int(draw_slots.max()) + 1 if draw_slots.size else 0
+        have = self.state.shape[0] // self.chains
+        if need <= have:
+            return
+        size = min(self.draw_capacity, max(need, 2 * have, 8))
+        grown = torch.zeros((size * self.chains, *self.shape), device=self.device)
+        grown[: self.state.shape[0]] = self.state
+        self.state = grown
+        if self.shared:
+            self.mean, self.std = (torch.cat([t, t.new_zeros((size - have, *self.shape))]) for t in (self.mean, self.std))
 
-    def _words(self, rows: Rows, stream: NoiseStream, chain: np.ndarray | int, step: np.ndarray | int) -> torch.Tensor:
-        """The rows' ``(R, 6)`` noise row words in ``stream`` (:mod:`densepure.noise`), built on the host
-        from the slots' keys and the rows' identities, then copied to the device at once."""
-        slots = rows.image_slot
+    def _words(self, rows: Rows, stream: NoiseStream, chain: np.ndarray | int, step: np.ndarray | int) -> np.ndarray:
+        """The rows' ``(R, 6)`` noise row words in ``stream`` (:mod:`densepure.noise`), on the host, from
+        the slots' keys and the rows' identities."""
         n = len(rows)
         chain = np.broadcast_to(np.asarray(chain, dtype=np.int64), (n,))
         step = np.broadcast_to(np.asarray(step, dtype=np.int64), (n,))
         counters = counter_words(*(torch.from_numpy(np.array(c, dtype=np.int64)) for c in (
-            self.slot_noise_id[slots], rows.phase, rows.draw, chain, step)))
-        keys = torch.from_numpy(self.slot_keys[slots, int(stream)])
-        return torch.cat([counters.reshape(n, 4), keys.reshape(n, 2)], dim=1).to(self.device)
-
-    def _start_rows(self, rows: Rows, out: torch.Tensor | None = None, at: np.ndarray | None = None) -> torch.Tensor:
-        """The rows' starts (Gaussian smoothing: the classifier inputs), into ``out[at]`` when given."""
-        words = self._words(rows, self.start_stream, 0, 0)
-        out_rows = self._t(at) if at is not None else None
-        return self.kernels.start_rows(self.images, self._t(rows.image_slot), words, self.rule, out, out_rows)
+            self.slot_noise_id[rows.image_slot], rows.phase, rows.draw, chain, step))).numpy()
+        keys = self.slot_keys[rows.image_slot, int(stream)]
+        return np.concatenate([counters.reshape(n, 4), keys.reshape(n, 2)], axis=1)
 
     @torch.no_grad()
     def run_unet(self, rows: Rows) -> None:
-        kinds = rows.kind
+        self._grow(rows.draw_slot)
+        host = self._unet_columns(rows)
+        d = self.upload(host)
         y = torch.empty((len(rows), *self.shape), device=self.device)
-        for kind in (RowKind.START, RowKind.SPAWN, RowKind.CONTINUE):
-            idx = np.nonzero(kinds == kind)[0]
-            if not idx.size:
-                continue
-            sub = _take(rows, idx)
-            if kind is RowKind.START:
-                self._start_rows(sub, y, idx)
-            elif kind is RowKind.SPAWN:
-                words = self._words(sub, NoiseStream.CHAIN, sub.chain, 0)
-                self.kernels.spawn_rows(self.mean, self.std, self._t(sub.draw_slot), words, y, self._t(idx))
-            else:
-                y[self._t(idx)] = self.state[self._t(sub.chain_slot)]
-        c = self.tables.gather(self._t(rows.step))
+        k = self.kernels
+        if host["start_at"].size:
+            k.start_rows(self.images, d["start_slot"], d["start_words"], self.rule, y, d["start_at"])
+        if host["spawn_at"].size:
+            k.spawn_rows(self.mean, self.std, d["spawn_draw"], d["spawn_words"], y, d["spawn_at"])
+        if host["cont_at"].size:
+            y[d["cont_at"]] = self.state[d["cont_chain"]]
+        c = self.tables.gather(d["step"])
         eps, v = self.denoiser.eps_and_var(y, c.model_time)
         self.unet_bad |= ~(torch.isfinite(eps).all() & torch.isfinite(v).all())
-        self.kernels.step_rows(y, eps, v, c, keep=self._keep(rows), advance=self._advance(rows))
+        keep = KeepRows(d["keep_at"], d["keep_draw"], self.mean, self.std) if host["keep_at"].size else None
+        advance = AdvanceRows(d["adv_at"], d["adv_chain"], d["adv_words"], self.state, d["adv_noisy"]) \
+            if host["adv_at"].size else None
+        k.step_rows(y, eps, v, c, keep=keep, advance=advance)
 
-    def _keep(self, rows: Rows) -> KeepRows | None:
-        """START rows of a shared first step keep their ``(mean, std)`` per draw, for the draw's chains."""
-        start = np.nonzero(rows.kind == RowKind.START)[0] if self.mean.shape[0] else np.zeros(0, dtype=np.int64)
-        if not start.size:
-            return None
-        return KeepRows(self._t(start), self._t(rows.draw_slot[start]), self.mean, self.std)
-
-    def _advance(self, rows: Rows) -> AdvanceRows | None:
-        """Every other row moves its chain on: ``mean + std z`` (``mean``, i.e. ``x0_hat``, at the last step)."""
-        moving = np.nonzero(rows.kind != RowKind.START)[0] if self.mean.shape[0] else np.arange(len(rows))
-        if not moving.size:
-            return None
+    def _unet_columns(self, rows: Rows) -> dict[str, np.ndarray]:
+        """Every index a UNet batch needs, on the host: positions in the batch by row kind, the slots they
+        read or write, the steps, and the noise row words of the rows that draw noise."""
+        out: dict[str, np.ndarray] = {"step": rows.step}
+        for name, kind in (("start", RowKind.START), ("spawn", RowKind.SPAWN), ("cont", RowKind.CONTINUE)):
+            out[f"{name}_at"] = np.nonzero(rows.kind == kind)[0]
+        start, spawn = _take(rows, out["start_at"]), _take(rows, out["spawn_at"])
+        out["start_slot"], out["start_words"] = start.image_slot, self._words(start, self.start_stream, 0, 0)
+        out["spawn_draw"] = spawn.draw_slot
+        out["spawn_words"] = self._words(spawn, NoiseStream.CHAIN, spawn.chain, 0)
+        out["cont_chain"] = rows.chain_slot[out["cont_at"]]
+        keep = out["start_at"] if self.shared else np.zeros(0, dtype=np.int64)
+        out["keep_at"], out["keep_draw"] = keep, rows.draw_slot[keep]
+        moving = np.nonzero(rows.kind != RowKind.START)[0] if self.shared else np.arange(len(rows))
         sub = _take(rows, moving)
-        noisy = torch.from_numpy(np.nonzero(self.grid.has_noise[sub.step])[0])
-        words = self._words(sub, NoiseStream.CHAIN, sub.chain, sub.step)
-        return AdvanceRows(self._t(moving), self._t(sub.chain_slot), words, self.state, noisy)
+        out["adv_at"], out["adv_chain"] = moving, sub.chain_slot
+        out["adv_words"] = self._words(sub, NoiseStream.CHAIN, sub.chain, sub.step)
+        out["adv_noisy"] = np.nonzero(self.grid.has_noise[sub.step])[0]
+        return out
 
     @torch.no_grad()
     def launch_classifier(self, rows: Rows) -> PendingLabels:
@@ -145,7 +156,7 @@ class Executor:
         """
         names = (self.denoiser.name if self.denoiser is not None else "", self.classifier.name)
         if self.side is None:
-            return PendingLabels(self._labels(rows).cpu().numpy(), names)
+            return PendingLabels(self._labels(rows).numpy(), names, self.syncs)
         self.side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.side):
             labels = self._labels(rows)
@@ -153,24 +164,30 @@ class Executor:
             host.copy_(labels, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.side)
-        return PendingLabels(host, names, event)
+        return PendingLabels(host, names, self.syncs, event)
 
     def _labels(self, rows: Rows) -> torch.Tensor:
         """``(B + 1,)`` int64: each row's label (``-1``: non-finite logits), then the UNet's flag (0/1)."""
-        x = self._start_rows(rows) if self.start is StartKind.GAUSSIAN else self.state[self._t(rows.chain_slot)]
+        if self.start is StartKind.GAUSSIAN:
+            d = self.upload({"slot": rows.image_slot, "words": self._words(rows, self.start_stream, 0, 0)})
+            x = self.kernels.start_rows(self.images, d["slot"], d["words"], self.rule)
+        else:
+            x = self.state[self.upload({"chain": rows.chain_slot})["chain"]]
         logits = self.classifier.logits(x)
         labels = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), _BAD_LOGITS)
         return torch.cat([labels, self.unet_bad.to(torch.int64).reshape(1)])
 
 
 class PendingLabels:
-    """Labels of a launched classifier batch; :meth:`labels` waits for them (int64 numpy)."""
+    """Labels of a launched classifier batch; :meth:`labels` waits for them (int64 numpy): the one host
+    synchronisation of an engine step (counted in ``counter.waits``)."""
 
-    def __init__(self, host, names: tuple[str, str], event: torch.cuda.Event | None = None):
-        self.host, self.names, self.event = host, names, event
+    def __init__(self, host, names: tuple[str, str], counter: SyncCounter, event: torch.cuda.Event | None = None):
+        self.host, self.names, self.counter, self.event = host, names, counter, event
 
     def labels(self) -> np.ndarray:
         """The rows' labels, or :class:`ModelOutputError` if a model returned a non-finite value."""
+        self.counter.waits += 1
         if self.event is not None:
             self.event.synchronize()
         out = self.host.numpy() if self.event is not None else self.host

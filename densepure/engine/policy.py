@@ -38,6 +38,7 @@ class Policy(abc.ABC):
         self.counts: dict[NoisePhase, np.ndarray] = {}
         self.prefix_counts: dict[int, dict[NoisePhase, np.ndarray]] = {}
         self.outstanding = 0
+        self.seconds = 0.0  # the engine time attributed to this image (its share of every step it was in)
 
     def _counts(self, phase: NoisePhase) -> np.ndarray:
         if phase not in self.counts:

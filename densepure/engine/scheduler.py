@@ -22,12 +22,14 @@ Savings, each exact:
   prefixes up to that size are always complete.
 
 Slots: draw ``d`` in flight owns draw slot ``s`` (the executor's stored ``mean, std``) and chain
-slots ``s*K .. s*K+K-1`` (chain states and outputs). A slot is reused only after its draw is final.
+slots ``s*K .. s*K+K-1`` (chain states and outputs). A slot is reused only after its draw is final, and
+the lowest free slot is taken first, so the executor's pools only grow as far as the work in flight.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -86,7 +88,7 @@ class Scheduler:
         self.shared = self.steps >= 2
         self.uses_unet, self.early_exit = uses_unet, early_exit
         self.draw_capacity = int(draw_capacity)
-        self.free_slots = deque(range(self.draw_capacity))
+        self.free_slots = list(range(self.draw_capacity))  # a min-heap: the lowest free slot first
         self.images: dict[int, Policy] = {}
         self._order: deque[int] = deque()
         self.unet_ready: deque[tuple[RowKind, _Draw, int, int]] = deque()  # (kind, draw, chain, step)
@@ -123,7 +125,7 @@ class Scheduler:
         self.cls_ready = deque(item for item in self.cls_ready if item[0].image != image_slot)
         for slot in [s for s, d in self._by_slot.items() if d.image == image_slot]:
             del self._by_slot[slot]
-            self.free_slots.append(slot)
+            heapq.heappush(self.free_slots, slot)
 
     @property
     def idle(self) -> bool:
@@ -137,7 +139,7 @@ class Scheduler:
             share = max(1, len(self.free_slots) // len(self._order))
             for image in list(self._order):
                 for request in self.images[image].take(min(share, len(self.free_slots))):
-                    draw = _Draw(image, request, self.free_slots.popleft())
+                    draw = _Draw(image, request, heapq.heappop(self.free_slots))
                     self._by_slot[draw.slot] = draw
                     (self.starts if self.uses_unet else self.cls_ready).append(
                         draw if self.uses_unet else (draw, 0))
@@ -166,7 +168,7 @@ class Scheduler:
 
     def unet_done(self, rows: Rows) -> None:
         """Advance the rows of a finished UNet batch (call with the batch from :meth:`next_unet`)."""
-        for kind, draw, chain, step in self._last_items(rows):
+        for _, kind, draw, chain, step in self._last_items(rows):
             if kind is RowKind.START and self.shared:
                 self._launch(draw)
             elif step + 1 < self.steps:
@@ -175,9 +177,14 @@ class Scheduler:
                 self.cls_ready.append((draw, chain))
 
     def _last_items(self, rows: Rows):
+        """The batch's rows as (position, kind, draw, chain, step); rows of draws dropped since the batch
+        was made (a cancelled or already decided image) are skipped, even if their slot holds another draw."""
         for i in range(len(rows)):
-            draw = self._by_slot[int(rows.draw_slot[i])]
-            yield RowKind(int(rows.kind[i])), draw, int(rows.chain[i]), int(rows.step[i])
+            draw = self._by_slot.get(int(rows.draw_slot[i]))
+            if draw is None or draw.image != rows.image_slot[i] or draw.request.draw != rows.draw[i] \
+                    or int(draw.request.phase) != rows.phase[i]:
+                continue
+            yield i, RowKind(int(rows.kind[i])), draw, int(rows.chain[i]), int(rows.step[i])
 
     def _counts(self, draw: _Draw) -> np.ndarray:
         return np.bincount(np.array(draw.labels, dtype=np.int64), minlength=self.num_classes)
@@ -205,7 +212,9 @@ class Scheduler:
 
     def classified(self, rows: Rows, labels: np.ndarray) -> None:
         """Record the labels of a classifier batch; finalise, or launch more chains of, each draw."""
-        for (_, draw, chain, _), label in zip(self._last_items(rows), labels.tolist()):
+        labels = labels.tolist()
+        for i, _, draw, chain, _ in self._last_items(rows):  # a dropped draw's label is never counted
+            label = labels[i]
             if chain != len(draw.labels):
                 raise RuntimeError("chains must be classified in launch order")  # waves keep this true
             draw.labels.append(int(label))
@@ -228,7 +237,7 @@ class Scheduler:
         self.images[draw.image].record(draw.request, draw.final, prefix)
         self.draws += 1
         del self._by_slot[draw.slot]
-        self.free_slots.append(draw.slot)
+        heapq.heappush(self.free_slots, draw.slot)
 
 
 def check_prefixes(prefixes: tuple[int, ...], chains: int, early_exit: bool) -> tuple[int, ...]:

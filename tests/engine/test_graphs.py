@@ -5,7 +5,8 @@ import torch
 
 from densepure.artifacts.buckets import bucket_sizes, pick_bucket
 from densepure.engine.backends import TorchClassifier, TorchDenoiser
-from densepure.engine.backends.graphs import BucketedCall, rows_for_memory
+from densepure.engine.backends.graphs import BucketedCall
+from densepure.engine.memory import rows_that_fit
 from densepure.errors import BackendError, ConfigError
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_unet
@@ -23,10 +24,6 @@ def test_bucket_sizes_and_pick():
         pick_bucket((8, 16), 17)
     with pytest.raises(ConfigError):
         bucket_sizes(0)
-
-
-def test_rows_for_memory_on_cpu_is_the_cap():
-    assert rows_for_memory([lambda rows: None], torch.device("cpu"), cap=777) == 777
 
 
 def test_padding_never_reaches_results():
@@ -105,7 +102,7 @@ def test_rows_for_memory_on_cuda():
         with torch.inference_mode():
             unet(torch.randn(rows, 1, 8, 8, device=dev), torch.ones(rows, device=dev))
 
-    one = rows_for_memory([probe], dev, cap=1 << 20)
-    two = rows_for_memory([probe, probe], dev, cap=1 << 20)
+    one = rows_that_fit([probe], dev, cap=1 << 20)
+    two = rows_that_fit([probe, probe], dev, cap=1 << 20)
     assert one >= 8 and one % 8 == 0 and two % 8 == 0
     assert two <= one // 2 + 8  # two models' pools: twice the memory per row

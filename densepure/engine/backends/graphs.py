@@ -7,8 +7,7 @@ reaches a result). On CUDA each bucket is captured once as a CUDA graph (all buc
 memory pool, largest captured first) and a call is one ``replay``; on CPU the same padding code runs
 eagerly, so the bucket logic is tested without a GPU.
 
-Bucket sizes come from the device's free memory: :func:`rows_for_memory` measures the peak bytes of
-one probe batch and keeps a safety fraction of what is free.
+Bucket sizes come from the device's free memory (:mod:`densepure.engine.memory`).
 """
 
 from __future__ import annotations
@@ -21,30 +20,6 @@ from densepure.artifacts.buckets import pad_into, pick_bucket
 from densepure.errors import BackendError
 
 Fn = Callable[..., tuple[torch.Tensor, ...]]
-
-
-def rows_for_memory(probes: Sequence[Callable[[int], object]], device: torch.device, probe_rows: int = 32,
-                    fraction: float = 0.6, cap: int = 4096) -> int:
-    """Rows per model call that fit in ``fraction`` of the free memory of a CUDA ``device``.
-
-    Each ``probe(rows)`` runs one model on a batch; its peak allocation above the baseline, divided
-    by ``probe_rows``, is that model's cost per row (activations and workspace scale with the batch).
-    The costs add up, because each model's CUDA graphs keep their own memory pool. The result is
-    rounded down to a multiple of 8 and clipped to ``[8, cap]``. CPU devices return ``cap``.
-    """
-    if device.type != "cuda":
-        return cap
-    per_row = 0
-    for probe in probes:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        probe(probe_rows)
-        torch.cuda.synchronize(device)
-        per_row += max(1, (torch.cuda.max_memory_allocated(device) - base) // probe_rows)
-    free, _ = torch.cuda.mem_get_info(device)
-    rows = int(fraction * free // per_row) // 8 * 8
-    return max(8, min(cap, rows))
 
 
 class BucketedCall:
