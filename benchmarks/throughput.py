@@ -120,7 +120,7 @@ def official_loop(unet, clf, schedule, images, sigma, k, b, n, batch, device) ->
                     eps, v = unet.eps_and_var(y, c.model_time)
                     mean, std, _ = step_mean_std(y, eps, v, c)
                     y = mean + std * torch.randn_like(mean) if grid.has_noise[i] else mean
-                labels[seed, lo:lo + m] = clf(y.clamp(-1, 1)).argmax(1).cpu().numpy()
+                labels[seed, lo:lo + m] = clf(y.clamp(-1, 1).to(torch.float32)).argmax(1).cpu().numpy()
         _vote(labels)
     sync(device)
     return time.perf_counter() - start
@@ -183,6 +183,13 @@ def flops_per_row(unet, shape, device) -> float:
     return float(counter.get_total_flops())
 
 
+def _cast(models, precision: str):
+    """(unet, classifier) of ``load_models`` in ``precision`` (GroupNorm, softmax, time embedding stay fp32)."""
+    unet, clf = models[0], models[1]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return unet.set_precision(dtype), clf.set_precision(dtype)
+
+
 def engine_backends(args, precision: str, device: torch.device):
     """Fresh models in ``precision`` (the UNet keeps its fp32 islands; the classifier network is cast)."""
     unet, clf, schedule, shape, classes = load_models(args.arch, device)
@@ -198,6 +205,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32"],
                     help="engine precisions to measure (the official loop is always fp32)")
+    ap.add_argument("--official-precision", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32"],
+                    help="precisions of the official loop (its models cast as the engine's are); the first is the "
+                         "reference of the speedups")
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--n0", type=int, default=100)
@@ -227,20 +237,24 @@ def main() -> None:
         images = [torch.rand(shape, generator=g) for _ in range(args.images)]
     draws = args.images * (args.n0 + args.n)
     engines = {p: engine_backends(args, p, device) for p in args.precision}
-    official_s, engine_s = [], {p: [] for p in args.precision}
+    officials = {p: _cast(load_models(args.arch, device), p) for p in args.official_precision}
+    official_s, engine_s = {p: [] for p in officials}, {p: [] for p in args.precision}
     for _ in range(args.repeats):  # alternate, so drifts in machine speed hit both sides alike
-        official_s.append(official_loop(unet, clf, schedule, images, args.sigma, args.K, args.b,
-                                        args.n0 + args.n, batch, device))
+        for p, (o_unet, o_clf) in officials.items():
+            official_s[p].append(official_loop(o_unet, o_clf, schedule, images, args.sigma, args.K, args.b,
+                                               args.n0 + args.n, batch, device))
         for p, (engine, _, _) in engines.items():
             engine_s[p].append(engine_seconds(engine, images, args))
-    official = float(np.median(official_s))
+    official = float(np.median(official_s[args.official_precision[0]]))
     graphs = args.cuda_graphs and device.type == "cuda"
     out = {"arch": args.arch, "device": machine(device), "K": args.K, "b": args.b, "images": args.images,
            "n0": args.n0, "n": args.n, "official_batch": batch, "engine_rows": args.rows, "cuda_graphs": graphs,
            "repeats": args.repeats, "official_draws_per_s": draws / official, "engine": {}}
     print(f"{args.arch} on {out['device']}: K={args.K}, b={args.b}, {args.images} images x {args.n0 + args.n} "
           f"draws, median of {args.repeats} alternating runs")
-    print(f"  official protocol (fp32, eager, batch {batch}): {out['official_draws_per_s']:10.1f} draws/s")
+    out["official"] = {p: draws / float(np.median(t)) for p, t in official_s.items()}
+    for p, rate in out["official"].items():
+        print(f"  official protocol ({p}, eager, batch {batch}): {rate:10.1f} draws/s")
     for p, (engine, p_unet, _) in engines.items():
         seconds = float(np.median(engine_s[p]))
         row = {"draws_per_s": draws / seconds, "speedup": official / seconds,
