@@ -183,11 +183,13 @@ def prepare(options: JobOptions) -> Job:
     return Job(options, engine, dataset, indices, options.task(), seed)
 
 
-def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None) -> Engine:
+def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 image_slots: int = 8) -> Engine:
     """The engine for ``options``' models, backend, precision and device, for images of ``image_shape``.
 
-    ``num_classes`` is used when the classifier does not say (a dataset's class count). Shared by the
-    dataset job, the server and cluster workers, so all of them run exactly the same models.
+    ``num_classes`` is used when the classifier does not say (a dataset's class count). ``image_slots``:
+    images in flight at once (a server admits many clients' images). Shared by the dataset job, the
+    server and cluster workers, so all of them run exactly the same models.
     """
     from densepure.engine.backends.select import make_backends
     from densepure.hashing import file_sha256
@@ -219,7 +221,7 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
                            torch.get_num_threads(), rows, options.cuda_graphs)
     backends = make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=denoiser,
                              classifier=classifier)
-    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8,
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots,
                           chain_prefixes=options.also_chains)
     return Engine(smoothing, backends, shape, device, config)
 
