@@ -136,7 +136,7 @@ class EngineLoop:
         self._cond = threading.Condition()
         self._queue: deque[Work] = deque()  # waiting for engine slots (the head may be partly admitted)
         self._works: dict[str, Work] = {}  # every accepted, unresolved work
-        self._cancels: set[str] = set()
+        self._cancelled: list[Work] = []  # taken off the books by cancel(); the loop frees their slots
         self._pending_draws = 0
         self._stop = self._draining = False
         self.state = LoopState.LOADING
@@ -182,11 +182,22 @@ class EngineLoop:
             self._cond.notify()
 
     def cancel(self, work_id: str) -> None:
-        """Drop a work, queued or in flight (its slots are freed at the next step); no-op once resolved."""
+        """Drop a work, queued or in flight: its draws leave the queue's count now, its engine slots are freed
+        before the next step, and it is answered CANCELLED; no-op once resolved."""
         with self._cond:
-            if work_id in self._works:
-                self._cancels.add(work_id)
+            work = self._take(work_id)
+            if work is not None:
+                self._cancelled.append(work)
                 self._cond.notify()
+
+    def _take(self, work_id: str) -> Work | None:
+        """Take a work off the books (the lock is held)."""
+        work = self._works.pop(work_id, None)
+        if work is not None:
+            if work in self._queue:
+                self._queue.remove(work)
+            self._pending_draws -= work.draw_bound * len(work.policies)
+        return work
 
     def drain(self) -> None:
         """Stop accepting work (shutdown); what was accepted keeps running."""
@@ -271,13 +282,13 @@ class EngineLoop:
         last = engine.stats
         while True:
             with self._cond:
-                while not (self._stop or self._cancels or self._queue) and engine.idle:
+                while not (self._stop or self._cancelled or self._queue) and engine.idle:
                     self._cond.wait()
                 if self._stop:
                     return
-                cancels, self._cancels = self._cancels, set()
-            for work_id in cancels:
-                self._resolve(engine, work_id, WorkFailed(FailKind.CANCELLED, "cancelled"))
+                cancelled, self._cancelled = self._cancelled, []
+            for work in cancelled:
+                self._finish(engine, work, WorkFailed(FailKind.CANCELLED, "cancelled"))
             self._admit(engine)
             if not engine.idle:
                 started = time.monotonic()
@@ -339,14 +350,13 @@ class EngineLoop:
             self._resolve(engine, work_id, WorkResult(images, work.admitted - work.enqueued))
 
     def _resolve(self, engine: Engine | None, work_id: str, outcome: Outcome) -> None:
-        """Finish a work once: drop its images from the queue and the engine, release its draws, answer it."""
+        """Finish a work once: take it off the books (queue, draws), drop its images from the engine, answer it."""
         with self._cond:
-            work = self._works.pop(work_id, None)
-            if work is None:
-                return
-            if work in self._queue:
-                self._queue.remove(work)
-            self._pending_draws -= work.draw_bound * len(work.policies)
+            work = self._take(work_id)
+        if work is not None:
+            self._finish(engine, work, outcome)
+
+    def _finish(self, engine: Engine | None, work: Work, outcome: Outcome) -> None:
         if engine is not None:
             for j in range(work.submitted):
                 if j not in work.outcomes:
@@ -366,6 +376,9 @@ class EngineLoop:
     def _resolve_all(self, outcome: WorkFailed) -> None:
         with self._cond:
             ids = list(self._works)
+            cancelled, self._cancelled = self._cancelled, []
+        for work in cancelled:
+            self._finish(None, work, WorkFailed(FailKind.CANCELLED, "cancelled"))
         for work_id in ids:
             self._resolve(None, work_id, outcome)
 
