@@ -241,9 +241,10 @@ async def _run(rt: Runtime, request: Request, prepared: Prepared, policies, star
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({future, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # cancelled (the shutdown grace period ran out): free the slots
+    except asyncio.CancelledError:  # uvicorn cancels what is left when the shutdown grace period is over
         rt.loop.cancel(work.id)
-        raise
+        raise ApiError(503, "the server shut down before the answer was decided (its grace period was over)",
+                       retry_after=1) from None
     finally:
         watcher.cancel()
     if future in done:
