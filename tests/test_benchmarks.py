@@ -48,3 +48,17 @@ def test_throughput_prints_both_rates_and_their_ratio():
         assert 3 <= row["unet_rows_per_draw"] <= 4  # shared first step + 2 or 3 chains (early exit), 1 step each
     assert "torch" in result["device"]
     assert "official protocol" in stdout and "ratio engine / official" in stdout
+
+
+@pytest.mark.slow
+def test_serve_benchmark_reports_both_servers_and_their_ratio():
+    stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
+                        "--K 3 --n0 10 --n 100")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"shared", "serial"}
+    for rows in result["results"].values():
+        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
+        assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] and r["throughput_rps"] > 0 for r in rows)
+    shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
+    assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
+    assert "| server | clients |" in stdout
