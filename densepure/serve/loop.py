@@ -307,12 +307,12 @@ class EngineLoop:
                     self._fail_in_flight(engine, WorkFailed(FailKind.INTERNAL, "internal error in the engine"))
                 now = engine.stats
                 self._account(now.unet_rows - last.unet_rows, now.classifier_rows - last.classifier_rows,
-                              time.monotonic() - started, engine)
+                              time.monotonic() - started)
                 last = now
             for request in engine.collect():
                 self._image_done(engine, request)
             if self._metrics is not None:
-                self._metrics.in_flight(sum(w.submitted - len(w.outcomes) for w in list(self._works.values())))
+                self._metrics.in_flight(sum(w.submitted - len(w.outcomes) for w in self._snapshot()))
 
     def _admit(self, engine: Engine) -> None:
         """Move queued images into free engine slots, first come first served."""
@@ -368,8 +368,12 @@ class EngineLoop:
         except Exception:  # a callback's bug must not stop the loop
             log.exception("a work's on_done callback failed")
 
+    def _snapshot(self) -> list[Work]:
+        with self._cond:
+            return list(self._works.values())
+
     def _fail_in_flight(self, engine: Engine, outcome: WorkFailed) -> None:
-        for work in [w for w in list(self._works.values()) if w.submitted > 0]:
+        for work in [w for w in self._snapshot() if w.submitted > 0]:
             self._resolve(engine, work.id, outcome)
         engine.collect()
 
@@ -382,8 +386,9 @@ class EngineLoop:
         for work_id in ids:
             self._resolve(None, work_id, outcome)
 
-    def _account(self, unet_rows: int, classifier_rows: int, seconds: float, engine: Engine) -> None:
-        in_flight = [w for w in list(self._works.values()) if w.submitted > 0]
+    def _account(self, unet_rows: int, classifier_rows: int, seconds: float) -> None:
+        """Metrics of one step, each work's draws so far (job progress) and the draw rate (Retry-After)."""
+        in_flight = [w for w in self._snapshot() if w.submitted > 0]
         draws = 0
         for work in in_flight:
             before = work.draws_done
