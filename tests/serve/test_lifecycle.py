@@ -26,7 +26,7 @@ def test_sigterm_drains_in_flight_work_within_the_grace_period_and_exits_0(tmp_p
             results[name] = exc
 
     threads = [threading.Thread(target=send, args=("short", images[[0]]), kwargs={"n0": 10, "n": 40}),
-               threading.Thread(target=send, args=("long", images[[1]]), kwargs={"n0": 10, "n": 5000})]
+               threading.Thread(target=send, args=("long", images[[1]]), kwargs={"n0": 10, "n": 100_000})]
     try:
         for t in threads:
             t.start()
@@ -49,7 +49,7 @@ def test_sigterm_drains_in_flight_work_within_the_grace_period_and_exits_0(tmp_p
     finally:
         server.stop()
     assert results["short"].draws.tolist() == [50]  # finished during the drain
-    long = results["long"]  # 5010 draws do not fit in the grace period: cut off with a 503
+    long = results["long"]  # 100,010 draws do not fit in the grace period: cut off with a 503
     assert isinstance(long, ServerError) and long.status == 503 and "grace period" in long.message
     assert elapsed < 8 + 10
     assert "draining (grace period 8 s)" in server.log()

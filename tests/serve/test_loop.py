@@ -146,13 +146,16 @@ def test_queue_bounds_and_cancel_free_the_slots(short_queue):
 
 
 def test_queued_draws_cap():
-    loop = started(max_queued_draws=100)
+    loop = started(max_queued_draws=1_500_000)
     try:
-        first, _ = work(PredictTask(n=60), torch.full((1, *SHAPE), 0.5))
+        first, waiter = work(PredictTask(n=10**6), torch.full((1, *SHAPE), 0.5))  # stays in flight
         loop.submit(first)
-        second, _ = work(PredictTask(n=60), torch.full((1, *SHAPE), 0.5))
+        second, _ = work(PredictTask(n=10**6), torch.full((1, *SHAPE), 0.5))
         with pytest.raises(QueueFull, match="draws queued"):
             loop.submit(second)
+        loop.cancel(first.id)
+        assert waiter.get().kind is FailKind.CANCELLED and loop.queued_draws() == 0
+        loop.submit(second)  # room again
     finally:
         loop.stop()
 

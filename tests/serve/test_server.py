@@ -2,8 +2,10 @@
 a fuzzed corpus of bad requests, deadlines, disconnects, backpressure, jobs, metrics and docs."""
 
 import json
+import os
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +246,19 @@ def test_metrics_docs_and_access_log(server):
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     infer = [line for line in lines if line["endpoint"] == "infer" and line["status"] == 200]
     assert infer and {"request_id", "client", "duration_s", "mode", "images", "draws"} <= set(infer[0])
+
+
+def test_an_idle_server_sleeps(server):
+    """The engine loop waits on a condition when there is no work: an idle server uses almost no CPU."""
+    stat = Path(f"/proc/{server.proc.pid}/stat")
+    if not stat.exists():
+        pytest.skip("needs /proc")
+    server.wait_metric("densepure_images_in_flight", 0)
+
+    def cpu_seconds() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    before = cpu_seconds()
+    time.sleep(2.0)
+    assert cpu_seconds() - before < 0.2
