@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from densepure.errors import ConfigError
 
-EXTRA_MODULES = ("fastapi", "uvicorn", "prometheus_client", "httpx")
+SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 
 
-def require_extra() -> None:
-    """Raise a one-line :class:`ConfigError` saying how to install the serve extra if any part is missing."""
+def require_extra(modules: tuple[str, ...] = SERVER_MODULES) -> None:
+    """Raise a one-line :class:`ConfigError` saying how to install the serve extra if one of ``modules`` (the
+    server's, by default; the client needs ``httpx``) is missing."""
     import importlib
 
-    for name in EXTRA_MODULES:
+    for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as exc:

@@ -20,6 +20,7 @@ from typing import Self
 import numpy as np
 
 from densepure.errors import DensePureError
+from densepure.serve import require_extra
 from densepure.serve.protocol import HEADER_LENGTH, decode_response, encode_request
 
 
@@ -59,6 +60,7 @@ class Client:
     """``url``: the server's base URL; ``model``: the served model's name (the preset's)."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", model: str = "digits", timeout: float = 600.0):
+        require_extra(("httpx",))
         import httpx
 
         self._http = httpx.Client(base_url=url, timeout=timeout)

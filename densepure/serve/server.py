@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import sys
 
-from densepure.errors import DensePureError
+from densepure.errors import ConfigError, DensePureError
 from densepure.serve import require_extra
 from densepure.serve.settings import ServeOptions
 
@@ -39,15 +40,43 @@ def _logging(level: str) -> dict:
     }
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is a one-line error (uvicorn would exit 1)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def run_server(options: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a graceful drain. Raises the error that kept the models from loading."""
     require_extra()
+    from densepure.serve.runtime import Runtime
+
+    with _listen(options.host, options.port) as sock:
+        runtime = Runtime(options)
+        server = _server(options, runtime)
+        host, port = sock.getsockname()[:2]
+        print(f"densepure serve: http://{host}:{port} model {options.model_name} (loading; ready at "
+              "/v2/health/ready)", file=sys.stderr, flush=True)
+        server.run(sockets=[sock])
+    error = runtime.loop.load_error
+    if error is not None and not runtime.loop.loaded:
+        if isinstance(error, DensePureError):
+            raise error
+        raise DensePureError(f"the models could not be loaded: {type(error).__name__}: {error}") from error
+    return 0
+
+
+def _server(options: ServeOptions, runtime):
+    """uvicorn's server for the app of ``runtime``, with our signal handling; a load failure stops it."""
     import uvicorn
 
     from densepure.serve.app import create_app
-    from densepure.serve.runtime import Runtime
-
-    runtime = Runtime(options)
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -76,12 +105,4 @@ def run_server(options: ServeOptions) -> int:
         server.should_exit = True
 
     runtime.on_fatal = fatal
-    print(f"densepure serve: http://{options.host}:{options.port} model {options.model_name} "
-          f"(loading; ready at /v2/health/ready)", file=sys.stderr, flush=True)
-    server.run()
-    error = runtime.loop.load_error
-    if error is not None and not runtime.loop.loaded:
-        if isinstance(error, DensePureError):
-            raise error
-        raise DensePureError(f"the models could not be loaded: {type(error).__name__}: {error}") from error
-    return 0
+    return server
