@@ -120,6 +120,32 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from densepure.serve import require_extra
+
+    require_extra()  # one line saying how to install it, before anything loads
+    from densepure.serve.cli_args import serve_options_from_args
+    from densepure.serve.server import run_server
+
+    if args.backend == "tensorrt":
+        args.cache_dir = _cache_dir(args.cache_dir)
+    return run_server(serve_options_from_args(args))
+
+
+def _add_serve_parser(sub) -> None:
+    from densepure.cli_certify import add_execution_arguments, add_model_arguments, add_smoothing_arguments
+    from densepure.serve.cli_args import add_serve_arguments
+
+    p = sub.add_parser("serve", help="a certified-prediction server (Open Inference Protocol v2, needs the serve extra)",
+                       description="Serve certified predictions over HTTP (KServe v2 / Triton protocol). With no "
+                                   "options: the shipped digits preset on 127.0.0.1:8000.")
+    add_model_arguments(p)
+    add_smoothing_arguments(p)
+    add_serve_arguments(p)
+    add_execution_arguments(p)
+    p.set_defaults(func=_cmd_serve)
+
+
 def _add_export_parsers(sub) -> None:
     from densepure.cli_certify import add_model_arguments
 
@@ -169,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a 95%% interval")
     p.set_defaults(func=_cmd_analyze)
     _add_export_parsers(sub)
+    _add_serve_parser(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")
     p.set_defaults(func=_cmd_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")

@@ -22,34 +22,20 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
 
 
-def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
-    add_model_arguments(p)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="CIFAR-10 batch dir or file, ImageNet-style folder, .npz (images, labels) or an image "
-                                  "(default: the shipped digits test split)")
-    g.add_argument("--skip", type=int, help="certify every SKIP-th image (default: 1; digits: 22. CIFAR-10 protocol: 20; ImageNet: 500)")
-    g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
+def add_smoothing_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The base classifier flags (mode, sigma, K, b, t*), the same for certify, predict and serve."""
     g = p.add_argument_group("smoothing")
     g.add_argument("--mode", default="densepure", choices=[m.value for m in Mode], help="base classifier (default: densepure)")
     g.add_argument("--sigma", type=float, help="smoothing noise level in [0,1] pixel units (default: 0.25)")
     g.add_argument("--K", dest="num_chains", type=int, help="DensePure: reverse chains per draw (default: 10)")
-    g.add_argument("--also-K", dest="also_chains", type=_chain_list, default=(),
-                   help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
-                        "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
     g.add_argument("--b", dest="steps", type=int, help="DensePure: reverse steps per chain (default: 2)")
     g.add_argument("--t-star", dest="t_star_rule", default="auto", choices=[r.value for r in TStarRule],
                    help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, dds")
-    g = p.add_argument_group("statistics")
-    if not predict:
-        g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
-    g.add_argument("--n", type=int, help="estimation draws; the largest n for --radius (default: 100000; digits: 1000)")
-    g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
-    if not predict:
-        g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
-        g.add_argument("--sequential", default=DEFAULT_METHOD.value, choices=[m.value for m in SequentialMethod],
-                       help="the test --radius runs: exact (exact-boundary test at fixed looks, the default), betting "
-                            "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
-                            "densepure <= 0.1, to reproduce earlier runs) (default: exact)")
+    return g
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Backend, precision, device and batch flags, the same for certify, predict and serve."""
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=500, help="rows (draws x chains) per model call; on CUDA lowered to what fits in free memory (default: 500)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -71,6 +57,32 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--artifacts", help="onnxruntime/tensorrt: a directory written by `densepure export --out DIR`")
     g.add_argument("--cache-dir", help="tensorrt: the engine cache of `densepure build` (default: $DENSEPURE_CACHE "
                                        "or ~/.cache/densepure)")
+    return g
+
+
+def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
+    add_model_arguments(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="CIFAR-10 batch dir or file, ImageNet-style folder, .npz (images, labels) or an image "
+                                  "(default: the shipped digits test split)")
+    g.add_argument("--skip", type=int, help="certify every SKIP-th image (default: 1; digits: 22. CIFAR-10 protocol: 20; ImageNet: 500)")
+    g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
+    g = add_smoothing_arguments(p)
+    g.add_argument("--also-K", dest="also_chains", type=_chain_list, default=(),
+                   help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
+                        "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
+    g = p.add_argument_group("statistics")
+    if not predict:
+        g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
+    g.add_argument("--n", type=int, help="estimation draws; the largest n for --radius (default: 100000; digits: 1000)")
+    g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
+    if not predict:
+        g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
+        g.add_argument("--sequential", default=DEFAULT_METHOD.value, choices=[m.value for m in SequentialMethod],
+                       help="the test --radius runs: exact (exact-boundary test at fixed looks, the default), betting "
+                            "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
+                            "densepure <= 0.1, to reproduce earlier runs) (default: exact)")
+    g = add_execution_arguments(p)
     g.add_argument("--seed", type=int, help="noise seed; unset: drawn from the OS and recorded in the sidecar")
     g.add_argument("--output", default="runs/predict.tsv" if predict else "runs/certify.tsv",
                    help="result file (TSV, with a .jsonl sidecar); an existing matching run is resumed")

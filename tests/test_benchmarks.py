@@ -63,3 +63,14 @@ def test_kernels_benchmark_smoke_compares_torch_and_triton():
             assert row["triton"]["speedup_vs_eager"] == pytest.approx(row["torch"]["us"] / row["triton"]["us"])
     assert set(result["unet"]) == {"modules", "fused norms"} and result["unet"]["modules"]["draws_vs_modules"] == 1.0
     assert "torch/triton" in stdout and "draws/s" in stdout
+def test_serve_benchmark_reports_both_servers_and_their_ratio():
+    stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
+                        "--K 3 --n0 10 --n 100")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"shared", "serial"}
+    for rows in result["results"].values():
+        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
+        assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] and r["throughput_rps"] > 0 for r in rows)
+    shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
+    assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
+    assert "| server | clients |" in stdout

@@ -147,11 +147,13 @@ def prepare(options: JobOptions) -> Job:
     return replace(draft, engine=engine)
 
 
-def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None) -> Engine:
+def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 image_slots: int = 8) -> Engine:
     """The engine for ``options``' models, backend, precision, kernels and device, for images of ``image_shape``.
 
-    ``num_classes`` is used when the classifier does not say (a dataset's class count). Shared by the
-    dataset job, the server and cluster workers, so all of them run exactly the same models.
+    ``num_classes`` is used when the classifier does not say (a dataset's class count). ``image_slots``:
+    images in flight at once (a server admits many clients' images). Shared by the dataset job, the
+    server and cluster workers, so all of them run exactly the same models.
     """
     from densepure.kernels import resolve_kernels
     from densepure.models import get_preset
@@ -182,7 +184,7 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
         backends = _backends(options, preset, shape, classes, checkpoint, options.batch_size, device, None,
                              classifier, smoothing.needs_denoiser)
         rows = rows_that_fit(_backend_probes(backends, shape, device), device, options.batch_size, slot_bytes)
-    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8,
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots,
                           chain_prefixes=options.also_chains)
     return Engine(smoothing, backends, shape, device, config, kernels)
 

@@ -23,6 +23,7 @@ from densepure.errors import BackendError, ConfigError
 __all__ = ["MIN_TRITON", "KernelChoice", "Kernels", "TritonStatus", "resolve_kernels", "triton_status"]
 
 MIN_TRITON = (3, 7)  # the interpreter runs on CPU tensors with current numpy from 3.7
+MIN_TRITON_CUDA = (3, 5)  # compiled kernels on a GPU (the lent H200's image has 3.6)
 
 
 class KernelChoice(enum.Enum):
@@ -63,10 +64,14 @@ def triton_status(device: torch.device | str | None = None) -> TritonStatus:
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return TritonStatus(False, f"triton is not importable ({why}); pip install 'densepure[kernels]'")
     version = str(getattr(triton, "__version__", "0"))
-    if _version_tuple(version) < MIN_TRITON:
-        need = ".".join(map(str, MIN_TRITON))
+    if _version_tuple(version) < MIN_TRITON_CUDA:
+        need = ".".join(map(str, MIN_TRITON_CUDA))
         return TritonStatus(False, f"triton {version} is too old: densepure's kernels need triton >= {need}", version)
     interpreter = bool(triton.knobs.runtime.interpret)
+    if interpreter and _version_tuple(version) < MIN_TRITON:
+        need = ".".join(map(str, MIN_TRITON))
+        return TritonStatus(False, f"triton {version}'s interpreter cannot run densepure's kernels on CPU tensors: "
+                                   f"it needs triton >= {need}", version, True)
     if interpreter:
         return TritonStatus(True, "Triton's interpreter (TRITON_INTERPRET=1): exact, runs on the host, slow",
                             version, True)
@@ -74,7 +79,7 @@ def triton_status(device: torch.device | str | None = None) -> TritonStatus:
     if kind == "cuda":
         if not torch.cuda.is_available():
             return TritonStatus(False, "no CUDA device (torch.cuda.is_available() is False)", version)
-        return TritonStatus(True, "CUDA device and triton >= 3.7", version)
+        return TritonStatus(True, f"CUDA device and triton {version}", version)
     return TritonStatus(False, f"Triton kernels run on CUDA devices, not {kind}; on the CPU only under Triton's "
                                "interpreter (TRITON_INTERPRET=1 set before triton is imported)", version)
 

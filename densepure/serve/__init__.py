@@ -1,0 +1,29 @@
+"""The certified-prediction server: Open Inference Protocol v2 over FastAPI, one engine for all clients.
+
+Layout: :mod:`.settings` (limits and options), :mod:`.params` (a request's parameters and the task they
+make), :mod:`.protocol` (OIP v2 tensors in and out, JSON and binary), :mod:`.loop` (the one thread that
+owns the engine), :mod:`.jobs` (long certifications), :mod:`.metrics`, :mod:`.app` (routes),
+:mod:`.server` (uvicorn, signals, logs), :mod:`.client` (a small Python client), :mod:`.cli_args`.
+
+FastAPI, uvicorn and prometheus-client are the ``serve`` extra: nothing here imports them at
+``densepure`` import time, and :func:`require_extra` turns their absence into one line.
+"""
+
+from __future__ import annotations
+
+from densepure.errors import ConfigError
+
+SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
+
+
+def require_extra(modules: tuple[str, ...] = SERVER_MODULES) -> None:
+    """Raise a one-line :class:`ConfigError` saying how to install the serve extra if one of ``modules`` (the
+    server's, by default; the client needs ``httpx``) is missing."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"densepure serve needs the serve extra ({name} is missing): "
+                              "pip install 'densepure[serve]'") from exc
