@@ -28,8 +28,8 @@ from densepure.errors import ConfigError, DensePureError
 from densepure.precision import Precision
 
 # settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
-# cache are keyed by content)
-_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs")
+# cache are keyed by content; a cluster run's certificates do not depend on its workers, see densepure.distributed)
+_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs", "ray", "workers", "split_draws")
 
 
 # Unset options take the preset's defaults. digits, from benchmarks/results/table1_digits.md (100 test
@@ -74,6 +74,9 @@ class JobOptions:
     skip: int | None = None
     max: int | None = None
     overwrite: bool = False
+    ray: str | None = None  # run on a Ray cluster: local | auto | ADDRESS (densepure.distributed runs it, not run())
+    workers: int = 0  # --ray: how many workers (0: one per GPU of the cluster, or per CPU when it has none)
+    split_draws: int = 1  # --ray: each image's draws go to this many workers in disjoint ranges (1: no split)
 
     def __post_init__(self) -> None:
         defaults = PRESET_DEFAULTS.get(self.preset, PRESET_DEFAULTS[None])
@@ -96,7 +99,18 @@ class JobOptions:
                               "are read from the same draws")
         if self.radius is not None and self.predict:
             raise ConfigError("--radius (sequential certification) and --predict exclude each other")
+        self._check_cluster()
         self.task()  # n0, n, alpha, radius: checked now, before any model loads
+
+    def _check_cluster(self) -> None:
+        for name, low in (("workers", 0), ("split_draws", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.ray is None and (self.workers or self.split_draws != 1):
+            raise ConfigError("--workers and --split-draws need --ray (local, auto or a cluster address)")
+        if self.ray is not None and not str(self.ray).strip():
+            raise ConfigError("--ray must be local, auto or a cluster address, got an empty string")
 
     def task(self) -> Task:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
@@ -171,16 +185,24 @@ def _resumed_seed(options: JobOptions) -> int:
     return secrets.randbits(63)
 
 
-def prepare(options: JobOptions) -> Job:
-    """Load models and data and build the engine; nothing is written yet."""
+def prepare_data(options: JobOptions) -> tuple[JobOptions, Dataset, list[int]]:
+    """:func:`prepare` without the models: the options with their seed (given, resumed or drawn once, here),
+    the dataset and the selected indices. A cluster driver calls this and leaves the models to its workers."""
     seed = options.seed if options.seed is not None else _resumed_seed(options)
     options = replace(options, seed=seed)
     dataset = _dataset(options)
     if not len(dataset):
         raise ConfigError("the dataset is empty")
-    indices = select_indices(len(dataset), options.skip, options.max)
+    return options, dataset, select_indices(len(dataset), options.skip, options.max)
+
+
+def prepare(options: JobOptions) -> Job:
+    """Load models and data and build the engine; nothing is written yet."""
+    if options.ray is not None:
+        raise ConfigError("options.ray is set: run the job with densepure.distributed.run_cluster_job, not prepare/run")
+    options, dataset, indices = prepare_data(options)
     engine = build_engine(options, tuple(dataset[0][0].shape), dataset.num_classes)
-    return Job(options, engine, dataset, indices, options.task(), seed)
+    return Job(options, engine, dataset, indices, options.task(), options.seed)
 
 
 def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None) -> Engine:
