@@ -49,14 +49,18 @@ def _cmd_job(args: argparse.Namespace) -> int:
     predict = args.command == "predict"
     if args.backend == "tensorrt":
         args.cache_dir = _cache_dir(args.cache_dir)
-    job = prepare(options_from_args(args, predict))
-    opts = job.options
-    print(job.describe(args.command), file=sys.stderr)
-    hook, close = progress_hook(len(job.indices))
-    try:
-        output, _ = run(job, hook)
-    finally:
-        close()
+    options = options_from_args(args, predict)
+    if options.ray is not None:
+        output, opts = _run_on_ray(args.command, options), options
+    else:
+        job = prepare(options)
+        opts = job.options
+        print(job.describe(args.command), file=sys.stderr)
+        hook, close = progress_hook(len(job.indices))
+        try:
+            output, _ = run(job, hook)
+        finally:
+            close()
     if predict:
         for path in (output, *(opts.prefix_output(k) for k in opts.also_chains)):
             print(f"results: {path} (sidecar {path}.jsonl)")
@@ -65,6 +69,21 @@ def _cmd_job(args: argparse.Namespace) -> int:
     for line in summarize_run(output, args.plot, also=also):
         print(line)
     return 0
+
+
+def _run_on_ray(command: str, options):
+    """The job on a Ray cluster (densepure.distributed): the same result file, one progress bar."""
+    from densepure.cli_certify import ClusterProgress
+    from densepure.distributed import prepare_cluster_job, run_cluster_job
+
+    job = prepare_cluster_job(options)
+    print(job.describe(command), file=sys.stderr)
+    progress = ClusterProgress()
+    try:
+        output, _ = run_cluster_job(job, progress)
+    finally:
+        progress.close()
+    return output
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
