@@ -54,7 +54,7 @@ def test_counts_of_disjoint_ranges_add_up_to_the_whole(tmp_path):
         return done.policy
 
     whole = counts({SEL: 8, EST: 40})
-    shares = [counts({SEL: range(0, 3), EST: range(0, 13)}), counts({SEL: range(3, 8), EST: range(13, 29)}),
+    shares = [counts({SEL: range(3), EST: range(13)}), counts({SEL: range(3, 8), EST: range(13, 29)}),
               counts({EST: range(29, 40)})]
     for phase in (SEL, EST):
         summed = sum(share.counts.get(phase, np.zeros(10, np.int64)) for share in shares)
