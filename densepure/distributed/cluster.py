@@ -6,7 +6,7 @@ it and cannot import it stops with one line saying how to install it.
 Resources. A GPU worker asks Ray for one GPU (or an equal share when there are more workers than GPUs)
 and runs on the GPU Ray assigns it ("cuda"). A CPU worker runs ``threads`` torch threads and asks Ray
 for less than a whole CPU (``cpus / (workers + 1)`` at most), so that the actors never hold every CPU
-slot of a small machine: on 2 cores, two whole-CPU actors plus a task of Ray's own wait on each other.
+slot of a small machine, where anything else Ray has to schedule would wait for them.
 """
 
 from __future__ import annotations
