@@ -52,10 +52,12 @@ def require_ray() -> Any:
 
 
 @contextmanager
-def connect(address: str, *, num_cpus: int | None = None, object_store_mb: int = 512) -> Iterator[Any]:
+def connect(address: str, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            object_store_mb: int = 512) -> Iterator[Any]:
     """Connect to the Ray cluster ``address`` for the duration of the block; yields the ``ray`` module.
 
-    ``local`` starts a Ray instance on this machine (``num_cpus``: default all; GPUs are detected; servers on
+    ``local`` starts a Ray instance on this machine (``num_cpus``: default all; ``num_gpus``: default the GPUs
+    detected, more are logical GPUs for tests; servers on
     the loopback address; no dashboard; token authentication as Ray sets it up, ~/.ray/auth_token on Ray
     >= 2.59) and stops it afterwards. ``auto`` joins the cluster this machine belongs to (``ray start``,
     KubeRay, Slurm); any other value is its address (``host:6379`` or ``ray://host:10001``). If this process
@@ -68,7 +70,7 @@ def connect(address: str, *, num_cpus: int | None = None, object_store_mb: int =
             return
         try:
             if address == LOCAL:
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
                          object_store_memory=int(object_store_mb) * 2**20, logging_level=logging.WARNING)
             else:
                 ray.init(address=address, logging_level=logging.WARNING)

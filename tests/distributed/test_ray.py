@@ -7,10 +7,12 @@ import os
 import signal
 
 import pytest
+import torch
 from cluster_helpers import ALSO, SEQUENTIAL, assert_same_certificates, certificates, job_options
 
 from densepure.cli import main
 from densepure.distributed import ClusterError, connect, prepare_cluster_job, run_cluster_job
+from densepure.errors import ConfigError
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -19,13 +21,13 @@ LIMITS = {"start_timeout_s": 180.0, "timeout_s": 300.0}  # every wait of a run e
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local instance for the module; runs with ``ray="local"`` use it (a connected process is reused).
-    Ray >= 2.59 turns token authentication on for local instances: a fresh token in the environment keeps it
-    on without writing ~/.ray/auth_token."""
+    """One local instance for the module, with 2 logical GPUs; runs with ``ray="local"`` use it (a connected
+    process is reused). Ray >= 2.59 turns token authentication on for local instances: a fresh token in the
+    environment keeps it on without writing ~/.ray/auth_token."""
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
     os.environ["RAY_AUTH_TOKEN"] = os.urandom(32).hex()
     try:
-        with connect("local", num_cpus=2, object_store_mb=100) as connected:
+        with connect("local", num_cpus=2, num_gpus=2, object_store_mb=100) as connected:
             yield connected
     finally:
         for key, value in saved.items():
@@ -76,6 +78,17 @@ def test_the_local_instance_is_on_loopback_with_token_authentication(cluster):
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     if tuple(int(p) for p in ray.__version__.split(".")[:2]) >= (2, 59):
         assert os.environ.get("RAY_AUTH_MODE") == "token"  # Ray turned it on for the local instance
+
+
+@pytest.mark.slow
+def test_a_worker_s_user_error_is_one_line_on_the_driver(cluster, tmp_path):
+    """--device cuda on the 2 logical GPUs: each worker gets one and cannot load the models on it (no CUDA here);
+    the driver raises the workers' ConfigError, not a Ray traceback."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match="CUDA is not available") as err:
+        ray_run(tmp_path / "r.tsv", device="cuda", workers=2)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow
