@@ -197,14 +197,12 @@ class DrawSplits:
                 continue  # a duplicate of a part already counted
             _record(state.policy, part, by_key[part.key], self._prefixes)
             state.pending.discard(part.key)
-            if state.pending:
-                continue
-            if state.policy.outstanding:
-                raise RuntimeError(f"image {part.idx}: every part returned but {state.policy.outstanding} draws "
-                                   "are unaccounted for")
-            if state.policy.done:
+            if state.policy.done:  # parts still out (a policy's look-ahead draws) are ignored when they return
                 finished.append(self._finish(state))
-            else:
+            elif not state.pending:
+                if state.policy.outstanding:
+                    raise RuntimeError(f"image {part.idx}: every part returned but {state.policy.outstanding} "
+                                       "draws are unaccounted for")
                 self._next_round(state, front=True)
         return finished
 
