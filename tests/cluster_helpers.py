@@ -12,7 +12,7 @@ from densepure.certify.job import JobOptions
 COMMON = {"sigma": 0.5, "n0": 10, "n": 60, "num_chains": 5, "steps": 2, "device": "cpu", "seed": 11, "skip": 70,
           "max": 6}
 ALSO = {"also_chains": (1, 3)}  # the default case: also the K=1 and K=3 files, so prefix counts are compared too
-SEQUENTIAL = {**COMMON, "mode": "onestep", "n": 500, "radius": 0.25}  # looks at 32, 63, 125, 250, 500
+SEQUENTIAL = {**COMMON, "mode": "onestep", "num_chains": None, "steps": None, "n": 500, "radius": 0.25}  # looks 32..500
 
 
 def job_options(path: Path, **overrides) -> JobOptions:

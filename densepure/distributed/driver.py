@@ -97,6 +97,11 @@ class ClusterJob:
     dataset: Dataset
     indices: list[int]
 
+    def outputs(self) -> list[tuple[Path, dict]]:
+        """Every result file with its recorded configuration: the main one, then each ``--also-K``."""
+        o = self.options
+        return [(Path(o.output), o.record()), *((o.prefix_output(k), o.prefix_record(k)) for k in o.also_chains)]
+
     def describe(self, command: str = "certify") -> str:
         o = self.options
         chains = f"K={o.num_chains} b={o.steps} " if o.mode.value == "densepure" else ""
@@ -147,10 +152,8 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
     opts, observer = job.options, observer or _Silent()
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
     with ExitStack() as stack:
-        writer = stack.enter_context(open_results(opts.output, opts.record(), opts.seed, mode))
-        extra = {k: stack.enter_context(open_results(opts.prefix_output(k), opts.prefix_record(k), opts.seed, mode))
-                 for k in opts.also_chains}
-        writers = [writer, *extra.values()]
+        writers = [stack.enter_context(open_results(path, config, opts.seed, mode)) for path, config in job.outputs()]
+        writer, extra = writers[0], dict(zip(opts.also_chains, writers[1:]))
         todo = [idx for idx in job.indices if not all(idx in w.finished for w in writers)]
         if not todo:
             return Path(opts.output), []

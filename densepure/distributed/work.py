@@ -16,15 +16,14 @@ path to it and the images of a chunk weigh little against minutes of sampling):
   policy therefore sees exactly the labels of the draws a single process draws, so the counts, the
   looks at which a sequential test stops and the certificate are the single process's.
 
-A chunk lost with its worker goes back to the front of the queue; results are keyed, so a result that
-arrives twice is counted once.
+A split image's ``time`` is the sum of its parts' sampling times on the workers. A chunk lost with its worker
+goes back to the front of the queue; results are keyed, so a result that arrives twice is counted once.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,11 +64,13 @@ class DrawPart:
 @dataclass(frozen=True)
 class PartLabels:
     """What a worker returns for a :class:`DrawPart`: per phase, the label of each draw of its range
-    (int32, draw ``start + i`` at ``i``), and per chain prefix ``k`` the labels of the first ``k`` chains."""
+    (int32, draw ``start + i`` at ``i``), per chain prefix ``k`` the labels of the first ``k`` chains, and the
+    time it took."""
 
     key: tuple[int, int, int]
     labels: dict[NoisePhase, np.ndarray]
     prefix_labels: dict[int, dict[NoisePhase, np.ndarray]]
+    seconds: float  # the worker's sampling time for the part
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,13 +144,13 @@ class ImageChunks:
 @dataclass
 class _OpenImage:
     """An image whose draws are being split: its policy (the driver's copy of the sampling decision),
-    the parts of the current round still out, and when it was opened."""
+    the parts of the current round still out, and the workers' sampling time so far."""
 
     idx: int
     image: np.ndarray
     label: int
     policy: Policy
-    opened: float
+    seconds: float = 0.0
     round: int = 0
     pending: set[tuple[int, int, int]] = field(default_factory=set)
 
@@ -179,7 +180,7 @@ class DrawSplits:
         while not self._ready and self._todo and len(self._open) < self._open_limit:
             idx = self._todo.popleft()
             image, label = self._load(idx)
-            state = _OpenImage(idx, image, label, self._task.policy(self._num_classes, self._sigma), time.perf_counter())
+            state = _OpenImage(idx, image, label, self._task.policy(self._num_classes, self._sigma))
             self._open[idx] = state
             self._next_round(state, front=False)
         return self._ready.popleft() if self._ready else None
@@ -196,6 +197,7 @@ class DrawSplits:
             if state is None or part.key not in state.pending:
                 continue  # a duplicate of a part already counted
             _record(state.policy, part, by_key[part.key], self._prefixes)
+            state.seconds += by_key[part.key].seconds
             state.pending.discard(part.key)
             if state.policy.done:  # parts still out (a policy's look-ahead draws) are ignored when they return
                 finished.append(self._finish(state))
@@ -225,8 +227,7 @@ class DrawSplits:
 
     def _finish(self, state: _OpenImage) -> ImageResult:
         del self._open[state.idx]
-        policy, task, sigma = state.policy, self._task, self._sigma
-        seconds = time.perf_counter() - state.opened
+        policy, task, sigma, seconds = state.policy, self._task, self._sigma, state.seconds
         result = getattr(policy, "result", None)
         record = task.record(state.idx, state.label, seconds, policy.counts, sigma, result)
         extra = {k: task.record(state.idx, state.label, seconds, policy.prefix_counts[k], sigma, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,9 +80,11 @@ class CertifyWorker:
         engine = self._engine
         requests = [ImageRequest(n, _tensor(part.image), _RangeLabels(engine.num_classes, part, self._prefixes),
                                  self._seed, noise_id=part.idx) for n, part in enumerate(parts)]
+        start = time.perf_counter()
         with torch.inference_mode():
             policies = {request.key: request.policy for request in engine.run(requests)}
-        return [policies[n].labelled(part.key) for n, part in enumerate(parts)]
+        share = (time.perf_counter() - start) / max(1, len(parts))  # the parts ran together: equal shares
+        return [policies[n].labelled(part.key, share) for n, part in enumerate(parts)]
 
     def close(self) -> None:
         if self._engine is not None:
@@ -105,13 +108,13 @@ class _RangeLabels(FixedPolicy):
         for k, lab in (prefix_labels or {}).items():
             self.prefix_labels[k][request.phase][at] = lab
 
-    def labelled(self, key: tuple[int, int, int]) -> PartLabels:
+    def labelled(self, key: tuple[int, int, int], seconds: float) -> PartLabels:
         missing = [phase.name for phase, labels in self.labels.items() if (labels < 0).any()]
         missing += [f"{phase.name} (first {k} chains)" for k, by_phase in self.prefix_labels.items()
                     for phase, labels in by_phase.items() if (labels < 0).any()]
         if missing:
             raise RuntimeError(f"part {key}: draws without a label in {missing}")
-        return PartLabels(key, self.labels, self.prefix_labels)
+        return PartLabels(key, self.labels, self.prefix_labels, seconds)
 
 
 class _ShippedImages:

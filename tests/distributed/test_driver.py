@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_helpers import ALSO, SEQUENTIAL, assert_same_certificates, certificates, job_options
+from cluster_helpers import ALSO, COMMON, SEQUENTIAL, assert_same_certificates, certificates, job_options
 
-from densepure.certify.job import prepare_data
 from densepure.cli import main
 from densepure.distributed.cluster import ClusterError, WorkerLost, plan_workers
-from densepure.distributed.driver import MAX_ATTEMPTS, ClusterJob, execute
+from densepure.distributed.driver import MAX_ATTEMPTS, execute, prepare_cluster_job
 from densepure.distributed.work import auto_chunk_size, split_draws
 from densepure.distributed.worker import CertifyWorker
 from densepure.engine.policy import DrawRequest
@@ -105,16 +104,14 @@ def make_workers():
 
 
 def cluster_run(path, make_workers, workers=2, lose_at=None, observer=None, chunk_size=None, **overrides):
-    options = job_options(path, ray="local", **overrides)
-    options, dataset, indices = prepare_data(options)
-    job = ClusterJob(options, dataset, indices)
-    pool = InProcessPool(make_workers(options, workers), lose_at)
+    job = prepare_cluster_job(job_options(path, ray="local", **overrides))
+    pool = InProcessPool(make_workers(job.options, workers), lose_at)
     _, records = execute(job, lambda stack, shape: pool, observer or Recorder(), chunk_size=chunk_size)
     return pool, records
 
 
 CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
-         "sequential": {k: v for k, v in SEQUENTIAL.items() if k in ("mode", "n", "radius")}}
+         "sequential": {k: v for k, v in SEQUENTIAL.items() if k not in COMMON or v != COMMON[k]}}
 
 
 @pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), pytest.param("predict", 2, marks=pytest.mark.slow),
