@@ -53,10 +53,13 @@ def _cmd_job(args: argparse.Namespace) -> int:
     options = options_from_args(args, predict)
     outputs = [options.output, *(options.prefix_output(k) for k in options.also_chains)]
     plot = None if predict else check_plot_path(args.plot or default_plot_path(options.output), outputs)
-    job = prepare(options)
-    print(job.describe(args.command), file=sys.stderr)
-    with BarProgress(job.task) as progress:
-        output, _ = run(job, progress)
+    if options.ray is not None:
+        output = _run_on_ray(args.command, options)
+    else:
+        job = prepare(options)
+        print(job.describe(args.command), file=sys.stderr)
+        with BarProgress(job.task) as progress:
+            output, _ = run(job, progress)
     if predict:
         for path in outputs:
             print(f"results: {path} (sidecar {path}.jsonl)")
@@ -64,6 +67,21 @@ def _cmd_job(args: argparse.Namespace) -> int:
     for line in summarize_run(output, plot, also=tuple(outputs[1:])):
         print(line)
     return 0
+
+
+def _run_on_ray(command: str, options):
+    """The job on a Ray cluster (densepure.distributed): the same result file, one progress bar."""
+    from densepure.cli_certify import ClusterProgress
+    from densepure.distributed import prepare_cluster_job, run_cluster_job
+
+    job = prepare_cluster_job(options)
+    print(job.describe(command), file=sys.stderr)
+    progress = ClusterProgress()
+    try:
+        output, _ = run_cluster_job(job, progress)
+    finally:
+        progress.close()
+    return output
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

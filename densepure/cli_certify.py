@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--overwrite", action="store_true", help="start the result file again instead of resuming")
     if not predict:
         g.add_argument("--plot", help="certified-accuracy PNG (default: next to the result file)")
+    g = p.add_argument_group("cluster (Ray; docs/distributed.md)")
+    g.add_argument("--ray", metavar="local|auto|ADDRESS",
+                   help="spread the run over a Ray cluster: local (start one on this machine), auto (join the running "
+                        "one: ray start, KubeRay, Slurm) or its address; same results and resume as one process "
+                        "(needs the ray extra: pip install 'densepure[ray]')")
+    g.add_argument("--workers", type=int, default=0,
+                   help="--ray: workers, each loading the models once (default: one per GPU of the cluster; "
+                        "without GPUs, one per CPU)")
+    g.add_argument("--split-draws", type=int, default=1, metavar="S",
+                   help="--ray: sample each image's draws on S workers in disjoint ranges and add the counts before "
+                        "the bound (exact; one image on several GPUs) (default: 1, no split)")
 
 
 def _chain_list(text: str) -> tuple[int, ...]:
@@ -114,7 +126,7 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
         kernels=KernelChoice(args.kernels), compile=CompileMode(args.compile) if args.compile else None,
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, ray=args.ray, workers=args.workers, split_draws=args.split_draws,
     )
 
 
@@ -177,3 +189,43 @@ def summarize_run(output: Path, plot: Path, radii=(0.0, 0.25, 0.5, 0.75, 1.0),
     lines = [markdown_table([summarize(run, radii) for run in runs]), f"results: {output} (sidecar {output}.jsonl)"]
     lines += [f"         {path} (sidecar {path}.jsonl)" for path in also]
     return [*lines, f"plot:    {plot_path}"]
+
+
+class ClusterProgress:
+    """One tqdm bar for a cluster run (a ``densepure.distributed.RunObserver``): images done, draws/s across
+    all workers, ETA; lost workers are reported above the bar."""
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._draws, self._workers, self._start = 0, 0, time.perf_counter()
+
+    def started(self, images: int, plan: str, workers) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"{plan}: " + ", ".join(worker.describe() for worker in workers), file=sys.stderr)
+        self._bar = tqdm(total=images, unit="img", dynamic_ncols=True)
+        self._workers, self._start = len(workers), time.perf_counter()
+
+    def progressed(self, draws: int) -> None:
+        self._draws += draws
+        self._postfix()
+
+    def image_done(self, record) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def worker_lost(self, message: str, workers_left: int) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+        self._workers = workers_left
+        self._postfix()
+
+    def _postfix(self) -> None:
+        if self._bar is not None:
+            rate = self._draws / max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{rate:,.0f} draws/s on {self._workers} workers")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -115,3 +115,13 @@ def test_analyze_paired(capsys, tmp_path):
     assert f"- b.tsv: +0.167 ± {half:.3f} (3 images)" in out
     code, out, err = run_cli(capsys, "analyze", str(first), "--paired")
     assert code == 2 and err.count("\n") == 1 and "at least two" in err
+
+
+def test_doctor_reports_devices_kernels_and_batches(capsys):
+    code, out, err = run_cli(capsys, "doctor")
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "--kernels auto uses" in lines["kernels"] and "triton" in lines["kernels"]
+    assert "rows per model call" in lines["batches"]
+    for name in ("torch", "onnxruntime", "tensorrt", "fastapi", "ray"):
+        assert name in lines, name

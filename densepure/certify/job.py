@@ -126,6 +126,17 @@ def content_hashes(options: JobOptions, data_source: Path) -> dict[str, object]:
 
 def prepare(options: JobOptions) -> Job:
     """Check the data and the outputs, then load the models and build the engine; nothing is written yet."""
+    if options.ray is not None:
+        raise ConfigError("a --ray run is driven by densepure.distributed (prepare_cluster_job), not prepare()")
+    draft = prepare_draft(options)
+    shape = tuple(int(d) for d in draft.dataset[0][0].shape)
+    return replace(draft, engine=build_engine(draft.options, shape, draft.dataset.num_classes))
+
+
+def prepare_draft(options: JobOptions) -> Job:
+    """:func:`prepare` without the models (``engine`` is None): seed, data, checks, sidecar record. A cluster
+    driver uses it and leaves the models to its workers; there the kernels are recorded as requested
+    (each worker resolves them on its own device)."""
     from densepure.kernels import resolve_kernels
 
     seed = options.seed if options.seed is not None else _resumed_seed(options)
@@ -136,15 +147,15 @@ def prepare(options: JobOptions) -> Job:
     indices = select_indices(len(dataset), options.skip, options.max)
     if not indices:
         raise ConfigError(f"--skip {options.skip} --max {options.max} select no image of {len(dataset)}")
-    shape = _check_shape(options, dataset, source)
-    kernels = resolve_kernels(options.kernels, resolve_device(options.device))
-    record = {**options.record(), "kernels": kernels.name, "content": content_hashes(options, source)}
+    _check_shape(options, dataset, source)
+    kernels = options.kernels.value if options.ray is not None else \
+        resolve_kernels(options.kernels, resolve_device(options.device)).name
+    record = {**options.record(), "kernels": kernels, "content": content_hashes(options, source)}
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
         check_results(path, config, seed, mode)
-    engine = build_engine(options, shape, dataset.num_classes)
-    return replace(draft, engine=engine)
+    return draft
 
 
 def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None,

@@ -25,7 +25,8 @@ from densepure.precision import Precision
 # (``kernels`` is recorded as what it resolved to on the machine, by the job: see densepure.certify.job)
 # ``skip`` and ``max`` only select which images run (each image's noise is keyed by its own index), so
 # a run may be resumed with a longer selection.
-_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs", "kernels", "skip", "max")
+_NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs", "kernels", "skip", "max", "ray",
+                 "workers", "split_draws")
 
 
 # Unset options take the preset's defaults. digits, from benchmarks/results/table1_digits.md (100 test
@@ -73,6 +74,9 @@ class JobOptions:
     skip: int | None = None
     max: int | None = None
     overwrite: bool = False
+    ray: str | None = None  # run on a Ray cluster: local | auto | ADDRESS (densepure.distributed runs it, not run())
+    workers: int = 0  # --ray: how many workers (0: one per GPU of the cluster, or per CPU when it has none)
+    split_draws: int = 1  # --ray: each image's draws go to this many workers in disjoint ranges (1: no split)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -112,6 +116,17 @@ class JobOptions:
         if self.radius is not None and self.predict:
             raise ConfigError("--radius (sequential certification) and --predict exclude each other")
         self.task()  # n0, n, alpha, radius: checked now, before any model loads
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        for name, low in (("workers", 0), ("split_draws", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.ray is None and (self.workers or self.split_draws != 1):
+            raise ConfigError("--workers and --split-draws need --ray (local, auto or a cluster address)")
+        if self.ray is not None and not str(self.ray).strip():
+            raise ConfigError("--ray must be local, auto or a cluster address, got an empty string")
 
     def task(self) -> Task:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""

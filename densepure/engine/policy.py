@@ -10,10 +10,12 @@ phase: exactly the labels the plain one-image-at-a-time path sees for the same s
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
 
 
@@ -83,28 +85,46 @@ class Policy(abc.ABC):
 
 
 class FixedPolicy(Policy):
-    """A fixed number of draws per phase (CERTIFY: SELECTION n0 + ESTIMATION n; PREDICT: n)."""
+    """A fixed set of draws per phase (CERTIFY: SELECTION n0 + ESTIMATION n; PREDICT: n).
 
-    def __init__(self, num_classes: int, phases: dict[NoisePhase, int]):
+    ``phases[phase]`` is a count ``n`` (draws ``0..n-1``) or a ``range(start, stop)`` of draw indices: one
+    share of an image's draws. Labels are functions of the draws' noise identities, so the counts of
+    disjoint ranges that cover ``0..n-1`` add up exactly to the counts of ``n`` (a cluster splits one
+    image's draws over several workers this way, :mod:`densepure.distributed`).
+    """
+
+    def __init__(self, num_classes: int, phases: Mapping[NoisePhase, int | range]):
         super().__init__(num_classes)
-        self.totals = dict(phases)
-        self.issued = {phase: 0 for phase in phases}
-        for phase in phases:
+        self.ranges = {phase: _draw_range(phase, draws) for phase, draws in phases.items()}
+        self.issued = {phase: draws.start for phase, draws in self.ranges.items()}
+        for phase in self.ranges:
             self._counts(phase)
 
     def _take(self, limit: int) -> list[DrawRequest]:
         out: list[DrawRequest] = []
-        for phase, total in self.totals.items():
+        for phase, draws in self.ranges.items():
             start = self.issued[phase]
-            stop = min(total, start + limit - len(out))
+            stop = min(draws.stop, start + limit - len(out))
             out += [DrawRequest(phase, d) for d in range(start, stop)]
             self.issued[phase] = stop
         return out
 
     @property
     def done(self) -> bool:
-        return self.outstanding == 0 and all(self.issued[p] == n for p, n in self.totals.items())
+        return self.outstanding == 0 and all(self.issued[p] == r.stop for p, r in self.ranges.items())
 
     @property
     def max_draws(self) -> int:
-        return max(self.totals.values(), default=0)
+        return max((r.stop for r in self.ranges.values()), default=0)
+
+
+def _draw_range(phase: NoisePhase, draws: int | range) -> range:
+    """A count ``n`` -> ``range(0, n)``; a range is checked: step 1, ``0 <= start <= stop``."""
+    if isinstance(draws, range):
+        if draws.step != 1 or not 0 <= draws.start <= draws.stop:
+            raise ConfigError(f"the draws of phase {phase.name} must be a range(start, stop) with 0 <= start <= stop "
+                              f"and step 1, got {draws!r}")
+        return draws
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 0:
+        raise ConfigError(f"the draws of phase {phase.name} must be a count >= 0 or a range, got {draws!r}")
+    return range(int(draws))
