@@ -142,6 +142,10 @@ def stage_models(device: torch.device, rehearse: bool) -> dict:
             rate = throughput.unet_forward_rate(model, rows, shape, device, graphs, repeats=3 if rehearse else 20)
             out[f"unet {p} graphs={graphs} rows/s"] = round(rate, 1)
             out[f"unet {p} graphs={graphs} mfu"] = round(rate * flops / peak, 4)
+    if device.type == "cuda":  # channels-last forces layout conversions around every GroupNorm: keep the faster
+        model = throughput.load_models(arch, device)[0].set_precision(torch.bfloat16)
+        out["unet bf16 graphs=True NCHW rows/s"] = round(
+            throughput.unet_forward_rate(model, rows, shape, device, True, channels_last=False), 1)
     if device.type == "cuda" and not rehearse:
         from densepure.kernels import compile_module
 

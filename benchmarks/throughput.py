@@ -158,9 +158,11 @@ def engine_seconds(engine: Engine, images, args) -> float:
     return time.perf_counter() - start
 
 
-def unet_forward_rate(unet, rows: int, shape, device, graphs: bool, repeats: int = 20) -> float:
-    """UNet rows per second at a full batch of ``rows`` (after warm-up)."""
-    backend = TorchDenoiser(unet, channels_last=device.type == "cuda", buckets=(rows,) if graphs else None,
+def unet_forward_rate(unet, rows: int, shape, device, graphs: bool, repeats: int = 20,
+                      channels_last: bool | None = None) -> float:
+    """UNet rows per second at a full batch of ``rows`` (after warm-up); channels-last by default on CUDA."""
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    backend = TorchDenoiser(unet, channels_last=channels_last, buckets=(rows,) if graphs else None,
                             cuda_graphs=graphs)
     x, t = torch.randn(rows, *shape, device=device), torch.full((rows,), 300.0, device=device)
     with backend:
