@@ -74,22 +74,20 @@ from scipy import special
 from densepure.certify import binomial_dp
 from densepure.certify.confseq import betting_lower_bound, betting_upper_bound, certify_counts, futile_counts
 from densepure.certify.sequential import (
+    LookTest,
     SequentialDecision,
     SequentialMethod,
     SequentialPlan,
-    SequentialResult,
     _validate_radius,
 )
 from densepure.certify.stats import (
-    ABSTAIN,
     _is_int,
     _is_real,
-    _validate_hits,
     validate_alpha,
     validate_sample_count,
     validate_sigma,
 )
-from densepure.errors import ConfigError, InputError
+from densepure.errors import ConfigError
 
 DEFAULT_METHOD = SequentialMethod.EXACT
 
@@ -291,7 +289,7 @@ def _betting_plan(radius, sigma, alpha, n_max, beta, looks) -> BoundaryPlan:
     return BoundaryPlan(radius, sigma, alpha, *_live(looks, certify_at, futile_at), SequentialMethod.BETTING)
 
 
-class BoundaryTest:
+class BoundaryTest(LookTest):
     """A pure state machine for one input: feed cumulative counts at each look, get decisions.
 
     The interface of :class:`densepure.certify.sequential.SequentialTest`: while ``next_look`` is not
@@ -302,58 +300,17 @@ class BoundaryTest:
     carry ``p_a_lower`` below Phi(r / sigma) (the exact test is sharper than the sequence).
     """
 
-    def __init__(self, plan: BoundaryPlan, label: int) -> None:
-        if not isinstance(plan, BoundaryPlan):
-            raise ConfigError(f"plan must be a BoundaryPlan, got {type(plan).__name__}")
-        if not _is_int(label) or label < 0:
-            raise InputError(f"label (the selected class c_hat) must be an integer >= 0, got {label!r}")
-        self._plan, self._label = plan, int(label)
-        self._look = self._n_a = self._n = 0
-        self._result: SequentialResult | None = None
+    plan_type = BoundaryPlan
 
-    @property
-    def plan(self) -> BoundaryPlan:
-        return self._plan
-
-    @property
-    def next_look(self) -> int | None:
-        """The cumulative draw count at which the next decision is due; None once stopped."""
-        return None if self._result is not None else self._plan.looks[self._look]
-
-    @property
-    def result(self) -> SequentialResult | None:
-        """The final result, or None while the test continues."""
-        return self._result
-
-    def update(self, n_a: int, n: int) -> SequentialDecision:
-        """Decide at the current look from ``n_a`` hits of c_hat among the first ``n`` draws."""
-        if self._result is not None:
-            raise InputError(f"the test already stopped ({self._result.decision.name}); start a new one")
-        if not _is_int(n) or n != self._plan.looks[self._look]:
-            raise InputError(f"update must be called at the next look n={self.next_look}, got n={n!r}")
-        n_a, n = _validate_hits(n_a, n)
-        if n_a < self._n_a or n_a - self._n_a > n - self._n:
-            raise InputError(f"n_a must be cumulative: between {self._n_a} and {self._n_a + n - self._n}, got {n_a}")
-        self._n_a, self._n = n_a, n
-        i, last = self._look, self._look == len(self._plan.looks) - 1
-        if n_a >= self._plan.certify_at[i]:
+    def _decide(self, look: int, n_a: int, n: int, last: bool) -> tuple[SequentialDecision, float, float]:
+        if n_a >= self._plan.certify_at[look]:
             decision = SequentialDecision.CERTIFIED
-        elif last or n_a <= self._plan.futile_at[i]:
+        elif last or n_a <= self._plan.futile_at[look]:
             decision = SequentialDecision.NOT_CERTIFIED
         else:
-            self._look += 1
-            return SequentialDecision.CONTINUE
-        self._result = SequentialResult(
-            decision=decision,
-            label=self._label if decision is SequentialDecision.CERTIFIED else ABSTAIN,
-            radius_requested=self._plan.radius,
-            n_used=n,
-            n_a=n_a,
-            p_a_lower=betting_lower_bound(n_a, n, self._plan.alpha),
-            p_a_upper=betting_upper_bound(n_a, n, self._plan.alpha),
-            look=i,
-        )
-        return decision
+            return SequentialDecision.CONTINUE, 0.0, 1.0
+        alpha = self._plan.alpha
+        return decision, betting_lower_bound(n_a, n, alpha), betting_upper_bound(n_a, n, alpha)
 
 
 AnyPlan = SequentialPlan | BoundaryPlan

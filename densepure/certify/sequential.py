@@ -40,6 +40,7 @@ drives it, and :func:`run_sequential` is a small driver for tests.
 
 from __future__ import annotations
 
+import abc
 import enum
 import itertools
 import math
@@ -282,29 +283,28 @@ class SequentialResult:
         return self.decision is SequentialDecision.CERTIFIED
 
 
-class SequentialTest:
-    """A pure state machine for one input: feed cumulative counts at each look, get decisions.
+class LookTest(abc.ABC):
+    """A pure state machine for one input: feed cumulative counts at each planned look, get decisions.
 
     Usage: ``while test.next_look is not None: ...draw up to next_look...; test.update(n_a, n)``.
     ``update`` must be called with ``n == next_look`` and cumulative hit counts; after a
-    CERTIFIED / NOT_CERTIFIED decision ``next_look`` is None and ``result`` is set.
+    CERTIFIED / NOT_CERTIFIED decision ``next_look`` is None and ``result`` is set. Subclasses say how
+    a look decides (:meth:`_decide`); this class keeps the bookkeeping and checks the calls.
     """
 
-    def __init__(self, plan: SequentialPlan, label: int) -> None:
-        if not isinstance(plan, SequentialPlan):
-            raise ConfigError(f"plan must be a SequentialPlan, got {type(plan).__name__}")
+    plan_type: type = object
+
+    def __init__(self, plan, label: int) -> None:
+        if not isinstance(plan, self.plan_type):
+            raise ConfigError(f"plan must be a {self.plan_type.__name__}, got {type(plan).__name__}")
         if not _is_int(label) or label < 0:
             raise InputError(f"label (the selected class c_hat) must be an integer >= 0, got {label!r}")
-        self._plan = plan
-        self._label = int(label)
-        self._target = plan.target
-        self._look = 0
-        self._n_a = 0
-        self._n = 0
+        self._plan, self._label = plan, int(label)
+        self._look = self._n_a = self._n = 0
         self._result: SequentialResult | None = None
 
     @property
-    def plan(self) -> SequentialPlan:
+    def plan(self):
         return self._plan
 
     @property
@@ -329,17 +329,11 @@ class SequentialTest:
                 f"n_a must be cumulative: between {self._n_a} and {self._n_a + n - self._n}, got {n_a}"
             )
         self._n_a, self._n = n_a, n
-        level = self._plan.alphas[self._look]
-        lower = lower_confidence_bound(n_a, n, level)
-        upper = upper_confidence_bound(n_a, n, level)
         last = self._look == len(self._plan.looks) - 1
-        if lower >= self._target:
-            decision = SequentialDecision.CERTIFIED
-        elif last or upper < self._target:
-            decision = SequentialDecision.NOT_CERTIFIED
-        else:
+        decision, lower, upper = self._decide(self._look, n_a, n, last)
+        if decision is SequentialDecision.CONTINUE:
             self._look += 1
-            return SequentialDecision.CONTINUE
+            return decision
         self._result = SequentialResult(
             decision=decision,
             label=self._label if decision is SequentialDecision.CERTIFIED else ABSTAIN,
@@ -351,6 +345,32 @@ class SequentialTest:
             look=self._look,
         )
         return decision
+
+    @abc.abstractmethod
+    def _decide(self, look: int, n_a: int, n: int, last: bool) -> tuple[SequentialDecision, float, float]:
+        """(decision at this look, lower and upper bound on p_A reported with a final result)."""
+
+
+class SequentialTest(LookTest):
+    """A pure state machine for one input: feed cumulative counts at each look, get decisions.
+
+    Usage: ``while test.next_look is not None: ...draw up to next_look...; test.update(n_a, n)``.
+    ``update`` must be called with ``n == next_look`` and cumulative hit counts; after a
+    CERTIFIED / NOT_CERTIFIED decision ``next_look`` is None and ``result`` is set.
+    """
+
+    plan_type = SequentialPlan
+
+    def _decide(self, look: int, n_a: int, n: int, last: bool) -> tuple[SequentialDecision, float, float]:
+        level = self._plan.alphas[look]
+        lower = lower_confidence_bound(n_a, n, level)
+        upper = upper_confidence_bound(n_a, n, level)
+        target = self._plan.target
+        if lower >= target:
+            return SequentialDecision.CERTIFIED, lower, upper
+        if last or upper < target:
+            return SequentialDecision.NOT_CERTIFIED, lower, upper
+        return SequentialDecision.CONTINUE, lower, upper
 
 
 def run_sequential(sample_fn: Callable[[int], int], plan, label: int) -> SequentialResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from engine_helpers import CLASSES, PatchSign
 
 from densepure.certify import policies, procedures
 from densepure.certify.sequential import SequentialMethod
@@ -18,19 +18,7 @@ from densepure.engine.reference import ReferenceSampler
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.noise import NoisePhase
 
-CLASSES, SIGMA, N0 = 3, 0.5, 4
-
-
-class PatchSign(nn.Module):
-    """Labels that depend on the noise: argmax of random projections of 2x2 patch means."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(CLASSES, 3 * 4 * 4, generator=g), requires_grad=False)
-
-    def forward(self, x):
-        return nn.functional.avg_pool2d(x, 2).flatten(1) @ self.w.T
+SIGMA, N0 = 0.5, 4
 
 
 @pytest.mark.parametrize("method", list(SequentialMethod))
