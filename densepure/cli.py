@@ -108,10 +108,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from densepure.export import export_command
+    from densepure.models.sources import required_classifier
     from densepure.precision import Precision
 
     preset = args.preset or "digits"
-    classifier = None if args.no_classifier else (args.classifier or _default_classifier(preset))
+    # no --classifier: the shipped one for digits; other presets name theirs (the error names the papers')
+    classifier = None if args.no_classifier else (args.classifier or required_classifier(preset))
 
     def progress(event) -> None:
         print(event.line(), file=sys.stderr, flush=True)
@@ -123,13 +125,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     return 0
-
-
-def _default_classifier(preset: str) -> str:
-    """``--classifier`` of an export that names none: the shipped one for digits, else an error naming the papers'."""
-    from densepure.models.sources import required_classifier
-
-    return required_classifier(preset)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -199,3 +199,15 @@ def test_onestep_and_gaussian_record_no_chains_or_steps(capsys, tmp_path, mode):
     assert config["num_chains"] is None and config["steps"] is None and config["mode"] == mode
     code, _, err = run_cli(capsys, "certify", "--mode", mode, "--K", "10", "--output", str(out))
     assert code == 2 and "--K and --b apply to --mode densepure" in err
+
+
+def test_a_changed_configuration_names_overwrite(capsys, tmp_path):
+    """Item 8: resuming with another configuration names the flag that starts the file again."""
+    out = tmp_path / "r.tsv"
+    base = ("certify", "--mode", "gaussian", "--max", "1", "--n0", "5", "--n", "10", "--seed", "3", "--device", "cpu",
+            "--output", str(out))
+    assert run_cli(capsys, *base)[0] == 0
+    code, _, err = run_cli(capsys, *base, "--sigma", "0.5")
+    assert code == 2 and err.count("\n") == 1 and "sigma: 0.25 -> 0.5" in err
+    assert "start this one again with --overwrite" in err
+    assert run_cli(capsys, *base, "--sigma", "0.5", "--overwrite")[0] == 0
