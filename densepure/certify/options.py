@@ -157,7 +157,7 @@ class JobOptions:
                               f"--resize (it is inside the graph), or export again with --resize {resize.value}")
         object.__setattr__(self, "preset", preset)
         object.__setattr__(self, "classifier", self.classifier or found.classifier)
-        object.__setattr__(self, "resize", None if found.resize is None else ResizeChoice(found.resize))
+        object.__setattr__(self, "resize", None if found.resize is None else ResizeChoice.parse(found.resize))
 
     def task(self) -> Task:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
