@@ -45,7 +45,7 @@ def _cache_dir(explicit: str | None) -> str:
 def _cmd_job(args: argparse.Namespace) -> int:
     from densepure.certify.analyze import check_plot_path, default_plot_path
     from densepure.certify.job import prepare, run
-    from densepure.cli_certify import BarProgress, options_from_args, summarize_run
+    from densepure.cli_certify import BarProgress, options_from_args, summarize_predict_run, summarize_run
 
     predict = args.command == "predict"
     if args.backend == "tensorrt":
@@ -58,11 +58,13 @@ def _cmd_job(args: argparse.Namespace) -> int:
     else:
         job = prepare(options)
         print(job.describe(args.command), file=sys.stderr)
+        for warning in job.warnings:
+            print(f"densepure: warning: {warning}", file=sys.stderr)
         with BarProgress(job.task) as progress:
             output, _ = run(job, progress)
     if predict:
-        for path in outputs:
-            print(f"results: {path} (sidecar {path}.jsonl)")
+        for line in summarize_predict_run(output, also=tuple(outputs[1:])):
+            print(line)
         return 0
     for line in summarize_run(output, plot, also=tuple(outputs[1:])):
         print(line)
@@ -92,15 +94,29 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         paired_markdown,
         parse_radii,
         plot_certified_accuracy,
+        predict_markdown_table,
         summarize,
+        summarize_predictions,
     )
+    from densepure.certify.records import TsvKind
 
     radii = parse_radii(args.radii)
     if args.paired and len(args.results) < 2:
         raise ConfigError("--paired compares the other result files with the first: give at least two")
     plot = check_plot_path(args.plot, args.results) if args.plot else None
     runs = [load_run(p) for p in args.results]  # each file read once, for the table, pairing and plot
-    print(markdown_table([summarize(run, radii) for run in runs]))
+    certified = [run for run in runs if run.kind is TsvKind.CERTIFY]
+    predicted = [run for run in runs if run.kind is TsvKind.PREDICT]
+    if predicted and (args.paired or plot is not None):
+        raise ConfigError(f"{'--paired' if args.paired else '--plot'} compares certified radii, and "
+                          f"{predicted[0].name} holds PREDICT results (no radius): leave it out")
+    if certified:
+        print(markdown_table([summarize(run, radii) for run in certified]))
+    if predicted:
+        names = ", ".join(run.name for run in predicted)
+        print(f"{names}: PREDICT results (Cohen's predict.py format): labels with abstention, no certified radius; "
+              "accuracy and abstention only\n")
+        print(predict_markdown_table([summarize_predictions(run) for run in predicted]))
     if args.paired:
         print(paired_markdown(runs[0], runs[1:]))
     if plot is not None:
@@ -110,12 +126,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from densepure.export import export_command
+    from densepure.models.sources import required_classifier
     from densepure.precision import Precision
 
-    report = export_command(args.preset, args.checkpoint, args.out or f"artifacts/{args.preset}",
-                            precisions=Precision.parse_list(args.precision),
-                            classifier=None if args.no_classifier else args.classifier, unet=not args.no_unet,
-                            opset=args.opset, reuse=not args.force)
+    preset = args.preset or "digits"
+    # no --classifier: the shipped one for digits; other presets name theirs (the error names the papers')
+    classifier = None if args.no_classifier else (args.classifier or required_classifier(preset))
+
+    def progress(event) -> None:
+        print(event.line(), file=sys.stderr, flush=True)
+
+    report = export_command(preset, args.checkpoint, args.out or f"artifacts/{preset}",
+                            precisions=Precision.parse_list(args.precision), classifier=classifier,
+                            unet=not args.no_unet, opset=args.opset, reuse=not args.force, resize=args.resize,
+                            progress=progress)
     for line in report.lines():
         print(line)
     return 0

@@ -12,15 +12,24 @@ from densepure.certify.sequential import SequentialMethod
 from densepure.diffusion import Mode, TStarRule
 from densepure.engine.backends.select import BackendKind
 from densepure.kernels import CompileMode, KernelChoice
+from densepure.models.classifiers import ResizeChoice
 from densepure.precision import Precision
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model flags, the same for certify, predict, export (and serve)."""
     g = p.add_argument_group("models")
-    g.add_argument("--preset", default="digits", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: digits)")
-    g.add_argument("--checkpoint", help="diffusion checkpoint in the official format (.pt, read weights_only, or .safetensors)")
-    g.add_argument("--classifier", default="digits", help="digits | hf:DIR | timm:NAME[:CHECKPOINT] (default: digits)")
+    g.add_argument("--preset", help="diffusion preset: digits (shipped), cifar10, imagenet256 (default: the preset of "
+                                    "--artifacts, else digits)")
+    g.add_argument("--checkpoint", help="diffusion checkpoint in the official format (.pt, read weights_only, or "
+                                        ".safetensors); not needed with --artifacts, which records its sha256")
+    g.add_argument("--classifier", help="digits | hf:DIR_OR_HUB_ID | timm:NAME[:CHECKPOINT] (default: the classifier "
+                                        "of --artifacts, else digits for the digits preset)")
+    g.add_argument("--resize", choices=[c.value for c in ResizeChoice],
+                   help="how hf:/timm: classifier inputs are resized: bicubic (antialiased, the papers' protocol), "
+                        "bilinear, or processor (the classifier's own: a saved HF processor's resample, timm's "
+                        "interpolation) (default: bicubic for cifar10 and imagenet256, processor otherwise; the "
+                        "digits classifier has no resize)")
 
 
 def add_smoothing_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -117,7 +126,7 @@ def options_from_args(args: argparse.Namespace, predict: bool):
     from densepure.certify.job import JobOptions
 
     return JobOptions(
-        preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, data=args.data,
+        preset=args.preset, checkpoint=args.checkpoint, classifier=args.classifier, resize=args.resize, data=args.data,
         mode=Mode(args.mode), sigma=args.sigma, n0=getattr(args, "n0", None), n=args.n, alpha=args.alpha,
         num_chains=args.num_chains, steps=args.steps, t_star_rule=TStarRule(args.t_star_rule),
         radius=getattr(args, "radius", None), sequential=getattr(args, "sequential", DEFAULT_METHOD.value),
@@ -161,7 +170,8 @@ class BarProgress:
 
     def image(self, record, draws: int) -> None:
         self.done += 1
-        self._postfix(f", last: label {record.row.label} -> {record.row.predict} r={record.row.radius:.3f}")
+        radius = "" if record.row.radius is None else f" r={record.row.radius:.3f}"
+        self._postfix(f", last: label {record.row.label} -> {record.row.predict}{radius}")
 
     def _postfix(self, last: str = "") -> None:
         rate = (self.bar.n if self.bar is not None else 0) / max(time.perf_counter() - self.start_time, 1e-9)
@@ -229,3 +239,12 @@ class ClusterProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def summarize_predict_run(output: Path, also: tuple[Path, ...] = ()) -> list[str]:
+    """The accuracy and abstention table of a PREDICT run (and its ``--also-K`` files), and where they are."""
+    from densepure.certify.analyze import load_run, predict_markdown_table, summarize_predictions
+
+    table = predict_markdown_table([summarize_predictions(load_run(path)) for path in (output, *also)])
+    lines = [table, f"results: {output} (sidecar {output}.jsonl)"]
+    return [*lines, *(f"         {path} (sidecar {path}.jsonl)" for path in also)]

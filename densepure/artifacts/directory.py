@@ -47,8 +47,8 @@ def find_onnx(directory: Path, kind: ArtifactKind, precision: Precision) -> tupl
     matches = [(p, m) for p, m in graphs if m.precision is precision]
     if not matches:
         have = sorted({m.precision.value for _, m in graphs})
-        extra = f" (it has {kind.value} graphs in {', '.join(have)})" if have else ""
-        raise ArtifactError(f"no {precision.value} {kind.value} ONNX graph in {base}{extra}: write one with "
+        extra = f" (it has {kind.value} graphs in {', '.join(have)}: run those with --precision {have[0]})" if have else ""
+        raise ArtifactError(f"no {precision.value} {kind.value} ONNX graph in {base}{extra}; or write one with "
                             f"`densepure export --precision {precision.value} --out {base}`")
     if len(matches) > 1:
         names = ", ".join(p.name for p, _ in matches)

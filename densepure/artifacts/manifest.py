@@ -72,12 +72,15 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Where the weights came from: a preset and the checkpoint's sha256, or a classifier spec."""
+    """Where the weights came from: a preset and the checkpoint's sha256, or a classifier spec; for a
+    classifier, the ``--resize`` baked into its graph (None: not recorded, e.g. a graph exported before
+    the flag existed, or a library classifier whose preprocessing was kept as given)."""
 
     preset: str | None = None
     checkpoint_sha256: str | None = None
     description: str = ""
     torch_version: str = ""
+    resize: str | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_sha256 is not None and not _is_sha256(self.checkpoint_sha256):

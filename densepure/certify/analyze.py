@@ -5,6 +5,8 @@ Definitions (ALGORITHM.md §9), over the N images of a file:
   ACR (average certified radius) = sum(correct * radius) / N,
   abstention rate = #{predict = -1} / N.
 Abstentions count as wrong (their ``correct`` is 0), so every rate is over all N images.
+A PREDICT file (Cohen's predict.py format) has no radii: it summarizes to accuracy and abstention rate
+(:func:`summarize_predictions`); radius tables, pairing and plots need CERTIFY files.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densepure.certify.records import CorrectColumn, ResultRow
+from densepure.certify.records import CorrectColumn, ResultRow, TsvKind
 from densepure.certify.results import read_results
 from densepure.errors import ConfigError, InputError
 
@@ -34,6 +36,13 @@ class Run:
         object.__setattr__(self, "rows", tuple(self.rows))
         if not self.rows:
             raise InputError(f"results {self.name!r} have no rows: nothing to analyze")
+        if len({row.kind for row in self.rows}) > 1:
+            raise InputError(f"results {self.name!r} mix rows with and without a certified radius")
+
+    @property
+    def kind(self) -> TsvKind:
+        """CERTIFY (rows with radii) or PREDICT (no radii)."""
+        return self.rows[0].kind
 
     @property
     def correct(self) -> np.ndarray:
@@ -41,6 +50,9 @@ class Run:
 
     @property
     def radius(self) -> np.ndarray:
+        if self.kind is TsvKind.PREDICT:
+            raise InputError(f"{self.name!r} holds PREDICT results: no certified radius to analyze "
+                             "(certify the images with `densepure certify` for radii)")
         return np.array([row.radius for row in self.rows], dtype=np.float64)
 
 
@@ -55,6 +67,32 @@ class Summary:
     certified_accuracy: tuple[float, ...]
     acr: float
     abstention_rate: float
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """Numbers of one PREDICT run: ``accuracy`` (predictions equal to the label) and ``abstention_rate``,
+    fractions of ``count`` images."""
+
+    name: str
+    count: int
+    accuracy: float
+    abstention_rate: float
+
+
+def summarize_predictions(run: Run) -> PredictSummary:
+    """Accuracy and abstention rate of a run (any kind: a CERTIFY run's predictions count too)."""
+    return PredictSummary(run.name, len(run.rows), float(np.mean(run.correct)),
+                          float(np.mean([row.predict == -1 for row in run.rows])))
+
+
+def predict_markdown_table(summaries: Sequence[PredictSummary]) -> str:
+    """A markdown table, one row per PREDICT run: accuracy (%), abstained (%), count."""
+    lines = [_md_row(["results", "accuracy", "abstained", "count"]), _md_row(["---", "---:", "---:", "---:"])]
+    for s in summaries:
+        lines.append(_md_row([s.name.replace("|", "\\|"), f"{100 * s.accuracy:.1f}", f"{100 * s.abstention_rate:.1f}",
+                              str(s.count)]))
+    return "\n".join(lines) + "\n"
 
 
 def check_radii(radii: Sequence[float]) -> tuple[float, ...]:

@@ -15,19 +15,19 @@ from __future__ import annotations
 import math
 import secrets
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from densepure.certify.options import JobOptions
-from densepure.certify.records import IfExists, ImageRecord
+from densepure.certify.records import IfExists, ImageRecord, TsvKind
 from densepure.certify.runner import Progress, run_dataset
-from densepure.certify.tasks import Task
+from densepure.certify.tasks import PredictTask, Task
 from densepure.certify.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
-from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity
+from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, exported_models
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.memory import rows_that_fit
@@ -46,6 +46,12 @@ class Job:
     task: Task
     seed: int
     record: dict  # the sidecar configuration: options, resolved kernels, content hashes
+    warnings: tuple[str, ...] = field(default=())  # what may be a mistake but can run (the CLI prints them)
+
+    @property
+    def tsv_kind(self) -> TsvKind:
+        """The result files' format: Cohen's predict.py for PREDICT, certify.py otherwise."""
+        return TsvKind.PREDICT if isinstance(self.task, PredictTask) else TsvKind.CERTIFY
 
     def describe(self, command: str = "certify") -> str:
         """One line: what the job runs, with which seed, where."""
@@ -53,7 +59,9 @@ class Job:
         chains = f"K={s.num_chains} b={s.steps} " if s.mode is Mode.DENSEPURE else ""
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
-        return (f"{command}: {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
+        resize = f" resize={o.resize.value}" if o.resize is not None else ""
+        return (f"{command}: {len(self.indices)} images, preset={o.preset} classifier={o.classifier}{resize} "
+                f"mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
                 f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={o.backend.value} "
                 f"precision={o.precision.value} kernels={self.engine.kernels.name}")
 
@@ -130,7 +138,8 @@ def prepare(options: JobOptions) -> Job:
         raise ConfigError("a --ray run is driven by densepure.distributed (prepare_cluster_job), not prepare()")
     draft = prepare_draft(options)
     shape = tuple(int(d) for d in draft.dataset[0][0].shape)
-    return replace(draft, engine=build_engine(draft.options, shape, draft.dataset.num_classes))
+    engine = build_engine(draft.options, shape, draft.dataset.num_classes)
+    return replace(draft, engine=engine, warnings=_class_warnings(engine.num_classes, draft.dataset))
 
 
 def prepare_draft(options: JobOptions) -> Job:
@@ -154,8 +163,18 @@ def prepare_draft(options: JobOptions) -> Job:
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
-        check_results(path, config, seed, mode)
+        check_results(path, config, seed, mode, draft.tsv_kind)
     return draft
+
+
+def _class_warnings(classes: int, dataset: Dataset) -> tuple[str, ...]:
+    """A classifier with more classes than the data can run, but is most often the wrong one (an ImageNet
+    classifier on CIFAR-10): say so. (Fewer classes than the data is an error: see :func:`build_engine`.)"""
+    if dataset.num_classes is None or classes <= dataset.num_classes or getattr(dataset, "classes_inferred", False):
+        return ()
+    return (f"the classifier has {classes} classes but the data ({dataset.name}) has {dataset.num_classes}: "
+            f"its predictions {dataset.num_classes}..{classes - 1} can never be correct; is it the classifier "
+            "trained on this data?",)
 
 
 def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None,
@@ -174,15 +193,20 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
     smoothing = options.smoothing(preset.schedule)
     device = resolve_device(options.device)
     kernels = resolve_kernels(options.kernels, device)
-    classifier = load_classifier(ClassifierSpec.parse(options.classifier), device)
     torch_backend = options.backend is BackendKind.TORCH
-    if torch_backend and options.precision is not Precision.FP32:
-        classifier.set_precision(options.precision.dtype)  # the classifier is most of the work for ViT-sized models
-    classes = classifier.num_classes or num_classes
+    classifier, own_classes = None, None
+    if torch_backend:
+        classifier = load_classifier(ClassifierSpec.parse(options.classifier), device, resize=options.resize)
+        own_classes = classifier.num_classes
+        if options.precision is not Precision.FP32:
+            classifier.set_precision(options.precision.dtype)  # most of the work for ViT-sized models
+    else:  # the graphs are the models: the classifier itself need not be on this machine
+        own_classes = exported_models(options.artifacts, options.precision).num_classes
+    classes = own_classes or num_classes
     if classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")
-    if num_classes is not None and classifier.num_classes is not None and classifier.num_classes < num_classes:
-        raise ConfigError(f"the classifier has {classifier.num_classes} classes but the data has {num_classes}: "
+    if num_classes is not None and own_classes is not None and own_classes < num_classes:
+        raise ConfigError(f"the classifier has {own_classes} classes but the data has {num_classes}: "
                           "its labels could never be predicted")
     denoiser, checkpoint = _denoiser(options, preset, smoothing.needs_denoiser, device, kernels)
     shape = tuple(int(d) for d in image_shape)
@@ -207,13 +231,24 @@ def _denoiser(options: JobOptions, preset, needed: bool, device: torch.device, k
 
     if not needed:
         return None, None
-    checkpoint = resolve_checkpoint(preset, options.checkpoint)
     if options.backend is not BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
-        return None, checkpoint
+        return None, _checkpoint_to_compare(options, preset)
+    checkpoint = resolve_checkpoint(preset, options.checkpoint)
     unet = build_unet(preset, checkpoint, device, options.precision.dtype)
     if kernels.name == "triton" and device.type == "cuda":
         unet.set_kernels(kernels)
     return unet, checkpoint
+
+
+def _checkpoint_to_compare(options: JobOptions, preset) -> Path | None:
+    """Exported backends: the checkpoint whose sha256 the UNet graph must record, the given one or the one the
+    preset ships; None when there is neither (the graph's own checkpoint runs)."""
+    from densepure.models import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(preset, options.checkpoint)
+    except ConfigError:
+        return None
 
 
 def _backends(options, preset, shape, classes, checkpoint, rows, device, denoiser, classifier, needs_denoiser):
@@ -267,7 +302,10 @@ def run(job: Job, progress: Progress | None = None) -> tuple[Path, list[ImageRec
     opts = job.options
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
     with ExitStack() as stack, torch.inference_mode():
-        writers = [stack.enter_context(open_results(path, config, job.seed, mode)) for path, config in job.outputs()]
+        writers = [stack.enter_context(open_results(path, config, job.seed, mode, job.tsv_kind))
+                   for path, config in job.outputs()]
         extra = dict(zip(opts.also_chains, writers[1:]))
         records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writers[0], progress, extra)
+        for writer in writers:  # complete: image order, as Cohen's files (an interrupted run stays as decided)
+            writer.sort_rows()
     return Path(opts.output), records

@@ -2,6 +2,11 @@
 
 The CLI builds :class:`JobOptions` from argv (one field per flag); library users can do the same.
 Unset statistics take the preset's defaults (:data:`PRESET_DEFAULTS`).
+
+Unset models take their defaults: with exported graphs (``--artifacts``), the preset, classifier and
+resize their manifests record (flags that are given must agree with them); otherwise the digits preset,
+its classifier for it (other presets need ``--classifier``), and the resize of
+:func:`~densepure.models.sources.default_resize`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from densepure.certify.sequential import SequentialMethod
 from densepure.certify.stats import validate_alpha
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
 from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
-from densepure.engine.backends.select import BackendKind, check_backend_options
+from densepure.engine.backends.select import BackendKind, check_backend_options, exported_models, same_classifier
 from densepure.errors import ConfigError
 from densepure.kernels import CompileMode, KernelChoice
+from densepure.models.classifiers import ResizeChoice
+from densepure.models.sources import ClassifierSpec, check_resize, default_resize, required_classifier
 from densepure.noise import SEED_BITS
 from densepure.precision import Precision
 
@@ -44,9 +51,10 @@ PRESET_DEFAULTS = {
 class JobOptions:
     """Every user-level setting of a certify/predict job (CLI flags map one to one)."""
 
-    preset: str = "digits"
+    preset: str | None = None  # None: the preset of --artifacts, else digits
     checkpoint: str | None = None
-    classifier: str = "digits"
+    classifier: str | None = None  # None: the classifier of --artifacts, else digits for the digits preset
+    resize: ResizeChoice | None = None  # None: --artifacts', else default_resize (None: the classifier has no resize)
     data: str | None = None
     mode: Mode = Mode.DENSEPURE
     sigma: float | None = None
@@ -80,6 +88,10 @@ class JobOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        check_backend_options(self.backend, self.artifacts, self.precision)
+        self._resolve_models()
         dense = self.mode is Mode.DENSEPURE
         if not dense and (self.num_chains not in (None, 1) or self.steps not in (None, 1)):
             raise ConfigError(f"--K and --b apply to --mode densepure, not {self.mode.value}")
@@ -91,8 +103,6 @@ class JobOptions:
         if not dense:  # recorded as absent: K and b do not exist for the other base classifiers
             object.__setattr__(self, "num_chains", None)
             object.__setattr__(self, "steps", None)
-        object.__setattr__(self, "precision", Precision.parse(self.precision))
-        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
         object.__setattr__(self, "t_star_rule", TStarRule(self.t_star_rule))
         object.__setattr__(self, "sequential", SequentialMethod(self.sequential))
         object.__setattr__(self, "kernels", KernelChoice(self.kernels))
@@ -104,7 +114,6 @@ class JobOptions:
                                       or not 0 <= self.seed < 1 << SEED_BITS):
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         validate_alpha(self.alpha)
-        check_backend_options(self.backend, self.artifacts, self.precision)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.predict and self.n0 is not None:
@@ -128,6 +137,43 @@ class JobOptions:
         if self.ray is not None and not str(self.ray).strip():
             raise ConfigError("--ray must be local, auto or a cluster address, got an empty string")
 
+    def _resolve_models(self) -> None:
+        """Fill ``preset``, ``classifier`` and ``resize`` (module doc); explicit ones are checked."""
+        if self.backend is not BackendKind.TORCH:
+            self._resolve_from_artifacts()
+            return
+        preset = self.preset or "digits"
+        classifier = self.classifier or required_classifier(preset)
+        spec = ClassifierSpec.parse(classifier)
+        resize = check_resize(spec, self.resize) or default_resize(preset, spec)
+        for name, value in (("preset", preset), ("classifier", classifier), ("resize", resize)):
+            object.__setattr__(self, name, value)
+
+    def _resolve_from_artifacts(self) -> None:
+        """The models of an export directory, by its manifests: ``--artifacts`` alone is enough."""
+        found, out = exported_models(self.artifacts, self.precision), self.artifacts
+        preset = self.preset or found.preset
+        if preset is None:
+            raise ConfigError(f"the graphs in {out} do not record their preset: add --preset")
+        if found.preset is not None and preset != found.preset:
+            raise ConfigError(f"--preset {preset} was given, but the graphs in {out} were exported for preset "
+                              f"{found.preset!r}: drop --preset (the artifacts name theirs), or export the {preset} "
+                              f"models there: `densepure export --preset {preset} ... --out {out}`")
+        if self.classifier is not None and not same_classifier(self.classifier, found.classifier):
+            raise ConfigError(f"--classifier {self.classifier} was given, but the classifier graph in {out} was "
+                              f"exported from {found.classifier!r}: drop --classifier (the artifacts record theirs), "
+                              f"or export it there: `densepure export --preset {preset} --classifier "
+                              f"{self.classifier} --out {out}`")
+        resize = None if self.resize is None else ResizeChoice.parse(self.resize)
+        if resize is not None and (found.resize is None or resize.value != found.resize):
+            baked = f"was exported with --resize {found.resize}" if found.resize else \
+                "does not record its resize (exported before --resize, or from a library classifier)"
+            raise ConfigError(f"--resize {resize.value} was given, but the classifier graph in {out} {baked}: drop "
+                              f"--resize (it is inside the graph), or export again with --resize {resize.value}")
+        object.__setattr__(self, "preset", preset)
+        object.__setattr__(self, "classifier", self.classifier or found.classifier)
+        object.__setattr__(self, "resize", None if found.resize is None else ResizeChoice.parse(found.resize))
+
     def task(self) -> Task:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
         if self.predict:
@@ -144,8 +190,12 @@ class JobOptions:
                                schedule if self.mode is not Mode.GAUSSIAN else None)
 
     def record(self) -> dict:
-        """The configuration written to the sidecar and compared on resume."""
-        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
+        """The configuration written to the sidecar and compared on resume (``resize`` only when the
+        classifier has one: the records of digits runs are those of earlier versions)."""
+        record = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
+        if record["resize"] is None:
+            del record["resize"]
+        return record
 
     def prefix_record(self, k: int) -> dict:
         """The configuration of the ``k``-chain results read from this run (see :meth:`prefix_output`)."""

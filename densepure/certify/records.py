@@ -21,6 +21,8 @@ from densepure.errors import ConfigError, InputError
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
+PREDICT_HEADER = "\t".join(PREDICT_COLUMNS)
 SIDECAR_FORMAT = "densepure-results"
 SIDECAR_VERSION = 1
 _RESERVED = frozenset(TSV_COLUMNS) | {"record", "n0", "n", "selection_counts", "estimation_counts"}
@@ -42,30 +44,58 @@ def _coerce(row: Any, name: str, kind: type, low: float) -> None:
     object.__setattr__(row, name, kind(value))
 
 
+class TsvKind(enum.Enum):
+    """The two TSV formats of the ecosystem: Cohen's ``certify.py`` (``idx label predict radius correct time``)
+    and ``predict.py`` (``idx label predict correct time``: PREDICT certifies no radius)."""
+
+    CERTIFY = "certify"
+    PREDICT = "predict"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return TSV_COLUMNS if self is TsvKind.CERTIFY else PREDICT_COLUMNS
+
+    @property
+    def header(self) -> str:
+        return TSV_HEADER if self is TsvKind.CERTIFY else PREDICT_HEADER
+
+    @classmethod
+    def of_header(cls, line: str) -> TsvKind | None:
+        """The format whose header ``line`` is, or None."""
+        fields = line.rstrip("\r\n").split("\t")
+        return next((kind for kind in cls if list(kind.columns) == fields), None)
+
+
 @dataclass(frozen=True)
 class ResultRow:
-    """One certified image: ``predict = -1`` abstains; ``radius`` (L2, [0,1] pixel units) >= 0;
-    ``correct`` is ``predict == label``; ``time`` is wall seconds."""
+    """One image: ``predict = -1`` abstains; ``radius`` (L2, [0,1] pixel units) >= 0, or None for a PREDICT
+    row (no radius is certified); ``correct`` is ``predict == label``; ``time`` is wall seconds."""
 
     idx: int
     label: int
     predict: int
-    radius: float
+    radius: float | None
     correct: bool
     time: float
 
     def __post_init__(self) -> None:
         for name, kind, low in (("idx", int, 0), ("label", int, -1), ("predict", int, -1),
                                 ("radius", float, 0.0), ("time", float, 0.0)):
-            _coerce(self, name, kind, low)
+            if name != "radius" or self.radius is not None:
+                _coerce(self, name, kind, low)
         if self.correct not in (0, 1):
             raise InputError(f"correct must be 0/1 or a bool, got {self.correct!r}")
         object.__setattr__(self, "correct", bool(self.correct))
 
+    @property
+    def kind(self) -> TsvKind:
+        """The file format this row belongs to."""
+        return TsvKind.PREDICT if self.radius is None else TsvKind.CERTIFY
+
     def to_line(self) -> str:
-        """The TSV line, newline included."""
-        return (f"{self.idx}\t{self.label}\t{self.predict}\t{format_radius(self.radius)}\t"
-                f"{int(self.correct)}\t{self.time:.4f}\n")
+        """The TSV line of its format (:attr:`kind`), newline included."""
+        radius = "" if self.radius is None else f"{format_radius(self.radius)}\t"
+        return f"{self.idx}\t{self.label}\t{self.predict}\t{radius}{int(self.correct)}\t{self.time:.4f}\n"
 
 
 def format_radius(radius: float) -> str:

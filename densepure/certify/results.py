@@ -4,7 +4,9 @@ TSV: header ``idx\\tlabel\\tpredict\\tradius\\tcorrect\\ttime``, then one line p
 in one ``write`` call and flushed, so a crash never leaves a half line that looks whole.
 ``predict = -1`` is an abstention; ``correct`` is 0/1; ``radius`` has 4 decimals, rounded *down*
 so that the printed radius is never larger than the certified one; ``time`` is wall seconds with
-4 decimals.
+4 decimals. PREDICT results use Cohen's ``predict.py`` format, the same without ``radius``
+(``idx\\tlabel\\tpredict\\tcorrect\\ttime``: PREDICT certifies no radius). Lines are appended as
+images are decided and put in image order when the run completes; readers take either order.
 
 Sidecar ``<results>.jsonl``: a ``"record": "header"`` line (format, configuration, seed, versions),
 then one ``"record": "image"`` line per image (the TSV fields at full precision, n0, n, the
@@ -24,13 +26,12 @@ from typing import Any
 
 from densepure.certify.records import (
     _TIMEDELTA,
-    TSV_COLUMNS,
-    TSV_HEADER,
     CorrectColumn,
     ImageRecord,
     ResultRow,
     RunHeader,
     Sidecar,
+    TsvKind,
 )
 from densepure.errors import InputError
 
@@ -57,14 +58,16 @@ def parse_seconds(text: str) -> float:
     return int(days or 0) * 86400.0 + int(hours) * 3600.0 + int(minutes) * 60.0 + float(seconds)
 
 
-def _parse_fields(line: str) -> tuple[int, int, int, float, int, float]:
-    """One TSV line -> raw fields (``correct`` as an int, maybe a running total)."""
+def _parse_fields(line: str, kind: TsvKind = TsvKind.CERTIFY) -> tuple[int, int, int, float | None, int, float]:
+    """One TSV line -> raw fields (``correct`` as an int, maybe a running total; ``radius`` None for PREDICT)."""
     fields = line.rstrip("\r\n").split("\t")
-    if len(fields) != len(TSV_COLUMNS):
-        raise InputError(f"expected {len(TSV_COLUMNS)} tab-separated fields, got {len(fields)}")
+    if len(fields) != len(kind.columns):
+        raise InputError(f"expected {len(kind.columns)} tab-separated fields, got {len(fields)}")
+    if kind is TsvKind.PREDICT:
+        fields.insert(3, "")
     try:
         idx, label, predict, correct = (int(fields[i]) for i in (0, 1, 2, 4))
-        radius = float(fields[3])
+        radius = None if kind is TsvKind.PREDICT else float(fields[3])
     except ValueError as exc:
         raise InputError(f"bad field in {line.rstrip()!r}: {exc}") from exc
     return idx, label, predict, radius, correct, parse_seconds(fields[5])
@@ -95,14 +98,21 @@ def _whole_lines(path: Path) -> tuple[list[str], bool]:
     return (lines, False) if complete else (lines[:-1], True)
 
 
-def _check_header(lines: list[str], path: Path) -> None:
-    if not lines or lines[0].rstrip("\r\n").split("\t") != list(TSV_COLUMNS):
+def _check_header(lines: list[str], path: Path, want: TsvKind | None = None) -> TsvKind:
+    """The format of a result file by its header (``want``: the one it must have), or InputError."""
+    kind = TsvKind.of_header(lines[0]) if lines else None
+    if kind is None:
         got = lines[0].rstrip() if lines else "an empty file"
-        raise InputError(f"{str(path)!r} is not a result file: expected the header "
-                         f"{TSV_HEADER!r}, got {got!r}")
+        expected = want.header if want is not None else f"{TsvKind.CERTIFY.header!r} or {TsvKind.PREDICT.header!r}"
+        raise InputError(f"{str(path)!r} is not a result file: expected the header {expected!r}, got {got!r}")
+    if want is not None and kind is not want:
+        raise InputError(f"{str(path)!r} holds {kind.value} results ({kind.header!r}), this run writes {want.value} "
+                         f"results: use another --output, or start it again with --overwrite")
+    return kind
 
 
-def _parse_body(lines: list[str], path: Path, drop_bad_last: bool = False) -> tuple[list[tuple], int]:
+def _parse_body(lines: list[str], path: Path, drop_bad_last: bool = False,
+                kind: TsvKind = TsvKind.CERTIFY) -> tuple[list[tuple], int]:
     """Parse the (whole) lines after the header. A bad *last* line is dropped when ``drop_bad_last``;
     any other bad line raises InputError. Returns the parsed fields and how many lines (header
     included) were kept."""
@@ -111,7 +121,7 @@ def _parse_body(lines: list[str], path: Path, drop_bad_last: bool = False) -> tu
         if not line.strip():
             continue
         try:
-            parsed.append(_parse_fields(line))
+            parsed.append(_parse_fields(line, kind))
         except InputError as exc:
             if number == len(lines) and drop_bad_last:
                 return parsed, number - 1
@@ -134,11 +144,12 @@ def _correct_per_row(values: list[int], mode: CorrectColumn, path: Path) -> list
 
 def read_results(path: str | Path, correct: CorrectColumn = CorrectColumn.AUTO) -> list[ResultRow]:
     """Read a result TSV: ours, Cohen's (``H:MM:SS.ffffff`` times, 3-digit radii) or DDS's
-    (running-total ``correct``, see :class:`CorrectColumn`). A partial last line is skipped."""
+    (running-total ``correct``, see :class:`CorrectColumn`), in the CERTIFY or the PREDICT format (rows
+    without a radius: ``radius`` None). Rows come in file order; a partial last line is skipped."""
     path = Path(path)
     lines, _ = _whole_lines(path)
-    _check_header(lines, path)
-    parsed, _ = _parse_body(lines, path)
+    kind = _check_header(lines, path)
+    parsed, _ = _parse_body(lines, path, kind=kind)
     per_row = _correct_per_row([fields[4] for fields in parsed], correct, path)
     rows, seen = [], set()
     for fields, ok in zip(parsed, per_row):

@@ -6,7 +6,7 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
 (``engine.smoothing``), passed in by the runner, so a certificate cannot be computed for another noise.
 
 * :class:`PredictTask` - ``n`` draws in phase PREDICT; the top class, or an abstention by the binomial
-  test. No radius.
+  test. No radius (its rows have ``radius`` None and go to files in Cohen's predict.py format).
 * :class:`CertifyTask` - ``n0`` selection draws pick the class, ``n`` fresh estimation draws bound its
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
@@ -36,8 +36,9 @@ def _tuple(counts: np.ndarray | None) -> tuple[int, ...]:
     return () if counts is None else tuple(int(c) for c in counts)
 
 
-def _row(idx: int, label: int, predicted: int, radius: float, seconds: float) -> ResultRow:
-    return ResultRow(idx=idx, label=int(label), predict=int(predicted), radius=float(radius),
+def _row(idx: int, label: int, predicted: int, radius: float | None, seconds: float) -> ResultRow:
+    return ResultRow(idx=idx, label=int(label), predict=int(predicted),
+                     radius=None if radius is None else float(radius),
                      correct=bool(label >= 0 and predicted == label), time=seconds)
 
 
@@ -58,7 +59,7 @@ class PredictTask:
     def record(self, idx: int, label: int, seconds: float, counts: Counts, sigma: float,
                result: SequentialResult | None = None) -> ImageRecord:
         pred = predict_from_counts(counts[NoisePhase.PREDICT], self.alpha)
-        return ImageRecord(row=_row(idx, label, pred.label, 0.0, seconds), n0=0, n=self.n,
+        return ImageRecord(row=_row(idx, label, pred.label, None, seconds), n0=0, n=self.n,
                            estimation_counts=_tuple(counts[NoisePhase.PREDICT]), extra={"p_value": pred.p_value})
 
 

@@ -14,6 +14,10 @@ Guarantees (file formats: :mod:`densepure.certify.results`):
   missing (they are computed again, with the same noise, hence the same result), and a writer
   refuses to go on if its files were replaced or removed under it (its records would go to a file
   nobody can read any more).
+* **Image order at the end.** Rows are appended as images are decided; when a run completes,
+  :meth:`ResultWriter.sort_rows` puts the TSV in image order, as Cohen's files are: the same lines
+  permuted, written over the file in place (same file, same length, the lock still held) in one
+  ``pwrite`` with SIGINT/SIGTERM/SIGHUP held back, then ``fsync``. The sidecar stays in completion order.
 """
 
 from __future__ import annotations
@@ -22,18 +26,21 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from densepure.certify.records import TSV_HEADER, IfExists, ImageRecord, RunHeader, Versions, _is_int, _to_json
+from densepure.certify.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
 from densepure.certify.results import (
     _check_header,
     _flatten,
     _now,
     _parse_body,
     _read_jsonl,
+    _read_lines,
     _whole_lines,
     config_differences,
     sidecar_path,
@@ -48,11 +55,13 @@ def _oserror(exc: OSError) -> str:
 class ResultWriter:
     """Appends images to a TSV and its sidecar; make one with :func:`open_results`.
 
-    ``finished`` holds the indices already in the file when it was opened (resume skips them).
+    ``finished`` holds the indices already in the file when it was opened (resume skips them); ``kind``
+    is the TSV format (a CERTIFY file takes rows with a radius, a PREDICT file rows without).
     """
 
-    def __init__(self, path: Path, header: RunHeader, finished: frozenset[int], lock_fd: int) -> None:
-        self.path, self.header, self.finished = path, header, finished
+    def __init__(self, path: Path, header: RunHeader, finished: frozenset[int], lock_fd: int,
+                 kind: TsvKind = TsvKind.CERTIFY) -> None:
+        self.path, self.header, self.finished, self.kind = path, header, finished, kind
         self._written: set[int] = set()
         self._lock_fd = lock_fd
         self._fds = [os.open(p, os.O_WRONLY | os.O_APPEND) for p in (sidecar_path(path), path)]
@@ -68,6 +77,9 @@ class ResultWriter:
             raise InputError(f"result file {str(self.path)!r} is closed")
         if self._broken is not None:
             raise InputError(self._broken)
+        if record.row.kind is not self.kind:
+            raise InputError(f"image idx {idx} is a {record.row.kind.value} row, {str(self.path)!r} is a "
+                             f"{self.kind.value} file")
         self._check_files()
         side = (_to_json(record.to_json(), "image record", InputError) + "\n").encode("utf-8")
         try:
@@ -91,6 +103,36 @@ class ResultWriter:
                                 "--output")
                 raise InputError(self._broken)
 
+    def sort_rows(self) -> None:
+        """Put the TSV's rows in image order, in place (module doc); call it when the run is complete."""
+        if not self._fds:
+            raise InputError(f"result file {str(self.path)!r} is closed")
+        if self._broken is not None:
+            raise InputError(self._broken)
+        self._check_files()
+        lines, complete = _read_lines(self.path)
+        body = lines[1:]
+        ordered = sorted(body, key=lambda line: (not line.strip(), int(line.split("\t", 1)[0]) if line.strip() else 0))
+        if not complete or ordered == body:
+            return  # an incomplete last line is never ours to move (the writer writes whole lines)
+        data = "".join([lines[0], *ordered]).encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY)  # not O_APPEND: pwrite would append
+        try:
+            with _signals_held():
+                view, offset = memoryview(data), 0
+                while offset < len(data):
+                    written = os.pwrite(fd, view[offset:], offset)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "short write")
+                    offset += written
+                os.fsync(fd)
+        except OSError as exc:
+            self._broken = (f"cannot put {str(self.path)!r} in image order: {_oserror(exc)}; its sidecar "
+                            f"{str(sidecar_path(self.path))!r} holds every record")
+            raise InputError(self._broken) from exc
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         """Release the files and the lock; never raises (nothing is buffered)."""
         for fd in (*self._fds, self._lock_fd):
@@ -105,6 +147,18 @@ class ResultWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP (Ctrl-C, kill, a closed terminal) while the TSV is rewritten;
+    they are delivered when it is whole again."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
@@ -154,10 +208,10 @@ def _check_path(path: Path) -> None:
 
 
 def check_results(path: str | Path, config: Mapping[str, Any], seed: int,
-                  if_exists: IfExists = IfExists.RESUME) -> None:
+                  if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY) -> None:
     """Everything :func:`open_results` would refuse, found without changing anything: a directory or an
-    unwritable location, another process holding the file, a resume whose configuration or seed differs.
-    Run it before slow work (model loading) so that a bad output fails in a second."""
+    unwritable location, another process holding the file, a resume whose configuration, seed or TSV
+    format differs. Run it before slow work (model loading) so that a bad output fails in a second."""
     path = Path(path)
     header = _header(config, seed, if_exists)
     try:
@@ -169,14 +223,15 @@ def check_results(path: str | Path, config: Mapping[str, Any], seed: int,
             raise InputError(f"result file {str(path)!r} already exists; resume it, start it again with "
                              "--overwrite, or choose another --output")
         if exists and if_exists is IfExists.RESUME:
-            _read_resume(path, header)
+            _read_resume(path, header, kind)
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
 
 
 def open_results(path: str | Path, config: Mapping[str, Any], seed: int,
-                 if_exists: IfExists = IfExists.RESUME) -> ResultWriter:
-    """Open ``path`` (and ``<path>.jsonl``) to write results, locked; resume an existing run if asked.
+                 if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY) -> ResultWriter:
+    """Open ``path`` (and ``<path>.jsonl``) to write results in the ``kind`` format, locked; resume an
+    existing run if asked.
 
     Resuming checks that the sidecar's configuration and seed equal ``config`` and ``seed``
     (ConfigError naming the differing keys otherwise), drops an incomplete last line of either file
@@ -193,24 +248,25 @@ def open_results(path: str | Path, config: Mapping[str, Any], seed: int,
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
     try:
-        return _open_locked(path, header, if_exists, existed, lock)
+        return _open_locked(path, header, if_exists, existed, lock, kind)
     except BaseException:
         os.close(lock)
         raise
 
 
-def _open_locked(path: Path, header: RunHeader, if_exists: IfExists, existed: bool, lock: int) -> ResultWriter:
+def _open_locked(path: Path, header: RunHeader, if_exists: IfExists, existed: bool, lock: int,
+                 kind: TsvKind) -> ResultWriter:
     try:
         if existed and if_exists is IfExists.FAIL:
             raise InputError(f"result file {str(path)!r} already exists; resume it, start it again with "
                              "--overwrite, or choose another --output")
         if existed and if_exists is IfExists.RESUME:
-            finished = _prepare_resume(path, header)
+            finished = _prepare_resume(path, header, kind)
             if finished:
-                return ResultWriter(path, header, finished, lock)
-        _rewrite(path, TSV_HEADER + "\n")
+                return ResultWriter(path, header, finished, lock, kind)
+        _rewrite(path, kind.header + "\n")
         _rewrite(sidecar_path(path), _to_json(header.to_json(), "header") + "\n")
-        return ResultWriter(path, header, frozenset(), lock)
+        return ResultWriter(path, header, frozenset(), lock, kind)
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
 
@@ -224,12 +280,12 @@ def _rewrite(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _read_resume(path: Path, header: RunHeader):
+def _read_resume(path: Path, header: RunHeader, kind: TsvKind):
     """Read and check an existing run: (TSV lines, parsed rows, kept TSV lines, sidecar records, kept
     sidecar bytes), or None when the TSV holds no finished image."""
     lines, _ = _whole_lines(path)
-    _check_header(lines, path)
-    parsed, kept = _parse_body(lines, path, drop_bad_last=True)
+    _check_header(lines, path, kind)
+    parsed, kept = _parse_body(lines, path, drop_bad_last=True, kind=kind)
     if not parsed:
         return None
     side = sidecar_path(path)
@@ -243,9 +299,9 @@ def _read_resume(path: Path, header: RunHeader):
     return lines, parsed, kept, records, side_kept
 
 
-def _prepare_resume(path: Path, header: RunHeader) -> frozenset[int]:
+def _prepare_resume(path: Path, header: RunHeader, kind: TsvKind) -> frozenset[int]:
     """Check and trim an existing run; its finished indices (empty: start the file again)."""
-    found = _read_resume(path, header)
+    found = _read_resume(path, header, kind)
     if found is None:
         return frozenset()
     lines, parsed, kept, records, side_kept = found
@@ -255,7 +311,7 @@ def _prepare_resume(path: Path, header: RunHeader) -> frozenset[int]:
     os.truncate(sidecar_path(path), side_kept)
     if orphans:  # rows whose record was lost: computed again, so that every row keeps its counts
         keep = [line for line, fields in zip(body, parsed) if fields[0] in recorded]
-        _rewrite(path, TSV_HEADER + "\n" + "".join(keep))
+        _rewrite(path, kind.header + "\n" + "".join(keep))
     else:
         os.truncate(path, len("".join(lines[:kept]).encode("utf-8")))
     resume = {"record": "resume", "versions": asdict(header.versions), "created": header.created}

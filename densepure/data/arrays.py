@@ -69,6 +69,8 @@ class ArrayDataset:
         self._labels = _check_labels(np.asarray(labels), images.shape[0], name)
         self._images = images
         self.name = name
+        # a count read from the labels is a lower bound (a subset of a dataset may miss its last classes)
+        self.classes_inferred = num_classes is None
         if num_classes is None and self._labels.size and self._labels.max() >= 0:
             num_classes = int(self._labels.max()) + 1
         if num_classes is not None and (num_classes < 1 or num_classes <= self._labels.max()):

@@ -4,6 +4,9 @@ A batch is a pickled dict with ``b"data"``, a uint8 array (N, 3072) whose rows h
 then 1024 green, then 1024 blue values of a 32x32 image in row-major order, and ``b"labels"``, a
 list of N ints in [0, 10) (also ``b"batch_label"`` and ``b"filenames"``, unused here).
 
+The archive as published (``cifar-10-python.tar.gz``) is read as it is: its ``test_batch`` member is
+unpickled from the compressed stream, nothing is extracted to disk.
+
 Security: pickle can call any importable function while loading. :class:`RestrictedUnpickler`
 resolves only the globals a numpy array needs (``_reconstruct``, ``ndarray``, ``dtype``, the
 protocol-5 ``_frombuffer``, and a latin-1-only stand-in for ``_codecs.encode``, which Python 3 uses
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import tarfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +83,11 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+_UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    OSError, MemoryError)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
 def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch safely; returns (data uint8 (N, 3072), labels int64 (N,))."""
     path = Path(path)
@@ -87,10 +96,43 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             content = RestrictedUnpickler(handle, encoding="bytes").load()
     except FileNotFoundError as exc:
         raise InputError(f"CIFAR-10 batch {str(path)!r} does not exist") from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, OSError, MemoryError) as exc:
+    except _UNPICKLE_ERRORS as exc:
         raise InputError(f"cannot read CIFAR-10 batch {str(path)!r}: {exc}") from exc
     return _parse_batch(content, path)
+
+
+def is_archive(path: str | Path) -> bool:
+    """Whether ``path`` names a tar archive by its suffix (``cifar-10-python.tar.gz``)."""
+    return Path(path).name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def archive_test_batch(path: str | Path) -> str | None:
+    """The name of the ``test_batch`` member of the tar archive at ``path`` (None: there is none); an
+    unreadable archive is an InputError. Reads the member list only."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            return next((m.name for m in archive.getmembers() if m.isfile() and Path(m.name).name == "test_batch"),
+                        None)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read the archive {str(path)!r} ({reason}): an incomplete download? Its size and "
+                         "md5 are on the CIFAR-10 page") from exc
+
+
+def load_archive_batch(path: str | Path, member: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the batch ``member`` of a tar archive safely (no extraction); as :func:`load_batch`."""
+    path = Path(path)
+    where = f"{member} in {str(path)!r}"
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise InputError(f"{where} is not a regular file")
+            with handle:
+                content = RestrictedUnpickler(handle, encoding="bytes").load()
+    except (tarfile.TarError, *_UNPICKLE_ERRORS) as exc:
+        raise InputError(f"cannot read CIFAR-10 batch {where}: {exc}") from exc
+    return _parse_batch(content, Path(where))
 
 
 def _lookup(content: Mapping[Any, Any], key: str, path: Path) -> Any:
@@ -137,12 +179,25 @@ def find_batch(path: str | Path) -> Path | None:
 
 
 class Cifar10Dataset:
-    """The CIFAR-10 test set (or one batch): items are ((3, 32, 32) float32 in [0, 1], label)."""
+    """The CIFAR-10 test set (or one batch): items are ((3, 32, 32) float32 in [0, 1], label).
+
+    ``path``: a batch file, a directory holding ``test_batch`` (or ``cifar-10-batches-py/test_batch``), or
+    the published archive ``cifar-10-python.tar.gz`` (its ``test_batch`` is read without extracting).
+    """
 
     name = "cifar10"
     num_classes: int | None = CIFAR10_CLASSES
 
     def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_file() and is_archive(path):
+            member = archive_test_batch(path)
+            if member is None:
+                raise InputError(f"{str(path)!r} is not a CIFAR-10 archive: no 'test_batch' in it (the python "
+                                 "version, cifar-10-python.tar.gz, has cifar-10-batches-py/test_batch)")
+            self.path = path
+            self._data, self._labels = load_archive_batch(path, member)
+            return
         batch = find_batch(path)
         if batch is None:
             raise InputError(f"no CIFAR-10 batch at {str(path)!r}: expected a directory holding "

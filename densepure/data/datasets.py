@@ -2,7 +2,8 @@
 
 Every reader is a :class:`Dataset`: ``len(ds)``, ``ds[i] -> (image, label)`` with ``image`` a
 float32 tensor (C, H, W) in [0, 1] and ``label`` an int (-1: unknown), plus ``name`` and
-``num_classes`` (None when unknown).
+``num_classes`` (None when unknown). A reader whose ``num_classes`` is only read off the labels
+(``max + 1``, a lower bound) also has ``classes_inferred = True``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from densepure.data.arrays import load_npz
-from densepure.data.cifar import Cifar10Dataset, find_batch
+from densepure.data.cifar import Cifar10Dataset, archive_test_batch, find_batch, is_archive
 from densepure.data.folders import ImageFolderDataset, SingleImageDataset, find_classes, is_image_file
 from densepure.data.images import IMAGE_EXTENSIONS, NO_TRANSFORM, ImageTransform
 from densepure.errors import ConfigError, InputError
@@ -95,12 +96,18 @@ def select_indices(n_total: int, skip: int = 1, max: int = -1) -> list[int]:  # 
 
 
 def detect_kind(path: Path) -> DatasetKind:
-    """The reader for ``path``: a CIFAR batch (or a directory holding ``test_batch``) -> CIFAR10,
-    a directory of class folders -> IMAGEFOLDER, ``*.npz`` -> NPZ, an image file -> IMAGE."""
+    """The reader for ``path``: a CIFAR batch (or a directory holding ``test_batch``, or the archive
+    ``cifar-10-python.tar.gz``) -> CIFAR10, a directory of class folders -> IMAGEFOLDER, ``*.npz`` -> NPZ,
+    an image file -> IMAGE."""
     if not path.exists():
         raise InputError(f"dataset path {str(path)!r} does not exist")
     if find_batch(path) is not None:
         return DatasetKind.CIFAR10
+    if path.is_file() and is_archive(path):
+        if archive_test_batch(path) is not None:
+            return DatasetKind.CIFAR10
+        raise InputError(f"{str(path)!r} is an archive without a CIFAR-10 'test_batch': extract it first "
+                         f"(tar xf {str(path)!r}) and pass the directory of images or batches")
     if path.is_dir():
         if find_classes(path):
             return DatasetKind.IMAGEFOLDER
@@ -111,8 +118,8 @@ def detect_kind(path: Path) -> DatasetKind:
     if is_image_file(path):
         return DatasetKind.IMAGE
     raise InputError(
-        f"unknown dataset format for {str(path)!r}: expected a CIFAR-10 batch ('test_batch') or a "
-        f"directory holding one, a directory of class folders, a .npz file, or an image "
+        f"unknown dataset format for {str(path)!r}: expected a CIFAR-10 batch ('test_batch'), a directory "
+        f"holding one, the archive cifar-10-python.tar.gz, a directory of class folders, a .npz file, or an image "
         f"({', '.join(IMAGE_EXTENSIONS)})"
     )
 

@@ -5,14 +5,14 @@ which the engine's backends read without importing this package. Importing this 
 neither onnx, onnxruntime nor tensorrt; they load when used.
 """
 
-from densepure.export.commands import BuildReport, ExportReport, build_command, export_command
+from densepure.export.commands import BuildReport, ExportEvent, ExportReport, build_command, export_command
 from densepure.export.onnx_export import ExportResult, export_classifier, export_unet
 from densepure.export.onnx_typing import OpTyping, op_typing, typing_violations
 from densepure.export.onnx_verify import CheckStatus, NumericCheck
 from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
 
 __all__ = [
-    "BuildOutcome", "BuildReport", "BuildSettings", "CheckStatus", "ExportReport", "ExportResult", "NumericCheck",
-    "OpTyping", "build_command", "build_engine", "export_classifier", "export_command", "export_unet", "op_typing",
-    "typing_violations",
+    "BuildOutcome", "BuildReport", "BuildSettings", "CheckStatus", "ExportEvent", "ExportReport", "ExportResult",
+    "NumericCheck", "OpTyping", "build_command", "build_engine", "export_classifier", "export_command", "export_unet",
+    "op_typing", "typing_violations",
 ]

@@ -14,8 +14,8 @@ Engines go to the content-addressed cache (``<cache_dir>/engines/<key>/engine.pl
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,10 +34,18 @@ from densepure.export.onnx_export import (
 from densepure.export.onnx_verify import CheckStatus
 from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
 from densepure.hashing import file_sha256
-from densepure.models.classifiers import Classifier
+from densepure.models.classifiers import Classifier, ResizeChoice
 from densepure.models.presets import DiffusionPreset, build_unet, get_preset, resolve_checkpoint
-from densepure.models.sources import ClassifierSpec, load_classifier
+from densepure.models.sources import ClassifierSpec, check_resize, default_resize, load_classifier
 from densepure.precision import Precision
+
+
+def _numerics(r: ExportResult) -> str:
+    n, m = r.numerics, r.manifest
+    if n.status is CheckStatus.SKIPPED:
+        return f"numerics skipped ({n.skipped_reason})"
+    against = "torch fp32" if m.precision is Precision.FP16 else "torch"
+    return f"onnxruntime vs {against}: max rel err {n.max_rel_error:.2e} (tol {n.tolerance:g})"
 
 
 @dataclass(frozen=True)
@@ -48,16 +56,36 @@ class ExportReport:
     def lines(self) -> list[str]:
         out = []
         for r in self.results:
-            n, m = r.numerics, r.manifest
-            if n.status is CheckStatus.SKIPPED:
-                check = f"numerics skipped ({n.skipped_reason})"
-            else:
-                check = (f"onnxruntime vs torch: max rel err {n.max_rel_error:.2e} (tol {n.tolerance:g})"
-                         + (f", vs fp32 {n.max_rel_error_vs_fp32:.2e}" if m.precision is Precision.FP16 else ""))
+            m = r.manifest
             state = "up to date" if r.reused else f"exported in {r.export_seconds:.1f}s"
-            out.append(f"{m.kind.value:10s} {m.precision.value}  {r.onnx_path}  {state}; {check}; "
+            resize = f"; resize {m.source.resize}" if m.source.resize else ""
+            out.append(f"{m.kind.value:10s} {m.precision.value}  {r.onnx_path}  {state}; {_numerics(r)}{resize}; "
                        f"sha256 {m.onnx_sha256[:12]}")
         return out
+
+
+@dataclass(frozen=True)
+class ExportEvent:
+    """One model of an export starting (``result`` None) or done: the ``index``-th of ``total``."""
+
+    index: int
+    total: int
+    kind: ArtifactKind
+    precision: Precision
+    path: Path
+    result: ExportResult | None = None
+
+    def line(self) -> str:
+        """What the CLI prints as it happens, e.g. ``[2/4] unet fp16: done in 61.2s (check 3.1s) ...``."""
+        head = f"[{self.index}/{self.total}] {self.kind.value} {self.precision.value}"
+        r = self.result
+        if r is None:
+            return f"{head}: exporting {self.path} (trace, save, check with onnxruntime) ..."
+        state = "up to date, checked again" if r.reused else "exported"
+        return f"{head}: {state} in {r.export_seconds:.1f}s (check {r.check_seconds:.1f}s); {_numerics(r)}"
+
+
+ExportProgress = Callable[[ExportEvent], None]
 
 
 @dataclass(frozen=True)
@@ -102,11 +130,18 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
                    *, precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
                    classifier: Classifier | str | None = None, classifier_label: str = "", unet: bool = True,
                    opset: int = DEFAULT_OPSET, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-                   reuse: bool = True) -> ExportReport:
+                   reuse: bool = True, resize: ResizeChoice | str | None = None,
+                   progress: ExportProgress | None = None) -> ExportReport:
     """Export the preset's UNet (weights from ``checkpoint``) and, if given, ``classifier`` (a module, or a
     classifier spec such as ``digits`` or ``hf:DIR``, loaded here on the CPU; for the preset's image shape)
     at each precision into ``out_dir``, each checked (see :mod:`densepure.export.onnx_export`). Raises
-    :class:`ArtifactError` if a check fails."""
+    :class:`ArtifactError` if a check fails.
+
+    ``resize`` is baked into the classifier graph and recorded in its manifest: for a spec, None means the
+    default of :func:`~densepure.models.sources.default_resize` (the papers' bicubic for their presets);
+    for a module, None keeps its preprocessing as it is. ``progress`` is called as each model starts and
+    ends (:class:`ExportEvent`); the float32 reference of a model is computed once for all precisions.
+    """
     spec = get_preset(preset) if isinstance(preset, str) else preset
     if not precisions:
         raise ConfigError("at least one precision is needed")
@@ -116,26 +151,44 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
     if not unet and classifier is None:
         raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
     _check_opset(opset)
+    if isinstance(classifier, str):
+        classifier_spec = ClassifierSpec.parse(classifier)
+        resize = check_resize(classifier_spec, resize) or default_resize(spec.name, classifier_spec)
+    elif resize is not None and classifier is None:
+        raise ConfigError("--resize applies to the classifier, which this export leaves out")
+    elif resize is not None:
+        resize = ResizeChoice.parse(resize)
     out = _output_directory(out_dir)
     if isinstance(classifier, str):
         classifier_label = classifier_label or classifier
-        classifier = load_classifier(ClassifierSpec.parse(classifier), torch.device("cpu"))
+        classifier = load_classifier(classifier_spec, torch.device("cpu"), resize=resize)
+    elif classifier is not None and resize is not None:
+        classifier = Classifier(classifier.network, resize.apply(classifier.preprocess), classifier.num_classes)
     cfg = spec.unet_config
-    results = []
-    if unet:
-        ckpt = resolve_checkpoint(spec, checkpoint)
-        model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
-        source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
-        for p in precisions:
-            results.append(export_unet(model, out / f"unet-{p.value}.onnx", Precision(p), source=source, opset=opset,
-                                       external_data_threshold=external_data_threshold, reuse=reuse))
-    if classifier is not None:
-        source = SourceInfo(spec.name, None, classifier_label)
-        for p in precisions:
-            results.append(export_classifier(classifier, (cfg.in_channels, cfg.image_size, cfg.image_size),
-                                             out / f"classifier-{p.value}.onnx", Precision(p), source=source,
-                                             opset=opset, external_data_threshold=external_data_threshold,
-                                             reuse=reuse))
+    plan = [(ArtifactKind.UNET, Precision(p)) for p in precisions if unet]
+    plan += [(ArtifactKind.CLASSIFIER, Precision(p)) for p in precisions if classifier is not None]
+    results, references = [], {}
+    common = {"opset": opset, "external_data_threshold": external_data_threshold, "reuse": reuse,
+              "reference_cache": references}
+    model = ckpt = None
+    for index, (kind, precision) in enumerate(plan, start=1):
+        path = out / f"{kind.value}-{precision.value}.onnx"
+        event = ExportEvent(index, len(plan), kind, precision, path)
+        if progress is not None:
+            progress(event)
+        if kind is ArtifactKind.UNET:
+            if model is None:
+                ckpt = resolve_checkpoint(spec, checkpoint)
+                model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
+                unet_source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
+            result = export_unet(model, path, precision, source=unet_source, **common)
+        else:
+            source = SourceInfo(spec.name, None, classifier_label, resize=None if resize is None else resize.value)
+            result = export_classifier(classifier, (cfg.in_channels, cfg.image_size, cfg.image_size), path, precision,
+                                       source=source, **common)
+        results.append(result)
+        if progress is not None:
+            progress(replace(event, result=result))
     return ExportReport(out, tuple(results))
 
 

@@ -12,13 +12,15 @@ directory (the CIFAR-10 ViT-B/16 of the papers); a ``timm`` model with a local c
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import json
 import math
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +45,29 @@ class ResizeMode(enum.Enum):
     NEAREST_EXACT = "nearest-exact"  # samples pixel centres, as PIL's NEAREST does
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
+
+
+class ResizeChoice(enum.Enum):
+    """``--resize``: how a classifier's input is resized to its side (the side, range and mean/std stay
+    the classifier's own). ``bicubic`` (antialiased) is what the papers do (ALGORITHM §8); ``processor``
+    keeps the classifier's own interpolation (a saved HF processor says bilinear for the papers' ViT)."""
+
+    BICUBIC = "bicubic"
+    BILINEAR = "bilinear"
+    PROCESSOR = "processor"
+
+    @classmethod
+    def parse(cls, value: ResizeChoice | str) -> ResizeChoice:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"resize must be one of {', '.join(c.value for c in cls)}, got {value!r}") from None
+
+    def apply(self, preprocess: Preprocess) -> Preprocess:
+        """``preprocess`` with this interpolation (antialiased when it shrinks, as PIL and the papers)."""
+        if self is ResizeChoice.PROCESSOR:
+            return preprocess
+        return dataclasses.replace(preprocess, mode=ResizeMode(self.value), antialias=True)
 
 
 @dataclass(frozen=True)
@@ -88,10 +113,13 @@ class Preprocess:
         call, so a CUDA graph can capture the preprocessing after one warm-up call)."""
         cache = self.__dict__.setdefault("_tensors", {})  # not a field: equality and hashing ignore it
         key = (like.device, like.dtype)
-        if key not in cache:
-            cache[key] = tuple(torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-                               for v in (self.mean, self.std))
-        return cache[key]
+        if key in cache:
+            return cache[key]
+        made = tuple(torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+                     for v in (self.mean, self.std))
+        if type(like) is torch.Tensor:  # not while tracing (fake tensors): a later real call would get fakes
+            cache[key] = made
+        return made
 
 
 class Classifier(nn.Module):
@@ -237,7 +265,9 @@ def from_transformers(path: str | os.PathLike, preprocess: Preprocess | None = N
             raise ConfigError(f"{location} has no {_HF_CONFIG}: save the model's image processor with it")
         preprocess = hf_preprocess(config_file)
     try:
-        model = AutoModelForImageClassification.from_pretrained(location, local_files_only=True, dtype=torch.float32)
+        with _no_hf_progress_bars():
+            model = AutoModelForImageClassification.from_pretrained(location, local_files_only=True,
+                                                                    dtype=torch.float32)
     except ImportError as exc:  # the model class's own requirements, e.g. a torchvision built for another torch
         raise ConfigError(f"transformers cannot import the model class for {location}: {_first_line(exc)}") from exc
     except pickle.UnpicklingError as exc:  # transformers reads .bin weights with weights_only=True
@@ -246,6 +276,21 @@ def from_transformers(path: str | os.PathLike, preprocess: Preprocess | None = N
         raise CheckpointError(f"cannot load a transformers image classifier from {location}: "
                               f"{_first_line(exc)}") from exc
     return Classifier(model, preprocess, num_classes=int(model.config.num_labels)).to(device)
+
+
+@contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every model it loads: noise in a job's output (the
+    job has its own progress). Restored afterwards, so a caller's own setting stands."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _first_line(exc: BaseException) -> str:

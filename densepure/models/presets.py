@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from densepure.diffusion import NoiseSchedule, ScheduleKind
-from densepure.errors import ConfigError
-from densepure.models.checkpoint import load_into, read_state_dict
+from densepure.errors import CheckpointError, ConfigError
+from densepure.models.checkpoint import describe_mismatch, load_into, read_state_dict
 from densepure.models.unet import UNetModel
 from densepure.models.unet_config import UNetConfig
 
@@ -105,19 +105,44 @@ def build_unet(
     """Build the UNet (in eval mode), optionally loading ``checkpoint`` into it, on ``device`` in ``dtype``.
 
     With ``device="meta"`` nothing is allocated (useful to inspect keys and shapes of the real models).
+    A checkpoint that does not fit a preset but fits another is a CheckpointError naming that preset.
     """
     if isinstance(config, str):
         config = get_preset(config)
+    preset = config if isinstance(config, DiffusionPreset) else None
     if isinstance(config, DiffusionPreset):
         config = config.unet_config
     with torch.device("meta" if str(device) == "meta" else "cpu"):
         model = UNetModel(config)
     if checkpoint is not None:
-        load_into(model, read_state_dict(checkpoint), source=str(checkpoint))
+        state = read_state_dict(checkpoint)
+        try:
+            load_into(model, state, source=str(checkpoint))
+        except CheckpointError as exc:
+            fits = [] if preset is None else presets_fitting(state, exclude=preset.name)
+            if fits:
+                article = "an" if fits[0][:1].lower() in "aeiou" else "a"
+                raise CheckpointError(f"{checkpoint} is {article} {fits[0]} checkpoint, not one of preset "
+                                      f"{preset.name!r}: add --preset {fits[0]}") from exc
+            raise
     if str(device) != "meta":
         model = model.to(device)
         model.set_precision(dtype)
     return model.eval()
+
+
+def presets_fitting(state: Mapping[str, torch.Tensor], exclude: str | None = None) -> list[str]:
+    """The presets whose UNet has exactly the keys and shapes of ``state`` (checked on the meta device:
+    no memory is allocated), by name; ``exclude`` is not tried."""
+    fits = []
+    for name, preset in sorted(PRESETS.items()):
+        if name == exclude:
+            continue
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in UNetModel(preset.unet_config).state_dict().items()}
+        if describe_mismatch(expected, state) is None:
+            fits.append(name)
+    return fits
 
 
 def resolve_checkpoint(preset: DiffusionPreset | str, checkpoint: str | os.PathLike | None) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from densepure.artifacts.directory import find_onnx
+from densepure.artifacts.directory import exported_artifacts, find_onnx
 from densepure.artifacts.manifest import (
     ArtifactKind,
     ArtifactManifest,
@@ -104,6 +104,47 @@ class BackendChoice:
 
 
 @dataclass(frozen=True)
+class ExportedModels:
+    """What the graphs of an export directory at one precision were made from, by their manifests: the
+    preset, the UNet's checkpoint sha256 (None without a UNet graph), the classifier spec (or label), the
+    resize baked into the classifier graph (None: not recorded), its classes and the image shape."""
+
+    directory: Path
+    preset: str | None
+    checkpoint_sha256: str | None
+    classifier: str
+    resize: str | None
+    num_classes: int
+    image_shape: tuple[int, ...]
+
+
+def exported_models(directory: str | os.PathLike, precision: Precision) -> ExportedModels:
+    """Read what ``densepure export --out DIR`` recorded about the graphs of ``precision`` (the classifier
+    graph is required, the UNet's is not: Gaussian smoothing runs without it). Graphs exported for
+    different presets are an :class:`ArtifactError`."""
+    base = Path(directory)
+    precision = Precision.parse(precision)
+    classifier_path, classifier = find_onnx(base, ArtifactKind.CLASSIFIER, precision)
+    graphs = [(classifier_path, classifier), *exported_artifacts(base, (ArtifactKind.UNET,), (precision,))]
+    presets = {m.source.preset for _, m in graphs if m.source.preset is not None}
+    if len(presets) > 1:
+        said = ", ".join(f"{p.name} ({m.kind.value}) was exported for preset {m.source.preset!r}" for p, m in graphs)
+        raise ArtifactError(f"the graphs in {base} disagree: {said}; export them again together: "
+                            f"`densepure export --preset PRESET --out {base}`")
+    unet = [m for _, m in graphs if m.kind is ArtifactKind.UNET]
+    return ExportedModels(base, presets.pop() if presets else None, unet[0].source.checkpoint_sha256 if unet else None,
+                          classifier.source.description, classifier.source.resize,
+                          int(classifier.outputs[0].shape[-1]), tuple(classifier.input("x").shape[1:]))
+
+
+def same_classifier(a: str | None, b: str | None) -> bool:
+    """Whether two classifier specs name the same model, wherever it lives (``hf:/models/vit`` and
+    ``hf:/jetson/vit`` do); True when either is not a spec (nothing to compare)."""
+    tag_a, tag_b = _classifier_tag(a), _classifier_tag(b)
+    return tag_a is None or tag_b is None or tag_a == tag_b
+
+
+@dataclass(frozen=True)
 class ModelIdentity:
     """What exported artifacts must have been made from. ``checkpoint_sha256`` and ``classifier`` (a
     certify classifier spec such as ``digits`` or ``hf:DIR``) are checked when both sides record them."""
@@ -158,31 +199,35 @@ def _compile(mode: CompileMode, unet, classifier, buckets) -> None:
 
 
 def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdentity) -> None:
-    """:class:`ArtifactError` unless the artifact at ``path`` was exported from the job's models."""
+    """:class:`ArtifactError` unless the artifact at ``path`` was exported from the job's models. Each
+    message names both ways out: run what the artifacts hold (drop the flag), or export the job's models."""
     src, what = manifest.source, f"{path.name} ({manifest.kind.value})"
+    out = path.parent
 
-    def fix(flags: str = "") -> str:
-        return f"export the job's models: `densepure export --preset {identity.preset}{flags} --out DIR`"
+    def fix(flag: str, flags: str = "") -> str:
+        return (f"drop {flag} to run what {out} holds, or export the job's models there: "
+                f"`densepure export --preset {identity.preset}{flags} --out {out}`")
 
     if src.preset is not None and src.preset != identity.preset:
         raise ArtifactError(f"{what} was exported for preset {src.preset!r}, this job uses {identity.preset!r}: "
-                            f"{fix()}")
+                            f"{fix('--preset')}")
     shape = tuple(manifest.input("x").shape[1:])
     if shape != tuple(identity.image_shape):
-        raise ArtifactError(f"{what} takes images {shape}, this job's are {tuple(identity.image_shape)}: {fix()}")
+        raise ArtifactError(f"{what} takes images {shape}, this job's are {tuple(identity.image_shape)}: "
+                            f"{fix('--preset')}")
     if manifest.kind is ArtifactKind.UNET:
         ours, theirs = identity.checkpoint_sha256, src.checkpoint_sha256
         if ours is not None and theirs is not None and ours != theirs:
             raise ArtifactError(f"{what} was exported from another checkpoint (sha256 {theirs[:12]}..., this job's "
-                                f"is {ours[:12]}...): {fix(' --checkpoint CHECKPOINT')}")
+                                f"is {ours[:12]}...): {fix('--checkpoint', ' --checkpoint CHECKPOINT')}")
         return
     classes = int(manifest.outputs[0].shape[-1])
     if classes != identity.num_classes:
-        raise ArtifactError(f"{what} outputs {classes} classes, this job has {identity.num_classes}: {fix()}")
-    recorded, requested = _classifier_tag(src.description), _classifier_tag(identity.classifier)
-    if recorded is not None and requested is not None and recorded != requested:
+        raise ArtifactError(f"{what} outputs {classes} classes, this job has {identity.num_classes}: "
+                            f"{fix('--classifier')}")
+    if not same_classifier(src.description, identity.classifier):
         raise ArtifactError(f"{what} was exported from classifier {src.description!r}, this job uses "
-                            f"{identity.classifier!r}: {fix(f' --classifier {identity.classifier}')}")
+                            f"{identity.classifier!r}: {fix('--classifier', f' --classifier {identity.classifier}')}")
 
 
 def _classifier_tag(spec: str | None) -> tuple[str, ...] | None:
