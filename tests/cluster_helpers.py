@@ -22,12 +22,13 @@ def job_options(path: Path, **overrides) -> JobOptions:
 def certificates(path: Path) -> dict[int, tuple]:
     """idx -> (TSV line without its time, sidecar record without its time); fails if an image appears twice in
     either file (an image counted twice)."""
-    lines = Path(path).read_text().splitlines()[1:]
+    header, *lines = Path(path).read_text().splitlines()
+    keep = [i for i, name in enumerate(header.split("\t")) if name != "time"]  # certify and predict formats
     rows = {}
     for line in lines:
         fields = line.split("\t")
         assert int(fields[0]) not in rows, f"image {fields[0]} twice in {path}"
-        rows[int(fields[0])] = tuple(fields[:5])
+        rows[int(fields[0])] = tuple(fields[i] for i in keep)
     records = {}
     for line in Path(f"{path}.jsonl").read_text().splitlines():
         record = json.loads(line)

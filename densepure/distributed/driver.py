@@ -148,7 +148,7 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
     opts, observer = job.options, observer or _Silent()
     mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
     with ExitStack() as stack:
-        writers = [stack.enter_context(open_results(path, config, opts.seed, mode))
+        writers = [stack.enter_context(open_results(path, config, opts.seed, mode, job.draft.tsv_kind))
                    for path, config in job.draft.outputs()]
         writer, extra = writers[0], dict(zip(opts.also_chains, writers[1:]))
         todo = [idx for idx in job.indices if not all(idx in w.finished for w in writers)]

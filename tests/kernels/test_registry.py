@@ -62,7 +62,12 @@ def test_old_triton_is_refused(monkeypatch):
     fake = types.SimpleNamespace(__version__="3.2.0")
     monkeypatch.setattr(registry.importlib, "import_module", lambda name: fake)
     status = triton_status("cuda")
-    assert not status.available and "3.2.0 is too old" in status.reason and ">= 3.7" in status.reason
+    assert not status.available and "3.2.0 is too old" in status.reason and ">= 3.5" in status.reason
+    interpreting = types.SimpleNamespace(runtime=types.SimpleNamespace(interpret=True))
+    fake = types.SimpleNamespace(__version__="3.6.0", knobs=interpreting)
+    monkeypatch.setattr(registry.importlib, "import_module", lambda name: fake)
+    status = triton_status("cpu")  # compiled kernels run on 3.6, the interpreter needs 3.7
+    assert not status.available and "3.6.0's interpreter" in status.reason and ">= 3.7" in status.reason
 
 
 def test_cpu_without_interpreter_says_how(monkeypatch):
