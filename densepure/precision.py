@@ -8,27 +8,16 @@ outputs at every backend boundary are float32 whatever the compute precision.
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
+from densepure.choices import Choice
 from densepure.errors import ConfigError
 
 
-class Precision(enum.Enum):
+class Precision(Choice, what="precision"):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
-
-    @classmethod
-    def parse(cls, value: "Precision | str") -> "Precision":
-        """``"fp16"`` -> ``Precision.FP16``; anything else is a :class:`ConfigError` naming the choices."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"precision must be one of {', '.join(p.value for p in cls)}, got {value!r}") from None
 
     @classmethod
     def parse_list(cls, text: str) -> tuple["Precision", ...]:

@@ -15,10 +15,11 @@ import densepure
 
 PACKAGE = Path(densepure.__file__).parent
 
-BASE = {"errors", "precision", "hashing", "__init__"}  # floor 0: every floor may use them (the root: __version__)
+BASE = {"errors", "choices", "precision", "hashing", "__init__"}  # floor 0: every floor may use them (the root: __version__)
 # floor -> the floors it may import (besides itself and BASE)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "choices": set(),
     "precision": set(),
     "hashing": set(),
     "diffusion": set(),

@@ -106,11 +106,7 @@ class SequentialTask:
         validate_alpha(self.alpha)
         if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not self.radius >= 0:
             raise ConfigError(f"radius must be a number >= 0, got {self.radius!r}")
-        try:
-            object.__setattr__(self, "method", SequentialMethod(self.method))
-        except ValueError:
-            raise ConfigError(f"sequential method must be one of {', '.join(m.value for m in SequentialMethod)}, "
-                              f"got {self.method!r}") from None
+        object.__setattr__(self, "method", SequentialMethod.parse(self.method))
 
     def plan(self, sigma: float) -> AnyPlan:
         """The looks and boundaries, fixed before sampling, for the engine's ``sigma``."""

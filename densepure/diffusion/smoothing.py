@@ -25,26 +25,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from densepure.choices import Choice
 from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, onestep_grid
 from densepure.diffusion.schedules import NoiseSchedule
 from densepure.diffusion.tstar import TStarRule, t_star, t_star_dds, validate_sigma
 from densepure.errors import ConfigError
 
 
-class Mode(enum.Enum):
+class Mode(Choice, what="mode"):
     """The base classifier whose smoothed version is certified."""
 
     GAUSSIAN = "gaussian"
     ONESTEP = "onestep"
     ONESTEP_DDS = "onestep-dds"
     DENSEPURE = "densepure"
-
-    @classmethod
-    def parse(cls, value: "Mode | str") -> "Mode":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"mode must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
 
 
 class StartKind(enum.Enum):

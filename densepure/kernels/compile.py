@@ -20,16 +20,16 @@ batch-size bucket, captured by the engine):
 
 from __future__ import annotations
 
-import enum
-
 from torch import nn
 
+from densepure.choices import Choice
 from densepure.errors import ConfigError
 
 __all__ = ["CompileMode", "compile_module"]
 
 
-class CompileMode(enum.Enum):
+class CompileMode(Choice, what="compile mode",
+                  hint=" (modes with their own CUDA graphs cannot run inside the engine's)"):
     """``torch.compile`` modes that leave CUDA graphs to the engine."""
 
     DEFAULT = "default"
@@ -42,12 +42,7 @@ def compile_module(module: nn.Module, mode: CompileMode | str = CompileMode.DEFA
     Compilation itself happens at the first call of each shape. The module must already be in its
     final precision, memory format, device and ``eval()`` state (each is baked into the compiled code).
     """
-    try:
-        mode = CompileMode(mode)
-    except ValueError as err:
-        allowed = ", ".join(m.value for m in CompileMode)
-        raise ConfigError(f"compile mode must be one of {allowed} (modes with their own CUDA graphs cannot "
-                          f"run inside the engine's), got {mode!r}") from err
+    mode = CompileMode.parse(mode)
     if isinstance(shapes, bool) or not isinstance(shapes, int) or shapes < 1:
         raise ConfigError(f"shapes must be an int >= 1, got {shapes!r}")
     import torch._dynamo.config as dynamo_config

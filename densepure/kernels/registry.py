@@ -11,14 +11,14 @@ Nothing here imports triton at module import: :func:`triton_status` imports it w
 
 from __future__ import annotations
 
-import enum
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from densepure.errors import BackendError, ConfigError
+from densepure.choices import Choice
+from densepure.errors import BackendError
 
 __all__ = ["MIN_TRITON", "KernelChoice", "Kernels", "TritonStatus", "resolve_kernels", "triton_status"]
 
@@ -26,7 +26,7 @@ MIN_TRITON = (3, 7)  # the interpreter runs on CPU tensors with current numpy fr
 MIN_TRITON_CUDA = (3, 5)  # compiled kernels on a GPU (the lent H200's image has 3.6)
 
 
-class KernelChoice(enum.Enum):
+class KernelChoice(Choice, what="kernels"):
     """The ``--kernels`` option."""
 
     AUTO = "auto"
@@ -122,11 +122,7 @@ def _triton_kernels(status: TritonStatus, device: torch.device) -> Kernels:
 
 def resolve_kernels(choice: KernelChoice | str, device: torch.device | str) -> Kernels:
     """The kernels ``choice`` gives on ``device``; TRITON raises :class:`BackendError` where it cannot run."""
-    try:
-        choice = KernelChoice(choice)
-    except ValueError as err:
-        allowed = ", ".join(c.value for c in KernelChoice)
-        raise ConfigError(f"kernels must be one of {allowed}, got {choice!r}") from err
+    choice = KernelChoice.parse(choice)
     device = torch.device(device)
     if choice is KernelChoice.TORCH:
         return _torch_kernels("requested")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densepure.choices import Choice
 from densepure.errors import CheckpointError, ConfigError
 from densepure.models.checkpoint import unsafe_pickle_message
 
@@ -47,7 +48,7 @@ class ResizeMode(enum.Enum):
     BICUBIC = "bicubic"
 
 
-class ResizeChoice(enum.Enum):
+class ResizeChoice(Choice, what="resize"):
     """``--resize``: how a classifier's input is resized to its side (the side, range and mean/std stay
     the classifier's own). ``bicubic`` (antialiased) is what the papers do (ALGORITHM §8); ``processor``
     keeps the classifier's own interpolation (a saved HF processor says bilinear for the papers' ViT)."""
@@ -55,13 +56,6 @@ class ResizeChoice(enum.Enum):
     BICUBIC = "bicubic"
     BILINEAR = "bilinear"
     PROCESSOR = "processor"
-
-    @classmethod
-    def parse(cls, value: ResizeChoice | str) -> ResizeChoice:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"resize must be one of {', '.join(c.value for c in cls)}, got {value!r}") from None
 
     def apply(self, preprocess: Preprocess) -> Preprocess:
         """``preprocess`` with this interpolation (antialiased when it shrinks, as PIL and the papers)."""

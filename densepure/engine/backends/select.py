@@ -20,7 +20,6 @@ the command that fixes it. Both graphs run at the job's precision (``fp32`` or `
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,23 +34,17 @@ from densepure.artifacts.manifest import (
     verify_graph_signature,
     verify_onnx,
 )
+from densepure.choices import Choice
 from densepure.engine.backends.base import Backends
 from densepure.errors import ArtifactError, BackendError, ConfigError
 from densepure.kernels import CompileMode
 from densepure.precision import EXPORTED_PRECISIONS, Precision
 
 
-class BackendKind(enum.Enum):
+class BackendKind(Choice, what="backend"):
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
-
-    @classmethod
-    def parse(cls, value: "BackendKind | str") -> "BackendKind":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"backend must be one of {', '.join(k.value for k in cls)}, got {value!r}") from None
 
 
 _CLASSIFIER_SOURCES = ("digits", "hf", "timm")  # the heads of certify's classifier specs
