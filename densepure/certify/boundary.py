@@ -74,6 +74,7 @@ from scipy import special
 from densepure.certify import binomial_dp
 from densepure.certify.confseq import betting_lower_bound, betting_upper_bound, certify_counts, futile_counts
 from densepure.certify.sequential import (
+    LookPlan,
     LookTest,
     SequentialDecision,
     SequentialMethod,
@@ -113,7 +114,7 @@ def default_looks(n_max: int, step: int = 4, dense_until: int = 64, growth: floa
 
 
 @dataclass(frozen=True)
-class BoundaryPlan:
+class BoundaryPlan(LookPlan):
     """Looks and count boundaries, fixed before sampling, for certifying radius ``radius``.
 
     radius >= 0, sigma > 0, alpha in (0, 0.5). looks: strictly increasing draw counts >= 1 (last =
@@ -132,24 +133,14 @@ class BoundaryPlan:
     method: SequentialMethod = SequentialMethod.EXACT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "radius", _validate_radius(self.radius))
-        object.__setattr__(self, "sigma", validate_sigma(self.sigma))
-        object.__setattr__(self, "alpha", validate_alpha(self.alpha))
+        self._check_looks("draw")
         if self.method not in (SequentialMethod.EXACT, SequentialMethod.BETTING):
             raise ConfigError(f"method must be SequentialMethod.EXACT or BETTING, got {self.method!r}")
-        looks = tuple(self.looks)
-        if not looks:
-            raise ConfigError("looks must contain at least one draw count, got ()")
-        for n in looks:
-            validate_sample_count("each look", n)
-        if any(b <= a for a, b in itertools.pairwise(looks)):
-            raise ConfigError(f"looks must be strictly increasing, got {looks}")
         for name in ("certify_at", "futile_at"):
             values = tuple(getattr(self, name))
-            if len(values) != len(looks) or not all(_is_int(v) for v in values):
-                raise ConfigError(f"{name} must hold one integer per look ({len(looks)}), got {values}")
+            if len(values) != len(self.looks) or not all(_is_int(v) for v in values):
+                raise ConfigError(f"{name} must hold one integer per look ({len(self.looks)}), got {values}")
             object.__setattr__(self, name, tuple(int(v) for v in values))
-        object.__setattr__(self, "looks", tuple(int(n) for n in looks))
         for n, c, f in zip(self.looks, self.certify_at, self.futile_at):
             if not (0 <= c <= n + 1 and -1 <= f < c):
                 raise ConfigError(f"at look {n} need 0 <= certify_at <= {n + 1} and -1 <= futile_at < certify_at, "
@@ -162,16 +153,6 @@ class BoundaryPlan:
         if error > self.alpha:
             raise ConfigError(f"these boundaries certify with probability {error:.6g} at p = Phi(r/sigma) = "
                               f"{self.target:.6g}, more than alpha = {self.alpha}")
-
-    @property
-    def target(self) -> float:
-        """``Phi(radius / sigma)``: the value p_A must provably exceed to certify the radius."""
-        return float(special.ndtr(self.radius / self.sigma))
-
-    @property
-    def n_max(self) -> int:
-        """The last look: the most estimation draws the plan can use."""
-        return self.looks[-1]
 
     def start(self, label: int) -> BoundaryTest:
         """A fresh state machine for one input whose selected class is ``label``."""

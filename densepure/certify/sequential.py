@@ -62,6 +62,7 @@ from densepure.certify.stats import (
     validate_sample_count,
     validate_sigma,
 )
+from densepure.choices import Choice
 from densepure.errors import ConfigError, InputError
 
 
@@ -80,7 +81,7 @@ class AlphaSpending(enum.Enum):
     EQUAL = "equal"
 
 
-class SequentialMethod(enum.Enum):
+class SequentialMethod(Choice, what="sequential method"):
     """How the looks and the decision rule of a sequential test are built (recorded in the sidecar).
 
     EXACT: count boundaries from alpha spending with exact binomial probabilities
@@ -104,8 +105,43 @@ class SequentialDecision(enum.Enum):
     NOT_CERTIFIED = "not_certified"
 
 
+class LookPlan:
+    """What the plans of looks (:class:`SequentialPlan`, ``boundary.BoundaryPlan``) share: their checked
+    ``radius``, ``sigma``, ``alpha`` and ``looks`` (fields of the frozen dataclass subclasses), and what
+    follows from them."""
+
+    radius: float
+    sigma: float
+    alpha: float
+    looks: tuple[int, ...]
+
+    def _check_looks(self, unit: str) -> None:
+        """Validate radius, sigma, alpha and looks (non-empty, strictly increasing ``unit`` counts >= 1)."""
+        object.__setattr__(self, "radius", _validate_radius(self.radius))
+        object.__setattr__(self, "sigma", validate_sigma(self.sigma))
+        object.__setattr__(self, "alpha", validate_alpha(self.alpha))
+        looks = tuple(self.looks)
+        if not looks:
+            raise ConfigError(f"looks must contain at least one {unit} count, got ()")
+        for n in looks:
+            validate_sample_count("each look", n)
+        if any(b <= a for a, b in itertools.pairwise(looks)):
+            raise ConfigError(f"looks must be strictly increasing, got {looks}")
+        object.__setattr__(self, "looks", tuple(int(n) for n in looks))
+
+    @property
+    def target(self) -> float:
+        """``Phi(radius / sigma)``: the value p_A must provably exceed to certify the radius."""
+        return float(special.ndtr(self.radius / self.sigma))
+
+    @property
+    def n_max(self) -> int:
+        """The last look: the most estimation draws the plan can use."""
+        return self.looks[-1]
+
+
 @dataclass(frozen=True)
-class SequentialPlan:
+class SequentialPlan(LookPlan):
     """Looks and per-look levels, fixed before sampling, for certifying radius ``radius``.
 
     radius: requested L2 radius r >= 0 (finite). sigma: noise level > 0.
@@ -121,24 +157,14 @@ class SequentialPlan:
     alphas: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "radius", _validate_radius(self.radius))
-        object.__setattr__(self, "sigma", validate_sigma(self.sigma))
-        object.__setattr__(self, "alpha", validate_alpha(self.alpha))
-        looks = tuple(self.looks)
-        if not looks:
-            raise ConfigError("looks must contain at least one sample count, got ()")
-        for n in looks:
-            validate_sample_count("each look", n)
-        if any(b <= a for a, b in itertools.pairwise(looks)):
-            raise ConfigError(f"looks must be strictly increasing, got {looks}")
+        self._check_looks("sample")
         alphas = tuple(self.alphas)
-        if len(alphas) != len(looks):
-            raise ConfigError(f"alphas must have one level per look ({len(looks)}), got {len(alphas)}")
+        if len(alphas) != len(self.looks):
+            raise ConfigError(f"alphas must have one level per look ({len(self.looks)}), got {len(alphas)}")
         if any(not _is_real(a) or not (0.0 < a < 0.5) for a in alphas):
             raise ConfigError(f"each per-look alpha must be in (0, 0.5), got {alphas}")
         if math.fsum(alphas) > self.alpha:
             raise ConfigError(f"per-look alphas must sum to <= alpha={self.alpha}, got {math.fsum(alphas)}")
-        object.__setattr__(self, "looks", tuple(int(n) for n in looks))
         object.__setattr__(self, "alphas", tuple(float(a) for a in alphas))
         reachable = max(max_certifiable_radius(n, a, self.sigma) for n, a in zip(self.looks, self.alphas))
         if reachable < self.radius:
@@ -147,16 +173,6 @@ class SequentialPlan:
                 f"is {reachable:.4f} (sigma={self.sigma}, n_max={self.looks[-1]}); "
                 f"raise n_max or lower the radius"
             )
-
-    @property
-    def target(self) -> float:
-        """``Phi(radius / sigma)``: the value p_A must provably reach to certify the radius."""
-        return float(special.ndtr(self.radius / self.sigma))
-
-    @property
-    def n_max(self) -> int:
-        """The last look: the most estimation samples the plan can use."""
-        return self.looks[-1]
 
     @property
     def method(self) -> SequentialMethod:
