@@ -147,6 +147,7 @@ class BarProgress:
         self.per_image = _draws_per_image(task)
         self.bar = None
         self.images = self.done = 0
+        self.last = ""  # the last decided image, shown after the rate
         self.start_time = time.perf_counter()
 
     def __enter__(self) -> BarProgress:
@@ -160,22 +161,27 @@ class BarProgress:
         from tqdm import tqdm
 
         self.images = images
+        self.start_time = time.perf_counter()  # the rate counts sampling time, as the bar's does
         total = images * self.per_image if self.per_image else None
         self.bar = tqdm(total=total, unit="draw", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
         self._postfix()
 
     def step(self, stats) -> None:
         if self.bar is not None and stats.draws > self.bar.n:
+            # the postfix's draws/s follows the draws inside a long image too (shown with the bar's next refresh)
+            self._postfix(draws=stats.draws, refresh=False)
             self.bar.update(stats.draws - self.bar.n)
 
     def image(self, record, draws: int) -> None:
         self.done += 1
         radius = "" if record.row.radius is None else f" r={record.row.radius:.3f}"
-        self._postfix(f", last: label {record.row.label} -> {record.row.predict}{radius}")
+        self.last = f", last: label {record.row.label} -> {record.row.predict}{radius}"
+        self._postfix()
 
-    def _postfix(self, last: str = "") -> None:
-        rate = (self.bar.n if self.bar is not None else 0) / max(time.perf_counter() - self.start_time, 1e-9)
-        self.bar.set_postfix_str(f"images {self.done}/{self.images}, {rate:,.0f} draws/s{last}")
+    def _postfix(self, draws: int | None = None, refresh: bool = True) -> None:
+        draws = (self.bar.n if self.bar is not None else 0) if draws is None else draws
+        rate = draws / max(time.perf_counter() - self.start_time, 1e-9)
+        self.bar.set_postfix_str(f"images {self.done}/{self.images}, {rate:,.0f} draws/s{self.last}", refresh=refresh)
 
 
 def _draws_per_image(task) -> int | None:

@@ -181,3 +181,89 @@ def test_a_huge_batch_size_is_fitted_to_memory(capsys, tmp_path):
     code, _, err = run(capsys, "certify", *FAST, "--batch-size", "100000000", "--output", str(out))
     assert code == 0, err
     assert len(read_results(out)) == 2
+
+
+def test_ctrl_c_while_the_models_load_is_one_line_and_leaves_no_result_file(capsys, tmp_path, monkeypatch):
+    """Ctrl-C during start-up (models loading): "densepure: interrupted", exit 130, no traceback; a new output is
+    never created, and a run being resumed keeps its files byte for byte."""
+    import densepure.certify.job as job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    done = tmp_path / "done.tsv"
+    assert run(capsys, "certify", *FAST, "--output", str(done))[0] == 0
+    before = done.read_bytes(), sidecar_path(done).read_bytes()
+    monkeypatch.setattr(job, "build_engine", interrupted)
+    fresh = tmp_path / "r.tsv"
+    for output, extra in ((fresh, []), (done, ["--max", "3"])):
+        code, out, err = run(capsys, "certify", *FAST, *extra, "--output", str(output))
+        assert code == 130 and err == "densepure: interrupted\n" and out == "", err
+    assert not fresh.exists() and not sidecar_path(fresh).exists() and not (tmp_path / "r.png").exists()
+    assert (done.read_bytes(), sidecar_path(done).read_bytes()) == before
+
+
+def test_a_replaced_classifier_file_refuses_the_resume(capsys, tmp_path):
+    """An hf: classifier directory whose weights change at the same path: the resume is refused in one line
+    naming content.classifier, and the earlier results stay as they were."""
+    transformers = pytest.importorskip("transformers")
+    try:
+        vit = transformers.ViTForImageClassification
+    except ImportError as exc:
+        pytest.skip(f"transformers' ViT cannot be imported here: {exc}")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=10)
+    model, directory = vit(config).eval(), tmp_path / "vit-digits"
+    model.save_pretrained(directory)
+    transformers.ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]) \
+        .save_pretrained(directory)
+    out = tmp_path / "r.tsv"
+    args = ["certify", "--mode", "gaussian", "--max", "2", "--skip", "200", "--n0", "8", "--n", "24", "--seed", "5",
+            "--device", "cpu", "--classifier", f"hf:{directory}", "--output", str(out)]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    content = read_sidecar(out).header.config["content"]
+    assert set(content) == {"data", "classifier"}  # gaussian mode: no diffusion checkpoint
+    assert all(len(v) == 64 and set(v) <= set("0123456789abcdef") for v in content.values()), content
+    before = out.read_bytes(), sidecar_path(out).read_bytes()
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)  # other weights, same directory
+    model.save_pretrained(directory)
+    capsys.readouterr()  # transformers' own "Writing model shards" bar
+    code, _, err = run(capsys, *args[:-2], "--max", "3", "--output", str(out))
+    one_line(code, err, "content.classifier")
+    assert (out.read_bytes(), sidecar_path(out).read_bytes()) == before
+
+
+def raw_image_records(path):
+    """Every image record of ``path``'s sidecar as written, duplicates kept (read_sidecar keeps one per idx)."""
+    lines = sidecar_path(path).read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["record"] == "image"]
+
+
+@pytest.mark.parametrize("command,argv", [
+    ("predict", ["--n", "24"]),
+    ("certify", ["--n0", "8", "--n", "200", "--radius", "0.1"]),
+], ids=["predict", "sequential"])
+def test_every_resumed_row_keeps_one_sidecar_record_predict_and_sequential(capsys, tmp_path, command, argv):
+    """A single-process resume of a PREDICT run and of a sequential (--radius) run: every TSV row has exactly
+    one image record in the sidecar, with the same line and the draws the row took."""
+    out = tmp_path / "r.tsv"
+    base = [command, "--mode", "gaussian", "--skip", "100", *argv, "--seed", "5", "--device", "cpu",
+            "--output", str(out)]
+    assert run(capsys, *base, "--max", "2")[0] == 0
+    code, _, err = run(capsys, *base, "--max", "4")  # resumed: two more images
+    assert code == 0, err
+    rows = read_results(out)
+    records = raw_image_records(out)
+    assert len(rows) == 4 and sorted(r["idx"] for r in records) == sorted(row.idx for row in rows)
+    sidecar = {r.row.idx: r for r in read_sidecar(out).records}
+    for row in rows:
+        record = sidecar[row.idx]
+        assert record.row.to_line() == row.to_line() and sum(record.estimation_counts) == record.n
+        if command == "predict":
+            assert row.radius is None and record.n == 24
+        else:
+            assert 0 < record.n <= 200 and record.extra["sequential"] == "exact"
+    assert len(read_sidecar(out).resumed_at) == 1

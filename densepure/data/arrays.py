@@ -113,7 +113,7 @@ def load_npz(path: str | Path) -> ArrayDataset:
         if "Object arrays" in str(exc):
             raise InputError(f"npz file {source!r} holds object arrays (pickled Python objects); densepure reads "
                              "numeric arrays only and never unpickles") from exc
-        if "pickled data" in str(exc):
+        if "pickle" in str(exc).lower():  # "...pickled data..." (older numpy), "...pickled (object) data..." (2.4)
             raise InputError(f"cannot read npz file {source!r}: it is not an .npz archive of arrays (numpy would "
                              "have to unpickle it, which densepure never does)") from exc
         raise InputError(f"cannot read npz file {source!r}: {exc}") from exc

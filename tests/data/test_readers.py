@@ -215,13 +215,25 @@ def test_npz_file_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no 'images' array"):
         load_npz(tmp_path / "nokey.npz")
     np.savez(tmp_path / "obj.npz", images=np.array([None, 1], dtype=object))
-    with pytest.raises(InputError, match="holds object arrays.*never unpickles"):
+    with pytest.raises(InputError, match="holds object arrays.*never unpickles") as refused:
         load_npz(tmp_path / "obj.npz")
+    assert "allow_pickle" not in str(refused.value)  # numpy's own advice would run the file's code
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="cannot read npz"):
+    with pytest.raises(InputError, match="cannot read npz") as refused:
         load_npz(tmp_path / "junk.npz")
+    assert "allow_pickle" not in str(refused.value)
     unlabelled = ArrayDataset(np.zeros((2, 1, 2, 2), np.uint8))
     assert unlabelled[1][1] == -1 and unlabelled.num_classes is None
+
+
+@pytest.mark.parametrize("content", [b"not a zip", pickle.dumps({"images": [1, 2]})], ids=["junk", "pickle"])
+def test_an_npz_that_numpy_would_unpickle_never_advises_allow_pickle(tmp_path: Path, content: bytes) -> None:
+    """Neither a plain pickle nor junk named .npz gets numpy's "load it unsafely with allow_pickle=" advice."""
+    path = tmp_path / "data.npz"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="not an .npz archive of arrays.*never does") as refused:
+        load_npz(path)
+    assert "allow_pickle" not in str(refused.value) and "pickle.load" not in str(refused.value)
 
 
 # ------------------------------------------------------------------------- single images

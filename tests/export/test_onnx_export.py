@@ -273,3 +273,39 @@ def test_bad_requests(tmp_path, improved_tiny):
         export_command(DiffusionPreset("p", {"image_size": 8}, Dataset.DIGITS, "x.pt"), None, tmp_path, unet=False)
     with pytest.raises(ArtifactError, match="manifest not found"):
         ArtifactManifest.read(tmp_path / "none.onnx.manifest.json")
+
+
+def _linear_classifier() -> Classifier:
+    torch.manual_seed(11)
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Preprocess(InputRange.MINUS_ONE_ONE))
+
+
+@pytest.mark.parametrize("opset", [21, 22])
+def test_the_manifest_records_the_opset_in_the_graph(tmp_path, opset):
+    """manifest.opset is the ai.onnx opset the written graph declares (read back from the file)."""
+    from densepure.export.onnx_export import graph_opset
+
+    result = export_classifier(_linear_classifier(), (3, 2, 2), tmp_path / "clf.onnx", opset=opset)
+    in_graph = graph_opset(onnx.load(str(result.onnx_path)))
+    assert in_graph == opset and result.manifest.opset == in_graph
+    assert ArtifactManifest.read(manifest_path_for(result.onnx_path)).opset == in_graph
+
+
+def test_a_graph_with_another_opset_than_requested_is_refused(tmp_path, monkeypatch):
+    """An exporter that writes another opset than asked: refused, and neither graph nor manifest is installed."""
+    import densepure.export.onnx_export as onnx_export
+
+    trace = onnx_export._trace
+
+    def other_opset(*args):
+        proto = trace(*args)
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version += 1
+        return proto
+
+    monkeypatch.setattr(onnx_export, "_trace", other_opset)
+    path = tmp_path / "clf.onnx"
+    with pytest.raises(ArtifactError, match="the exporter wrote opset 22, not the requested 21; nothing was installed"):
+        export_classifier(_linear_classifier(), (3, 2, 2), path, opset=21)
+    assert list(tmp_path.iterdir()) == []  # no graph, no manifest, no staging left behind
