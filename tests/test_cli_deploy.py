@@ -15,6 +15,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from hf_helpers import save_tiny_vit
 
 from densepure.artifacts import (
     ArtifactFormat,
@@ -234,20 +235,8 @@ def test_a_classifier_with_more_classes_than_the_data_is_a_warning(capsys, tmp_p
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory):
     """A tiny HF ViT on 40x40 inputs (10 labels) saved with a bilinear processor, like the papers' ViT's."""
-    transformers = pytest.importorskip("transformers")
-    try:
-        _ = transformers.ViTForImageClassification
-    except ImportError as exc:
-        pytest.skip(f"transformers' ViT cannot be imported here: {exc}")
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
     directory = tmp_path_factory.mktemp("models") / "vit-tiny-cifar10"
-    transformers.ViTForImageClassification(config).eval().save_pretrained(directory)
-    transformers.ViTImageProcessor(size={"height": 40, "width": 40}, resample=2, image_mean=[0.5] * 3,
-                                   image_std=[0.5] * 3).save_pretrained(directory)
+    save_tiny_vit(directory, image_size=40, patch_size=8, hidden_size=32, layers=2, processor={"resample": 2})
     return directory
 
 

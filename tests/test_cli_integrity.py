@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hf_helpers import save_tiny_vit
 
 from densepure.certify.results import read_results, read_sidecar, sidecar_path
 from densepure.cli import main
@@ -206,18 +207,8 @@ def test_ctrl_c_while_the_models_load_is_one_line_and_leaves_no_result_file(caps
 def test_a_replaced_classifier_file_refuses_the_resume(capsys, tmp_path):
     """An hf: classifier directory whose weights change at the same path: the resume is refused in one line
     naming content.classifier, and the earlier results stay as they were."""
-    transformers = pytest.importorskip("transformers")
-    try:
-        vit = transformers.ViTForImageClassification
-    except ImportError as exc:
-        pytest.skip(f"transformers' ViT cannot be imported here: {exc}")
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=32, num_labels=10)
-    model, directory = vit(config).eval(), tmp_path / "vit-digits"
-    model.save_pretrained(directory)
-    transformers.ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]) \
-        .save_pretrained(directory)
+    directory = tmp_path / "vit-digits"
+    model = save_tiny_vit(directory, image_size=8, patch_size=4, hidden_size=16, layers=1, channels=1)
     out = tmp_path / "r.tsv"
     args = ["certify", "--mode", "gaussian", "--max", "2", "--skip", "200", "--n0", "8", "--n", "24", "--seed", "5",
             "--device", "cpu", "--classifier", f"hf:{directory}", "--output", str(out)]

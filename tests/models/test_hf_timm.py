@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_helpers import vit_transformers
 
 from densepure.errors import CheckpointError, ConfigError
 from densepure.models.classifiers import InputRange, Preprocess, ResizeMode, from_timm, from_transformers, hf_preprocess
@@ -37,12 +38,7 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def transformers():
-    module = pytest.importorskip("transformers", reason="HF classifiers need 'transformers' (densepure[transformers])")
-    try:  # transformers imports model classes lazily; a torchvision built for another torch breaks them here
-        _ = module.ViTForImageClassification, module.ViTImageProcessor
-    except ImportError as exc:
-        pytest.skip(f"transformers' ViT cannot be imported here: {str(exc).splitlines()[0]}")
-    return module
+    return vit_transformers()
 
 
 @pytest.fixture(scope="module")
