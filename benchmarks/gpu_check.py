@@ -3,7 +3,7 @@
 A lent GPU gives a session 15 minutes of device time, machine start included, at most 10 minutes per
 command and at most 8 files back. This script fits that: the stages run in priority order (environment
 and a smoke test, exactness against the CPU, model rates and MFU, end-to-end draws/s against the
-official loop, the gpu-marked tests, then extras if time is left), each in its own process under a
+official loop, the server's certify_radius latency, the gpu-marked tests, then extras if time is left), each in its own process under a
 hard timeout, each appending its result to ``$OUT/results.jsonl`` the moment it ends (a later timeout
 keeps the earlier stages), and a short table is printed last and written to ``$OUT/summary.md``.
 
@@ -111,7 +111,7 @@ def main() -> int:
 def _highlights(result) -> str:
     if not isinstance(result, dict):
         return ""
-    words = ("rows/s", "mfu", "identical", "draws_per_s", "summary", "smoke_exit", "matmul")
+    words = ("rows/s", "mfu", "identical", "draws_per_s", "summary", "smoke_exit", "matmul", "p50_at")
     keys = [k for k in result if any(w in k or w in str(result[k]) for w in words)]
     shown = "; ".join(f"{k}={result[k]}" for k in keys[:8])
     return shown.replace("|", "/")[:400]

@@ -183,6 +183,113 @@ def stage_end_to_end(device: torch.device, rehearse: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class _Confident(torch.nn.Module):
+    """A network's logits with class 0 ahead by a margin no logit of it reaches: its full cost, a known answer."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x)
+        return logits + torch.nn.functional.one_hot(torch.zeros_like(logits[:, 0], dtype=torch.int64),
+                                                    logits.shape[1]).to(logits.dtype) * 1e4
+
+
+def _closed_loop(one, clients: int, requests: int) -> tuple[list, float]:
+    """``clients`` threads call ``one(i)`` for i = 1 .. ``requests`` back to back; the results and the wall time."""
+    import threading
+
+    results, lock, next_i = [], threading.Lock(), [0]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if next_i[0] >= requests:
+                    return
+                i = next_i[0] = next_i[0] + 1
+            row = one(i)
+            with lock:
+                results.append(row)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - start
+
+
+def stage_serve(device: torch.device, rehearse: bool) -> dict:
+    """Issue 16's GPU target: certify_radius at r = sigma through the server's engine loop (the loop every
+    HTTP request feeds; the GPU image has no FastAPI), CIFAR-10-sized DensePure K=10, b=2, bf16, one engine
+    of 64 image slots shared by every client; closed-loop clients at concurrency 1 and 16, latency from
+    submitting to the answer. No checkpoint can reach the machine, so the models have random weights and
+    the classifier's network is wrapped to be sure of class 0 (:class:`_Confident`: the ViT's full cost,
+    then a margin): every request is an image whose certificate the test gives at its first look, the
+    common case the target is about; its draws and seconds per 100 draws are reported beside the time."""
+    import threading
+    from types import SimpleNamespace
+
+    from densepure.serve.loop import EngineLoop, Work, WorkResult
+    from densepure.serve.params import ServerDefaults, draw_bound, parse_params, task_for
+
+    if rehearse:
+        arch, precision, chains, rows, n0, n_max, levels = "digits", "fp32", 2, 64, 10, 100, ((1, 2), (4, 4))
+    else:
+        arch, precision, chains, rows, n0, n_max, levels = "cifar10", "bf16", 10, 512, 100, 100_000, ((1, 8), (16, 48))
+    sigma = 0.25
+    args = SimpleNamespace(arch=arch, sigma=sigma, K=chains, b=2, rows=rows, cuda_graphs=device.type == "cuda")
+    loop = EngineLoop(lambda: throughput.engine_backends(args, precision, device, image_slots=64,
+                                                         wrap_network=_Confident)[0],
+                      max_queue=256, max_queued_draws=10**9)
+    loop.start()
+    if not loop.wait_ready(timeout=300):
+        raise RuntimeError(f"the engine loop did not start: {loop.load_error!r}")
+    task = task_for(parse_params({"mode": "certify_radius"},
+                                 ServerDefaults(n0, n_max, 0.001, sigma, n0, n_max, 64, False), 1))
+    classes = loop.engine.num_classes
+    shape = loop.engine.image_shape
+    images = (load_digits_test_split()[0][:64] if arch == "digits"
+              else torch.rand(64, *shape, generator=torch.Generator().manual_seed(0)))
+
+    def one(i: int) -> tuple[float, int, bool]:
+        done, box = threading.Event(), []
+        work = Work(images[i % len(images)][None].clone(), [task.policy(classes, sigma)], task,
+                    lambda outcome: (box.append(outcome), done.set()), draw_bound(task))
+        start = time.perf_counter()
+        loop.submit(work)
+        if not done.wait(300) or not isinstance(box[0], WorkResult):
+            raise RuntimeError(f"request {i} failed: {box[0] if box else 'no answer in 300 s'}")
+        image = box[0].images[0]
+        return time.perf_counter() - start, image.draws, image.label == 0
+
+    out = {"arch": arch, "precision": precision, "K": chains, "b": 2, "sigma": sigma, "radius": sigma, "n0": n0,
+           "n_max": n_max, "image_slots": 64, "rows": rows}
+    try:
+        one(0)  # the first request of each batch size (and graph bucket)
+        for clients, requests in levels:
+            rows_out, wall = _closed_loop(one, clients, requests)
+            lat = np.array([r[0] for r in rows_out])
+            draws = np.array([r[1] for r in rows_out])
+            if len(lat) != requests:
+                raise RuntimeError(f"{requests - len(lat)} of {requests} requests at concurrency {clients} failed")
+            out[f"c={clients}"] = {
+                "requests": requests, "p50_s": round(float(np.percentile(lat, 50)), 4),
+                "p95_s": round(float(np.percentile(lat, 95)), 4), "requests_per_s": round(requests / wall, 3),
+                "mean_draws": round(float(draws.mean()), 1), "max_draws": int(draws.max()), "certified": round(float(np.mean([r[2] for r in rows_out])), 3),
+                "draws_per_s": round(float(draws.sum()) / wall, 1),
+                "p50_s_per_100_draws": round(float(np.percentile(lat / draws * 100, 50)), 4)}
+    finally:
+        loop.drain()
+        loop.stop()
+    first = out[f"c={levels[0][0]}"]
+    out["p50_at_1_client_s"] = first["p50_s"]
+    out["target"] = "CIFAR-10-sized K=10 b=2 certify_radius r=0.25: p50 <= 1 s"
+    return out
+
+
 def stage_gpu_tests(device: torch.device, rehearse: bool) -> dict:
     """The ``gpu``-marked tests (on the CPU they skip, which the rehearsal checks they still collect)."""
     where = ["tests/engine/test_syncs.py", "tests/noise/test_noise.py"] if rehearse else ["tests"]
@@ -215,6 +322,7 @@ STAGES = {  # name: (function, seconds on a GPU, seconds in the rehearsal)
     "exactness": (stage_exactness, 90, 30),
     "models": (stage_models, 120, 30),
     "end_to_end": (stage_end_to_end, 120, 30),
+    "serve": (stage_serve, 90, 30),
     "gpu_tests": (stage_gpu_tests, 60, 30),
     "extra": (stage_extra, 120, 60),
 }

@@ -6,7 +6,9 @@ Two servers are started in turn on 127.0.0.1 with the same models and settings: 
 by a server without step-level batching). For each concurrency c, c client threads send single-image
 certify_radius requests (r = sigma by default) back to back, a closed loop, until ``--requests`` are
 answered; each request is a different digits test image, the same sequence for both servers. Reported:
-throughput (requests/s), latency p50/p95/p99 from sending to the answer, and mean draws per request.
+throughput (requests/s), latency p50/p95/p99 from sending to the answer, mean draws per request, and from
+the server's own metrics the mean UNet rows per call and UNet rows/s: sharing fills the batches, and how
+much more a fuller batch runs per second is the device's, which bounds what sharing can gain.
 Loopback only; bounded by ``--requests`` per level and ``--timeout`` per request.
 
 Usage: python benchmarks/serve.py [--concurrency 1 4 16] [--requests 8 16 32] [--threads 1]
@@ -38,6 +40,7 @@ from densepure.serve.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {"shared": ("--image-slots", "64"), "serial": ("--image-slots", "1")}
+UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", 'densepure_batch_rows_count{model="denoiser"}'
 
 
 def free_port() -> int:
@@ -91,14 +94,21 @@ def closed_loop(url: str, images: np.ndarray, clients: int, requests: int, param
                     certified.append(bool(result.certified[0]) if result.certified is not None else False)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
+    with Client(url) as client:
+        before = client.metrics()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    with Client(url) as client:
+        after = client.metrics()
+    unet_rows = after[UNET_ROWS] - before[UNET_ROWS]
+    unet_calls = after[UNET_CALLS] - before[UNET_CALLS]
     lat = np.array(latencies)
     return {"clients": clients, "requests": len(lat), "wall_s": wall, "throughput_rps": len(lat) / wall,
+            "unet_rows_per_call": unet_rows / max(unet_calls, 1), "unet_rows_per_s": unet_rows / wall,
             "draws_per_s": float(np.sum(draws)) / wall,
             "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
             "p99_s": float(np.percentile(lat, 99)), "mean_draws": float(np.mean(draws)),
@@ -136,17 +146,21 @@ def main() -> None:
                 print(f"{name:6s} c={clients:3d} {row['requests']:4d} req {row['throughput_rps']:7.3f} req/s "
                       f"{row['draws_per_s']:7.1f} draws/s  "
                       f"p50 {row['p50_s']:7.2f} s  p95 {row['p95_s']:7.2f} s  p99 {row['p99_s']:7.2f} s  "
-                      f"draws/req {row['mean_draws']:7.1f}  certified {row['certified']:.2f}", flush=True)
+                      f"draws/req {row['mean_draws']:7.1f}  certified {row['certified']:.2f}  "
+                      f"UNet {row['unet_rows_per_call']:6.1f} rows/call {row['unet_rows_per_s']:7.1f} rows/s",
+                      flush=True)
     smoothing = meta["smoothing"]
     print(f"\ndigits, {smoothing['smoothing']} K={smoothing['K']} b={smoothing['b']} sigma={smoothing['sigma']}, "
           f"certify_radius r={params.get('radius', smoothing['sigma'])}, n0={meta['defaults']['n0']} "
           f"n_max={meta['defaults']['n']}; {machine()}")
-    print("| server | clients | requests | req/s | draws/s | p50 s | p95 s | p99 s | draws/req |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | clients | requests | req/s | draws/s | p50 s | p95 s | p99 s | draws/req | UNet rows/call "
+          "| UNet rows/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
         for r in rows:
             print(f"| {name} | {r['clients']} | {r['requests']} | {r['throughput_rps']:.3f} | {r['draws_per_s']:.1f} | "
-                  f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['p99_s']:.2f} | {r['mean_draws']:.0f} |")
+                  f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['p99_s']:.2f} | {r['mean_draws']:.0f} | "
+                  f"{r['unet_rows_per_call']:.1f} | {r['unet_rows_per_s']:.0f} |")
     summary = {"machine": machine(), "server_args": extra, "threads": args.threads, "smoothing": smoothing,
                "params": params, "results": results}
     if {"shared", "serial"} <= set(results):
@@ -154,10 +168,16 @@ def main() -> None:
         shared = next(r for r in results["shared"] if r["clients"] == top)
         serial = next(r for r in results["serial"] if r["clients"] == top)
         ratio = shared["throughput_rps"] / serial["throughput_rps"]
-        summary["ratio"] = {"clients": top, "throughput": ratio, "p50_shared_s": shared["p50_s"],
-                            "p50_serial_s": serial["p50_s"]}
-        print(f"\n{top} clients: shared / serial throughput {ratio:.2f}x; p50 {shared['p50_s']:.2f} s shared vs "
+        fill = shared["unet_rows_per_call"] / serial["unet_rows_per_call"]
+        rate = shared["unet_rows_per_s"] / serial["unet_rows_per_s"]
+        summary["ratio"] = {"clients": top, "throughput": ratio, "draws_per_s": shared["draws_per_s"] /
+                            serial["draws_per_s"], "p50_shared_s": shared["p50_s"], "p50_serial_s": serial["p50_s"],
+                            "unet_rows_per_call": fill, "unet_rows_per_s": rate}
+        print(f"\n{top} clients: shared / serial throughput {ratio:.2f}x requests/s, "
+              f"{summary['ratio']['draws_per_s']:.2f}x draws/s; p50 {shared['p50_s']:.2f} s shared vs "
               f"{serial['p50_s']:.2f} s serial")
+        print(f"UNet batches {fill:.2f}x fuller shared ({shared['unet_rows_per_call']:.1f} vs "
+              f"{serial['unet_rows_per_call']:.1f} rows/call); the device ran {rate:.2f}x the UNet rows/s with them")
     print(json.dumps(summary))
 
 

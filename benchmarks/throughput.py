@@ -136,12 +136,12 @@ def _vote(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_engine(args, unet, clf, schedule, shape, classes, device, rows: int) -> Engine:
+def make_engine(args, unet, clf, schedule, shape, classes, device, rows: int, image_slots: int = 8) -> Engine:
     graphs = args.cuda_graphs and device.type == "cuda"
     buckets = bucket_sizes(rows) if graphs else None
     denoiser = TorchDenoiser(unet, channels_last=device.type == "cuda", buckets=buckets, cuda_graphs=graphs)
     classifier = TorchClassifier(clf, classes, shape, device, buckets=buckets, cuda_graphs=graphs)
-    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=8)
+    config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots)
     smoothing = SmoothingConfig(Mode.DENSEPURE, args.sigma, args.K, args.b, schedule=schedule)
     return Engine(smoothing, Backends(denoiser, classifier), shape, device, config)
 
@@ -192,13 +192,17 @@ def _cast(models, precision: str):
     return unet.set_precision(dtype), clf.set_precision(dtype)
 
 
-def engine_backends(args, precision: str, device: torch.device):
-    """Fresh models in ``precision`` (the UNet keeps its fp32 islands; the classifier network is cast)."""
+def engine_backends(args, precision: str, device: torch.device, image_slots: int = 8, wrap_network=None):
+    """Fresh models in ``precision`` (the UNet keeps its fp32 islands; the classifier network is cast)
+    in an engine of ``args.rows`` rows per call and ``image_slots`` images at once; ``wrap_network``
+    (optional) replaces the classifier's network by ``wrap_network(network)``."""
     unet, clf, schedule, shape, classes = load_models(args.arch, device)
+    if wrap_network is not None:
+        clf.network = wrap_network(clf.network)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     unet.set_precision(dtype)
     clf.set_precision(dtype)
-    return make_engine(args, unet, clf, schedule, shape, classes, device, args.rows), unet, shape
+    return make_engine(args, unet, clf, schedule, shape, classes, device, args.rows, image_slots), unet, shape
 
 
 def main() -> None:

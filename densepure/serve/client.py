@@ -113,6 +113,20 @@ class Client:
     def model_metadata(self) -> dict:
         return self._check(self._http.get(f"/v2/models/{self.model}")).json()
 
+    def metrics(self) -> dict[str, float]:
+        """Every sample of ``/metrics``, keyed as Prometheus writes it: ``name`` or ``name{label="value",...}``
+        (labels sorted), e.g. ``densepure_batch_rows_sum{model="denoiser"}``."""
+        require_extra(("prometheus_client",))
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self._check(self._http.get("/metrics")).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[sample.name + (f"{{{labels}}}" if labels else "")] = float(sample.value)
+        return out
+
     # -- inference ------------------------------------------------------------------------------
     def infer(self, images, mode: str = "certify_radius", binary: bool = False, outputs: list[str] | None = None,
               request_id: str | None = None, **parameters) -> InferResult:

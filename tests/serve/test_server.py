@@ -252,6 +252,12 @@ def test_metrics_docs_and_access_log(server):
         assert f"\n{name}" in text, name
     assert server.metric("densepure_draws_total") > 0 and server.metric("densepure_denoiser_rows_total") > 0
     assert 'densepure_requests_total{endpoint="infer",outcome="success"}' in text
+    with Client(server.url) as client:  # the client's parsed samples are the text's
+        samples = client.metrics()
+    rows = server.metric("densepure_batch_rows_count", 'model="denoiser"')
+    assert rows > 0 and samples['densepure_batch_rows_count{model="denoiser"}'] >= rows
+    assert samples["densepure_denoiser_rows_total"] >= server.metric("densepure_denoiser_rows_total") > 0
+    assert samples['densepure_requests_total{endpoint="infer",outcome="success"}'] >= 1
     assert server.http.get("/docs").status_code == 200
     schema = server.http.get("/openapi.json").json()
     assert "/v2/models/{name}/infer" in schema["paths"] and "InferenceRequest" in schema["components"]["schemas"]
