@@ -8,8 +8,10 @@ timed, so any machine gives the same numbers for the same seed.
 
 Usage: python benchmarks/evals.py [--images 10] [--n 1000] [--seq-nmax 10000]
 The last line printed is a JSON object with unet_calls_ratio, classifier_calls_ratio (fixed N,
-K=10, b=2) and sequential_draws_ratio (sequential at r = sigma / fixed N = seq-nmax, over images whose
-estimated p_A >= 0.99).
+K=10, b=2), sequential_draws_ratio (sequential at r = sigma / fixed N = seq-nmax, over images whose
+estimated p_A >= 0.99) and sequential_unet_rows_per_draw (every image, sequential at r = sigma with
+n_max = N, with the look-ahead into empty batch rows and without it: the same decisions, and the UNet
+rows the look-ahead spends past the stopping looks).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from densepure.models.presets import get_preset
 from densepure.noise import NoisePhase
 
 
-def make_engine(mode: Mode, k: int, b: int, sigma: float) -> Engine:
+def make_engine(mode: Mode, k: int, b: int, sigma: float, lookahead: bool = True) -> Engine:
     unet = load_digits_unet()
     clf = Classifier(load_digits_classifier(), Preprocess(), num_classes=10)
     smoothing = SmoothingConfig(mode, sigma, k, b, schedule=get_preset("digits").schedule)
     backends = Backends(TorchDenoiser(unet), TorchClassifier(clf, 10, (1, 8, 8)))
     return Engine(smoothing, backends, (1, 8, 8), "cpu",
-                  EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8))
+                  EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8,
+                               lookahead=lookahead))
 
 
 def run(engine: Engine, images, idx, task) -> dict:
@@ -72,6 +75,16 @@ def main() -> None:
     mean_used = float(np.mean(used)) if used else float("nan")
     print(f"sequential at r=sigma: {len(confident)} images with p_A >= 0.99, {certified} certified, "
           f"mean estimation draws {mean_used:.1f} vs fixed N={args.seq_nmax}")
+    per_draw, decisions = {}, {}
+    for name, lookahead in (("lookahead", True), ("none", False)):
+        engine = make_engine(Mode.DENSEPURE, k, b, args.sigma, lookahead)
+        runs = run(engine, images, idx, SequentialTask(args.n0, args.sigma, 0.001, n_max=args.n))
+        per_draw[name] = engine.stats.unet_rows / sum(p.total_draws for p in runs.values())
+        decisions[name] = [(runs[i].result, runs[i].counts[NoisePhase.ESTIMATION].tolist()) for i in idx]
+    same = decisions["lookahead"] == decisions["none"]
+    print(f"sequential at r=sigma, n_max={args.n}, all {len(idx)} images: UNet rows per draw "
+          f"{per_draw['lookahead']:.2f} with look-ahead, {per_draw['none']:.2f} without "
+          f"(ratio {per_draw['lookahead'] / per_draw['none']:.3f}); decisions and counts identical: {same}")
     print(f"machine: {platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
           f"threads {torch.get_num_threads()} (counts do not depend on the machine)")
     print(json.dumps({
@@ -80,6 +93,7 @@ def main() -> None:
         "sequential_draws_ratio": mean_used / args.seq_nmax,
         "images": len(idx), "n0": args.n0, "n": args.n, "K": k, "b": b, "sigma": args.sigma,
         "sequential_images": len(confident), "sequential_certified": certified,
+        "sequential_unet_rows_per_draw": per_draw, "sequential_lookahead_same_decisions": same,
     }))
 
 

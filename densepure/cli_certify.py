@@ -58,6 +58,10 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGro
                         "CUDA graphs); the first call of each batch size compiles")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torch on CUDA: run the models as CUDA graphs captured per batch-size bucket (default: on)")
+    g.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                   help="sequential tests (--radius, the server's certify_radius): run draws past the next look in "
+                        "batch rows that would otherwise be empty, so a look costs no round trip; off computes only "
+                        "the draws the test reads. The certificates are the same either way (default: on)")
     g.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the classifier network; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
                         "(default: fp32)")
@@ -132,7 +136,8 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         radius=getattr(args, "radius", None), sequential=getattr(args, "sequential", DEFAULT_METHOD.value),
         predict=predict, batch_size=args.batch_size, device=args.device,
         precision=Precision(args.precision), backend=BackendKind(args.backend), artifacts=args.artifacts,
-        cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, also_chains=getattr(args, "also_chains", ()),
+        cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs, lookahead=args.lookahead,
+        also_chains=getattr(args, "also_chains", ()),
         kernels=KernelChoice(args.kernels), compile=CompileMode(args.compile) if args.compile else None,
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite, ray=args.ray, workers=args.workers, split_draws=args.split_draws,

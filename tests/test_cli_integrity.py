@@ -258,3 +258,20 @@ def test_every_resumed_row_keeps_one_sidecar_record_predict_and_sequential(capsy
         else:
             assert 0 < record.n <= 200 and record.extra["sequential"] == "exact"
     assert len(read_sidecar(out).resumed_at) == 1
+
+
+def test_lookahead_changes_no_certificate_and_a_run_resumes_across_it(capsys, tmp_path):
+    """``--no-lookahead`` computes only the draws the sequential test reads: the same certificates and
+    counts as the default, and a run started with it resumes without it (not part of the recorded setup)."""
+    base = ["certify", "--mode", "gaussian", "--skip", "100", "--n0", "8", "--n", "200", "--radius", "0.1",
+            "--seed", "5", "--device", "cpu"]
+    one, mixed = tmp_path / "one.tsv", tmp_path / "mixed.tsv"
+    assert run(capsys, *base, "--max", "4", "--output", str(one))[0] == 0
+    assert run(capsys, *base, "--max", "2", "--no-lookahead", "--output", str(mixed))[0] == 0
+    code, _, err = run(capsys, *base, "--max", "4", "--output", str(mixed))
+    assert code == 0, err
+    lines = [[row.to_line().split("\t")[:5] for row in read_results(path)] for path in (one, mixed)]
+    assert lines[0] == lines[1] and len(lines[0]) == 4
+    counts = [{r.row.idx: (r.selection_counts, r.estimation_counts) for r in read_sidecar(path).records}
+              for path in (one, mixed)]
+    assert counts[0] == counts[1]

@@ -74,7 +74,7 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
                              needs_denoiser=smoothing.needs_denoiser)
         rows = rows_that_fit(_backend_probes(backends, shape, device), device, options.batch_size, slot_bytes)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots,
-                          chain_prefixes=options.also_chains)
+                          chain_prefixes=options.also_chains, lookahead=options.lookahead)
     return Engine(smoothing, backends, shape, device, config, kernels)
 
 

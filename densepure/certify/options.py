@@ -30,10 +30,11 @@ from densepure.precision import Precision
 # settings that do not change any label (noise is keyed by identity, not by batch layout; engines in the
 # cache are keyed by content)
 # (``kernels`` is recorded as what it resolved to on the machine, by the job: see densepure.certify.job)
+# (``lookahead`` only changes which draws run past a stopping look, never a certificate.)
 # ``skip`` and ``max`` only select which images run (each image's noise is keyed by its own index), so
 # a run may be resumed with a longer selection.
 _NOT_RECORDED = ("batch_size", "output", "overwrite", "cache_dir", "cuda_graphs", "kernels", "skip", "max", "ray",
-                 "workers", "split_draws")
+                 "workers", "split_draws", "lookahead")
 
 
 # Unset options take the preset's defaults. digits, from benchmarks/results/table1_digits.md (100 test
@@ -74,6 +75,7 @@ class JobOptions:
     artifacts: str | None = None  # export directory (onnxruntime, tensorrt)
     cache_dir: str | None = None  # TensorRT engine cache (tensorrt)
     cuda_graphs: bool = True  # torch on CUDA: bucketed CUDA graphs
+    lookahead: bool = True  # sequential tests: look-ahead draws into batch rows that would run empty
     kernels: KernelChoice = KernelChoice.AUTO  # the engine's per-row kernels (torch references or Triton)
     compile: CompileMode | None = None  # torch backend: torch.compile the UNet and the classifier
     also_chains: tuple[int, ...] = ()  # densepure, fixed N: also write the k-chain results (first k chains)

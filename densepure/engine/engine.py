@@ -41,7 +41,9 @@ from densepure.noise import CHAIN_BITS, DRAW_BITS, IMAGE_BITS, SEED_BITS, STEP_B
 class EngineConfig:
     """Batch and pool sizes: ``unet_rows``/``classifier_rows`` rows per model call; ``draw_capacity``
     draws in flight; ``image_slots`` images in flight; ``early_exit`` of the vote; ``chain_prefixes``:
-    also count the votes of each draw's first ``k`` chains (DensePure only, see the scheduler)."""
+    also count the votes of each draw's first ``k`` chains (DensePure only, see the scheduler);
+    ``lookahead``: let sequential policies' look-ahead draws fill a batch's empty rows (the counts and
+    decisions are the same either way; see the scheduler)."""
 
     unet_rows: int = 512
     classifier_rows: int = 512
@@ -49,6 +51,7 @@ class EngineConfig:
     image_slots: int = 8
     early_exit: bool = True
     chain_prefixes: tuple[int, ...] = ()
+    lookahead: bool = True
 
     def __post_init__(self) -> None:
         for name in ("unet_rows", "classifier_rows", "draw_capacity", "image_slots"):
@@ -107,7 +110,8 @@ class Engine:
         steps = self.executor.grid.num_steps if self.executor.grid is not None else 1
         self.scheduler = Scheduler(steps, smoothing.chains, self.num_classes, config.draw_capacity,
                                    uses_unet=smoothing.needs_denoiser, early_exit=config.early_exit,
-                                   prefixes=config.chain_prefixes)
+                                   prefixes=config.chain_prefixes,
+                                   speculate=config.lookahead)
         self._waiting: deque[ImageRequest] = deque()
         self._free = list(range(config.image_slots))[::-1]
         self._by_slot: dict[int, ImageRequest] = {}

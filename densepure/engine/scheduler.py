@@ -21,6 +21,19 @@ Savings, each exact:
   yields the ``k``-chain counts. Early exit always runs the first wave, ``K // 2 + 1`` chains, so
   prefixes up to that size are always complete.
 
+Look-ahead only into empty room: new draws are issued in two passes. First every draw a policy will
+read (``take(..., speculate=False)``: all of a fixed policy's, a sequential test's up to its next look);
+then, only with ``speculate`` and only as many as the coming batch has rows left beyond the work already
+queued, the draws a policy reads only if it does not stop first (its look-ahead). Under load the batches
+are full of draws that will be read and nothing is computed to be thrown away; when they are not, the
+look-ahead fills rows that would run empty and saves the round trip of a look. Which draws a policy reads,
+and so every count and decision, is the same either way (each label is a function of its draw's noise
+identity; a policy decides on the prefixes of its draws). ``EngineConfig(lookahead=False)`` (the
+``--no-lookahead`` flag) turns the
+second pass off: no draw past a stopping look, at the price of a round trip per look and smaller batches
+(on a CPU, where small batches run fewer rows per second, that was no faster:
+``benchmarks/results/serve_digits_cpu.md``).
+
 Slots: draw ``d`` in flight owns draw slot ``s`` (the executor's stored ``mean, std``) and chain
 slots ``s*K .. s*K+K-1`` (chain states and outputs). A slot is reused only after its draw is final, and
 the lowest free slot is taken first, so the executor's pools only grow as far as the work in flight.
@@ -78,15 +91,17 @@ class Scheduler:
     ``steps`` (b) and ``chains`` (K) describe the base classifier; ``uses_unet`` is False for
     Gaussian smoothing (draws go straight to the classifier). ``draw_capacity`` bounds the draws in
     flight (the executor allocates that many draw slots and ``draw_capacity * K`` chain slots).
+    ``speculate``: issue policies' look-ahead draws into a batch's empty rows (module docstring).
     """
 
     def __init__(self, steps: int, chains: int, num_classes: int, draw_capacity: int,
-                 uses_unet: bool = True, early_exit: bool = True, prefixes: tuple[int, ...] = ()):
+                 uses_unet: bool = True, early_exit: bool = True, prefixes: tuple[int, ...] = (),
+                 speculate: bool = True):
         self.steps, self.num_classes = int(steps), int(num_classes)
         self.prefixes = check_prefixes(prefixes, int(chains), early_exit)
         self.chains = int(chains) if steps >= 2 else 1  # b = 1: the chains are identical
         self.shared = self.steps >= 2
-        self.uses_unet, self.early_exit = uses_unet, early_exit
+        self.uses_unet, self.early_exit, self.speculate = uses_unet, early_exit, bool(speculate)
         self.draw_capacity = int(draw_capacity)
         self.free_slots = list(range(self.draw_capacity))  # a min-heap: the lowest free slot first
         self.images: dict[int, Policy] = {}
@@ -131,26 +146,37 @@ class Scheduler:
     def idle(self) -> bool:
         return not (self.unet_ready or self.starts or self.cls_ready)
 
-    def _fill(self) -> None:
-        """Issue new draws round-robin over images while draw slots are free."""
-        progress = True
-        while self.free_slots and self._order and progress:
+    def _fill(self, max_rows: int | None = None) -> None:
+        """Issue new draws while draw slots are free: every draw a policy will read, then look-ahead draws
+        into the rows a batch of ``max_rows`` has left beyond the queued work (module docstring)."""
+        self._issue(len(self.free_slots), speculate=False)
+        if self.speculate and max_rows is not None:
+            queued = len(self.unet_ready) + len(self.starts) if self.uses_unet else len(self.cls_ready)
+            if max_rows > queued:
+                self._issue(max_rows - queued, speculate=True)
+
+    def _issue(self, budget: int, speculate: bool) -> None:
+        """Up to ``budget`` new draws, round-robin over images, while draw slots are free."""
+        progress, issued = True, 0
+        while self.free_slots and self._order and progress and issued < budget:
             progress = False
-            share = max(1, len(self.free_slots) // len(self._order))
+            share = max(1, min(len(self.free_slots), budget - issued) // len(self._order))
             for image in list(self._order):
-                for request in self.images[image].take(min(share, len(self.free_slots))):
+                limit = min(share, len(self.free_slots), budget - issued)
+                if limit <= 0:
+                    break
+                for request in self.images[image].take(limit, speculate):
                     draw = _Draw(image, request, heapq.heappop(self.free_slots))
                     self._by_slot[draw.slot] = draw
                     (self.starts if self.uses_unet else self.cls_ready).append(
                         draw if self.uses_unet else (draw, 0))
+                    issued += 1
                     progress = True
-                if not self.free_slots:
-                    break
 
     # -- UNet batches -------------------------------------------------------------------------
     def next_unet(self, max_rows: int) -> Rows | None:
         """Up to ``max_rows`` UNet rows: chain rows first (they free slots), then new draws."""
-        self._fill()
+        self._fill(max_rows)
         items = []
         while self.unet_ready and len(items) < max_rows:
             items.append(self.unet_ready.popleft())
@@ -200,7 +226,7 @@ class Scheduler:
 
     # -- classifier batches -------------------------------------------------------------------
     def next_classify(self, max_rows: int) -> Rows | None:
-        self._fill()
+        self._fill(None if self.uses_unet else max_rows)  # with a UNet, new draws reach it later
         items = []
         while self.cls_ready and len(items) < max_rows:
             draw, chain = self.cls_ready.popleft()

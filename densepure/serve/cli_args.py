@@ -57,7 +57,8 @@ def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
                      sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, num_chains=args.num_chains,
                      steps=args.steps, t_star_rule=TStarRule(args.t_star_rule), batch_size=args.batch_size,
                      device=args.device, precision=Precision(args.precision), backend=BackendKind(args.backend),
-                     artifacts=args.artifacts, cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs)
+                     artifacts=args.artifacts, cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs,
+                     lookahead=args.lookahead)
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_n0=args.max_n0,
                           max_n=args.max_n, max_queue=args.max_queue, max_queued_draws=args.max_queued_draws,
                           image_slots=args.image_slots, max_jobs=args.max_jobs, job_ttl_s=args.job_ttl,

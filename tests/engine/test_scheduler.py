@@ -23,14 +23,19 @@ def full_vote(labels):
     return max(labels, key=labels.count)
 
 
-def drive(scheduler, images, unet_rows, cls_rows, b):
-    """Run to completion; returns per-(slot) policies, and the per-chain step log."""
+def drive(scheduler, images, unet_rows, cls_rows, b, probe=None):
+    """Run to completion; returns per-(slot) policies, and the per-chain step log. ``probe.before(queued)``
+    and ``probe.after()`` are called around the making of each UNet batch (``queued``: rows queued before)."""
     steps_seen: dict[tuple, list[int]] = {}
     starts: dict[tuple, int] = {}
     slot_owner: dict[int, tuple] = {}
     for _ in range(100_000):
         ran = False
+        if probe is not None:
+            probe.before(len(scheduler.unet_ready) + len(scheduler.starts))
         rows = scheduler.next_unet(unet_rows) if scheduler.uses_unet else None
+        if probe is not None:
+            probe.after()
         if rows is not None:
             ran = True
             for i in range(len(rows)):
@@ -109,3 +114,74 @@ def test_sequential_policy_reads_prefixes_and_stops_at_a_look():
     drive(sched, images, 64, 64, 1)
     assert policy.done and policy.result.certified
     assert policy.result.n_used in plan.looks and policy.result.n_used == int(policy.counts[NoisePhase.ESTIMATION].sum())
+
+
+
+class TakeProbe:
+    """Logs every ``take`` of the policies it wraps as (speculate, draws handed out), and checks around each
+    UNet batch that look-ahead draws took no more rows than the batch had left beyond the queued work."""
+
+    def __init__(self, max_rows: int):
+        self.max_rows, self.log, self.batches = max_rows, [], []
+
+    def wrap(self, policy):
+        take = policy.take
+
+        def logged(limit, speculate=True):
+            out = take(limit, speculate)
+            self.log.append((speculate, len(out)))
+            return out
+
+        policy.take = logged
+        return policy
+
+    def before(self, queued: int) -> None:
+        self.queued, self.mark = queued, len(self.log)
+
+    def after(self) -> None:
+        new = self.log[self.mark:]
+        needed = sum(n for spec, n in new if not spec)
+        speculative = sum(n for spec, n in new if spec)
+        self.batches.append((self.queued + needed, speculative))
+        assert speculative <= max(0, self.max_rows - self.queued - needed), self.batches[-1]
+
+    @property
+    def speculative(self) -> int:
+        return sum(n for spec, n in self.log if spec)
+
+
+def _sequential_run(speculate: bool, images: dict, unet_rows: int, capacity: int):
+    plan = SequentialPlan.geometric(0.25, 0.25, 0.001, n_max=2_000)
+    sched = Scheduler(steps=2, chains=4, num_classes=CLASSES, draw_capacity=capacity, speculate=speculate)
+    probe = TakeProbe(unet_rows)
+    policies = {slot: probe.wrap(SequentialPolicy(CLASSES, 10, plan)) for slot in images}
+    for slot, policy in policies.items():
+        sched.add_image(slot, policy)
+    drive(sched, images, unet_rows, unet_rows, 2, probe)
+    assert all(p.done for p in policies.values())
+    return policies, probe, sched
+
+
+def test_lookahead_only_fills_empty_rows_and_never_changes_a_decision():
+    """Without speculation no draw past a stopping look is ever issued; with it, look-ahead draws fill
+    empty rows of a lightly loaded batch (so a look costs no round trip), never more rows than the batch
+    has left beyond the queued work (checked at every batch by the probe), and every count and decision
+    is the same."""
+    light = {0: (3, 1000)}
+    exact, probe, _ = _sequential_run(False, light, 64, 256)
+    assert probe.speculative == 0 and exact[0].result.certified
+    assert exact[0].issued_est == exact[0].result.n_used  # nothing computed to be thrown away
+    spec, probe, _ = _sequential_run(True, light, 64, 256)
+    assert probe.speculative > 0 and spec[0].issued_est > spec[0].result.n_used  # look-ahead in empty rows
+    assert spec[0].result == exact[0].result
+    assert np.array_equal(spec[0].counts[NoisePhase.ESTIMATION], exact[0].counts[NoisePhase.ESTIMATION])
+
+    loaded = {slot: (20 + slot, 1000 if slot % 3 else 700) for slot in range(12)}
+    plain, _, plain_sched = _sequential_run(False, loaded, 16, 512)
+    busy, probe, busy_sched = _sequential_run(True, loaded, 16, 512)
+    assert any(rows >= 16 for rows, _ in probe.batches)  # full batches at times: no look-ahead in those
+    assert all(spec == 0 for rows, spec in probe.batches if rows >= 16)
+    for slot in loaded:
+        assert busy[slot].result == plain[slot].result
+        assert np.array_equal(busy[slot].counts[NoisePhase.ESTIMATION], plain[slot].counts[NoisePhase.ESTIMATION])
+    assert busy_sched.unet_rows >= plain_sched.unet_rows
