@@ -159,7 +159,7 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
         info, load = next(iter(pool.infos.values())), _loader(job.dataset)
         if opts.split_draws > 1:
             queue = DrawSplits(todo, load, opts.task(), info.num_classes, info.sigma, opts.also_chains,
-                               opts.split_draws, open_limit=DEPTH * len(pool.live))
+                               opts.split_draws, open_limit=DEPTH * len(pool.live), lookahead=opts.lookahead)
         else:
             queue = ImageChunks(todo, load, chunk_size or auto_chunk_size(len(todo), len(pool.live)))
         records = drive(pool, queue, writer, extra, observer, opts.output, timeout_s)

@@ -159,15 +159,18 @@ class DrawSplits:
     """Each image's draws, round by round, in ``parts`` disjoint ranges per phase (module docstring).
 
     At most ``open_limit`` images are open at once; parts of images already open go first, so images
-    finish in about the order they were opened and memory stays bounded.
+    finish in about the order they were opened and memory stays bounded. ``lookahead``: a sequential
+    policy's round may run past its next look (a round is a trip through the cluster, so by default it
+    does); False: each round is exactly the draws the test reads.
     """
 
     def __init__(self, todo: Sequence[int], load: ImageLoader, task: Task, num_classes: int, sigma: float,
-                 prefixes: Sequence[int], parts: int, open_limit: int):
+                 prefixes: Sequence[int], parts: int, open_limit: int, lookahead: bool = True):
         self._todo = deque(todo)
         self._load, self._task = load, task
         self._num_classes, self._sigma, self._prefixes = int(num_classes), float(sigma), tuple(prefixes)
         self._parts, self._open_limit = int(parts), max(1, int(open_limit))
+        self._lookahead = bool(lookahead)
         self._open: dict[int, _OpenImage] = {}
         self._ready: deque[Chunk] = deque()
         self._numbers = 0
@@ -209,7 +212,7 @@ class DrawSplits:
         return finished
 
     def _next_round(self, state: _OpenImage, front: bool) -> None:
-        requests = state.policy.take(sys.maxsize)
+        requests = state.policy.take(sys.maxsize, self._lookahead)
         if not requests:
             raise RuntimeError(f"image {state.idx}: its policy is not decided but asks for no draws")
         parts = split_draws(requests, self._parts)

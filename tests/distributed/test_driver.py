@@ -112,10 +112,11 @@ def cluster_run(path, make_workers, workers=2, lose_at=None, observer=None, chun
 
 CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
          "sequential": {k: v for k, v in SEQUENTIAL.items() if k not in COMMON or v != COMMON[k]}}
+CASES["sequential-no-lookahead"] = {**CASES["sequential"], "lookahead": False}  # rounds end at the next look
 
 
 @pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), pytest.param("predict", 2, marks=pytest.mark.slow),
-                                        ("sequential", 2)])
+                                        ("sequential", 2), ("sequential-no-lookahead", 2)])
 def test_cluster_results_equal_one_process(tmp_path, make_workers, single_process, case, split):
     """Whole images over 2 workers, or each image's draws split over them: the same rows and counts (sequential:
     the same looks, in rounds)."""
@@ -132,6 +133,12 @@ def test_cluster_results_equal_one_process(tmp_path, make_workers, single_proces
         if "radius" in overrides:
             rounds = Counter(idx for idx, _ in parts)
             assert max(rounds.values()) >= 3  # sequential: rounds up to successive looks
+        if overrides.get("lookahead") is False:  # no estimation draw past a stopping look went out
+            issued = Counter()
+            for _, chunk in pool.chunks:
+                for phase, start, stop in chunk.items[0].ranges:
+                    issued[chunk.items[0].idx] += (stop - start) * (phase is NoisePhase.ESTIMATION)
+            assert issued == {record.row.idx: record.n for record in records}
 
 
 def test_a_lost_worker_s_chunks_run_on_the_others(tmp_path, make_workers, single_process):
