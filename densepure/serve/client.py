@@ -6,6 +6,7 @@
         result = client.infer(images, mode="certify", n=10_000)
         job = client.submit_job(image, mode="certify", n=100_000)
         result = client.wait_job(job)
+        rows = client.metrics()["densepure_denoiser_rows_total"]
 
 Images are (C, H, W) or (B, C, H, W): float in [0, 1] (sent as FP32) or uint8 (sent as UINT8).
 An error response raises :class:`ServerError` with the status, the server's message and Retry-After.
