@@ -43,7 +43,7 @@ def _cache_dir(explicit: str | None) -> str:
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
-    from densepure.certify.analyze import check_plot_path, default_plot_path
+    from densepure.results.analyze import check_plot_path, default_plot_path
     from densepure.certify.job import prepare, run
     from densepure.cli_certify import BarProgress, options_from_args, summarize_predict_run, summarize_run
 
@@ -87,7 +87,7 @@ def _run_on_ray(command: str, options):
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from densepure.certify.analyze import (
+    from densepure.results.analyze import (
         check_plot_path,
         load_run,
         markdown_table,
@@ -98,7 +98,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         summarize,
         summarize_predictions,
     )
-    from densepure.certify.records import TsvKind
+    from densepure.results.records import TsvKind
 
     radii = parse_radii(args.radii)
     if args.paired and len(args.results) < 2:

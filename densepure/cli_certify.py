@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from densepure.certify.boundary import DEFAULT_METHOD
-from densepure.certify.sequential import SequentialMethod
+from densepure.stats.boundary import DEFAULT_METHOD
+from densepure.stats.sequential import SequentialMethod
 from densepure.diffusion import Mode, TStarRule
 from densepure.engine.backends.select import BackendKind
 from densepure.kernels import CompileMode, KernelChoice
@@ -203,7 +203,7 @@ def _draws_per_image(task) -> int | None:
 def summarize_run(output: Path, plot: Path, radii=(0.0, 0.25, 0.5, 0.75, 1.0),
                   also: tuple[Path, ...] = ()) -> list[str]:
     """The certified-accuracy table of the run (and its ``--also-K`` files), and the plot's path."""
-    from densepure.certify.analyze import load_run, markdown_table, plot_certified_accuracy, summarize
+    from densepure.results.analyze import load_run, markdown_table, plot_certified_accuracy, summarize
 
     runs = [load_run(path) for path in (output, *also)]
     plot_path = plot_certified_accuracy(runs, plot)
@@ -254,7 +254,7 @@ class ClusterProgress:
 
 def summarize_predict_run(output: Path, also: tuple[Path, ...] = ()) -> list[str]:
     """The accuracy and abstention table of a PREDICT run (and its ``--also-K`` files), and where they are."""
-    from densepure.certify.analyze import load_run, predict_markdown_table, summarize_predictions
+    from densepure.results.analyze import load_run, predict_markdown_table, summarize_predictions
 
     table = predict_markdown_table([summarize_predictions(load_run(path)) for path in (output, *also)])
     lines = [table, f"results: {output} (sidecar {output}.jsonl)"]

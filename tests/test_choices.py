@@ -2,7 +2,7 @@
 
 import pytest
 
-from densepure.certify.sequential import SequentialMethod
+from densepure.stats.sequential import SequentialMethod
 from densepure.diffusion.smoothing import Mode
 from densepure.engine.backends.select import BackendKind
 from densepure.errors import ConfigError

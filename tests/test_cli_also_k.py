@@ -2,7 +2,7 @@
 
 import pytest
 
-from densepure.certify.results import read_results, read_sidecar
+from densepure.results.files import read_results, read_sidecar
 from densepure.cli import main
 
 COMMON = ["--max", "3", "--skip", "150", "--n0", "10", "--n", "40", "--sigma", "0.5", "--b", "2", "--seed", "11"]

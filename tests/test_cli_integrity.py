@@ -12,7 +12,7 @@ import pytest
 import torch
 from hf_helpers import save_tiny_vit
 
-from densepure.certify.results import read_results, read_sidecar, sidecar_path
+from densepure.results.files import read_results, read_sidecar, sidecar_path
 from densepure.cli import main
 from densepure.models.presets import digits_asset_path
 

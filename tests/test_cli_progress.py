@@ -9,7 +9,7 @@ import pytest
 import tqdm.std
 
 import densepure.cli_certify as cli_certify
-from densepure.certify.records import ImageRecord, ResultRow
+from densepure.results.records import ImageRecord, ResultRow
 from densepure.certify.tasks import CertifyTask, SequentialTask
 from densepure.cli_certify import BarProgress
 from densepure.engine.engine import EngineStats

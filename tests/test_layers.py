@@ -15,13 +15,16 @@ import densepure
 
 PACKAGE = Path(densepure.__file__).parent
 
-BASE = {"errors", "choices", "precision", "hashing", "__init__"}  # floor 0: every floor may use them (the root: __version__)
+BASE = {"errors", "choices", "precision", "hashing", "validation", "__init__"}  # floor 0: every floor may use them (the root: __version__)
 # floor -> the floors it may import (besides itself and BASE)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "choices": set(),
     "precision": set(),
     "hashing": set(),
+    "validation": set(),
+    "stats": set(),
+    "results": set(),
     "diffusion": set(),
     "noise": set(),
     "data": set(),
@@ -30,12 +33,12 @@ ALLOWED: dict[str, set[str]] = {
     "kernels": {"noise", "diffusion"},
     "engine": {"diffusion", "noise", "kernels", "models", "artifacts"},
     "export": {"models", "artifacts", "diffusion"},
-    "certify": {"engine", "diffusion", "noise", "models", "data", "kernels"},
-    "serve": {"certify", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
-    "distributed": {"certify", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
+    "certify": {"stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels"},
+    "serve": {"certify", "stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
+    "distributed": {"certify", "stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
     "doctor": {"engine", "kernels", "artifacts", "models"},
-    "cli_certify": {"certify", "engine", "diffusion", "models", "data", "kernels"},
-    "cli": {"certify", "engine", "diffusion", "models", "data", "export", "artifacts", "doctor", "cli_certify",
+    "cli_certify": {"certify", "stats", "results", "engine", "diffusion", "models", "data", "kernels"},
+    "cli": {"certify", "stats", "results", "engine", "diffusion", "models", "data", "export", "artifacts", "doctor", "cli_certify",
             "serve", "distributed", "kernels"},
     "__init__": set(),
 }
@@ -130,7 +133,7 @@ def test_the_layer_checker_catches_an_upward_import(tmp_path):
     """The checker itself: an engine module importing certify is reported."""
     fake = tmp_path / "densepure" / "engine" / "bad.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("from densepure.certify.sequential import SequentialPlan\n")
+    fake.write_text("from densepure.certify.tasks import CertifyTask\n")
     (imported, line), = _imports(fake, "densepure.engine.bad")
     assert _floor(imported) == "certify" and line == 1
     assert "certify" not in ALLOWED[_floor("densepure.engine.bad")]

@@ -21,10 +21,10 @@ import torch
 
 from densepure.certify.loading import build_engine
 from densepure.certify.options import JobOptions
-from densepure.certify.records import IfExists, ImageRecord, TsvKind
+from densepure.results.records import IfExists, ImageRecord, TsvKind
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
-from densepure.certify.writer import check_results, open_results
+from densepure.results.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
 from densepure.engine.backends.select import BackendKind
@@ -91,7 +91,7 @@ def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
 
 def _resumed_seed(options: JobOptions) -> int:
     """An unset seed is drawn from the OS, except when resuming: then the run's recorded seed."""
-    from densepure.certify.results import read_sidecar, sidecar_path
+    from densepure.results.files import read_sidecar, sidecar_path
 
     if not options.overwrite and sidecar_path(options.output).is_file():
         try:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from densepure.certify.boundary import DEFAULT_METHOD
-from densepure.certify.sequential import SequentialMethod
-from densepure.certify.stats import validate_alpha
+from densepure.stats.boundary import DEFAULT_METHOD
+from densepure.stats.sequential import SequentialMethod
+from densepure.stats.cohen import validate_alpha
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
 from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
 from densepure.engine.backends.select import BackendKind, check_backend_options, exported_models, same_classifier

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from densepure.certify.boundary import AnyPlan
-from densepure.certify.sequential import SequentialDecision, SequentialResult
+from densepure.stats.boundary import AnyPlan
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 from densepure.engine.policy import DrawRequest, Policy
 from densepure.noise import NoisePhase
 
@@ -17,8 +17,8 @@ MIN_LOOKAHEAD = 16
 
 
 class SequentialPolicy(Policy):
-    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential` and
-    :mod:`densepure.certify.boundary`): ``n0`` selection draws, then estimation draws until the plan's
+    """Sequential certification at ``plan.radius`` (see :mod:`densepure.stats.sequential` and
+    :mod:`densepure.stats.boundary`): ``n0`` selection draws, then estimation draws until the plan's
     test decides.
 
     Validity with the engine's batching: the test sees only the counts at its planned looks, and the

@@ -1,5 +1,5 @@
 """Certify or predict a selection of dataset images through the engine, one result line per image,
-resumable (result files: :mod:`densepure.certify.results`)."""
+resumable (result files: :mod:`densepure.results.files`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from densepure.certify.records import ImageRecord
+from densepure.results.records import ImageRecord
 from densepure.certify.tasks import Task
-from densepure.certify.writer import ResultWriter
+from densepure.results.writer import ResultWriter
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.engine.engine import Engine, EngineStats, ImageRequest

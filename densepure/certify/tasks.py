@@ -10,7 +10,7 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
 * :class:`CertifyTask` - ``n0`` selection draws pick the class, ``n`` fresh estimation draws bound its
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
-  whether the requested radius is certified (:mod:`densepure.certify.sequential`).
+  whether the requested radius is certified (:mod:`densepure.stats.sequential`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.boundary import DEFAULT_METHOD, AnyPlan, build_plan
+from densepure.stats.boundary import DEFAULT_METHOD, AnyPlan, build_plan
 from densepure.certify.policies import SequentialPolicy
-from densepure.certify.records import ImageRecord, ResultRow
-from densepure.certify.sequential import SequentialMethod, SequentialResult
-from densepure.certify.stats import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.results.records import ImageRecord, ResultRow
+from densepure.stats.sequential import SequentialMethod, SequentialResult
+from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
@@ -91,7 +91,7 @@ class CertifyTask:
 @dataclass(frozen=True)
 class SequentialTask:
     """Sequential certification of ``radius``: ``n0`` selection draws, at most ``n_max`` estimation draws,
-    decided by ``method``'s test (:mod:`densepure.certify.boundary`; ``GEOMETRIC`` reproduces runs made
+    decided by ``method``'s test (:mod:`densepure.stats.boundary`; ``GEOMETRIC`` reproduces runs made
     before the exact boundary test became the default)."""
 
     n0: int

@@ -2,7 +2,7 @@
 
 Loop (:func:`drive`): every live worker holds up to ``depth`` chunks (so it starts the next one the moment
 it returns one); the driver waits for any chunk to return, writes its finished images through the same
-:class:`~densepure.certify.results.ResultWriter` a single process uses (sidecar record, then TSV line,
+:class:`~densepure.results.files.ResultWriter` a single process uses (sidecar record, then TSV line,
 each flushed), and refills. Images already in the result file are skipped, so a driver killed at any
 moment resumes with no image lost or written twice: an image is in the file whole or not at all.
 
@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from densepure.certify.job import Job, JobOptions, prepare_draft
-from densepure.certify.records import IfExists, ImageRecord
+from densepure.results.records import IfExists, ImageRecord
 from densepure.certify.runner import ImageResult
-from densepure.certify.writer import ResultWriter, open_results
+from densepure.results.writer import ResultWriter, open_results
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.distributed.cluster import ClusterError, RayPool, WorkerLost, connect, require_ray

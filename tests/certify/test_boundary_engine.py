@@ -9,7 +9,7 @@ import torch
 from engine_helpers import CLASSES, PatchSign
 
 from densepure.certify import policies, procedures
-from densepure.certify.sequential import SequentialMethod
+from densepure.stats.sequential import SequentialMethod
 from densepure.certify.tasks import SequentialTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier

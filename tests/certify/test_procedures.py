@@ -6,7 +6,7 @@ import torch
 from scipy.stats import beta, norm
 
 from densepure.certify.procedures import certify, certify_sequential, predict
-from densepure.certify.sequential import SequentialDecision
+from densepure.stats.sequential import SequentialDecision
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.errors import ConfigError

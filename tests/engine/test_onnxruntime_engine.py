@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from densepure.artifacts import ArtifactKind
-from densepure.certify.stats import certify_from_counts
+from densepure.stats.cohen import certify_from_counts
 from densepure.certify.tasks import CertifyTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, ClassifierBackend, TorchClassifier, TorchDenoiser

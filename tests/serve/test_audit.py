@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from serve_helpers import FAST
 
-from densepure.certify.results import read_results, read_sidecar
+from densepure.results.files import read_results, read_sidecar
 from densepure.cli import main
 from densepure.serve.client import Client
 

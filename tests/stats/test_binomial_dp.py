@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from densepure.certify import binomial_dp
-from densepure.certify.binomial_dp import crossing_bound, design_lower, design_upper, operating_characteristics
+from densepure.stats import binomial_dp
+from densepure.stats.binomial_dp import crossing_bound, design_lower, design_upper, operating_characteristics
 
 
 def _brute_force(looks, certify_at, futile_at, p):

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import special
 
-from densepure.certify.sequential import (
+from densepure.stats.sequential import (
     AlphaSpending,
     SequentialDecision,
     SequentialPlan,
@@ -18,7 +18,7 @@ from densepure.certify.sequential import (
     SequentialTest,
     run_sequential,
 )
-from densepure.certify.stats import (
+from densepure.stats.cohen import (
     ABSTAIN,
     certify_from_counts,
     lower_confidence_bound,

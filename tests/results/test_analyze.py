@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from densepure.certify.analyze import (
+from densepure.results.analyze import (
     Run,
     accuracy_curve,
     average_certified_radius,
@@ -19,7 +19,7 @@ from densepure.certify.analyze import (
     plot_certified_accuracy,
     summarize,
 )
-from densepure.certify.records import TSV_HEADER, ResultRow
+from densepure.results.records import TSV_HEADER, ResultRow
 from densepure.errors import ConfigError, InputError
 
 # idx label predict radius correct: two correct-and-robust, one abstention, one robust mistake

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from densepure.certify.stats import ABSTAIN, _is_int, _validate_hits, validate_alpha, validate_sigma
+from densepure.stats.cohen import ABSTAIN, _is_int, _validate_hits, validate_alpha, validate_sigma
 from densepure.errors import InputError
 
 

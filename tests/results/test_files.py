@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densepure.certify.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
-from densepure.certify.results import (
+from densepure.results.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
+from densepure.results.files import (
     config_differences,
     parse_seconds,
     read_results,
     read_sidecar,
     sidecar_path,
 )
-from densepure.certify.writer import open_results
+from densepure.results.writer import open_results
 from densepure.errors import ConfigError, InputError
 
 CONFIG = {"sigma": 0.25, "n0": 100, "n": 100000, "alpha": 0.001,

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from scipy import special
 
-from densepure.certify import binomial_dp
-from densepure.certify.boundary import DEFAULT_METHOD, BoundaryPlan, BoundaryTest, build_plan, default_looks
-from densepure.certify.confseq import betting_lower_bound, betting_upper_bound
-from densepure.certify.sequential import (
+from densepure.stats import binomial_dp
+from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, BoundaryTest, build_plan, default_looks
+from densepure.stats.confseq import betting_lower_bound, betting_upper_bound
+from densepure.stats.sequential import (
     SequentialDecision,
     SequentialMethod,
     SequentialPlan,
     SequentialTest,
     run_sequential,
 )
-from densepure.certify.stats import ABSTAIN, lower_confidence_bound, upper_confidence_bound
+from densepure.stats.cohen import ABSTAIN, lower_confidence_bound, upper_confidence_bound
 from densepure.errors import ConfigError, InputError
 
 C, N, GO = SequentialDecision.CERTIFIED, SequentialDecision.NOT_CERTIFIED, SequentialDecision.CONTINUE

@@ -19,7 +19,7 @@ that only stops at looks is covered: optional stopping over the looks).
   ``S_{n_i} >= certify_at[i]``" only grows with p, so its probability is largest at p = t.
 * Futility spends no alpha. Stopping NOT_CERTIFIED is never an error and only removes later chances
   to certify, so ``P(CERTIFIED) <= P_t(S_{n_i} >= certify_at[i] for some i)`` (futility ignored).
-* That probability is computed exactly (:func:`densepure.certify.binomial_dp.crossing_bound`, an
+* That probability is computed exactly (:func:`densepure.stats.binomial_dp.crossing_bound`, an
   upper bound with every dropped bit of mass counted as crossing) and checked ``<= alpha`` when the
   plan is built, for every plan, whatever produced its boundaries.
 * Looks and batches. Decisions use only the counts at the planned looks, in order. The engine
@@ -42,7 +42,7 @@ Two ways to fill the boundaries:
   a betting wealth (Ville's inequality loses it). Futility boundaries mirror it at level
   ``futility_alpha`` (= alpha), which bounds the chance that a certifiable point (p >= t) is stopped
   early; they also stop as soon as certification has become impossible.
-* :meth:`BoundaryPlan.betting`: the look where the betting wealth of :mod:`densepure.certify.confseq`
+* :meth:`BoundaryPlan.betting`: the look where the betting wealth of :mod:`densepure.stats.confseq`
   (uniform mixture of constant bets, Waudby-Smith & Ramdas 2024) first reaches 1/alpha. A constant
   bet keeps the wealth a function of the counts (``(1 + lambda (1 - t))^hits (1 - lambda t)^misses``),
   so the engine's counts suffice, and Ville's inequality makes it valid at every n; the exact check
@@ -52,7 +52,7 @@ Tuning, fixed before the benchmark ran: :func:`default_looks` (every 4 draws up 
 growth: 93 looks at n_max = 100,000, less those where no count can stop), ``spending_power = 0.5``, spending from ``n_c / 2``,
 ``futility_alpha = alpha``, ``final_share = 0``. They were chosen among a handful of candidates
 (power 0.5-1, start n_c/4-n_c, early spacing 1-16, growth 2-40 %) from *exact* expected draws
-(:func:`densepure.certify.binomial_dp.operating_characteristics`) at p in [0.8, 0.9999], r in
+(:func:`densepure.stats.binomial_dp.operating_characteristics`) at p in [0.8, 0.9999], r in
 {sigma, 2 sigma}, never from the benchmark's random draws. Denser looks barely change the draw
 counts (the exact boundaries give sparser looks a larger share of alpha) but cost the engine
 parallelism: it cannot issue draws beyond the next look. What the default gives up: points just
@@ -71,9 +71,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from densepure.certify import binomial_dp
-from densepure.certify.confseq import betting_lower_bound, betting_upper_bound, certify_counts, futile_counts
-from densepure.certify.sequential import (
+from densepure.stats import binomial_dp
+from densepure.stats.confseq import betting_lower_bound, betting_upper_bound, certify_counts, futile_counts
+from densepure.stats.sequential import (
     LookPlan,
     LookTest,
     SequentialDecision,
@@ -81,7 +81,7 @@ from densepure.certify.sequential import (
     SequentialPlan,
     _validate_radius,
 )
-from densepure.certify.stats import (
+from densepure.stats.cohen import (
     _is_int,
     _is_real,
     validate_alpha,
@@ -183,7 +183,7 @@ class BoundaryPlan(LookPlan):
     def betting(cls, radius: float, sigma: float, alpha: float, n_max: int = 10_000, *,
                 futility_alpha: float | None = None, looks: tuple[int, ...] | None = None) -> BoundaryPlan:
         """Certify at the first look where the betting wealth for "p > t" reaches 1/alpha; stop for
-        futility where the wealth for "p < t" reaches 1/futility_alpha (:mod:`densepure.certify.confseq`).
+        futility where the wealth for "p < t" reaches 1/futility_alpha (:mod:`densepure.stats.confseq`).
         Valid by Ville's inequality at every n, looks or not. Cached like :meth:`exact`."""
         return _betting_plan(*_common_args(radius, sigma, alpha, n_max, futility_alpha, looks))
 
@@ -273,10 +273,10 @@ def _betting_plan(radius, sigma, alpha, n_max, beta, looks) -> BoundaryPlan:
 class BoundaryTest(LookTest):
     """A pure state machine for one input: feed cumulative counts at each look, get decisions.
 
-    The interface of :class:`densepure.certify.sequential.SequentialTest`: while ``next_look`` is not
+    The interface of :class:`densepure.stats.sequential.SequentialTest`: while ``next_look`` is not
     None, draw up to it and call ``update(n_a, n)`` with ``n == next_look`` and the cumulative hits of
     c_hat. The final :class:`SequentialResult` reports ``p_a_lower`` / ``p_a_upper`` from the betting
-    confidence sequence at level alpha (:func:`densepure.certify.confseq.betting_lower_bound`): each
+    confidence sequence at level alpha (:func:`densepure.stats.confseq.betting_lower_bound`): each
     valid at any stopping time, but not the statistic the decision used, so a CERTIFIED result may
     carry ``p_a_lower`` below Phi(r / sigma) (the exact test is sharper than the sequence).
     """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from densepure.certify.confseq import (
+from densepure.stats.confseq import (
     AnytimeRadius,
     betting_lower_bound,
     betting_upper_bound,
@@ -17,7 +17,7 @@ from densepure.certify.confseq import (
     log_wealth_above,
     log_wealth_below,
 )
-from densepure.certify.stats import ABSTAIN, certify_from_counts, lower_confidence_bound
+from densepure.stats.cohen import ABSTAIN, certify_from_counts, lower_confidence_bound
 from densepure.errors import InputError
 
 TEST_LEVEL = 1e-3  # probability that a valid procedure fails a statistical check below

@@ -1,6 +1,6 @@
 """Writing result files: one run per file, locked, appended record by record, resumable.
 
-Guarantees (file formats: :mod:`densepure.certify.results`):
+Guarantees (file formats: :mod:`densepure.results.files`):
 
 * **One writer.** :func:`open_results` takes an exclusive ``flock`` on the TSV for the writer's life; a
   second process on the same output is refused in one line, before it changes anything.
@@ -33,8 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from densepure.certify.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
-from densepure.certify.results import (
+from densepure.results.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
+from densepure.results.files import (
     _check_header,
     _flatten,
     _now,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-from densepure.certify.stats import (
+from densepure.stats.cohen import (
     ABSTAIN,
     Certificate,
     Prediction,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from densepure.certify.records import IfExists, ImageRecord, ResultRow
-from densepure.certify.results import read_results, read_sidecar, sidecar_path
-from densepure.certify.writer import check_results, open_results
+from densepure.results.records import IfExists, ImageRecord, ResultRow
+from densepure.results.files import read_results, read_sidecar, sidecar_path
+from densepure.results.writer import check_results, open_results
 from densepure.errors import ConfigError, InputError
 
 CONFIG = {"mode": "densepure", "sigma": 0.25}
@@ -62,7 +62,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
 
 def test_the_lock_holds_across_processes(tmp_path):
     path = tmp_path / "out.tsv"
-    script = ("import sys; from densepure.certify.writer import open_results\n"
+    script = ("import sys; from densepure.results.writer import open_results\n"
               "try:\n    open_results(sys.argv[1], {'mode': 'densepure', 'sigma': 0.25}, 0)\n"
               "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n")
     with open_results(path, CONFIG, 0) as writer:

@@ -16,14 +16,15 @@ exceptions are for invalid settings (:class:`~densepure.errors.ConfigError`) and
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special, stats
 
-from densepure.diffusion.tstar import validate_sigma
 from densepure.errors import ConfigError, InputError
+from densepure.validation import is_int as _is_int
+from densepure.validation import is_real as _is_real
+from densepure.validation import validate_sigma
 
 ABSTAIN: int = -1
 """The label returned when CERTIFY or PREDICT abstains."""
@@ -32,14 +33,6 @@ ABSTAIN: int = -1
 # --------------------------------------------------------------------------------------------
 # Validation: each public function validates its inputs once, with these helpers.
 # --------------------------------------------------------------------------------------------
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def validate_alpha(alpha: float) -> float:
     """Return ``alpha`` as a float; raise ConfigError unless 0 < alpha < 0.5."""
     if not _is_real(alpha) or not (0.0 < alpha < 0.5):

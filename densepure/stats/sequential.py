@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from densepure.certify.stats import (
+from densepure.stats.cohen import (
     ABSTAIN,
     _is_int,
     _is_real,
@@ -85,9 +85,9 @@ class SequentialMethod(Choice, what="sequential method"):
     """How the looks and the decision rule of a sequential test are built (recorded in the sidecar).
 
     EXACT: count boundaries from alpha spending with exact binomial probabilities
-        (:meth:`densepure.certify.boundary.BoundaryPlan.exact`). The default.
+        (:meth:`densepure.stats.boundary.BoundaryPlan.exact`). The default.
     BETTING: count boundaries where a betting e-process crosses 1/alpha (Ville's inequality; valid
-        at any stopping time, :meth:`densepure.certify.boundary.BoundaryPlan.betting`).
+        at any stopping time, :meth:`densepure.stats.boundary.BoundaryPlan.betting`).
     GEOMETRIC: Clopper-Pearson bounds at doubling looks with a union bound (:class:`SequentialPlan`),
         the rule of releases before issue 19, kept to reproduce earlier results.
     """
@@ -188,7 +188,7 @@ class SequentialPlan(LookPlan):
         :class:`SequentialTest` certifies at look i exactly when ``n_a >= certify_at[i]`` and stops
         for futility exactly when ``n_a <= futile_at[i]`` (both bounds are increasing in n_a), so
         the plan's operating characteristics can be computed exactly
-        (:mod:`densepure.certify.binomial_dp`).
+        (:mod:`densepure.stats.binomial_dp`).
         """
         target, certify_at, futile_at = self.target, [], []
         for n, level in zip(self.looks, self.alphas):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from densepure.certify import binomial_dp
-from densepure.certify.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
-from densepure.certify.sequential import run_sequential
+from densepure.stats import binomial_dp
+from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
+from densepure.stats.sequential import run_sequential
 from densepure.errors import ConfigError
 
 TEST_LEVEL = 1e-3

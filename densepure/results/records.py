@@ -1,6 +1,6 @@
 """The records of a result file: one image's TSV row and sidecar record, the run header, versions.
 
-The file formats are described in :mod:`densepure.certify.results`, which reads and writes them.
+The file formats are described in :mod:`densepure.results.files`, which reads and writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from densepure.errors import ConfigError, InputError
+from densepure.validation import is_int as _is_int
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
@@ -27,10 +28,6 @@ SIDECAR_FORMAT = "densepure-results"
 SIDECAR_VERSION = 1
 _RESERVED = frozenset(TSV_COLUMNS) | {"record", "n0", "n", "selection_counts", "estimation_counts"}
 _TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _coerce(row: Any, name: str, kind: type, low: float) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from densepure.certify.records import (
+from densepure.results.records import (
     _TIMEDELTA,
     CorrectColumn,
     ImageRecord,
