@@ -8,10 +8,10 @@ import types
 import pytest
 import tqdm.std
 
-import densepure.cli_certify as cli_certify
+import densepure.cli.certify as cli_certify
 from densepure.results.records import ImageRecord, ResultRow
 from densepure.certify.tasks import CertifyTask, SequentialTask
-from densepure.cli_certify import BarProgress
+from densepure.cli.certify import BarProgress
 from densepure.engine.engine import EngineStats
 
 

@@ -36,9 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "certify": {"stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels"},
     "serve": {"certify", "stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
     "distributed": {"certify", "stats", "results", "engine", "diffusion", "noise", "models", "data", "kernels", "artifacts"},
-    "doctor": {"engine", "kernels", "artifacts", "models"},
-    "cli_certify": {"certify", "stats", "results", "engine", "diffusion", "models", "data", "kernels"},
-    "cli": {"certify", "stats", "results", "engine", "diffusion", "models", "data", "export", "artifacts", "doctor", "cli_certify",
+    "cli": {"certify", "stats", "results", "engine", "diffusion", "models", "data", "export", "artifacts",
             "serve", "distributed", "kernels"},
     "__init__": set(),
 }

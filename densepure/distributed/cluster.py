@@ -18,7 +18,7 @@ import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from densepure.certify.job import JobOptions
@@ -163,9 +163,9 @@ class RayPool:
               threads: int | None = None, timeout_s: float = 600.0) -> RayPool:
         """Start ``options.workers`` workers (each loads the models once) and wait until all are ready."""
         available = ray.available_resources()
-        plan = plan_workers(options.device, options.workers, available.get("CPU", 0.0), available.get("GPU", 0.0),
+        plan = plan_workers(options.execution.device, options.cluster.workers, available.get("CPU", 0.0), available.get("GPU", 0.0),
                             threads)
-        worker_options = replace(options, device=plan.device)
+        worker_options = options.replace(device=plan.device)
         actor_class = ray.remote(CertifyWorker)
         tag = secrets.token_hex(4)
         actors = [actor_class.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0,

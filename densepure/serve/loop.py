@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from densepure.certify.tasks import PredictTask, Task
 from densepure.engine.engine import Engine, ImageRequest
 from densepure.engine.policy import Policy
 from densepure.errors import DensePureError, InputError, ModelOutputError
-from densepure.noise import SEED_BITS, NoisePhase
+from densepure.noise import NoisePhase, draw_seed
 
 log = logging.getLogger("densepure.serve")
 
@@ -110,7 +109,7 @@ class Work:
 
     def __post_init__(self) -> None:
         if self.seed is None:
-            self.seed = secrets.randbits(SEED_BITS)
+            self.seed = draw_seed()
 
 
 class LoopState(enum.Enum):
@@ -273,7 +272,7 @@ class EngineLoop:
         """A few draws of a mid-grey image through both models (on CUDA: allocations, kernels, graphs)."""
         policy = PredictTask(n=8).policy(engine.num_classes, engine.smoothing.sigma)
         engine.submit(ImageRequest("warm-up", torch.full(engine.image_shape, 0.5), policy,
-                                   seed=secrets.randbits(SEED_BITS)))
+                                   seed=draw_seed()))
         while not engine.idle:
             engine.step()
         engine.collect()

@@ -57,13 +57,14 @@ class Runtime:
 
         self.options, self.limits = options, options.limits
         self.image_shape = options.image_shape()
-        self.smoothing = options.job.smoothing(get_preset(options.job.preset).schedule)
         job = options.job
-        self.defaults = ServerDefaults(job.n0, job.n, job.alpha, self.smoothing.sigma, self.limits.max_n0,
+        self.smoothing = job.smoothing_config(get_preset(job.models.preset).schedule)
+        sampling, run = job.sampling, job.execution
+        self.defaults = ServerDefaults(sampling.n0, sampling.n, sampling.alpha, self.smoothing.sigma, self.limits.max_n0,
                                        self.limits.max_n, self.limits.max_batch, self.limits.allow_client_seed)
         self.metrics = ServeMetrics({"version": __version__, "torch": torch.__version__, "model": self.model_name,
-                                     "mode": self.smoothing.mode.value, "backend": job.backend.value,
-                                     "precision": job.precision.value, "device": job.device})
+                                     "mode": self.smoothing.mode.value, "backend": run.backend.value,
+                                     "precision": run.precision.value, "device": run.device})
         factory = engine_factory or (lambda: build_engine(options.job, self.image_shape, options.num_classes,
                                                           image_slots=self.limits.image_slots))
         self.on_fatal: Callable[[BaseException], None] | None = None
