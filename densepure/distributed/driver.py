@@ -27,7 +27,7 @@ import numpy as np
 
 from densepure.certify.job import Job, JobOptions, prepare_draft
 from densepure.results.records import IfExists, ImageRecord
-from densepure.certify.runner import ImageResult
+from densepure.certify.tasks import ImageResult
 from densepure.results.writer import ResultWriter, open_results
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image

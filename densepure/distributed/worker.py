@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from densepure.certify.job import JobOptions, build_engine
-from densepure.certify.runner import ImageResult, certify_images
+from densepure.certify.runner import certify_images
+from densepure.certify.tasks import ImageResult
 from densepure.distributed.work import DrawPart, PartLabels, WholeImage
 from densepure.engine.engine import ImageRequest
 from densepure.engine.policy import DrawRequest, FixedPolicy

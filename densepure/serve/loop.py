@@ -403,7 +403,7 @@ class EngineLoop:
 def image_outcome(task: Task, policy: Policy, sigma: float, index: int) -> ImageOutcome:
     """The answer for one decided image, through the task's own record (so its statistics are the
     certify command's): label, radius, draws and the counts."""
-    record = task.record(index, -1, 0.0, policy.counts, sigma, getattr(policy, "result", None))
+    record = task.image_result(index, -1, policy, sigma, seconds=0.0).record
     classes = policy.num_classes
     selection = policy.counts.get(NoisePhase.SELECTION, np.zeros(classes, dtype=np.int64))
     estimation = policy.counts.get(NoisePhase.ESTIMATION, policy.counts.get(NoisePhase.PREDICT))

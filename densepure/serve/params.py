@@ -143,19 +143,3 @@ def task_for(params: RequestParams) -> Task:
     if params.mode is ServeMode.CERTIFY:
         return CertifyTask(params.n0, params.n, params.alpha)
     return SequentialTask(params.n0, params.radius, params.alpha, n_max=params.n)
-
-
-def method_of(task: Task) -> str:
-    """A short name of the statistical procedure, echoed in responses (a task may name its own)."""
-    if isinstance(task, SequentialTask):
-        return f"sequential_{task.method.value}"  # e.g. sequential_exact: the exact-boundary test
-    return {PredictTask: "cohen_predict", CertifyTask: "cohen_certify"}.get(type(task), type(task).__name__)
-
-
-def draw_bound(task: Task) -> int:
-    """The most draws one image of ``task`` can take (the queued-draws cap counts these)."""
-    if isinstance(task, PredictTask):
-        return task.n
-    if isinstance(task, CertifyTask):
-        return task.n0 + task.n
-    return task.n0 + task.n_max

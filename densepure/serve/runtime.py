@@ -25,8 +25,6 @@ from densepure.serve.params import (
     RequestParams,
     ServeMode,
     ServerDefaults,
-    draw_bound,
-    method_of,
     parse_params,
     task_for,
 )
@@ -98,8 +96,8 @@ class Runtime:
         if job and params.binary_output:
             raise InputError("jobs return JSON: binary_data_output applies to infer only")
         task = task_for(params)
-        if batch * draw_bound(task) > self.limits.max_queued_draws:
-            raise InputError(f"this request may take {batch * draw_bound(task)} draws ({batch} image(s)); the "
+        if batch * task.max_draws > self.limits.max_queued_draws:
+            raise InputError(f"this request may take {batch * task.max_draws} draws ({batch} image(s)); the "
                              f"server's cap on queued draws is {self.limits.max_queued_draws}")
         outputs = self._outputs(params, request.outputs, job)
         policies = [task.policy(self.num_classes, self.smoothing.sigma) for _ in range(batch)]
@@ -119,7 +117,7 @@ class Runtime:
 
     def work(self, prepared: Prepared, policies: list, on_done) -> Work:
         images = torch.from_numpy(np.ascontiguousarray(prepared.request.images))
-        return Work(images, policies, prepared.task, on_done, draw_bound(prepared.task), seed=prepared.params.seed,
+        return Work(images, policies, prepared.task, on_done, prepared.task.max_draws, seed=prepared.params.seed,
                     noise_id=prepared.params.noise_id)
 
     def response(self, prepared: Prepared, result: WorkResult) -> tuple[dict, list[Tensor]]:
@@ -142,7 +140,7 @@ class Runtime:
     def echo(self, params: RequestParams, task: Task) -> dict:
         """Response parameters: the smoothing configuration, the statistics and the method."""
         out = {"mode": params.mode.value, **self.smoothing_parameters(), "alpha": params.alpha,
-               "method": method_of(task), "n": params.n}
+               "method": task.procedure, "n": params.n}
         if params.n0 is not None:
             out["n0"] = params.n0
         if params.radius is not None:

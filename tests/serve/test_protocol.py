@@ -7,7 +7,7 @@ import pytest
 
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.errors import InputError
-from densepure.serve.params import ServeMode, ServerDefaults, draw_bound, parse_params, task_for
+from densepure.serve.params import ServeMode, ServerDefaults, parse_params, task_for
 from densepure.serve.protocol import (
     ProtocolError,
     Tensor,
@@ -70,7 +70,7 @@ def test_bad_tensors_name_the_problem(images, message):
 def test_parameters_defaults_and_tasks():
     p = parse_params({}, DEFAULTS, batch=2)
     assert p.mode is ServeMode.CERTIFY_RADIUS and p.radius == 0.25 and (p.n0, p.n, p.alpha) == (50, 1000, 0.001)
-    assert task_for(p) == SequentialTask(50, 0.25, 0.001, n_max=1000) and draw_bound(task_for(p)) == 1050
+    assert task_for(p) == SequentialTask(50, 0.25, 0.001, n_max=1000) and task_for(p).max_draws == 1050
     assert task_for(parse_params({"mode": "certify", "n": 200, "alpha": 1e-4}, DEFAULTS, 1)) == CertifyTask(50, 200,
                                                                                                             1e-4)
     assert task_for(parse_params({"mode": "predict", "n": 30}, DEFAULTS, 1)) == PredictTask(30, 0.001)
