@@ -81,7 +81,7 @@ def test_classifier_matches_torch_backend(exported):
     backend = active(OnnxRuntimeClassifier(exported[1]))
     assert backend.num_classes == 7 and backend.image_shape == (3, 32, 32)
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    got = backend(x)
+    got = backend.logits(x)
     assert got.dtype == torch.float32 and got.shape == (6, 7)
     assert _rel(got, active(TorchClassifier(clf, 7, (3, 32, 32))).logits(x)) < 1e-4
 
