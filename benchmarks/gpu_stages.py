@@ -27,7 +27,7 @@ from densepure.kernels import resolve_kernels, triton_status  # noqa: E402
 from densepure.models import get_preset  # noqa: E402
 from densepure.models.classifiers import Classifier, Preprocess  # noqa: E402
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet  # noqa: E402
-from densepure.noise import NoisePhase, NoiseStream, gaussian_words  # noqa: E402
+from densepure.noise import NoisePhase, gaussian_words  # noqa: E402
 
 ROOT = HERE.parent
 
@@ -113,7 +113,7 @@ def stage_exactness(device: torch.device, rehearse: bool) -> dict:
         for graphs in ((False, True) if device.type == "cuda" else (False,)):
             for kernels in kernel_choices:
                 got = _digits_counts(device, mode, graphs, kernels, n, images)
-                same = sum(a == b for a, b in zip(got, want))
+                same = sum(a == b for a, b in zip(got, want, strict=True))
                 out[f"{mode.value} graphs={graphs} kernels={kernels}"] = f"{same}/{len(want)} images identical"
     return out
 

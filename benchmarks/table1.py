@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from common import machine
 
-from densepure.results.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
-from densepure.results.records import IfExists
 from densepure.certify.tasks import CertifyTask
-from densepure.results.writer import open_results
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset
+from densepure.results.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
+from densepure.results.records import IfExists
+from densepure.results.writer import open_results
 
 HERE = Path(__file__).resolve().parent
 PREFIXES = (1, 3)  # K = 1 and K = 3 read from the K = 10 runs

@@ -24,7 +24,6 @@ from densepure.engine.backends.select import BackendKind
 from densepure.errors import ArtifactError, ConfigError
 from densepure.models.classifiers import InputRange, Preprocess, ResizeChoice, ResizeMode, hf_preprocess
 from densepure.models.sources import ClassifierSpec, default_resize, load_classifier, papers_preprocess
-from densepure.precision import Precision
 
 
 def run_cli(capsys, *argv):

@@ -9,10 +9,10 @@ import pytest
 import tqdm.std
 
 import densepure.cli.certify as cli_certify
-from densepure.results.records import ImageRecord, ResultRow
 from densepure.certify.tasks import CertifyTask, SequentialTask
 from densepure.cli.certify import BarProgress
 from densepure.engine.engine import EngineStats
+from densepure.results.records import ImageRecord, ResultRow
 
 
 class Clock:

@@ -20,10 +20,8 @@ import torch
 
 from densepure.certify.loading import build_engine
 from densepure.certify.options import JobOptions
-from densepure.results.records import IfExists, ImageRecord, TsvKind
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
-from densepure.results.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
 from densepure.engine.backends.select import BackendKind
@@ -31,6 +29,8 @@ from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
 from densepure.noise import draw_seed
+from densepure.results.records import IfExists, ImageRecord, TsvKind
+from densepure.results.writer import check_results, open_results
 
 __all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
 

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 
-from densepure.stats.boundary import AnyPlan
-from densepure.stats.sequential import SequentialDecision, SequentialResult
 from densepure.engine.policy import DrawRequest, Policy
 from densepure.noise import NoisePhase
+from densepure.stats.boundary import AnyPlan
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
 MIN_LOOKAHEAD = 16

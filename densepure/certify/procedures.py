@@ -17,11 +17,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from densepure.stats.sequential import SequentialDecision, SequentialResult
-from densepure.stats.cohen import Certificate, Prediction, certify_from_counts, predict_from_counts
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.diffusion import SmoothingConfig
 from densepure.noise import NoisePhase
+from densepure.stats.cohen import Certificate, Prediction, certify_from_counts, predict_from_counts
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 
 class LabelCounter(Protocol):

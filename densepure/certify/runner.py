@@ -4,16 +4,15 @@ resumable (result files: :mod:`densepure.results.files`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from densepure.results.records import ImageRecord
 from densepure.certify.tasks import ImageResult, Task
-from densepure.results.writer import ResultWriter
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.engine.engine import Engine, EngineStats, ImageRequest
 from densepure.errors import InputError
+from densepure.results.records import ImageRecord
+from densepure.results.writer import ResultWriter
 
 StepHook = Callable[[EngineStats], None]
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.stats.boundary import DEFAULT_METHOD, AnyPlan, build_plan
 from densepure.certify.policies import SequentialPolicy
-from densepure.results.records import ImageRecord, ResultRow
-from densepure.stats.sequential import SequentialMethod, SequentialResult
-from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
+from densepure.results.records import ImageRecord, ResultRow
+from densepure.stats.boundary import DEFAULT_METHOD, AnyPlan, build_plan
+from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.stats.sequential import SequentialMethod, SequentialResult
 
 Counts = Mapping[NoisePhase, np.ndarray]
 

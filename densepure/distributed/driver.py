@@ -26,14 +26,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from densepure.certify.job import Job, JobOptions, prepare_draft
-from densepure.results.records import IfExists, ImageRecord
 from densepure.certify.tasks import ImageResult
-from densepure.results.writer import ResultWriter, open_results
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.distributed.cluster import ClusterError, RayPool, WorkerLost, connect, require_ray
 from densepure.distributed.work import DrawSplits, ImageChunks, auto_chunk_size, chunk_draws
 from densepure.distributed.worker import WorkerInfo
+from densepure.results.records import IfExists, ImageRecord
+from densepure.results.writer import ResultWriter, open_results
 
 MAX_ATTEMPTS = 3  # a chunk that took down this many workers is not sent again
 DEPTH = 2  # chunks queued per worker: it starts the next one as soon as it returns one

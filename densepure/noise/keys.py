@@ -229,7 +229,7 @@ class NoiseKeys:
         except RuntimeError as err:
             lengths = {n: tuple(t.shape) for n, t in columns.items()}
             raise InputError(f"NoiseKeys fields must have equal lengths, got {lengths}") from err
-        return cls(seed=seed, **{n: t.contiguous() for n, t in zip(columns, broadcast)})
+        return cls(seed=seed, **{n: t.contiguous() for n, t in zip(columns, broadcast, strict=True)})
 
     def __len__(self) -> int:
         return int(self.image.shape[0])

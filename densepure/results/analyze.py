@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from densepure.results.records import CorrectColumn, ResultRow, TsvKind
-from densepure.results.files import read_results
 from densepure.errors import ConfigError, InputError
+from densepure.results.files import read_results
+from densepure.results.records import CorrectColumn, ResultRow, TsvKind
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from densepure.errors import InputError
 from densepure.results.records import (
     _TIMEDELTA,
     CorrectColumn,
@@ -33,7 +34,6 @@ from densepure.results.records import (
     Sidecar,
     TsvKind,
 )
-from densepure.errors import InputError
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -130,12 +130,12 @@ def _parse_body(lines: list[str], path: Path, drop_bad_last: bool = False,
 
 
 def _correct_per_row(values: list[int], mode: CorrectColumn, path: Path) -> list[int]:
-    rising = all(b >= a for a, b in zip(values, values[1:]))
+    rising = all(b >= a for a, b in zip(values, values[1:], strict=False))
     if mode is CorrectColumn.AUTO:
         mode = CorrectColumn.RUNNING_TOTAL if values and max(values) > 1 and rising \
             else CorrectColumn.PER_ROW
     if mode is CorrectColumn.RUNNING_TOTAL:
-        values = [b - a for a, b in zip([0, *values], values)]
+        values = [b - a for a, b in zip([0, *values], values, strict=False)]
     bad = sorted({v for v in values if v not in (0, 1)})
     if bad:
         raise InputError(f"{str(path)!r}: correct must be 0/1 per row ({mode.value}), got {bad}")
@@ -152,7 +152,7 @@ def read_results(path: str | Path, correct: CorrectColumn = CorrectColumn.AUTO) 
     parsed, _ = _parse_body(lines, path, kind=kind)
     per_row = _correct_per_row([fields[4] for fields in parsed], correct, path)
     rows, seen = [], set()
-    for fields, ok in zip(parsed, per_row):
+    for fields, ok in zip(parsed, per_row, strict=True):
         if fields[0] in seen:
             raise InputError(f"{str(path)!r}: image idx {fields[0]} appears twice")
         seen.add(fields[0])

@@ -33,7 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from densepure.results.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
+from densepure.errors import ConfigError, InputError
 from densepure.results.files import (
     _check_header,
     _flatten,
@@ -45,7 +45,7 @@ from densepure.results.files import (
     config_differences,
     sidecar_path,
 )
-from densepure.errors import ConfigError, InputError
+from densepure.results.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
 
 
 def _oserror(exc: OSError) -> str:
@@ -92,7 +92,7 @@ class ResultWriter:
         self._written.add(idx)
 
     def _check_files(self) -> None:
-        for p, want in zip((sidecar_path(self.path), self.path), self._ids):
+        for p, want in zip((sidecar_path(self.path), self.path), self._ids, strict=True):
             try:
                 same = _identity(os.stat(p)) == want
             except OSError:
@@ -310,7 +310,7 @@ def _prepare_resume(path: Path, header: RunHeader, kind: TsvKind) -> frozenset[i
     orphans = sorted(fields[0] for fields in parsed if fields[0] not in recorded)
     os.truncate(sidecar_path(path), side_kept)
     if orphans:  # rows whose record was lost: computed again, so that every row keeps its counts
-        keep = [line for line, fields in zip(body, parsed) if fields[0] in recorded]
+        keep = [line for line, fields in zip(body, parsed, strict=True) if fields[0] in recorded]
         _rewrite(path, kind.header + "\n" + "".join(keep))
     else:
         os.truncate(path, len("".join(lines[:kept]).encode("utf-8")))

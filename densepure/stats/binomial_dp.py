@@ -105,7 +105,7 @@ def design_upper(looks: Sequence[int], q: float, cumulative: Sequence[float]) ->
     drops counts as spent, so the budgets hold for the true probabilities.
     """
     walk, spent, out = _Walk(q), 0.0, []
-    for n, budget in zip(looks, cumulative):
+    for n, budget in zip(looks, cumulative, strict=True):
         walk.advance(int(n))
         allowed = budget - spent - walk.lost
         tails = np.cumsum(walk.w[::-1])[::-1]  # tails[j] = P(S >= lo + j, running)
@@ -126,7 +126,7 @@ def design_lower(looks: Sequence[int], q: float, cumulative: Sequence[float]) ->
     The mirror image of :func:`design_upper`; ``f_i = -1`` when no count may stop at look i.
     """
     walk, spent, out = _Walk(q), 0.0, []
-    for n, budget in zip(looks, cumulative):
+    for n, budget in zip(looks, cumulative, strict=True):
         walk.advance(int(n))
         allowed = budget - spent - walk.lost
         heads = np.cumsum(walk.w)  # heads[j] = P(S <= lo + j, running)
@@ -149,7 +149,7 @@ def crossing_bound(looks: Sequence[int], certify_at: Sequence[int], q: float) ->
     rule. Exact up to the dropped mass, which is added, and float64 rounding.
     """
     walk, spent = _Walk(q), 0.0
-    for n, c in zip(looks, certify_at):
+    for n, c in zip(looks, certify_at, strict=True):
         walk.advance(int(n))
         spent += walk.cut_above(int(c))
         walk.trim()
@@ -185,7 +185,7 @@ def operating_characteristics(
     walk = _Walk(p)
     certify = futile = expected = 0.0
     last = len(looks) - 1
-    for i, (n, c, f) in enumerate(zip(looks, certify_at, futile_at)):
+    for i, (n, c, f) in enumerate(zip(looks, certify_at, futile_at, strict=True)):
         walk.advance(int(n))
         pc = walk.cut_above(int(c))
         pf = walk.cut_below(int(n) if i == last else int(f))

@@ -71,7 +71,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from densepure.errors import ConfigError
 from densepure.stats import binomial_dp
+from densepure.stats.cohen import (
+    _is_int,
+    _is_real,
+    validate_alpha,
+    validate_sample_count,
+    validate_sigma,
+)
 from densepure.stats.confseq import betting_lower_bound, betting_upper_bound, certify_counts, futile_counts
 from densepure.stats.sequential import (
     LookPlan,
@@ -81,14 +89,6 @@ from densepure.stats.sequential import (
     SequentialPlan,
     _validate_radius,
 )
-from densepure.stats.cohen import (
-    _is_int,
-    _is_real,
-    validate_alpha,
-    validate_sample_count,
-    validate_sigma,
-)
-from densepure.errors import ConfigError
 
 DEFAULT_METHOD = SequentialMethod.EXACT
 
@@ -141,11 +141,11 @@ class BoundaryPlan(LookPlan):
             if len(values) != len(self.looks) or not all(_is_int(v) for v in values):
                 raise ConfigError(f"{name} must hold one integer per look ({len(self.looks)}), got {values}")
             object.__setattr__(self, name, tuple(int(v) for v in values))
-        for n, c, f in zip(self.looks, self.certify_at, self.futile_at):
+        for n, c, f in zip(self.looks, self.certify_at, self.futile_at, strict=True):
             if not (0 <= c <= n + 1 and -1 <= f < c):
                 raise ConfigError(f"at look {n} need 0 <= certify_at <= {n + 1} and -1 <= futile_at < certify_at, "
                                   f"got certify_at={c}, futile_at={f}")
-        if all(c > n for n, c in zip(self.looks, self.certify_at)):
+        if all(c > n for n, c in zip(self.looks, self.certify_at, strict=True)):
             raise ConfigError(f"radius {self.radius} cannot be certified by this plan: no look can certify it "
                               f"(sigma={self.sigma}, alpha={self.alpha}, n_max={self.looks[-1]}); "
                               f"raise n_max or lower the radius")
@@ -242,7 +242,7 @@ def _with_curtailment(looks, certify_at, futile_at) -> tuple[int, ...]:
 def _live(looks, certify_at, futile_at) -> tuple[tuple[int, ...], ...]:
     """Drop looks (but the last) where no count can stop: same decisions, fewer round trips."""
     last = len(looks) - 1
-    keep = [i for i, (n, c, f) in enumerate(zip(looks, certify_at, futile_at)) if c <= n or f >= 0 or i == last]
+    keep = [i for i, (n, c, f) in enumerate(zip(looks, certify_at, futile_at, strict=True)) if c <= n or f >= 0 or i == last]
     return tuple(tuple(seq[i] for i in keep) for seq in (looks, certify_at, futile_at))
 
 

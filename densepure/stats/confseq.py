@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from densepure.stats.cohen import ABSTAIN, _is_int, _validate_hits, validate_alpha, validate_sigma
 from densepure.errors import InputError
+from densepure.stats.cohen import ABSTAIN, _is_int, _validate_hits, validate_alpha, validate_sigma
 
 
 def log_wealth_above(n_a: np.ndarray | int, n: np.ndarray | int, m: float) -> np.ndarray:

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from densepure.choices import Choice
+from densepure.errors import ConfigError, InputError
 from densepure.stats.cohen import (
     ABSTAIN,
     _is_int,
@@ -62,8 +64,6 @@ from densepure.stats.cohen import (
     validate_sample_count,
     validate_sigma,
 )
-from densepure.choices import Choice
-from densepure.errors import ConfigError, InputError
 
 
 class AlphaSpending(enum.Enum):
@@ -166,7 +166,7 @@ class SequentialPlan(LookPlan):
         if math.fsum(alphas) > self.alpha:
             raise ConfigError(f"per-look alphas must sum to <= alpha={self.alpha}, got {math.fsum(alphas)}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in alphas))
-        reachable = max(max_certifiable_radius(n, a, self.sigma) for n, a in zip(self.looks, self.alphas))
+        reachable = max(max_certifiable_radius(n, a, self.sigma) for n, a in zip(self.looks, self.alphas, strict=True))
         if reachable < self.radius:
             raise ConfigError(
                 f"radius {self.radius} cannot be certified by this plan: the largest reachable radius "
@@ -191,7 +191,7 @@ class SequentialPlan(LookPlan):
         (:mod:`densepure.stats.binomial_dp`).
         """
         target, certify_at, futile_at = self.target, [], []
-        for n, level in zip(self.looks, self.alphas):
+        for n, level in zip(self.looks, self.alphas, strict=True):
             counts = np.arange(n + 1)
             lower = np.where(counts > 0, special.betaincinv(np.maximum(counts, 1), n - counts + 1, level), 0.0)
             upper = np.where(counts < n, special.betaincinv(counts + 1, np.maximum(n - counts, 1), 1.0 - level), 1.0)

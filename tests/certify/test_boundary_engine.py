@@ -9,7 +9,6 @@ import torch
 from engine_helpers import CLASSES, PatchSign
 
 from densepure.certify import policies, procedures
-from densepure.stats.sequential import SequentialMethod
 from densepure.certify.tasks import SequentialTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier
@@ -17,6 +16,7 @@ from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.engine.reference import ReferenceSampler
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.noise import NoisePhase
+from densepure.stats.sequential import SequentialMethod
 
 SIGMA, N0 = 0.5, 4
 
@@ -43,7 +43,7 @@ def test_engine_decisions_equal_the_plain_path_for_any_batch_sizes(method, monke
         requests = (ImageRequest(i, images[i], task.policy(CLASSES, SIGMA), 6, noise_id=i) for i in range(len(images)))
         got = {r.key: r.policy for r in engine.run(requests)}
         for i, e in enumerate(expected):
-            assert got[i].result == e.result, (rows, lookahead, i)
+            assert got[i].result == e.result, (rows, factor, i)
             assert np.array_equal(got[i].counts[NoisePhase.ESTIMATION], e.counts_estimation)
 
 

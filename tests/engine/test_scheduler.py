@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from densepure.certify.policies import SequentialPolicy
-from densepure.stats.sequential import SequentialPlan
 from densepure.engine.policy import FixedPolicy
 from densepure.engine.scheduler import RowKind, Scheduler
 from densepure.noise import NoisePhase
+from densepure.stats.sequential import SequentialPlan
 
 CLASSES = 3
 

@@ -153,7 +153,7 @@ def test_step_rows_bit_identical_with_the_same_exp(shape, rows, device, triton_k
     if device.type == "cpu":  # the interpreter's exp is correctly rounded: give the reference the same
         monkeypatch.setattr(torch, "exp", _rounded_exp(torch.exp))
     want = _run_step(TORCH, *case, device)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_same_bits(g, w)
     untouched = [int(torch.isnan(p).all(dim=tuple(range(1, len(shape) + 1))).sum()) for p in got]
     assert untouched == [rows + 2, rows + 2, 4]  # pools of rows + 4: 2 kept rows, rows advancing

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from densepure.diffusion import (
-    StartKind,
     GridTables,
     NoiseSchedule,
+    StartKind,
     build_reverse_grid,
     dds_forward_sample,
     start_scale,
@@ -94,7 +94,7 @@ def test_spawn_and_step_are_the_executor_step(gen):
     words = row_words(keys(sel, NoiseStream.CHAIN, chain[sel], step[sel]), "cpu")
     TORCH.step_rows(y, eps, v, c, keep=KeepRows(torch.from_numpy(np.nonzero(start)[0]), draw_slot, mine[0], mine[1]),
                     advance=AdvanceRows(sel, chain_slot, words, mine[2]))
-    for got, want in zip(mine, pools):
+    for got, want in zip(mine, pools, strict=True):
         assert torch.equal(got, want)
     assert len(nz) and len(nz) < len(rows)  # both noisy and last-step chain rows were exercised
 

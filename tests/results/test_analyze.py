@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from densepure.errors import ConfigError, InputError
 from densepure.results.analyze import (
     Run,
     accuracy_curve,
@@ -20,7 +21,6 @@ from densepure.results.analyze import (
     summarize,
 )
 from densepure.results.records import TSV_HEADER, ResultRow
-from densepure.errors import ConfigError, InputError
 
 # idx label predict radius correct: two correct-and-robust, one abstention, one robust mistake
 HAND_MADE = (

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densepure.results.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
+from densepure.errors import ConfigError, InputError
 from densepure.results.files import (
     config_differences,
     parse_seconds,
@@ -17,8 +17,8 @@ from densepure.results.files import (
     read_sidecar,
     sidecar_path,
 )
+from densepure.results.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
 from densepure.results.writer import open_results
-from densepure.errors import ConfigError, InputError
 
 CONFIG = {"sigma": 0.25, "n0": 100, "n": 100000, "alpha": 0.001,
           "model": {"name": "cifar10-vit", "steps": [2, 3]}}

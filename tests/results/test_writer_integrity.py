@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from densepure.results.records import IfExists, ImageRecord, ResultRow
-from densepure.results.files import read_results, read_sidecar, sidecar_path
-from densepure.results.writer import check_results, open_results
 from densepure.errors import ConfigError, InputError
+from densepure.results.files import read_results, read_sidecar, sidecar_path
+from densepure.results.records import IfExists, ImageRecord, ResultRow
+from densepure.results.writer import check_results, open_results
 
 CONFIG = {"mode": "densepure", "sigma": 0.25}
 

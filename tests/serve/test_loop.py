@@ -97,7 +97,7 @@ def test_results_are_per_request_and_match_one_at_a_time(loop):
         w, waiter = work(task, images[i:i + 1], seed=100 + i // 2, noise_id=i % 2)
         loop.submit(w)
         alone.append(waiter.get().images[0])
-    for a, b in zip(first, alone):
+    for a, b in zip(first, alone, strict=True):
         assert (a.label, a.radius, a.draws) == (b.label, b.radius, b.draws) == (a.label, a.radius, 70)
         np.testing.assert_array_equal(a.estimation_counts, b.estimation_counts)
     assert len({tuple(o.estimation_counts) for o in first}) > 1  # different images, different counts

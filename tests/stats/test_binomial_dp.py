@@ -19,7 +19,7 @@ def _brute_force(looks, certify_at, futile_at, p):
     for bits in itertools.product((0, 1), repeat=n_max):
         prob = p ** sum(bits) * (1 - p) ** (n_max - sum(bits))
         s = np.cumsum(bits)
-        ever += prob * any(s[n - 1] >= c for n, c in zip(looks, certify_at))
+        ever += prob * any(s[n - 1] >= c for n, c in zip(looks, certify_at, strict=True))
         for i, n in enumerate(looks):
             if s[n - 1] >= certify_at[i]:
                 pc, draws = pc + prob, draws + prob * n
@@ -36,7 +36,7 @@ def test_dynamic_program_equals_enumeration(seed):
     n_max = 10
     looks = sorted(rng.choice(np.arange(1, n_max), size=int(rng.integers(1, 6)), replace=False).tolist()) + [n_max]
     certify_at = [int(rng.integers(n // 2, n + 2)) for n in looks]
-    futile_at = [min(int(rng.integers(-1, n + 1)), c - 1) for n, c in zip(looks, certify_at)]
+    futile_at = [min(int(rng.integers(-1, n + 1)), c - 1) for n, c in zip(looks, certify_at, strict=True)]
     p = float(rng.uniform(0.2, 0.95))
     pc, pf, draws, ever = _brute_force(looks, certify_at, futile_at, p)
     oc = operating_characteristics(looks, certify_at, futile_at, p)
@@ -56,7 +56,7 @@ def test_design_spends_at_most_its_budget_and_no_less_than_it_could():
             assert crossing_bound(looks[: i + 1], lowered, q) > budget[i]
     futile_at = design_lower(looks, q, budget)
     mirrored = design_upper(looks, 1 - q, budget)  # hits <= f  <=>  misses >= n - f
-    assert futile_at == tuple(n - c for n, c in zip(looks, mirrored))
+    assert futile_at == tuple(n - c for n, c in zip(looks, mirrored, strict=True))
 
 
 def test_a_single_look_is_the_binomial_tail():

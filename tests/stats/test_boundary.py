@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from scipy import special
 
+from densepure.errors import ConfigError, InputError
 from densepure.stats import binomial_dp
 from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, BoundaryTest, build_plan, default_looks
+from densepure.stats.cohen import ABSTAIN, lower_confidence_bound, upper_confidence_bound
 from densepure.stats.confseq import betting_lower_bound, betting_upper_bound
 from densepure.stats.sequential import (
     SequentialDecision,
@@ -19,8 +21,6 @@ from densepure.stats.sequential import (
     SequentialTest,
     run_sequential,
 )
-from densepure.stats.cohen import ABSTAIN, lower_confidence_bound, upper_confidence_bound
-from densepure.errors import ConfigError, InputError
 
 C, N, GO = SequentialDecision.CERTIFIED, SequentialDecision.NOT_CERTIFIED, SequentialDecision.CONTINUE
 
@@ -42,17 +42,17 @@ def test_exact_plan_spends_alpha_and_no_more():
     error = binomial_dp.crossing_bound(plan.looks, plan.certify_at, plan.target)
     assert 0.999 * 0.001 < error <= 0.001  # the whole level is used, none of it twice
     # n_c = ln(alpha) / ln(t) = 40: no look before it can certify; the first that can needs every draw to hit.
-    first = next(i for i, (n, c) in enumerate(zip(plan.looks, plan.certify_at)) if c <= n)
+    first = next(i for i, (n, c) in enumerate(zip(plan.looks, plan.certify_at, strict=True)) if c <= n)
     assert plan.looks[first] > math.log(0.001) / math.log(plan.target) and plan.certify_at[first] == plan.looks[first]
     assert BoundaryPlan.exact(0.25, 0.25, 0.001, 10_000) is plan  # cached
 
 
 def test_futility_boundaries_include_curtailment():
     plan = BoundaryPlan.exact(0.25, 0.25, 0.001, n_max=1000)
-    for i, (n, c, f) in enumerate(zip(plan.looks, plan.certify_at, plan.futile_at)):
+    for i, (n, c, f) in enumerate(zip(plan.looks, plan.certify_at, plan.futile_at, strict=True)):
         assert -1 <= f < c
         if i + 1 < len(plan.looks):  # from any count above f, some later look is still reachable
-            assert any(f + 1 + (m - n) >= c_later for m, c_later in zip(plan.looks[i + 1 :], plan.certify_at[i + 1 :]))
+            assert any(f + 1 + (m - n) >= c_later for m, c_later in zip(plan.looks[i + 1 :], plan.certify_at[i + 1 :], strict=False))
     assert plan.futile_at[-1] == plan.certify_at[-1] - 1
 
 
@@ -76,7 +76,7 @@ def test_betting_plan_is_the_wealth_crossing():
     assert plan.method is SequentialMethod.BETTING
     # Ville: the exact error is well below alpha (the overshoot the exact plan does not waste).
     assert binomial_dp.crossing_bound(plan.looks, plan.certify_at, plan.target) < 0.6 * 0.001
-    assert all(c >= e for c, e in zip(plan.certify_at, BoundaryPlan.exact(0.25, 0.25, 0.001).certify_at) if c <= 10_000)
+    assert all(c >= e for c, e in zip(plan.certify_at, BoundaryPlan.exact(0.25, 0.25, 0.001).certify_at, strict=True) if c <= 10_000)
 
 
 BASE = {"radius": 0.5, "sigma": 0.5, "alpha": 0.01, "looks": (100, 1000), "certify_at": (100, 900),
@@ -138,7 +138,7 @@ def test_geometric_count_boundaries_are_its_decisions():
     iff UpperConfBound < t: both monotone in n_a, so each is one count threshold."""
     plan = SequentialPlan.geometric(0.5, 0.5, 0.01, n_max=2000)
     certify_at, futile_at = plan.count_boundaries()
-    for n, level, c, f in zip(plan.looks, plan.alphas, certify_at, futile_at):
+    for n, level, c, f in zip(plan.looks, plan.alphas, certify_at, futile_at, strict=True):
         for n_a in range(max(0, f - 3), min(n, c + 3) + 1):
             assert (lower_confidence_bound(n_a, n, level) >= plan.target) == (n_a >= c)
             assert (upper_confidence_bound(n_a, n, level) < plan.target) == (n_a <= f)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from densepure.errors import ConfigError
 from densepure.stats import binomial_dp
 from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
 from densepure.stats.sequential import run_sequential
-from densepure.errors import ConfigError
 
 TEST_LEVEL = 1e-3
 
@@ -67,7 +67,7 @@ def test_the_check_rejects_peeking_with_a_fixed_n_bound():
     wrong = _certifications(plan.looks, broken, plan.futile_at, plan.target - 0.005, reps, seed=20)
     print(f"Clopper-Pearson at full alpha at each of {len(plan.looks)} looks: wrong certifications {wrong / reps:.5f}")
     assert _excess_pvalue(wrong, reps, alpha) < TEST_LEVEL
-    futile_at = tuple(min(f, c - 1) for f, c in zip(plan.futile_at, broken))
+    futile_at = tuple(min(f, c - 1) for f, c in zip(plan.futile_at, broken, strict=True))
     with pytest.raises(ConfigError, match="more than alpha"):  # ... and a plan with them refuses to exist
         BoundaryPlan(plan.radius, plan.sigma, alpha, plan.looks, broken, futile_at)
 
@@ -98,7 +98,7 @@ def test_the_state_machine_with_selection_is_valid_and_the_broken_one_is_not():
     for name in ("radius", "sigma", "alpha", "looks", "method"):
         object.__setattr__(unchecked, name, getattr(plan, name))
     object.__setattr__(unchecked, "certify_at", broken)
-    object.__setattr__(unchecked, "futile_at", tuple(min(f, c - 1) for f, c in zip(plan.futile_at, broken)))
+    object.__setattr__(unchecked, "futile_at", tuple(min(f, c - 1) for f, c in zip(plan.futile_at, broken, strict=True)))
     _, wrong_broken = _selected_runs(unchecked, plan.target - 0.005, reps, seed=4)
     print(f"peeking Clopper-Pearson with selection: wrong certifications {wrong_broken / reps:.4f}")
     assert _excess_pvalue(wrong_broken, reps, alpha) < TEST_LEVEL

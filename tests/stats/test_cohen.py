@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
+from densepure.errors import ConfigError, InputError
 from densepure.stats.cohen import (
     ABSTAIN,
     Certificate,
@@ -24,7 +25,6 @@ from densepure.stats.cohen import (
     validate_sample_count,
     validate_sigma,
 )
-from densepure.errors import ConfigError, InputError
 
 
 def _random_cases(seed: int, count: int) -> list[tuple[int, int, float]]:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
+from densepure.errors import InputError
+from densepure.stats.cohen import ABSTAIN, certify_from_counts, lower_confidence_bound
 from densepure.stats.confseq import (
     AnytimeRadius,
     betting_lower_bound,
@@ -17,8 +19,6 @@ from densepure.stats.confseq import (
     log_wealth_above,
     log_wealth_below,
 )
-from densepure.stats.cohen import ABSTAIN, certify_from_counts, lower_confidence_bound
-from densepure.errors import InputError
 
 TEST_LEVEL = 1e-3  # probability that a valid procedure fails a statistical check below
 
@@ -43,7 +43,7 @@ def test_boundaries_match_the_wealth():
     looks = np.array([1, 5, 40, 333, 5000])
     for t, threshold in [(0.8413, math.log(1000)), (0.5, math.log(20))]:
         up, down = certify_counts(looks, t, threshold), futile_counts(looks, t, threshold)
-        for n, c, f in zip(looks, up, down):
+        for n, c, f in zip(looks, up, down, strict=True):
             s = np.arange(n + 1)
             assert c == (np.flatnonzero(log_wealth_above(s, n, t) >= threshold)[:1].tolist() or [n + 1])[0]
             assert f == (np.flatnonzero(log_wealth_below(s, n, t) >= threshold)[-1:].tolist() or [-1])[0]

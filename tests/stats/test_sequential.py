@@ -10,6 +10,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import special
 
+from densepure.errors import ConfigError, InputError
+from densepure.stats.cohen import (
+    ABSTAIN,
+    certify_from_counts,
+    lower_confidence_bound,
+    max_certifiable_radius,
+    upper_confidence_bound,
+)
 from densepure.stats.sequential import (
     AlphaSpending,
     SequentialDecision,
@@ -18,14 +26,6 @@ from densepure.stats.sequential import (
     SequentialTest,
     run_sequential,
 )
-from densepure.stats.cohen import (
-    ABSTAIN,
-    certify_from_counts,
-    lower_confidence_bound,
-    max_certifiable_radius,
-    upper_confidence_bound,
-)
-from densepure.errors import ConfigError, InputError
 
 C, N = SequentialDecision.CERTIFIED, SequentialDecision.NOT_CERTIFIED
 
@@ -64,7 +64,7 @@ def test_linear_spending_sums_to_at_most_alpha_despite_rounding():
         for n_max in (50, 997, 10_000, 123_457):
             plan = SequentialPlan.geometric(0.0, 1.0, alpha, n_max=n_max, first=1, growth=1.7)
             assert math.fsum(plan.alphas) <= alpha
-            assert all(b > a for a, b in zip(plan.looks, plan.looks[1:]))
+            assert all(b > a for a, b in zip(plan.looks, plan.looks[1:], strict=False))
 
 
 @pytest.mark.parametrize(

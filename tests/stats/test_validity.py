@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-from densepure.stats.sequential import SequentialPlan, run_sequential
 from densepure.stats.cohen import certify_from_counts, lower_confidence_bound
+from densepure.stats.sequential import SequentialPlan, run_sequential
 
 SIGMA = 0.5
 TEST_LEVEL = 1e-3  # probability that a valid certifier is (wrongly) rejected by a check below
