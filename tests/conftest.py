@@ -1,7 +1,11 @@
-"""Shared fixtures: the golden reference data (copied from the public implementations' outputs)."""
+"""Shared fixtures: the golden reference data (copied from the public implementations' outputs) and the
+session's exported ONNX graphs (one export per model per session: an export takes ~10-30 s of CPU)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,3 +32,46 @@ def guided_tiny() -> tuple[UNetModel, dict]:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN
+
+
+def needs_onnx_export() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
+
+
+@dataclass(frozen=True)
+class CliExport:
+    """A directory written by ``densepure export`` and what the command printed."""
+
+    directory: Path
+    code: int
+    stdout: str
+    stderr: str
+
+    def graph(self, kind: str, precision: str) -> Path:
+        """``kind`` unet or classifier, ``precision`` fp32 or fp16: the graph's path."""
+        return self.directory / f"{kind}-{precision}.onnx"
+
+
+@pytest.fixture(scope="session")
+def digits_export(tmp_path_factory) -> CliExport:
+    """``densepure export`` (the default: fp32 and fp16 graphs of the shipped digits UNet and classifier), run
+    once per session in this process; tests that need other graphs copy these files."""
+    needs_onnx_export()
+    from densepure.cli import main
+
+    out = tmp_path_factory.getbasetemp() / "shared-exports" / "digits"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["export", "--out", str(out)])
+    return CliExport(out, code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="session")
+def golden_improved_export(tmp_path_factory, improved_tiny):
+    """The golden tiny improved-diffusion UNet (fp32) and a tiny test CNN, exported once per session: the
+    export's report (``results[0]`` the UNet, ``results[1]`` the classifier)."""
+    needs_onnx_export()
+    from export_helpers import golden_export
+
+    return golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_benchmarks import run_script
 
 from densepure.stats.boundary import BoundaryPlan
 from densepure.stats.sequential import SequentialPlan
@@ -63,8 +62,9 @@ def test_published_betting_sequences_stop_within_the_budget(bench):
         assert out.certified.all() and (out.draws <= 5000).all() and out.draws.min() >= 40
 
 
-def test_the_script_prints_the_cells_as_json():
-    stdout = run_script("sequential.py", "--reps", "20", "--p", "0.8", "0.99", "--r", "1", "--n-max", "2000")
+def test_the_script_prints_the_cells_as_json(bench, capsys):
+    bench.main(["--reps", "20", "--p", "0.8", "0.99", "--r", "1", "--n-max", "2000"])  # in this process (a subprocess: ~3 s of CPU to start)
+    stdout = capsys.readouterr().out
     cells = json.loads(stdout.strip().splitlines()[-1])["cells"]
     assert {c["procedure"] for c in cells} == {"default", "geometric", "betting", "betting-cs", "betting-cs-mix"}
     assert len(cells) == 10 and all(set(c) == {"p", "r_over_sigma", "n_max", "procedure", "mean_draws",

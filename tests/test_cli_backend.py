@@ -42,13 +42,10 @@ def run_cli(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """`densepure export --precision fp32` of the digits models (shared with the engine tests' exports)."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
-    out = tmp_path_factory.getbasetemp() / "shared-exports" / "digits"
-    assert main(["export", "--precision", "fp32", "--out", str(out)]) == 0
-    return out
+def exported(digits_export):
+    """The session's `densepure export` of the digits models (tests/conftest.py; fp32 and fp16 graphs)."""
+    assert digits_export.code == 0, digits_export.stderr
+    return digits_export.directory
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from export_helpers import golden_export, tiny_classifier  # noqa: E402
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def improved_report(tmp_path_factory, improved_tiny):
-    return golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")
+def improved_report(golden_improved_export):
+    return golden_improved_export  # exported once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
