@@ -38,10 +38,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
             ("--max-queued-draws", _DEFAULT.max_queued_draws,
              "worst-case draws of all accepted, undecided requests (503 with Retry-After above)"),
             ("--image-slots", _DEFAULT.image_slots, "images in the engine at once; 1 runs one image at a time"),
-            ("--max-jobs", _DEFAULT.max_jobs, "jobs retained (running, or finished and not yet fetched)")):
+            ("--max-jobs", _DEFAULT.max_jobs, "jobs retained (running, or finished and not yet fetched)"),
+            ("--max-connections", _DEFAULT.max_connections,
+             "open HTTP connections (past it: 503 with Retry-After, and the connection is closed)")):
         g.add_argument(flag, type=int, default=value, help=f"{text} (default: {value})")
     g.add_argument("--job-ttl", type=float, default=_DEFAULT.job_ttl_s,
                    help=f"seconds a finished job's result is kept unfetched (default: {_DEFAULT.job_ttl_s:g})")
+    g.add_argument("--read-timeout", type=float, default=_DEFAULT.read_timeout_s,
+                   help="seconds a request's headers and body may take to arrive, from its first byte (past it: 408, "
+                        f"connection closed) (default: {_DEFAULT.read_timeout_s:g})")
+    g.add_argument("--keep-alive-timeout", type=float, default=_DEFAULT.keep_alive_s,
+                   help=f"seconds an idle keep-alive connection stays open (default: {_DEFAULT.keep_alive_s:g})")
     g.add_argument("--grace-period", type=float, default=_DEFAULT.grace_s,
                    help=f"SIGTERM: seconds to finish the requests in flight (default: {_DEFAULT.grace_s:g})")
 
@@ -62,6 +69,8 @@ def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_n0=args.max_n0,
                           max_n=args.max_n, max_queue=args.max_queue, max_queued_draws=args.max_queued_draws,
                           image_slots=args.image_slots, max_jobs=args.max_jobs, job_ttl_s=args.job_ttl,
-                          grace_s=args.grace_period, allow_client_seed=args.allow_client_seed)
+                          grace_s=args.grace_period, allow_client_seed=args.allow_client_seed,
+                          max_connections=args.max_connections, read_timeout_s=args.read_timeout,
+                          keep_alive_s=args.keep_alive_timeout)
     return ServeOptions(job=job, limits=limits, host=args.host, port=args.port, num_classes=args.num_classes,
                         access_log=args.access_log, log_level=args.log_level)

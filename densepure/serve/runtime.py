@@ -18,6 +18,7 @@ from densepure.certify.tasks import Task
 from densepure.diffusion import Mode
 from densepure.engine.engine import Engine
 from densepure.errors import DensePureError, InputError
+from densepure.serve.extensions import ModelStats
 from densepure.serve.jobs import JobStore
 from densepure.serve.loop import EngineLoop, LoopState, Work, WorkResult
 from densepure.serve.metrics import ServeMetrics
@@ -70,6 +71,7 @@ class Runtime:
         self.loop = EngineLoop(factory, self.limits.max_queue, self.limits.max_queued_draws, self.metrics,
                                on_fatal=self._fatal)
         self.jobs = JobStore(self.loop, self.limits.max_jobs, self.limits.job_ttl_s)
+        self.stats = ModelStats()
 
     def _fatal(self, exc: BaseException) -> None:
         if self.on_fatal is not None:
@@ -119,7 +121,7 @@ class Runtime:
     def work(self, prepared: Prepared, policies: list, on_done) -> Work:
         images = torch.from_numpy(np.ascontiguousarray(prepared.request.images))
         return Work(images, policies, prepared.task, on_done, draw_bound(prepared.task), seed=prepared.params.seed,
-                    noise_id=prepared.params.noise_id)
+                    noise_id=prepared.params.noise_id, priority=prepared.params.priority)
 
     def response(self, prepared: Prepared, result: WorkResult) -> tuple[dict, list[Tensor]]:
         """The response body (without outputs) and the output tensors of a decided request."""
@@ -160,7 +162,9 @@ class Runtime:
 
     # -- metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "densepure", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+        return {"name": "densepure", "version": __version__,
+                "extensions": ["binary_tensor_data", "parameters", "schedule_policy", "model_configuration",
+                               "statistics", "model_repository"]}
 
     def model_metadata(self) -> dict:
         c, h, w = self.image_shape

@@ -123,7 +123,11 @@ def _bad_requests(image: list) -> list:
         ("uint8 300", req(tensor(datatype="UINT8", data=[300] + [0] * 63)), json_h, INFER, 400, "0..255"),
         ("uint8 float", req(tensor(datatype="UINT8", data=[0.5] * 64)), json_h, INFER, 400, "integers"),
         ("unknown parameter", params(foo=1), json_h, INFER, 400, "foo"),
-        ("timeout", params(timeout=5), json_h, INFER, 400, "deadline_ms"),
+        ("timeout string", params(timeout="5"), json_h, INFER, 400, "timeout must be an integer"),
+        ("timeout negative", params(timeout=-1), json_h, INFER, 400, "microseconds"),
+        ("timeout and deadline_ms", params(timeout=5000, deadline_ms=5), json_h, INFER, 400, "give one"),
+        ("priority past the levels", params(priority=10), json_h, INFER, 400, "priority must be in [0, 9]"),
+        ("priority float", params(priority=1.5), json_h, INFER, 400, "priority must be an integer"),
         ("bad mode", params(mode="fast"), json_h, INFER, 400, "mode"),
         ("alpha over server's", params(alpha=0.01), json_h, INFER, 400, "alpha"),
         ("alpha string", params(alpha="0.001"), json_h, INFER, 400, "alpha"),
@@ -151,6 +155,9 @@ def _bad_requests(image: list) -> list:
         ("unknown version", req(), json_h, "/v2/models/digits/versions/7/infer", 404, "version"),
         ("unknown path", req(), json_h, "/v2/models/digits/explain", 404, "no route"),
         ("job deadline", params(deadline_ms=100), json_h, "/v1/jobs", 400, "deadline_ms"),
+        ("job timeout", params(timeout=100), json_h, "/v1/jobs", 400, "jobs take no timeout"),
+        ("unknown encoding", req(), {**json_h, "content-encoding": "br"}, INFER, 415, "Content-Encoding"),
+        ("gzip that is not", req(), {**json_h, "content-encoding": "gzip"}, INFER, 400, "gzip"),
         ("job unknown model", req(model="cifar10"), json_h, "/v1/jobs", 404, "cifar10"),
     ]
     return cases
