@@ -1,6 +1,7 @@
 """Starting and stopping: SIGTERM drains the requests in flight and exits 0; a model that will not load,
 or a missing serve extra, is one line and exit status 2."""
 
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,7 @@ def test_sigterm_drains_in_flight_work_within_the_grace_period_and_exits_0(tmp_p
     assert isinstance(long, ServerError) and long.status == 503 and "grace period" in long.message
     assert elapsed < 10 + 15
     assert "draining (grace period 10 s)" in server.log()
+    assert re.search(r"ready: the models were built in [0-9.]+ s and warmed up in [0-9.]+ s", server.log())
 
 
 def test_a_model_that_does_not_load_is_one_line_and_status_2(tmp_path):
