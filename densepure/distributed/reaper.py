@@ -5,15 +5,15 @@ signal on them), but not what the raylet starts: killed with SIGKILL, a driver l
 ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running for good (Ray 2.60: their raylet check
 blocks on the dead GCS), and SIGTERM does not stop them either.
 
-:func:`start_reaper` starts a small process (this file as a script) in a session of its own, so that a terminal's Ctrl-C or hang-up reaches the driver but not it. Every
-:data:`POLL_S` it records the driver's descendants that are Ray's (a program or script inside the
-installed ``ray`` package, or a process title ``ray::...``) and every descendant of those (an orphan
-is re-parented to init, so the tree must be known before the driver dies). When the driver is
-gone (its end of the reaper's stdin closes, or the reaper's parent changes), or closes the reaper
-itself after ``ray.shutdown()``, the reaper SIGKILLs every recorded process still alive: the session
-is over and no process of it has anything left to save. A process is known by its pid and start
-time, so a recycled pid is never hit; processes that existed before the reaper started are never
-touched. Linux only (``/proc``); elsewhere :func:`start_reaper` returns None.
+:func:`start_reaper` starts a small process (this file as a script) in a session of its own, so that a
+terminal's Ctrl-C or hang-up reaches the driver but not it. Every :data:`POLL_S` it records the driver's
+descendants that are Ray's (a program or script inside the installed ``ray`` package, or a process title
+``ray::...``) and every descendant of those (an orphan is re-parented to init, so the tree must be known
+before the driver dies). When the driver is gone (its end of the reaper's stdin closes, or the reaper's
+parent changes), or closes the reaper itself after ``ray.shutdown()``, the reaper SIGKILLs every recorded
+process still alive: the session is over and no process of it has anything left to save. A process is known
+by its pid and start time, so a recycled pid is never hit; processes that existed before the reaper started
+are never touched. Linux only (``/proc``); elsewhere :func:`start_reaper` returns None.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(AccessLog, runtime=rt)
     _add_error_handlers(app)
     # before the OIP routes: /v2/models/stats is not the metadata of a model named "stats"
-    add_triton_routes(app, rt, lambda request: _read(rt, request), lambda name, version: _check_model(rt, name, version))
+    add_triton_routes(app, rt, lambda request: _read(rt, request),
+                      lambda name, version: _check_model(rt, name, version))
     _add_oip_routes(app, rt)
     _add_job_routes(app, rt)
     add_docs_routes(app)

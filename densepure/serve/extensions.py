@@ -20,63 +20,20 @@ model repository (index, and load/unload of the one model a server holds).
 from __future__ import annotations
 
 import json
-import threading
-import time
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 
 from densepure.serve.api import ApiError
 from densepure.serve.params import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from densepure.serve.protocol import OUTPUTS
+from densepure.serve.runtime import MODEL_VERSION, Runtime, state_message
 from densepure.serve.schemas import ErrorResponse
-
-STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
-               "cache_miss")
-
-
-@dataclass
-class ModelStats:
-    """Cumulative request statistics of the served model (thread-safe), in Triton's units: nanoseconds,
-    and milliseconds since the epoch for ``last_inference``."""
-
-    inference_count: int = 0
-    last_inference_ms: int = 0
-    durations: dict[str, list[int]] = field(default_factory=lambda: {name: [0, 0] for name in STAT_FIELDS})
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def success(self, images: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
-                output_ns: int) -> None:
-        with self._lock:
-            self.inference_count += images
-            for name, ns in (("success", total_ns), ("queue", queue_ns), ("compute_input", input_ns),
-                             ("compute_infer", infer_ns), ("compute_output", output_ns)):
-                self._add(name, ns)
-            self.last_inference_ms = int(time.time() * 1000)
-
-    def fail(self, total_ns: int) -> None:
-        with self._lock:
-            self._add("fail", total_ns)
-            self.last_inference_ms = int(time.time() * 1000)
-
-    def _add(self, name: str, ns: int) -> None:
-        entry = self.durations[name]
-        entry[0] += 1
-        entry[1] += max(0, int(ns))
-
-    def model_stat(self, name: str, version: str, executions: int) -> dict:
-        with self._lock:
-            return {"name": name, "version": version, "last_inference": self.last_inference_ms,
-                    "inference_count": self.inference_count, "execution_count": int(executions),
-                    "inference_stats": {k: {"count": c, "ns": ns} for k, (c, ns) in self.durations.items()},
-                    "batch_stats": [], "memory_usage": []}
-
 
 _TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
 
 
-def model_config(rt) -> dict:
-    """The served model as Triton's ``ModelConfig`` JSON (``rt``: a :class:`~densepure.serve.runtime.Runtime`)."""
+def model_config(rt: Runtime) -> dict:
+    """The served model as Triton's ``ModelConfig`` JSON."""
     c, h, w = rt.image_shape
     classes = rt.num_classes if rt.num_classes is not None else -1
     outputs = [{"name": name, "data_type": _TYPES[dtype], "dims": [2, classes] if name == "counts" else [1],
@@ -114,9 +71,7 @@ def _string(value: object) -> str:
     return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
-def repository_index(rt, ready_only: bool) -> list[dict]:
-    from densepure.serve.runtime import MODEL_VERSION, state_message
-
+def repository_index(rt: Runtime, ready_only: bool) -> list[dict]:
     if ready_only and not rt.ready:
         return []
     state = "READY" if rt.ready else ("LOADING" if not rt.loop.loaded and rt.loop.load_error is None
@@ -125,10 +80,8 @@ def repository_index(rt, ready_only: bool) -> list[dict]:
     return [{"name": rt.model_name, "version": MODEL_VERSION, "state": state, "reason": reason}]
 
 
-def add_triton_routes(app: FastAPI, rt, read_body, check_model) -> None:
+def add_triton_routes(app: FastAPI, rt: Runtime, read_body, check_model) -> None:
     """The routes above; ``read_body(request)`` reads a bounded body, ``check_model(name, version)`` raises 404."""
-    from densepure.serve.runtime import MODEL_VERSION
-
     errors = {s: {"model": ErrorResponse} for s in (400, 404)}
 
     @app.get("/v2/models/{name}/config", tags=["metadata"], responses=errors)

@@ -1,14 +1,15 @@
 """The engine loop: the one thread that owns the engine, fed by every client's requests.
 
-Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a
-:class:`Work` (a request's images, one policy per image and its task); it goes on a bounded queue,
-ordered by the work's priority (1 first; first come first served within a priority), or is refused with :class:`QueueFull` (the queue's request count or the worst-case draws of everything
-accepted would pass their caps). The loop thread builds the engine, warms it up, then repeats: apply
-cancellations, admit queued images into free engine slots, run one ``engine.step()`` (one UNet and one
-classifier batch mixing rows of every image in flight), and collect the images whose policy decided.
-A work whose images are all decided gets its :class:`WorkResult` through its ``on_done`` callback,
-called on the loop thread (a handler turns it into ``loop.call_soon_threadsafe``). When there is
-nothing to do the thread sleeps on a condition variable; submit, cancel and stop wake it.
+Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a :class:`Work` (a
+request's images, one policy per image and its task); it goes on a bounded queue, ordered by the work's
+priority (1 first; first come first served within a priority), or is refused with :class:`QueueFull` (the
+queue's request count or the worst-case draws of everything accepted would pass their caps). The loop thread
+builds the engine, warms it up, then repeats: apply cancellations, admit queued images into free engine
+slots, run one ``engine.step()`` (one UNet and one classifier batch mixing rows of every image in flight),
+and collect the images whose policy decided. A work whose images are all decided gets its
+:class:`WorkResult` through its ``on_done`` callback, called on the loop thread (a handler turns it into
+``loop.call_soon_threadsafe``). When there is nothing to do the thread sleeps on a condition variable;
+submit, cancel and stop wake it.
 
 Isolation: every image is keyed by ``(work id, index)`` and carries its own policy, seed and noise id;
 the engine's counts are per image, so no request sees another's draws.
@@ -138,7 +139,8 @@ class EngineLoop:
         self._factory, self._metrics, self._on_fatal = factory, metrics, on_fatal
         self.max_queue, self.max_queued_draws = int(max_queue), int(max_queued_draws)
         self._cond = threading.Condition()
-        self._queue: list[Work] = []  # waiting for engine slots, by (priority, arrival); the head may be partly admitted
+        # waiting for engine slots, by (priority, arrival); the head may be partly admitted
+        self._queue: list[Work] = []
         self._arrivals = itertools.count()
         self._works: dict[str, Work] = {}  # every accepted, unresolved work
         self._cancelled: list[Work] = []  # taken off the books by cancel(); the loop frees their slots

@@ -18,7 +18,6 @@ from densepure.certify.tasks import Task
 from densepure.diffusion import Mode
 from densepure.engine.engine import Engine
 from densepure.errors import DensePureError, InputError
-from densepure.serve.extensions import ModelStats
 from densepure.serve.jobs import JobStore
 from densepure.serve.loop import EngineLoop, LoopState, Work, WorkResult
 from densepure.serve.metrics import ServeMetrics
@@ -33,6 +32,7 @@ from densepure.serve.params import (
 )
 from densepure.serve.protocol import OUTPUTS, InferRequest, OutputRequest, Tensor
 from densepure.serve.settings import ServeOptions
+from densepure.serve.stats import ModelStats
 
 MODEL_VERSION = "1"
 DEFAULT_OUTPUTS = {ServeMode.PREDICT: ("label", "draws"), ServeMode.CERTIFY: ("label", "radius", "draws"),

@@ -88,8 +88,9 @@ def test_the_driver_s_ray_processes_die_with_it_and_nothing_else(tmp_path, mode)
     fake_ray = tmp_path / "site-packages" / "ray"
     fake_ray.mkdir(parents=True)
     (fake_ray / "agent.py").write_text(textwrap.dedent(AGENT))
-    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER), str(fake_ray), mode,
-                               str(ROOT / "densepure" / "distributed" / "reaper.py")], stdout=subprocess.PIPE, text=True)
+    reaper = ROOT / "densepure" / "distributed" / "reaper.py"
+    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER), str(fake_ray), mode, str(reaper)],
+                              stdout=subprocess.PIPE, text=True)
     pids = json.loads(driver.stdout.readline())
     everything = [*pids["old"], *pids["new"], pids["other"]]
     try:

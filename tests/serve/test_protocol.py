@@ -129,8 +129,9 @@ def test_triton_timeout_is_a_deadline_and_priority_a_level():
 @pytest.mark.parametrize("raw,message", [
     ({"n": 5001}, "[1, 5000]"), ({"n0": 0}, "n0"), ({"alpha": 0.01}, "server's alpha"), ({"n": 10.0}, "integer"),
     ({"n": True}, "integer"), ({"mode": "predict", "n0": 5}, "unknown parameter 'n0'"), ({"mode": "x"}, "mode"),
-    ({"foo": 1}, "unknown parameter 'foo'"), ({"timeout": 5.0}, "timeout must be an integer"), ({"timeout": 5, "deadline_ms": 5}, "give one"),
-    ({"priority": 10}, "priority must be in [0, 9]"), ({"priority": -1}, "priority"), ({"seed": 1}, "allow-client-seed"),
+    ({"foo": 1}, "unknown parameter 'foo'"), ({"timeout": 5.0}, "timeout must be an integer"),
+    ({"timeout": 5, "deadline_ms": 5}, "give one"), ({"priority": 10}, "priority must be in [0, 9]"),
+    ({"priority": -1}, "priority"), ({"seed": 1}, "allow-client-seed"),
     ({"radius": -1.0}, "radius"), ({"deadline_ms": 0}, "deadline_ms"), ({"binary_data_output": 1}, "true or false"),
 ])
 def test_bad_parameters_name_the_problem(raw, message):
