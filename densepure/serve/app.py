@@ -90,10 +90,11 @@ class AccessLog:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                extra = [(b"x-request-id", request_id.encode("latin-1"))]
-                if self.runtime.loop.state is not LoopState.READY and self.runtime.loop.loaded:
-                    extra.append((b"connection", b"close"))  # draining: the client should reconnect elsewhere
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                draining = self.runtime.loop.state is not LoopState.READY and self.runtime.loop.loaded
+                if draining and all(k.lower() != b"connection" for k, _ in headers):
+                    headers.append((b"connection", b"close"))  # the client should reconnect elsewhere
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

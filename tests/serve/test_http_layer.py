@@ -78,7 +78,7 @@ def health_latency(server) -> float:
     (INFER + b"Content-Length: -5\r\n\r\n", 400, "Content-Length"),
     (b"GET /v2/health/live HTTP/1.1\r\n\r\n", 400, "Host"),
     (b"GET /v2/health/live HTTP/1.1\r\nX: " + b"a" * 20_000, 431, "too long"),  # headers past h11's 16 KiB
-])
+], ids=["request line", "header without colon", "chunk size", "negative content-length", "no host", "huge header"])
 def test_malformed_http_is_a_json_error_and_the_connection_closes(guarded, request_bytes, status, word):
     with connect(guarded, request_bytes) as sock:
         data, closed = read_all(sock, 5)
