@@ -16,7 +16,6 @@ from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.memory import rows_that_fit
 from densepure.errors import ConfigError
-from densepure.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
     if torch_backend:
         classifier = load_classifier(ClassifierSpec.parse(options.classifier), device, resize=options.resize)
         own_classes = classifier.num_classes
-        if options.precision is not Precision.FP32:
+        if options.precision.dtype is not torch.float32:
             classifier.set_precision(options.precision.dtype)  # most of the work for ViT-sized models
     else:  # the graphs are the models: the classifier itself need not be on this machine
         own_classes = exported_models(options.artifacts, options.precision).num_classes

@@ -124,6 +124,7 @@ def test_provider_selection():
     assert select_providers([OrtProvider.CPU], everything, cpu) == [("CPUExecutionProvider", {})]
     chosen = dict(select_providers([OrtProvider.TENSORRT, OrtProvider.CUDA], everything, cuda, "/c"))
     assert chosen["CUDAExecutionProvider"]["device_id"] == "1"
+    assert chosen["CUDAExecutionProvider"]["use_tf32"] == "0"  # fp32 graphs compute in fp32 (its default is TF32)
     assert chosen["TensorrtExecutionProvider"]["trt_engine_cache_path"] == "/c"
     with pytest.raises(BackendError, match="available: CPUExecutionProvider"):
         select_providers([OrtProvider.CUDA], ["CPUExecutionProvider"], cuda)
