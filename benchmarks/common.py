@@ -19,7 +19,8 @@ from densepure.precision import Precision, float32_math, tf32_flags
 # convolutions (the UNet's ResBlocks, attention projections and head) would make eps exactly 0 and
 # half the convolutions multiply zeros: every parameter is perturbed, so timings see real values.
 PERTURB_STD = 0.02
-RANDOM_WEIGHTS = f"random: torch.manual_seed(0) init, then every parameter + N(0, {PERTURB_STD}^2) (seed 1)"
+RANDOM_WEIGHTS = (f"random: torch.manual_seed(0) init on the device, then every parameter + N(0, {PERTURB_STD}^2) "
+                  "(seed 1)")
 DIGITS_WEIGHTS = "the shipped digits checkpoints (densepure/assets/digits)"
 
 
@@ -45,11 +46,12 @@ def pythonpath(*first: str) -> str:
 
 @torch.no_grad()
 def perturb_(module: nn.Module, std: float = PERTURB_STD, seed: int = 1) -> nn.Module:
-    """Add N(0, std^2) noise to every parameter of ``module`` in place (drawn on the CPU: the same
-    weights on every device); returns it."""
-    g = torch.Generator().manual_seed(seed)
+    """Add N(0, std^2) noise to every parameter of ``module`` in place, drawn on the parameters' device
+    (seeded: the same weights on every run of one device); returns it."""
+    generators: dict[torch.device, torch.Generator] = {}
     for p in module.parameters():
-        p.add_((torch.randn(p.shape, generator=g) * std).to(p.device, p.dtype))
+        g = generators.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+        p.add_(torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype) * std)
     return module
 
 

@@ -24,7 +24,7 @@ both numbers and their ratio. torch.compile is skipped on the CPU unless ``--com
 
 Usage: python benchmarks/kernels.py [--device cuda|cpu] [--arch cifar10|imagenet|tiny] [--rows 512]
        [--precision fp16|bf16|fp32] [--repeats 5] [--compile | --no-compile]
-The last line printed is a JSON object with every number.
+The last line printed is a JSON object with every number (``--partial``: each table also as measured).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time torch.compile (default: on CUDA only)")
+    p.add_argument("--partial", action="store_true", help="also print each table as a JSON line as it is measured")
     p.add_argument("--check-scale", type=float, default=4.0,
                    help="multiply the reference tolerance (row kernels and norms x1, whole UNet forwards x10)")
     return p.parse_args()
@@ -351,9 +352,17 @@ def main() -> None:
     inputs = RowInputs(args.rows, shape, schedule, device)
     with float32_math(False):  # fp32 is exact float32, as in the engine (densepure.precision)
         result["tf32_flags"] = tf32_flags()
-        result |= kernel_tables(args, model, inputs, eager, fused, device, bandwidth, use_compile)
-        result["unet"] = unet_table(args, model, inputs, eager, fused, device, use_compile)
+        partial(args, result)
+        result |= partial(args, kernel_tables(args, model, inputs, eager, fused, device, bandwidth, use_compile))
+        result["unet"] = partial(args, {"unet": unet_table(args, model, inputs, eager, fused, device, use_compile)})["unet"]
     print(json.dumps(result))
+
+
+def partial(args, figures: dict) -> dict:
+    """Print ``figures`` as a partial-result line when asked (``--partial``); returns them."""
+    if args.partial:
+        print(json.dumps({"partial": figures}), flush=True)
+    return figures
 
 
 if __name__ == "__main__":

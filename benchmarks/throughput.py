@@ -162,10 +162,9 @@ def measure(args, emit=lambda **figures: None) -> dict:
     engine_p = [Precision.parse(p) for p in args.precision]
     official_p = [Precision.parse(p) for p in args.official_precision]
     batch = args.official_batch or (ARCH[args.arch][2] if args.arch in ARCH else 100)
-    _, _, schedule, shape, _ = models = load_models(args.arch, device)
+    schedule, shape = workloads.geometry(args.arch)
     images, draws = _images(args, shape), args.images * (args.n0 + args.n)
     officials = {p: workloads.cast(*load_models(args.arch, device)[:2], p) for p in official_p}
-    del models
     engines = _Engines(args, device)
     official_s, engine_s, last = {p: [] for p in official_p}, {p: [] for p in engine_p}, {}
     for _ in range(args.repeats):  # alternate, so drifts in machine speed hit both sides alike

@@ -71,21 +71,40 @@ def classifier_spec(arch: str) -> dict:
             "classes": 10 if arch == "cifar10" else 1000}
 
 
+def classifier_flops(arch: str) -> float:
+    """FLOPs of one classifier row of a real architecture, counted analytically (:func:`common.vit_flops`)."""
+    from common import vit_flops
+
+    spec = classifier_spec(arch)
+    return vit_flops(spec["image"], spec["patch"], spec["dim"], spec["depth"], spec["classes"])
+
+
 def load_unet(arch: str, device: torch.device) -> UNetModel:
-    """The UNet of a real architecture with perturbed random weights, fp32 on ``device``."""
+    """The UNet of a real architecture with perturbed random weights, fp32, built on ``device`` (the
+    ImageNet UNet's 553 M parameters take tens of seconds to initialise on a CPU)."""
     torch.manual_seed(0)
-    unet = UNetModel(UNetConfig.from_flags(get_preset(ARCH[arch][0]).flags)).eval()
-    return perturb_(unet).to(device)
+    with torch.device(device):
+        unet = UNetModel(UNetConfig.from_flags(get_preset(ARCH[arch][0]).flags)).eval()
+    return perturb_(unet)
 
 
 def load_classifier(arch: str, device: torch.device) -> Classifier:
     """The ViT of a real architecture with perturbed random weights and its preprocessing, fp32 on ``device``."""
     spec = classifier_spec(arch)
     torch.manual_seed(0)
-    net = RandomViT(spec["image"], spec["patch"], spec["dim"], spec["depth"], spec["heads"], spec["classes"])
-    net = perturb_(net.eval()).to(device)
-    return Classifier(net, Preprocess(size=spec["image"], mean=(0.5,) * 3, std=(0.5,) * 3),
+    with torch.device(device):
+        net = RandomViT(spec["image"], spec["patch"], spec["dim"], spec["depth"], spec["heads"], spec["classes"])
+    return Classifier(perturb_(net.eval()), Preprocess(size=spec["image"], mean=(0.5,) * 3, std=(0.5,) * 3),
                       num_classes=spec["classes"])
+
+
+def geometry(arch: str):
+    """(noise schedule, image shape) of ``arch``, without building its models."""
+    if arch == "digits":
+        return get_preset("digits").schedule, (1, 8, 8)
+    preset = get_preset(ARCH[arch][0])
+    size = UNetConfig.from_flags(preset.flags).image_size
+    return preset.schedule, (3, size, size)
 
 
 def load_models(arch: str, device: torch.device):
