@@ -345,7 +345,7 @@ def main() -> None:
         print("  torch.compile: skipped" + (" on the CPU (pass --compile)" if device.type == "cpu" else ""))
     result = {"arch": args.arch, "device": machine(device), "rows": args.rows, "precision": args.precision,
               "kernels": fused.describe() if fused else why, "compile": use_compile,
-              "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+              "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "cuda_graphs": False,
               "weights": "random: torch.manual_seed(0) init + N(0, 0.02^2) on every parameter",
               "check": f"against the torch reference, TOLERANCE x {args.check_scale:g} (UNet x {10 * args.check_scale:g})",
               "copy_GB_per_s": bandwidth / 1e9 if bandwidth else None}

@@ -20,8 +20,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] && [ "${1:-}" = "--rehearse" ] && PY=.venv/bin/python
+PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; the rehearsal prefers the checkout's .venv
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && [ "${1:-}" = "--rehearse" ] && PY=.venv/bin/python
 if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels: prepended to PYTHONPATH, never replacing it
   site=${TMPDIR:-/tmp}/gpu-check-site
   if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl; then

@@ -46,7 +46,7 @@ STAGES = {s.name: s for s in (
           "classifier rows/s and MFU per precision, graphs on/off, no compile; FLOPs per row (ViT analytic and "
           "counted with the fast path off); the noise generator's share of a UNet batch",
           ("unet bf16 graphs=True rows/s", "unet bf16 graphs=True mfu", "classifier bf16 graphs=True rows/s",
-           "classifier bf16 graphs=True mfu")),
+           "classifier bf16 graphs=True mfu", "unet bf16 graphs=False rows/s", "classifier bf16 graphs=False rows/s")),
     Stage("end_to_end", "e2e:stage_end_to_end", 120, 30, "engine draws/s against the official loop, both on the "
           "device, per precision (benchmarks/throughput.py), with UNet rows/s, MFU and certified images/hour",
           ("official_draws_per_s",)),

@@ -14,7 +14,7 @@ import time
 
 import torch
 import workloads
-from common import counted_flops, matmul_peak, peak_note, sync
+from common import counted_flops, math_record, matmul_peak, peak_note, sync
 
 from gpucheck.report import emit
 from densepure.kernels import resolve_kernels
@@ -88,7 +88,8 @@ def classifier_rates(plan: dict, rows: int, shape, device, peak: dict, flops: fl
 def stage_models(device: torch.device, rehearse: bool) -> dict:
     plan = _plan(device, rehearse)
     arch, (_, shape) = plan["arch"], workloads.geometry(plan["arch"])
-    out = {"arch": arch, "weights": workloads.weights(arch)}
+    out = {"arch": arch, "weights": workloads.weights(arch), "kernels": resolve_kernels("auto", device).describe(),
+           "math": {p.value: math_record(p) for p in Precision}}
     peak = peaks(sorted(set(plan["unet"]) | set(plan["classifier"]), key=list(Precision).index), device,
                  plan["peak_size"])
     unet, clf = workloads.load_models(arch, device)[:2]
@@ -167,7 +168,9 @@ def stage_compile(device: torch.device, rehearse: bool) -> dict:
     peak = matmul_peak(Precision.BF16, device, plan["peak_size"])
     flops = counted_flops(workloads.load_models(arch, device)[0], torch.randn(1, *shape, device=device),
                           torch.ones(1, device=device))
-    out = {"arch": arch, "rows": rows, "peak bf16 TFLOP/s": round(peak / 1e12, 2)}
+    out = {"arch": arch, "rows": rows, "peak bf16 TFLOP/s": round(peak / 1e12, 2), "weights": workloads.weights(arch),
+           **math_record(Precision.BF16), "cuda_graphs": device.type == "cuda",
+           "compiler": "dynamo, eager backend (rehearsal)" if rehearse else "inductor, mode default"}
     for fused in (False, True):
         unet, kernels = _unet(arch, device, Precision.BF16)
         if not fused:

@@ -14,8 +14,10 @@ import time
 import numpy as np
 import torch
 import workloads
+from common import DIGITS_WEIGHTS, math_record
 
 from gpucheck.report import BENCHMARKS, emit, last_json, stream
+from densepure.precision import Precision
 
 
 class Confident(torch.nn.Module):
@@ -142,7 +144,8 @@ def stage_serve_http(device: torch.device, rehearse: bool) -> dict:
     if code != 0 or result is None:
         raise RuntimeError(f"serve.py exited {code}: " + "\n".join(lines[-15:]))
     first = result["results"]["shared"][0]
-    return {"http_p50_at_1_client_s": first["p50_s"], "http_p95_at_1_client_s": first["p95_s"], **result}
+    return {"http_p50_at_1_client_s": first["p50_s"], "http_p95_at_1_client_s": first["p95_s"],
+            "weights": DIGITS_WEIGHTS, **math_record(Precision.FP32), **result}
 
 
 def _importable(module: str) -> bool:

@@ -40,7 +40,7 @@ def stage_kernels(device: torch.device, rehearse: bool) -> dict:
     """``benchmarks/kernels.py --no-compile`` (compiles come last, in their own stage); its whole JSON."""
     argv = [sys.executable, str(BENCHMARKS / "kernels.py"), "--no-compile", "--partial"]
     if rehearse:
-        argv += ["--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1", "--K", "2"]
+        argv += ["--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1", "--K", "1"]
     else:
         argv += ["--arch", "cifar10", "--rows", "512", "--precision", "fp16", "--repeats", "3"]
     code, lines = stream(argv, **({"TRITON_INTERPRET": "1"} if rehearse else {}))

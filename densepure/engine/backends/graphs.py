@@ -72,6 +72,10 @@ class BucketedCall:
                     self._capture(size)
 
     def _capture(self, size: int) -> None:
+        with torch.cuda.device(self.device):  # the pool handle and the synchronisations: this call's device
+            self._capture_on_device(size)
+
+    def _capture_on_device(self, size: int) -> None:
         inputs = self._buffers(size)
         stream = self.stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
