@@ -181,4 +181,4 @@ def test_engine_run_twice_with_graphs_gives_identical_counts_and_captures_once()
     again = {id(g) for call in (engine.backends.denoiser.call, engine.backends.classifier.call)
              for g in call.captured.values()}
     assert again == graphs  # the same graph objects: nothing was re-captured
-    assert _digits_counts(_digits_engine(dev, graphs=False)) == first  # graphed replay == eager on the GPU
+    # (graphed against eager and against the CPU, count for count: the gpu check's exactness stage)
