@@ -96,7 +96,8 @@ def check(reference, candidate, scale: float) -> str | None:
         bound = atol * float(w.abs().max()) + rtol * w.abs()
         if g.shape != w.shape or not bool(((g - w).abs() <= bound).all()) or not bool(torch.isfinite(g).all()):
             worst = float((g - w).abs().max()) if g.shape == w.shape else float("nan")
-            return f"output {i} differs from the reference: max |diff| {worst:.3g} (rtol {rtol:.1g}, atol {atol:.1g} x max)"
+            return (f"output {i} differs from the reference: max |diff| {worst:.3g} "
+                    f"(rtol {rtol:.1g}, atol {atol:.1g} x max)")
     return None
 
 
@@ -169,7 +170,8 @@ class RowInputs:
         self.slots = torch.randperm(n, generator=g).to(device)
         self.images = torch.rand((n, *shape), generator=g).to(device)
         # mean, std pools hold values (the spawn reads them); the others are outputs
-        self.pools = [torch.randn((n, *shape), generator=g).to(device), torch.randn((n, *shape), generator=g).to(device),
+        self.pools = [torch.randn((n, *shape), generator=g).to(device),
+                      torch.randn((n, *shape), generator=g).to(device),
                       torch.rand((n, *shape), generator=g).to(device) + 0.1, torch.zeros((n, *shape), device=device)]
         self.y = torch.randn((n, *shape), generator=g).to(device)
         out = torch.randn((n, 2 * shape[0], *shape[1:]), generator=g).to(device)
@@ -347,14 +349,16 @@ def main() -> None:
               "kernels": fused.describe() if fused else why, "compile": use_compile,
               "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "cuda_graphs": False,
               "weights": "random: torch.manual_seed(0) init + N(0, 0.02^2) on every parameter",
-              "check": f"against the torch reference, TOLERANCE x {args.check_scale:g} (UNet x {10 * args.check_scale:g})",
+              "check": f"against the torch reference, TOLERANCE x {args.check_scale:g} "
+                       f"(UNet x {10 * args.check_scale:g})",
               "copy_GB_per_s": bandwidth / 1e9 if bandwidth else None}
     inputs = RowInputs(args.rows, shape, schedule, device)
     with float32_math(False):  # fp32 is exact float32, as in the engine (densepure.precision)
         result["tf32_flags"] = tf32_flags()
         partial(args, result)
         result |= partial(args, kernel_tables(args, model, inputs, eager, fused, device, bandwidth, use_compile))
-        result["unet"] = partial(args, {"unet": unet_table(args, model, inputs, eager, fused, device, use_compile)})["unet"]
+        unet = unet_table(args, model, inputs, eager, fused, device, use_compile)
+        result["unet"] = partial(args, {"unet": unet})["unet"]
     print(json.dumps(result))
 
 

@@ -90,7 +90,8 @@ def stage_env(device: torch.device, rehearse: bool) -> dict:
 
 def stage_smoke(device: torch.device, rehearse: bool) -> dict:
     """``densepure certify`` on the device with the shipped digits models, outputs in a temporary folder."""
-    size = ["--max", "1", "--n0", "10", "--n", "20", "--K", "2"] if rehearse else ["--max", "2", "--n0", "20", "--n", "100"]
+    size = ["--max", "1", "--n0", "10", "--n", "20", "--K", "2"] if rehearse else \
+        ["--max", "2", "--n0", "20", "--n", "100"]
     with tempfile.TemporaryDirectory(prefix="gpu-check-smoke-") as tmp:
         output = Path(tmp) / "smoke.tsv"
         argv = [sys.executable, "-m", "densepure.cli", "certify", *size, "--seed", "1", "--device", device.type,

@@ -42,7 +42,8 @@ def counts(device: torch.device, mode: Mode, graphs: bool, kernels: str, precisi
     if chosen.name == "triton" and device.type == "cuda":
         unet.set_kernels(chosen)
     dense = mode is Mode.DENSEPURE
-    smoothing = SmoothingConfig(mode, 0.25, 4 if dense else 1, 2 if dense else 1, schedule=get_preset("digits").schedule)
+    smoothing = SmoothingConfig(mode, 0.25, 4 if dense else 1, 2 if dense else 1,
+                                schedule=get_preset("digits").schedule)
     buckets = (8, 16, 32, 64, 128) if graphs else None
     backends = Backends(TorchDenoiser(unet, channels_last=device.type == "cuda", buckets=buckets,
                                       cuda_graphs=graphs, tf32=precision.tf32),

@@ -32,7 +32,8 @@ def _plan(device: torch.device, rehearse: bool) -> dict:
     cuda = device.type == "cuda"
     return {"arch": "cifar10" if cuda else "digits", "repeats": 3 if rehearse else 20,
             "unet": list(Precision) if cuda else [Precision.FP32, Precision.BF16],
-            "classifier": [Precision.FP32, Precision.TF32, Precision.BF16] if cuda else [Precision.FP32, Precision.BF16],
+            "classifier": [Precision.FP32, Precision.TF32, Precision.BF16] if cuda else
+            [Precision.FP32, Precision.BF16],
             "graphs": (False, True) if cuda else (False,), "peak_size": 256 if rehearse else 8192}
 
 
@@ -151,7 +152,8 @@ def constructors() -> dict:
         logits = clf(torch.rand(1, 3, 32, 32) * 2 - 1)
     out["vit_b16_224"] = {"gflops_counted": round(counted / 1e9, 3),
                           "gflops_analytic": round(workloads.classifier_flops("cifar10") / 1e9, 3),
-                          "seconds": round(time.perf_counter() - start, 2), "finite": bool(torch.isfinite(logits).all()),
+                          "seconds": round(time.perf_counter() - start, 2),
+                          "finite": bool(torch.isfinite(logits).all()),
                           "logits": list(logits.shape)}
     emit(constructors=out)
     return out

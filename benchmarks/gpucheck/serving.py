@@ -75,8 +75,8 @@ def stage_serve(device: torch.device, rehearse: bool) -> dict:
     concurrency 1 and 16, latency from submitting to the answer. The models have perturbed random weights
     and the classifier's network is wrapped to be sure of class 0 (:class:`Confident`: the ViT's full cost,
     then a margin): every request certifies at its first look, the common case the target is about."""
-    from densepure.serve.loop import EngineLoop, Work, WorkResult
-    from densepure.serve.params import ServerDefaults, draw_bound, parse_params, task_for
+    from densepure.serve.loop import EngineLoop
+    from densepure.serve.params import ServerDefaults, parse_params, task_for
 
     if rehearse:
         arch, precision, chains, rows, n0, n_max, levels = "digits", "fp32", 2, 64, 10, 100, ((1, 2), (4, 4))
@@ -95,23 +95,7 @@ def stage_serve(device: torch.device, rehearse: bool) -> dict:
         raise RuntimeError(f"the engine loop did not start: {loop.load_error!r}")
     task = task_for(parse_params({"mode": "certify_radius"},
                                  ServerDefaults(n0, n_max, 0.001, sigma, n0, n_max, 64, False), 1))
-    classes, shape = loop.engine.num_classes, loop.engine.image_shape
-    from densepure.models.digits import load_digits_test_split
-
-    images = (load_digits_test_split()[0][:64] if arch == "digits"
-              else torch.rand(64, *shape, generator=torch.Generator().manual_seed(0)))
-
-    def one(i: int) -> tuple[float, int, bool]:
-        done, box = threading.Event(), []
-        work = Work(images[i % len(images)][None].clone(), [task.policy(classes, sigma)], task,
-                    lambda outcome: (box.append(outcome), done.set()), draw_bound(task))
-        start = time.perf_counter()
-        loop.submit(work)
-        if not done.wait(300) or not isinstance(box[0], WorkResult):
-            raise RuntimeError(f"request {i} failed: {box[0] if box else 'no answer in 300 s'}")
-        image = box[0].images[0]
-        return time.perf_counter() - start, image.draws, image.label == 0
-
+    one = _requester(loop, task, sigma, arch)
     out = {"arch": arch, "K": chains, "b": 2, "sigma": sigma, "radius": sigma, "n0": n0, "n_max": n_max,
            "image_slots": 64, **workloads.describe(built["engine"], precision, arch)}
     emit(**out)
@@ -126,6 +110,30 @@ def stage_serve(device: torch.device, rehearse: bool) -> dict:
     out["p50_at_1_client_s"] = out[f"c={levels[0][0]}"]["p50_s"]
     out["target"] = "CIFAR-10-sized K=10 b=2 certify_radius r=0.25: p50 <= 1 s"
     return out
+
+
+def _requester(loop, task, sigma: float, arch: str):
+    """``one(i)``: submit request ``i`` (one image) to ``loop`` and wait; (seconds, draws, certified class 0)."""
+    from densepure.models.digits import load_digits_test_split
+    from densepure.serve.loop import Work, WorkResult
+    from densepure.serve.params import draw_bound
+
+    classes, shape = loop.engine.num_classes, loop.engine.image_shape
+    images = (load_digits_test_split()[0][:64] if arch == "digits"
+              else torch.rand(64, *shape, generator=torch.Generator().manual_seed(0)))
+
+    def one(i: int) -> tuple[float, int, bool]:
+        done, box = threading.Event(), []
+        work = Work(images[i % len(images)][None].clone(), [task.policy(classes, sigma)], task,
+                    lambda outcome: (box.append(outcome), done.set()), draw_bound(task))
+        start = time.perf_counter()
+        loop.submit(work)
+        if not done.wait(300) or not isinstance(box[0], WorkResult):
+            raise RuntimeError(f"request {i} failed: {box[0] if box else 'no answer in 300 s'}")
+        image = box[0].images[0]
+        return time.perf_counter() - start, image.draws, image.label == 0
+
+    return one
 
 
 def stage_serve_http(device: torch.device, rehearse: bool) -> dict:
