@@ -71,7 +71,7 @@ def certificates(path: Path) -> list[tuple[str, ...]]:
 
 
 def options(args, output: Path, **extra) -> JobOptions:
-    return JobOptions(sigma=args.sigma, n0=args.n0, n=args.n, num_chains=args.K, steps=args.b, seed=args.seed,
+    return JobOptions.build(sigma=args.sigma, n0=args.n0, n=args.n, num_chains=args.K, steps=args.b, seed=args.seed,
                       device=args.device, skip=args.skip, max=args.images, output=str(output), overwrite=True,
                       batch_size=args.rows, **extra)
 

@@ -34,9 +34,9 @@ import numpy as np
 from common import machine
 from scipy import special
 
-from densepure.certify.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
-from densepure.certify.confseq import certify_counts, futile_counts
-from densepure.certify.sequential import SequentialPlan
+from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
+from densepure.stats.confseq import certify_counts, futile_counts
+from densepure.stats.sequential import SequentialPlan
 
 BLOCK = 2048  # draws per stream block: the unit of common random numbers
 PROCEDURES = ("default", "geometric", "betting", "betting-cs", "betting-cs-mix")

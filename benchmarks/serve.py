@@ -141,7 +141,7 @@ def main() -> None:
                 client.infer(images[-1], **params)  # one request first: the first batches of each size
                 meta = client.model_metadata()["parameters"]
             results[name] = []
-            for clients, requests in zip(args.concurrency, counts):
+            for clients, requests in zip(args.concurrency, counts, strict=True):
                 row = closed_loop(server.url, images, clients, requests, params, args.timeout)
                 results[name].append(row)
                 if args.partial:

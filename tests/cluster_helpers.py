@@ -16,7 +16,7 @@ SEQUENTIAL = {**COMMON, "mode": "onestep", "num_chains": None, "steps": None, "n
 
 
 def job_options(path: Path, **overrides) -> JobOptions:
-    return JobOptions(**{**COMMON, **overrides}, output=str(path))
+    return JobOptions.build(**{**COMMON, **overrides}, output=str(path))
 
 
 def certificates(path: Path) -> dict[int, tuple]:

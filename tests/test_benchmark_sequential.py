@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_benchmarks import run_script
 
-from densepure.certify.boundary import BoundaryPlan
-from densepure.certify.sequential import SequentialPlan
+from densepure.stats.boundary import BoundaryPlan
+from densepure.stats.sequential import SequentialPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -102,7 +102,7 @@ def test_build_without_tensorrt_is_one_line(capsys, tmp_path):
 
 
 def test_analyze_paired(capsys, tmp_path):
-    from densepure.certify.records import TSV_HEADER
+    from densepure.results.records import TSV_HEADER
 
     first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
     first.write_text(TSV_HEADER + "\n0\t1\t1\t0.5000\t1\t1.0\n1\t2\t2\t0.2000\t1\t1.0\n2\t3\t-1\t0.0000\t0\t1.0\n")

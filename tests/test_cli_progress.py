@@ -8,11 +8,11 @@ import types
 import pytest
 import tqdm.std
 
-import densepure.cli_certify as cli_certify
-from densepure.certify.records import ImageRecord, ResultRow
+import densepure.cli.certify as cli_certify
 from densepure.certify.tasks import CertifyTask, SequentialTask
-from densepure.cli_certify import BarProgress
+from densepure.cli.certify import BarProgress
 from densepure.engine.engine import EngineStats
+from densepure.results.records import ImageRecord, ResultRow
 
 
 class Clock:

@@ -322,10 +322,10 @@ def verify_graph_signature(path: str | Path, manifest: "ArtifactManifest") -> No
 def _signature_problem(kind: str, got, want) -> str | None:
     if [g.name for g in got] != [w.name for w in want]:
         return f"{kind} {[g.name for g in got]} instead of {[w.name for w in want]}"
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         tensor = g.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else BATCH for d in tensor.shape.dim]
-        if len(dims) != len(w.shape) or any(a != b for a, b in zip(dims[1:], w.shape[1:])):
+        if len(dims) != len(w.shape) or any(a != b for a, b in zip(dims[1:], w.shape[1:], strict=False)):
             return f"{g.name} has shape {dims}, the manifest says {list(w.shape)}"
         if tensor.elem_type != _ONNX_FLOAT:
             return f"{g.name} is not float32"

@@ -12,7 +12,6 @@ replaced at the same path cannot be mixed into a run.
 
 from __future__ import annotations
 
-import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,16 +20,17 @@ import torch
 
 from densepure.certify.loading import build_engine
 from densepure.certify.options import JobOptions
-from densepure.certify.records import IfExists, ImageRecord, TsvKind
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
-from densepure.certify.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
 from densepure.engine.backends.select import BackendKind
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
+from densepure.noise import draw_seed
+from densepure.results.records import IfExists, ImageRecord, TsvKind
+from densepure.results.writer import check_results, open_results
 
 __all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
 
@@ -53,33 +53,34 @@ class Job:
 
     def describe(self, command: str = "certify") -> str:
         """One line: what the job runs, with which seed, where."""
-        o, s = self.options, self.engine.smoothing
+        m, o, x, s = self.options.models, self.options.sampling, self.options.execution, self.engine.smoothing
         chains = f"K={s.num_chains} b={s.steps} " if s.mode is Mode.DENSEPURE else ""
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
-        resize = f" resize={o.resize.value}" if o.resize is not None else ""
-        return (f"{command}: {len(self.indices)} images, preset={o.preset} classifier={o.classifier}{resize} "
+        resize = f" resize={m.resize.value}" if m.resize is not None else ""
+        return (f"{command}: {len(self.indices)} images, preset={m.preset} classifier={m.classifier}{resize} "
                 f"mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
-                f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={o.backend.value} "
-                f"precision={o.precision.value} kernels={self.engine.kernels.name}")
+                f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={x.backend.value} "
+                f"precision={x.precision.value} kernels={self.engine.kernels.name}")
 
     def prefix_record(self, k: int) -> dict:
         """The configuration of the ``k``-chain results read from this run."""
         return {**self.record, "num_chains": k, "also_chains": [],
-                "computed_as": f"first {k} of {self.options.num_chains} chains"}
+                "computed_as": f"first {k} of {self.options.smoothing.num_chains} chains"}
 
     def outputs(self) -> list[tuple[Path, dict]]:
         """Every result file of the job with its configuration: the main one, then each ``--also-K``."""
         o = self.options
-        return [(Path(o.output), self.record), *((o.prefix_output(k), self.prefix_record(k)) for k in o.also_chains)]
+        return [(Path(o.results.output), self.record),
+                *((o.prefix_output(k), self.prefix_record(k)) for k in o.sampling.also_chains)]
 
 
 def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
     """The data and the file or directory it was read from (for its content hash)."""
-    if options.data is not None:
-        return open_dataset(options.data), Path(options.data)
-    if options.preset != "digits":
-        raise ConfigError(f"preset {options.preset!r} needs --data (a CIFAR-10 batch, an image folder, .npz or image)")
+    if options.selection.data is not None:
+        return open_dataset(options.selection.data), Path(options.selection.data)
+    if options.models.preset != "digits":
+        raise ConfigError(f"preset {options.models.preset!r} needs --data (a CIFAR-10 batch, an image folder, .npz or image)")
     from densepure.data.arrays import ArrayDataset
     from densepure.models.digits import load_digits_test_split
     from densepure.models.presets import digits_asset_path
@@ -91,24 +92,26 @@ def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
 
 def _resumed_seed(options: JobOptions) -> int:
     """An unset seed is drawn from the OS, except when resuming: then the run's recorded seed."""
-    from densepure.certify.results import read_sidecar, sidecar_path
+    from densepure.results.files import read_sidecar, sidecar_path
 
-    if not options.overwrite and sidecar_path(options.output).is_file():
+    output = options.results.output
+    if not options.results.overwrite and sidecar_path(output).is_file():
         try:
-            return int(read_sidecar(options.output).header.seed)
+            return int(read_sidecar(output).header.seed)
         except (DensePureError, ValueError):
             pass  # unreadable sidecar: open_results decides (it restarts or reports the problem)
-    return secrets.randbits(63)
+    return draw_seed()
 
 
 def _check_shape(options: JobOptions, dataset: Dataset, source: Path) -> tuple[int, int, int]:
     from densepure.models import get_preset
 
-    cfg = get_preset(options.preset).unet_config
+    preset = options.models.preset
+    cfg = get_preset(preset).unet_config
     want = (cfg.in_channels, cfg.image_size, cfg.image_size)
     got = tuple(int(d) for d in dataset[0][0].shape)
     if got != want:
-        raise ConfigError(f"images must be (N, {', '.join(map(str, want))}) for preset {options.preset}, got "
+        raise ConfigError(f"images must be (N, {', '.join(map(str, want))}) for preset {preset}, got "
                           f"(N, {', '.join(map(str, got))}) from {source}")
     return want
 
@@ -119,20 +122,21 @@ def content_hashes(options: JobOptions, data_source: Path) -> dict[str, object]:
     from densepure.models import resolve_checkpoint
     from densepure.models.sources import ClassifierSpec, classifier_source_path
 
+    models, execution = options.models, options.execution
     content: dict[str, object] = {"data": tree_sha256(data_source)}
-    if options.backend is BackendKind.TORCH:
-        if options.mode is not Mode.GAUSSIAN:
-            content["checkpoint"] = tree_sha256(resolve_checkpoint(options.preset, options.checkpoint))
-        content["classifier"] = tree_sha256(classifier_source_path(ClassifierSpec.parse(options.classifier)))
+    if execution.backend is BackendKind.TORCH:
+        if options.smoothing.mode is not Mode.GAUSSIAN:
+            content["checkpoint"] = tree_sha256(resolve_checkpoint(models.preset, models.checkpoint))
+        content["classifier"] = tree_sha256(classifier_source_path(ClassifierSpec.parse(models.classifier)))
     else:
-        graphs = sorted(Path(options.artifacts).glob("*.manifest.json"))
+        graphs = sorted(Path(execution.artifacts).glob("*.manifest.json"))
         content["artifacts"] = {p.name: tree_sha256(p) for p in graphs}
     return content
 
 
 def prepare(options: JobOptions) -> Job:
     """Check the data and the outputs, then load the models and build the engine; nothing is written yet."""
-    if options.ray is not None:
+    if options.cluster.ray is not None:
         raise ConfigError("a --ray run is driven by densepure.distributed (prepare_cluster_job), not prepare()")
     draft = prepare_draft(options)
     shape = tuple(int(d) for d in draft.dataset[0][0].shape)
@@ -146,20 +150,22 @@ def prepare_draft(options: JobOptions) -> Job:
     (each worker resolves them on its own device)."""
     from densepure.kernels import resolve_kernels
 
-    seed = options.seed if options.seed is not None else _resumed_seed(options)
-    options = replace(options, seed=seed)
+    seed = options.sampling.seed if options.sampling.seed is not None else _resumed_seed(options)
+    options = options.replace(seed=seed)
     dataset, source = _dataset(options)
     if not len(dataset):
         raise ConfigError(f"the dataset {source} is empty")
-    indices = select_indices(len(dataset), options.skip, options.max)
+    selection = options.selection
+    indices = select_indices(len(dataset), selection.skip, selection.max)
     if not indices:
-        raise ConfigError(f"--skip {options.skip} --max {options.max} select no image of {len(dataset)}")
+        raise ConfigError(f"--skip {selection.skip} --max {selection.max} select no image of {len(dataset)}")
     _check_shape(options, dataset, source)
-    kernels = options.kernels.value if options.ray is not None else \
-        resolve_kernels(options.kernels, resolve_device(options.device)).name
+    execution = options.execution
+    kernels = execution.kernels.value if options.cluster.ray is not None else \
+        resolve_kernels(execution.kernels, resolve_device(execution.device)).name
     record = {**options.record(), "kernels": kernels, "content": content_hashes(options, source)}
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
-    mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
+    mode = IfExists.OVERWRITE if options.results.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
         check_results(path, config, seed, mode, draft.tsv_kind)
     return draft
@@ -179,12 +185,12 @@ def run(job: Job, progress: Progress | None = None) -> tuple[Path, list[ImageRec
     """Certify the job's images into ``options.output`` (resuming a matching earlier run), and the
     ``k``-chain results of ``also_chains`` into their own files (:meth:`JobOptions.prefix_output`)."""
     opts = job.options
-    mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
+    mode = IfExists.OVERWRITE if opts.results.overwrite else IfExists.RESUME
     with ExitStack() as stack, torch.inference_mode():
         writers = [stack.enter_context(open_results(path, config, job.seed, mode, job.tsv_kind))
                    for path, config in job.outputs()]
-        extra = dict(zip(opts.also_chains, writers[1:]))
+        extra = dict(zip(opts.sampling.also_chains, writers[1:], strict=True))
         records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writers[0], progress, extra)
         for writer in writers:  # complete: image order, as Cohen's files (an interrupted run stays as decided)
             writer.sort_rows()
-    return Path(opts.output), records
+    return Path(opts.results.output), records

@@ -7,18 +7,18 @@ import math
 
 import numpy as np
 
-from densepure.certify.boundary import AnyPlan
-from densepure.certify.sequential import SequentialDecision, SequentialResult
 from densepure.engine.policy import DrawRequest, Policy
 from densepure.noise import NoisePhase
+from densepure.stats.boundary import AnyPlan
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
 MIN_LOOKAHEAD = 16
 
 
 class SequentialPolicy(Policy):
-    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential` and
-    :mod:`densepure.certify.boundary`): ``n0`` selection draws, then estimation draws until the plan's
+    """Sequential certification at ``plan.radius`` (see :mod:`densepure.stats.sequential` and
+    :mod:`densepure.stats.boundary`): ``n0`` selection draws, then estimation draws until the plan's
     test decides.
 
     Validity with the engine's batching: the test sees only the counts at its planned looks, and the
@@ -28,13 +28,13 @@ class SequentialPolicy(Policy):
     function of the i.i.d. label sequence and the plan alone, as the plans' guarantees require, and are
     identical for every batch size and pool size.
 
-    Look-ahead, for latency: when the caller lets it speculate (``take(..., speculate=True)``),
+    Look-ahead, for latency: when the caller lets it look ahead (``take(..., lookahead=True)``),
     estimation draws are handed out up to ``LOOKAHEAD`` (50 %) beyond the next look (at least
     ``MIN_LOOKAHEAD`` draws, never beyond the plan's ``n_max``), so a dense look schedule does not cost a
     round trip per look; otherwise only up to the next look. Draws beyond the stopping look are computed
     but ignored: the result and the recorded estimation counts are those of draws ``0..n_used-1``. Those
     extra draws change neither which samples the test reads nor when it stops, only the compute spent
-    (the engine speculates only into room its batches would otherwise leave empty, see the scheduler).
+    (the engine looks ahead only into room its batches would otherwise leave empty, see the scheduler).
     """
 
     def __init__(self, num_classes: int, n0: int, plan: AnyPlan):
@@ -49,18 +49,18 @@ class SequentialPolicy(Policy):
         self._counts(NoisePhase.SELECTION)
         self._counts(NoisePhase.ESTIMATION)
 
-    def _horizon(self, speculate: bool) -> int:
+    def _horizon(self, lookahead: bool) -> int:
         look = self.test.next_look if self.test is not None else self.plan.looks[0]
-        ahead = max(MIN_LOOKAHEAD, math.ceil(LOOKAHEAD * look)) if speculate else 0
+        ahead = max(MIN_LOOKAHEAD, math.ceil(LOOKAHEAD * look)) if lookahead else 0
         return min(self.plan.n_max, look + ahead)
 
-    def _take(self, limit: int, speculate: bool) -> list[DrawRequest]:
+    def _take(self, limit: int, lookahead: bool) -> list[DrawRequest]:
         if self.result is not None:
             return []
         sel = min(self.n0, self.issued_sel + limit) - self.issued_sel
         out = [DrawRequest(NoisePhase.SELECTION, d) for d in range(self.issued_sel, self.issued_sel + sel)]
         self.issued_sel += sel
-        stop = min(self._horizon(speculate), self.issued_est + limit - len(out))
+        stop = min(self._horizon(lookahead), self.issued_est + limit - len(out))
         out += [DrawRequest(NoisePhase.ESTIMATION, d) for d in range(self.issued_est, stop)]
         self.issued_est = max(self.issued_est, stop)
         return out

@@ -1,7 +1,11 @@
 """What is computed per image: Cohen's PREDICT, Cohen's CERTIFY, or sequential certification of a radius.
 
-Each task is a frozen, validated value with two duties: the engine policy that samples what it needs
-(:meth:`policy`), and the result record made from the counts that policy collected (:meth:`record`).
+Each task is a frozen, validated value that owns an image's whole lifecycle: the engine policy that
+samples what it needs (:meth:`policy`), the result record made from the counts that policy collected
+(:meth:`record`), and, once the policy decided, everything written for the image (:meth:`image_result`:
+the record and the records of each draw's first ``k`` chains), the one call the dataset runner, the
+cluster driver and the server make. It also says what it is to the outside: :attr:`procedure` (its
+name, echoed by the server) and :attr:`max_draws` (the most draws one image may take).
 Neither takes a sigma of its own: the noise level of the radius is the one the engine drew with
 (``engine.smoothing``), passed in by the runner, so a certificate cannot be computed for another noise.
 
@@ -10,7 +14,7 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
 * :class:`CertifyTask` - ``n0`` selection draws pick the class, ``n`` fresh estimation draws bound its
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
-  whether the requested radius is certified (:mod:`densepure.certify.sequential`).
+  whether the requested radius is certified (:mod:`densepure.stats.sequential`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.boundary import DEFAULT_METHOD, AnyPlan, build_plan
 from densepure.certify.policies import SequentialPolicy
-from densepure.certify.records import ImageRecord, ResultRow
-from densepure.certify.sequential import SequentialMethod, SequentialResult
-from densepure.certify.stats import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
+from densepure.results.records import ImageRecord, ResultRow
+from densepure.stats.boundary import DEFAULT_METHOD, AnyPlan, build_plan
+from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.stats.sequential import SequentialMethod, SequentialResult
 
 Counts = Mapping[NoisePhase, np.ndarray]
 
@@ -43,15 +47,47 @@ def _row(idx: int, label: int, predicted: int, radius: float | None, seconds: fl
 
 
 @dataclass(frozen=True)
-class PredictTask:
+class ImageResult:
+    """One decided image: its main record, the records of its first ``k`` chains (``prefixes[k]``) and
+    the draws it took."""
+
+    record: ImageRecord
+    prefixes: Mapping[int, ImageRecord]
+    draws: int
+
+
+class _Lifecycle:
+    """What every task does with a decided policy (the tasks below supply ``record``)."""
+
+    def image_result(self, idx: int, label: int, policy: Policy, sigma: float, prefixes: tuple[int, ...] = (),
+                     seconds: float | None = None) -> ImageResult:
+        """The records of a decided image: ``label`` its true label (-1: unknown), ``sigma`` the noise the
+        engine drew with, ``prefixes`` the chain counts k whose records are wanted too (the policy must
+        have counted them), ``seconds`` its time (default: the policy's own)."""
+        result = getattr(policy, "result", None)
+        seconds = policy.seconds if seconds is None else seconds
+        record = self.record(idx, label, seconds, policy.counts, sigma, result)  # type: ignore[attr-defined]
+        extra = {k: self.record(idx, label, seconds, policy.prefix_counts[k], sigma, result)  # type: ignore[attr-defined]
+                 for k in prefixes}
+        return ImageResult(record, extra, policy.total_draws)
+
+
+@dataclass(frozen=True)
+class PredictTask(_Lifecycle):
     """Cohen's PREDICT: ``n`` draws, failure probability ``alpha``."""
 
     n: int
     alpha: float = 0.001
 
+    procedure = "cohen_predict"
+
     def __post_init__(self) -> None:
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
+
+    @property
+    def max_draws(self) -> int:
+        return self.n
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return FixedPolicy(num_classes, {NoisePhase.PREDICT: self.n})
@@ -64,17 +100,23 @@ class PredictTask:
 
 
 @dataclass(frozen=True)
-class CertifyTask:
+class CertifyTask(_Lifecycle):
     """Cohen's CERTIFY: ``n0`` selection draws, ``n`` estimation draws, failure probability ``alpha``."""
 
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
 
+    procedure = "cohen_certify"
+
     def __post_init__(self) -> None:
         validate_sample_count("n0", self.n0)
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
+
+    @property
+    def max_draws(self) -> int:
+        return self.n0 + self.n
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return FixedPolicy(num_classes, {NoisePhase.SELECTION: self.n0, NoisePhase.ESTIMATION: self.n})
@@ -89,9 +131,9 @@ class CertifyTask:
 
 
 @dataclass(frozen=True)
-class SequentialTask:
+class SequentialTask(_Lifecycle):
     """Sequential certification of ``radius``: ``n0`` selection draws, at most ``n_max`` estimation draws,
-    decided by ``method``'s test (:mod:`densepure.certify.boundary`; ``GEOMETRIC`` reproduces runs made
+    decided by ``method``'s test (:mod:`densepure.stats.boundary`; ``GEOMETRIC`` reproduces runs made
     before the exact boundary test became the default)."""
 
     n0: int
@@ -107,6 +149,14 @@ class SequentialTask:
         if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not self.radius >= 0:
             raise ConfigError(f"radius must be a number >= 0, got {self.radius!r}")
         object.__setattr__(self, "method", SequentialMethod.parse(self.method))
+
+    @property
+    def procedure(self) -> str:
+        return f"sequential_{self.method.value}"  # e.g. sequential_exact: the exact-boundary test
+
+    @property
+    def max_draws(self) -> int:
+        return self.n0 + self.n_max
 
     def plan(self, sigma: float) -> AnyPlan:
         """The looks and boundaries, fixed before sampling, for the engine's ``sigma``."""

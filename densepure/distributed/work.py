@@ -6,7 +6,7 @@ path to it and the images of a chunk weigh little against minutes of sampling):
 
 * :class:`ImageChunks` - a chunk is a few whole images. The worker certifies them with
   :func:`~densepure.certify.runner.certify_images`, exactly the single-process code, and returns their
-  :class:`~densepure.certify.runner.ImageResult`. Noise is keyed by (run seed, dataset index), so a result
+  :class:`~densepure.certify.tasks.ImageResult`. Noise is keyed by (run seed, dataset index), so a result
   does not depend on which worker ran it, with which other images, or in which order.
 * :class:`DrawSplits` (``--split-draws S``) - the driver holds each open image's sampling policy (the
   same ``task.policy`` a single process runs) and asks it for the draws it needs now: all of them for
@@ -30,8 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from densepure.certify.runner import ImageResult
-from densepure.certify.tasks import Task
+from densepure.certify.tasks import ImageResult, Task
 from densepure.engine.policy import DrawRequest, Policy
 from densepure.noise import NoisePhase
 
@@ -230,12 +229,8 @@ class DrawSplits:
 
     def _finish(self, state: _OpenImage) -> ImageResult:
         del self._open[state.idx]
-        policy, task, sigma, seconds = state.policy, self._task, self._sigma, state.seconds
-        result = getattr(policy, "result", None)
-        record = task.record(state.idx, state.label, seconds, policy.counts, sigma, result)
-        extra = {k: task.record(state.idx, state.label, seconds, policy.prefix_counts[k], sigma, result)
-                 for k in self._prefixes}
-        return ImageResult(record, extra, policy.total_draws)
+        return self._task.image_result(state.idx, state.label, state.policy, self._sigma, self._prefixes,
+                                       seconds=state.seconds)
 
 
 def split_draws(requests: Sequence[DrawRequest], parts: int) -> list[tuple[tuple[NoisePhase, int, int], ...]]:

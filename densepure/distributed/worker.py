@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from densepure.certify.job import JobOptions, build_engine
-from densepure.certify.runner import ImageResult, certify_images
+from densepure.certify.runner import certify_images
+from densepure.certify.tasks import ImageResult
 from densepure.distributed.work import DrawPart, PartLabels, WholeImage
 from densepure.engine.engine import ImageRequest
 from densepure.engine.policy import DrawRequest, FixedPolicy
@@ -42,7 +43,7 @@ class WorkerInfo:
 class CertifyWorker:
     """Certifies whole images (:meth:`certify`) or samples draw ranges (:meth:`sample`) with one engine.
 
-    ``options.device`` is the worker's own device (the driver replaces ``--device``: "cuda" is the GPU
+    ``options.execution.device`` is the worker's own device (the driver replaces ``--device``: "cuda" is the GPU
     Ray assigned to this worker). A user error while loading the models (a missing checkpoint on this
     node, say) is kept and raised by :meth:`info`, so the driver reports it as one line.
     """
@@ -50,7 +51,7 @@ class CertifyWorker:
     def __init__(self, options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None,
                  threads: int):
         torch.set_num_threads(max(1, int(threads)))
-        self._task, self._seed, self._prefixes = options.task(), int(options.seed), tuple(options.also_chains)
+        self._task, self._seed, self._prefixes = options.task(), int(options.sampling.seed), options.sampling.also_chains
         self._error: DensePureError | None = None
         self._engine = None
         try:

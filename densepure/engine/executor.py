@@ -27,7 +27,7 @@ from densepure.engine.backends.base import Backends
 from densepure.engine.scheduler import RowKind, Rows
 from densepure.engine.transfer import SyncCounter, Uploader
 from densepure.errors import ModelOutputError
-from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartForm, StartRule, resolve_kernels
+from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartRule, resolve_kernels
 from densepure.noise import NoiseStream, counter_words, key_table
 
 _BAD_LOGITS = -1  # the label of a row whose logits were not all finite
@@ -36,9 +36,8 @@ _BAD_LOGITS = -1  # the label of a row whose logits were not all finite
 def start_rule(smoothing: SmoothingConfig, grid) -> StartRule:
     """How the kernels make a draw's start (or Gaussian smoothing's classifier input) for ``smoothing``."""
     if smoothing.start is StartKind.DDS:
-        return StartRule(StartForm.DDS, alpha_bar=float(grid.alphas_cumprod[0]))
-    form = StartForm.GAUSSIAN if smoothing.start is StartKind.GAUSSIAN else StartForm.DENSEPURE
-    return StartRule(form, sigma=smoothing.sigma)
+        return StartRule(StartKind.DDS, alpha_bar=float(grid.alphas_cumprod[0]))
+    return StartRule(smoothing.start, sigma=smoothing.sigma)
 
 
 class Executor:

@@ -51,7 +51,7 @@ class Uploader:
         else:
             moved = host
         out, offset = {}, 0
-        for name, part in zip(arrays, parts):
+        for name, part in zip(arrays, parts, strict=True):
             out[name] = moved[offset:offset + part.size].view(part.shape)
             offset += part.size
         return out

@@ -378,5 +378,5 @@ def _compare(job: _Job, path: Path, reference_cache: ReferenceCache) -> NumericC
     Never a torch float16 forward: on a CPU it is two to three orders of magnitude slower than float32.
     """
     want32 = _reference(job, reference_cache)
-    feeds = {spec.name: f.numpy() for spec, f in zip(job.inputs, job.feeds)}
-    return numeric_check(path, job.precision, feeds, [(s.name, w) for s, w in zip(job.outputs, want32)], want32)
+    feeds = {spec.name: f.numpy() for spec, f in zip(job.inputs, job.feeds, strict=True)}
+    return numeric_check(path, job.precision, feeds, [(s.name, w) for s, w in zip(job.outputs, want32, strict=True)], want32)

@@ -99,8 +99,8 @@ def numeric_check(path: Path, precision: Precision, feeds: Mapping[str, np.ndarr
             raise ArtifactError(f"onnxruntime cannot run {path}: {str(exc).splitlines()[0]}") from exc
         reason = f"numerics skipped: onnxruntime CPU cannot run this float16 graph ({str(exc).splitlines()[0]})"
         return NumericCheck(CheckStatus.SKIPPED, batch, tol, skipped_reason=reason)
-    per = tuple((name, rel_error(g, w)) for (name, w), g in zip(expected, got))
+    per = tuple((name, rel_error(g, w)) for (name, w), g in zip(expected, got, strict=True))
     worst = max(e for _, e in per)
-    vs32 = max(rel_error(g, w) for g, w in zip(got, expected32))
+    vs32 = max(rel_error(g, w) for g, w in zip(got, expected32, strict=True))
     status = CheckStatus.PASSED if worst <= tol else CheckStatus.FAILED
     return NumericCheck(status, batch, tol, worst, vs32, per)

@@ -8,7 +8,7 @@ checks of :func:`check_start`, :func:`check_spawn` and :func:`check_step`.
 Row kinds (ALGORITHM.md §3-§6; ``shape = (C, H, W)``, every image tensor float32, ``z`` the standard
 normal field of a row's words, :func:`densepure.noise.gaussian_words`):
 
-* start (:func:`start_rows`): ``x = images[image_slot]`` and, by :class:`StartForm`,
+* start (:func:`start_rows`): ``x = images[image_slot]`` and, by :class:`StartKind`,
   DENSEPURE ``y = sqrt(a) (2 (x + sigma z) - 1)`` with ``a = 1/(1 + 4 sigma^2)``,
   GAUSSIAN ``y = 2 (x + sigma z) - 1``, DDS ``y = sqrt(abar) (2x - 1) + sqrt(1 - abar) z``.
 * spawn (:func:`spawn_rows`): ``y = mean[draw_slot] + std[draw_slot] z`` (a chain leaving the shared
@@ -23,13 +23,13 @@ for a Python scalar times a float32 tensor.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import torch
 
 from densepure.diffusion import (
+    StartKind,
     StepCoefficients,
     dds_forward_sample,
     start_point,
@@ -41,16 +41,8 @@ from densepure.errors import ConfigError, InputError
 from densepure.kernels.checks import check_index, check_words, float_rows, writable_rows
 from densepure.noise import gaussian_words
 
-__all__ = ["AdvanceRows", "KeepRows", "StartForm", "StartRule", "check_spawn", "check_start", "check_step",
+__all__ = ["AdvanceRows", "KeepRows", "StartRule", "check_spawn", "check_start", "check_step",
            "spawn_rows", "start_rows", "step_rows"]
-
-
-class StartForm(enum.Enum):
-    """How a draw's start is made from its clean image (the module docstring gives the equations)."""
-
-    DENSEPURE = "densepure"
-    GAUSSIAN = "gaussian"
-    DDS = "dds"
 
 
 @dataclass(frozen=True)
@@ -58,13 +50,13 @@ class StartRule:
     """One start form and its constant: ``sigma`` (> 0) for DENSEPURE and GAUSSIAN, ``alpha_bar``
     (in (0, 1)) for DDS, the other left None."""
 
-    form: StartForm
+    form: StartKind
     sigma: float | None = None
     alpha_bar: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "form", StartForm(self.form))
-        if self.form is StartForm.DDS:
+        object.__setattr__(self, "form", StartKind(self.form))
+        if self.form is StartKind.DDS:
             if self.sigma is not None or self.alpha_bar is None:
                 raise ConfigError(f"a DDS start takes alpha_bar and no sigma, got sigma={self.sigma!r}, "
                                   f"alpha_bar={self.alpha_bar!r}")
@@ -81,9 +73,9 @@ class StartRule:
     def constants(self) -> tuple[float, float]:
         """``(a, b)`` as Python floats: DENSEPURE ``(sqrt(1/(1+4 sigma^2)), sigma)``, GAUSSIAN
         ``(1, sigma)``, DDS ``(sqrt(abar), sqrt(1 - abar))``; each is rounded to float32 where used."""
-        if self.form is StartForm.DDS:
+        if self.form is StartKind.DDS:
             return math.sqrt(self.alpha_bar), math.sqrt(1.0 - self.alpha_bar)
-        if self.form is StartForm.GAUSSIAN:
+        if self.form is StartKind.GAUSSIAN:
             return 1.0, self.sigma
         return math.sqrt(start_scale(self.sigma)), self.sigma
 
@@ -198,10 +190,10 @@ def start_rows(images: torch.Tensor, image_slot: torch.Tensor, words: torch.Tens
     images, image_slot, words, out, out_rows = check_start(images, image_slot, words, rule, out, out_rows)
     x = images[image_slot]
     z = gaussian_words(words, tuple(images.shape[1:]), images.device)
-    if rule.form is StartForm.DDS:
+    if rule.form is StartKind.DDS:
         return _scatter(out, out_rows, dds_forward_sample(x, z, rule.alpha_bar))
     delta = rule.sigma * z
-    if rule.form is StartForm.GAUSSIAN:
+    if rule.form is StartKind.GAUSSIAN:
         return _scatter(out, out_rows, 2.0 * (x + delta) - 1.0)
     return _scatter(out, out_rows, start_point(x, delta, rule.sigma))
 

@@ -25,13 +25,12 @@ from densepure.serve.params import (
     RequestParams,
     ServeMode,
     ServerDefaults,
-    draw_bound,
-    method_of,
     parse_params,
     task_for,
 )
 from densepure.serve.protocol import OUTPUTS, InferRequest, OutputRequest, Tensor
 from densepure.serve.settings import ServeOptions
+from densepure.serve.stats import ModelStats
 
 MODEL_VERSION = "1"
 DEFAULT_OUTPUTS = {ServeMode.PREDICT: ("label", "draws"), ServeMode.CERTIFY: ("label", "radius", "draws"),
@@ -57,19 +56,21 @@ class Runtime:
 
         self.options, self.limits = options, options.limits
         self.image_shape = options.image_shape()
-        self.smoothing = options.job.smoothing(get_preset(options.job.preset).schedule)
         job = options.job
-        self.defaults = ServerDefaults(job.n0, job.n, job.alpha, self.smoothing.sigma, self.limits.max_n0,
+        self.smoothing = job.smoothing_config(get_preset(job.models.preset).schedule)
+        sampling, run = job.sampling, job.execution
+        self.defaults = ServerDefaults(sampling.n0, sampling.n, sampling.alpha, self.smoothing.sigma, self.limits.max_n0,
                                        self.limits.max_n, self.limits.max_batch, self.limits.allow_client_seed)
         self.metrics = ServeMetrics({"version": __version__, "torch": torch.__version__, "model": self.model_name,
-                                     "mode": self.smoothing.mode.value, "backend": job.backend.value,
-                                     "precision": job.precision.value, "device": job.device})
+                                     "mode": self.smoothing.mode.value, "backend": run.backend.value,
+                                     "precision": run.precision.value, "device": run.device})
         factory = engine_factory or (lambda: build_engine(options.job, self.image_shape, options.num_classes,
                                                           image_slots=self.limits.image_slots))
         self.on_fatal: Callable[[BaseException], None] | None = None
         self.loop = EngineLoop(factory, self.limits.max_queue, self.limits.max_queued_draws, self.metrics,
                                on_fatal=self._fatal)
         self.jobs = JobStore(self.loop, self.limits.max_jobs, self.limits.job_ttl_s)
+        self.stats = ModelStats()
 
     def _fatal(self, exc: BaseException) -> None:
         if self.on_fatal is not None:
@@ -97,8 +98,8 @@ class Runtime:
         if job and params.binary_output:
             raise InputError("jobs return JSON: binary_data_output applies to infer only")
         task = task_for(params)
-        if batch * draw_bound(task) > self.limits.max_queued_draws:
-            raise InputError(f"this request may take {batch * draw_bound(task)} draws ({batch} image(s)); the "
+        if batch * task.max_draws > self.limits.max_queued_draws:
+            raise InputError(f"this request may take {batch * task.max_draws} draws ({batch} image(s)); the "
                              f"server's cap on queued draws is {self.limits.max_queued_draws}")
         outputs = self._outputs(params, request.outputs, job)
         policies = [task.policy(self.num_classes, self.smoothing.sigma) for _ in range(batch)]
@@ -118,8 +119,8 @@ class Runtime:
 
     def work(self, prepared: Prepared, policies: list, on_done) -> Work:
         images = torch.from_numpy(np.ascontiguousarray(prepared.request.images))
-        return Work(images, policies, prepared.task, on_done, draw_bound(prepared.task), seed=prepared.params.seed,
-                    noise_id=prepared.params.noise_id)
+        return Work(images, policies, prepared.task, on_done, prepared.task.max_draws, seed=prepared.params.seed,
+                    noise_id=prepared.params.noise_id, priority=prepared.params.priority)
 
     def response(self, prepared: Prepared, result: WorkResult) -> tuple[dict, list[Tensor]]:
         """The response body (without outputs) and the output tensors of a decided request."""
@@ -141,7 +142,7 @@ class Runtime:
     def echo(self, params: RequestParams, task: Task) -> dict:
         """Response parameters: the smoothing configuration, the statistics and the method."""
         out = {"mode": params.mode.value, **self.smoothing_parameters(), "alpha": params.alpha,
-               "method": method_of(task), "n": params.n}
+               "method": task.procedure, "n": params.n}
         if params.n0 is not None:
             out["n0"] = params.n0
         if params.radius is not None:
@@ -160,7 +161,9 @@ class Runtime:
 
     # -- metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "densepure", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+        return {"name": "densepure", "version": __version__,
+                "extensions": ["binary_tensor_data", "parameters", "schedule_policy", "model_configuration",
+                               "statistics", "model_repository"]}
 
     def model_metadata(self) -> dict:
         c, h, w = self.image_shape

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from densepure.certify.job import JobOptions
 from densepure.errors import ConfigError
@@ -26,6 +26,11 @@ class ServerLimits:
     engine at once (1 runs one image at a time). ``max_jobs``/``job_ttl_s``: retained jobs and how long
     an unfetched result is kept. ``grace_s``: SIGTERM drain period. ``allow_client_seed``: accept
     ``seed``/``noise_id`` (reproducibility audits only: a known seed lets an attacker search the noise).
+
+    The HTTP layer (:mod:`densepure.serve.http11`): ``max_connections`` open at once (a connection past it
+    is answered 503 with Retry-After and closed); ``read_timeout_s``, the time a request's headers and
+    body may take to arrive, from its first byte (past it: 408 and the connection is closed);
+    ``keep_alive_s``, how long an idle keep-alive connection stays open.
     """
 
     max_body_bytes: int = 64 * 2**20
@@ -39,12 +44,15 @@ class ServerLimits:
     job_ttl_s: float = 3600.0
     grace_s: float = 25.0
     allow_client_seed: bool = False
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "max_n0", "max_n", "max_queue", "max_queued_draws",
-                     "image_slots", "max_jobs"):
+                     "image_slots", "max_jobs", "max_connections"):
             _positive(name, getattr(self, name))
-        for name in ("job_ttl_s", "grace_s"):
+        for name in ("job_ttl_s", "grace_s", "read_timeout_s", "keep_alive_s"):
             _positive(name, getattr(self, name), float)
         if self.max_batch >= 1 << 24:
             raise ConfigError(f"max_batch must be < 2**24 (the noise key's image field), got {self.max_batch}")
@@ -64,22 +72,33 @@ class ServeOptions:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        if self.job.predict or self.job.radius is not None or self.job.also_chains:
+        sampling = self.job.sampling
+        if sampling.predict or sampling.radius is not None or sampling.also_chains:
             raise ConfigError("a server takes its mode per request: leave predict, radius and also_chains unset")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in [0, 65535], got {self.port!r}")
-        if self.job.n0 > self.limits.max_n0 or self.job.n > self.limits.max_n:
-            raise ConfigError(f"the default n0={self.job.n0}, n={self.job.n} must be within the caps "
+        if sampling.n0 > self.limits.max_n0 or sampling.n > self.limits.max_n:
+            raise ConfigError(f"the default n0={sampling.n0}, n={sampling.n} must be within the caps "
                               f"max_n0={self.limits.max_n0}, max_n={self.limits.max_n}")
+
+    @classmethod
+    def build(cls, **values: object) -> ServeOptions:
+        """A server from flat option names: the job's (:meth:`JobOptions.build`), the limits' and the server's
+        own fields, each routed to the record that owns it (the CLI builds ``densepure serve`` this way)."""
+        own = {f.name for f in fields(cls)} - {"job", "limits"}
+        limits = {f.name for f in fields(ServerLimits)}
+        job = {k: v for k, v in values.items() if k not in own and k not in limits}
+        return cls(job=JobOptions.build(**job), limits=ServerLimits(**{k: v for k, v in values.items() if k in limits}),
+                   **{k: v for k, v in values.items() if k in own})
 
     @property
     def model_name(self) -> str:
         """The OIP model name: the preset's (``digits`` for the default)."""
-        return self.job.preset
+        return self.job.models.preset
 
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the preset's images."""
         from densepure.models import get_preset
 
-        preset = get_preset(self.job.preset)
+        preset = get_preset(self.job.models.preset)
         return (int(preset.unet_config.in_channels), preset.image_size, preset.image_size)

@@ -95,7 +95,7 @@ def make_workers():
     cache: dict[tuple, list[CertifyWorker]] = {}
 
     def workers(options, count: int) -> list[CertifyWorker]:
-        key = (options.task(), options.also_chains, options.seed, options.mode)
+        key = (options.task(), options.sampling.also_chains, options.sampling.seed, options.smoothing.mode)
         while len(cache.setdefault(key, [])) < count:
             cache[key].append(CertifyWorker(options, (1, 8, 8), 10, threads=1))
         return cache[key][:count]
@@ -224,4 +224,4 @@ def test_help_documents_the_cluster_flags(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "--help"])
     out = capsys.readouterr().out
-    assert all(flag in out for flag in ("--ray", "--workers", "--split-draws", "'densepure[ray]'"))
+    assert all(flag in out for flag in ("--ray", "--workers", "--split-draws", "'.[ray]'"))

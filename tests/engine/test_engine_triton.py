@@ -52,7 +52,7 @@ def test_certify_with_triton_kernels_gives_the_torch_certificates(tmp_path):
     import sys
     from pathlib import Path
 
-    from densepure.certify.results import read_results, read_sidecar
+    from densepure.results.files import read_results, read_sidecar
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}

@@ -69,7 +69,7 @@ def test_bucketed_backends_match_direct_calls():
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(37, 1, 8, 8, generator=g), torch.randint(1, 999, (37,), generator=g).float()
     with direct, bucketed:
-        for a, b in zip(direct.eps_and_var(x, t), bucketed.eps_and_var(x, t)):
+        for a, b in zip(direct.eps_and_var(x, t), bucketed.eps_and_var(x, t), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     c_direct = TorchClassifier(clf, 10, (1, 8, 8))
     c_bucketed = TorchClassifier(clf, 10, (1, 8, 8), buckets=bucket_sizes(64))
@@ -105,7 +105,7 @@ def test_cuda_graphs_match_eager(dtype):
     tol = 1e-4 if dtype is torch.float32 else 3e-2
     with eager:
         want = eager.eps_and_var(x, t)
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     torch.testing.assert_close(again[0], got[0][:10], rtol=tol, atol=tol)
 

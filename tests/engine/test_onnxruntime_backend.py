@@ -70,7 +70,7 @@ def test_io_binding_writes_into_preallocated_outputs(exported):
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3.0, 900.0])
     bound = active(OnnxRuntimeDenoiser(exported[0], io_mode=IoMode.BINDING)).eps_and_var(x, t)
     copied = active(OnnxRuntimeDenoiser(exported[0], io_mode=IoMode.COPY)).eps_and_var(x, t)
-    assert all(torch.equal(a, b) for a, b in zip(bound, copied))
+    assert all(torch.equal(a, b) for a, b in zip(bound, copied, strict=True))
     noncontig = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
     again = active(OnnxRuntimeDenoiser(exported[0])).eps_and_var(noncontig, t)
     assert torch.equal(again[0], bound[0])
@@ -81,7 +81,7 @@ def test_classifier_matches_torch_backend(exported):
     backend = active(OnnxRuntimeClassifier(exported[1]))
     assert backend.num_classes == 7 and backend.image_shape == (3, 32, 32)
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    got = backend(x)
+    got = backend.logits(x)
     assert got.dtype == torch.float32 and got.shape == (6, 7)
     assert _rel(got, active(TorchClassifier(clf, 7, (3, 32, 32))).logits(x)) < 1e-4
 

@@ -61,7 +61,7 @@ def test_profiles_partition_the_batch_range(buckets):
 def test_chunks_cover_rows_in_buckets(buckets, rows):
     chunks = plan_chunks(rows, buckets)
     assert chunks[0].start == 0 and chunks[-1].stop == rows
-    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:], strict=False))
     assert all(c.bucket in buckets and 1 <= c.rows <= c.bucket for c in chunks)
     assert all(c.rows == buckets[-1] for c in chunks[:-1])  # only the last chunk is padded
     last = chunks[-1]
@@ -200,5 +200,5 @@ def test_unet_engine_matches_onnxruntime(tmp_path):
         with TensorRTDenoiser(built.entry.directory, device="cuda", mode=mode) as engine:
             got = engine.eps_and_var(x.cuda(), t.cuda())
             again = engine.eps_and_var(x[:1].cuda(), t[:1].cuda())  # bucket 2, one padding row
-        assert all(_rel(g.cpu(), w) < 3e-2 for g, w in zip(got, want)), mode
+        assert all(_rel(g.cpu(), w) < 3e-2 for g, w in zip(got, want, strict=True)), mode
         assert _rel(again[0].cpu(), want[0][:1]) < 3e-2

@@ -96,7 +96,7 @@ class BucketedCall:
         if not self.graphs and size == rows:
             return tuple(out.float() for out in self.fn(*inputs))
         static = self._buffers(size)
-        for buf, x in zip(static, inputs):
+        for buf, x in zip(static, inputs, strict=True):
             pad_into(buf, x)
         if not self.graphs:
             return tuple(out[:rows].float() for out in self.fn(*static))

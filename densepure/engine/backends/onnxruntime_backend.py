@@ -163,7 +163,7 @@ class _Session:
         shapes = {spec.name: spec.with_batch(batch) for spec in self.manifest.outputs}
         if self.io_mode is IoMode.COPY:
             got = self.session.run(list(shapes), {n: t.detach().cpu().numpy() for n, t in feeds.items()})
-            return {n: torch.from_numpy(a).to(self.device) for n, a in zip(shapes, got)}
+            return {n: torch.from_numpy(a).to(self.device) for n, a in zip(shapes, got, strict=True)}
         outputs = {n: torch.empty(s, dtype=torch.float32, device=self.device) for n, s in shapes.items()}
         if self.stream is None:
             self._run_bound(feeds, outputs)

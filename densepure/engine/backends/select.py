@@ -39,6 +39,7 @@ from densepure.choices import Choice
 from densepure.engine.backends.base import Backends
 from densepure.errors import ArtifactError, BackendError, ConfigError
 from densepure.kernels import CompileMode
+from densepure.models.sources import ClassifierSource
 from densepure.precision import EXPORTED_PRECISIONS, Precision
 
 
@@ -46,9 +47,6 @@ class BackendKind(Choice, what="backend"):
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
-
-
-_CLASSIFIER_SOURCES = ("digits", "hf", "timm")  # the heads of certify's classifier specs
 
 
 def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None, precision: Precision) -> None:
@@ -228,7 +226,7 @@ def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdenti
 def _classifier_tag(spec: str | None) -> tuple[str, ...] | None:
     """A classifier spec without its directories (``hf:/models/vit`` -> ``('hf', 'vit')``): exports are
     often made on another machine, where the same model lives elsewhere. None: not a spec."""
-    if not spec or spec.split(":", 1)[0] not in _CLASSIFIER_SOURCES:
+    if not spec or spec.split(":", 1)[0] not in {source.value for source in ClassifierSource}:
         return None
     head, *rest = spec.split(":")
     return (head, *(Path(part).name for part in rest))

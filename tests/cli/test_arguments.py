@@ -1,0 +1,154 @@
+"""Issue 24, item 1: one way from argv to options. Every flag that certify, predict and serve accept is parsed
+with a value other than its default, and must arrive in the options the one builder makes (a flag that a
+subcommand accepts and drops, as serve once dropped --kernels, --compile and --resize, fails here)."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+
+import pytest
+from export_helpers import stand_in_artifacts
+
+from densepure.certify.options import JobOptions
+from densepure.cli import build_parser
+from densepure.cli.arguments import options_from_args
+
+# flag -> (its value on the command line, what the options must hold, other flags it needs)
+HF = ["--preset", "cifar10", "--classifier", "hf:some/vit"]
+VALUES: dict[str, tuple[list[str], object, list[str]]] = {
+    "--preset": (["cifar10"], "cifar10", ["--classifier", "hf:some/vit"]),
+    "--checkpoint": (["my.pt"], "my.pt", []),
+    "--classifier": (["hf:some/vit"], "hf:some/vit", ["--preset", "cifar10"]),
+    "--resize": (["bilinear"], "bilinear", HF),
+    "--data": (["images.npz"], "images.npz", []),
+    "--skip": (["7"], 7, []),
+    "--max": (["3"], 3, []),
+    "--mode": (["onestep"], "onestep", []),
+    "--sigma": (["0.5"], 0.5, []),
+    "--K": (["3"], 3, []),
+    "--b": (["3"], 3, []),
+    "--t-star": (["nearest"], "nearest", []),
+    "--n0": (["17"], 17, []),
+    "--n": (["123"], 123, []),
+    "--alpha": (["0.01"], 0.01, []),
+    "--radius": (["0.3"], 0.3, []),
+    "--sequential": (["betting"], "betting", ["--radius", "0.3"]),
+    "--also-K": (["1,3"], (1, 3), []),
+    "--seed": (["42"], 42, []),
+    "--batch-size": (["7"], 7, []),
+    "--device": (["cpu"], "cpu", []),
+    "--kernels": (["torch"], "torch", []),
+    "--compile": (["default"], "default", []),
+    "--cuda-graphs": ([], True, []),
+    "--no-cuda-graphs": ([], False, []),
+    "--lookahead": ([], True, []),
+    "--no-lookahead": ([], False, []),
+    "--precision": (["bf16"], "bf16", []),
+    "--backend": (["onnxruntime"], "onnxruntime", ["--artifacts", "{artifacts}"]),
+    "--artifacts": (["{artifacts}"], "{artifacts}", ["--backend", "onnxruntime"]),
+    "--cache-dir": (["/tmp/engines"], "/tmp/engines", ["--backend", "tensorrt", "--artifacts", "{artifacts}"]),
+    "--output": (["elsewhere.tsv"], "elsewhere.tsv", []),
+    "--overwrite": ([], True, []),
+    "--plot": (["p.png"], "p.png", []),
+    "--ray": (["auto"], "auto", []),
+    "--workers": (["2"], 2, ["--ray", "auto"]),
+    "--split-draws": (["2"], 2, ["--ray", "auto"]),
+    # serve's own
+    "--num-classes": (["12"], 12, []),
+    "--host": (["127.0.0.2"], "127.0.0.2", []),
+    "--port": (["8123"], 8123, []),
+    "--allow-client-seed": ([], True, []),
+    "--log-level": (["debug"], "debug", []),
+    "--access-log": ([], True, []),
+    "--no-access-log": ([], False, []),
+    "--max-body-bytes": (["1000"], 1000, []),
+    "--max-batch": (["3"], 3, []),
+    "--max-n0": (["500"], 500, []),
+    "--max-n": (["5000"], 5000, []),
+    "--max-queue": (["5"], 5, []),
+    "--max-queued-draws": (["99999"], 99999, []),
+    "--image-slots": (["3"], 3, []),
+    "--max-jobs": (["9"], 9, []),
+    "--job-ttl": (["12.5"], 12.5, []),
+    "--grace-period": (["3.5"], 3.5, []),
+    "--max-connections": (["7"], 7, []),
+    "--read-timeout": (["4.5"], 4.5, []),
+    "--keep-alive-timeout": (["2.5"], 2.5, []),
+}
+# what a flag means when the server runs (certify's defaults for the server's statistics are too big)
+SERVE_CONTEXT = ["--n", "1000", "--n0", "50"]
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
+
+
+def _accepted(command: str) -> list[tuple[str, str]]:
+    """(option string, dest) of every flag of ``command``'s parser, help aside."""
+    return [(flag, action.dest) for action in _subparser(command)._actions if action.dest != "help"
+            for flag in action.option_strings]
+
+
+def _value_of(options, dest: str):
+    """``dest``'s value in the options a subcommand built, wherever its record keeps it."""
+    job = options if isinstance(options, JobOptions) else options.job
+    found = job.flat()
+    if not isinstance(options, JobOptions):
+        found.update(vars(options.limits))
+        found.update({k: v for k, v in vars(options).items() if k not in ("job", "limits")})
+    assert dest in found, f"{dest} reached no field"
+    value = found[dest]
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@pytest.mark.parametrize("command", ["certify", "predict", "serve"])
+def test_every_flag_has_a_non_default_value_here(command):
+    missing = sorted({flag for flag, _ in _accepted(command)} - set(VALUES))
+    assert not missing, f"add these {command} flags to VALUES (a non-default value each): {missing}"
+
+
+@pytest.mark.parametrize("command", ["certify", "predict", "serve"])
+def test_every_accepted_flag_reaches_the_options(command, tmp_path):
+    artifacts = str(stand_in_artifacts(tmp_path / "art"))
+    parser = build_parser()
+    checked = 0
+    for flag, dest in _accepted(command):
+        words, expected, context = VALUES[flag]
+        context = [c.replace("{artifacts}", artifacts) for c in context]
+        if command == "serve" and flag in ("--ray", "--workers", "--split-draws"):
+            continue  # not serve flags (the accepted list says so; this is only the shared table)
+        if command == "serve":
+            context = [*SERVE_CONTEXT, *context] if flag not in ("--n", "--n0") else context
+        if command == "predict" and flag == "--sequential":
+            continue
+        argv = [command, *context, flag, *(w.replace("{artifacts}", artifacts) for w in words)]
+        options = options_from_args(parser.parse_args(argv))
+        expected = expected.replace("{artifacts}", artifacts) if isinstance(expected, str) else expected
+        assert _value_of(options, dest) == expected, f"{' '.join(argv)}: {dest} did not arrive"
+        checked += 1
+    assert checked >= 20
+
+
+def test_serve_keeps_the_flags_it_once_dropped():
+    """The bug of issue 24: serve --kernels torch --compile default --resize bilinear arrived as defaults."""
+    argv = ["serve", *HF, *SERVE_CONTEXT, "--kernels", "torch", "--compile", "default", "--resize", "bilinear"]
+    options = options_from_args(build_parser().parse_args(argv))
+    assert options.job.execution.kernels.value == "torch"
+    assert options.job.execution.compile.value == "default"
+    assert options.job.models.resize.value == "bilinear"
+
+
+def test_flags_not_given_take_the_records_defaults():
+    """Absent flags are absent from the namespace, so the option records' defaults apply (one source)."""
+    options = options_from_args(build_parser().parse_args(["certify"]))
+    assert options == JobOptions.build()
+    predict = options_from_args(build_parser().parse_args(["predict"]))
+    assert predict.sampling.predict and predict.results.output == "runs/predict.tsv"
+
+
+def test_a_flag_with_no_option_field_is_refused_not_dropped():
+    with pytest.raises(TypeError, match="no option is named nonsense"):
+        JobOptions.build(nonsense=1)
