@@ -38,17 +38,16 @@ import time
 import torch
 from common import machine
 
-from densepure.diffusion import GridTables, NoiseSchedule, build_reverse_grid, t_star
+from densepure.diffusion import GridTables, NoiseSchedule, StartKind, build_reverse_grid, t_star
 from densepure.errors import BackendError
-from densepure.kernels.groupnorm import TOLERANCE
 from densepure.kernels import (
     AdvanceRows,
     KeepRows,
-    StartForm,
     StartRule,
     compile_module,
     resolve_kernels,
 )
+from densepure.kernels.groupnorm import TOLERANCE
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.presets import get_preset
 from densepure.noise import NoiseKeys, row_words
@@ -90,9 +89,9 @@ def check(reference, candidate, scale: float) -> str | None:
     got = [t.detach().float() for t in made]
     if len(got) != len(want):
         return f"returned {len(got)} tensors, the reference {len(want)}"
-    for i, (g, w, dtype, other) in enumerate(zip(got, want, dtypes, (t.dtype for t in made))):
+    for i, (g, w, dtype, other) in enumerate(zip(got, want, dtypes, (t.dtype for t in made), strict=True)):
         tols = [TOLERANCE.get(d, TOLERANCE[torch.float32]) for d in (dtype, other)]  # the coarser dtype's
-        rtol, atol = (scale * max(pair) for pair in zip(*tols))
+        rtol, atol = (scale * max(pair) for pair in zip(*tols, strict=True))
         bound = atol * float(w.abs().max()) + rtol * w.abs()
         if g.shape != w.shape or not bool(((g - w).abs() <= bound).all()) or not bool(torch.isfinite(g).all()):
             worst = float((g - w).abs().max()) if g.shape == w.shape else float("nan")
@@ -179,7 +178,7 @@ class RowInputs:
         tables = GridTables(build_reverse_grid(schedule, t_star(0.5, schedule), 3), device)
         self.first = tables.gather(torch.zeros(n, dtype=torch.int64, device=device))
         self.middle = tables.gather(torch.ones(n, dtype=torch.int64, device=device))  # a noisy step
-        self.rule = StartRule(StartForm.DENSEPURE, sigma=0.5)
+        self.rule = StartRule(StartKind.DENSEPURE, sigma=0.5)
         self.all = torch.arange(n, device=device)
         self.kept = (torch.zeros((n, *shape), device=device), torch.zeros((n, *shape), device=device))
 

@@ -3,8 +3,8 @@ figure is reported as it is measured), CIFAR-10-sized; ImageNet-sized last."""
 
 from __future__ import annotations
 
-import torch
 import throughput
+import torch
 
 from gpucheck.report import emit
 

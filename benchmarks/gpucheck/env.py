@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from common import copy_bandwidth, machine, matmul_peak, peak_note
 
-from gpucheck.report import emit, stream
 from densepure.kernels import triton_status
 from densepure.precision import Precision, tf32_flags
+from gpucheck.report import emit, stream
 
 
 def _version(module: str) -> str:
@@ -35,7 +35,7 @@ def _driver() -> dict:
                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
     fields = [f.strip() for f in done.stdout.strip().split(",")]
     keys = ("smi_name", "driver", "smi_memory", "max_sm_clock", "power_limit")
-    return dict(zip(keys, fields)) if done.returncode == 0 else {"driver": done.stderr.strip()[:200]}
+    return dict(zip(keys, fields, strict=False)) if done.returncode == 0 else {"driver": done.stderr.strip()[:200]}
 
 
 def _gpu(device: torch.device) -> dict:

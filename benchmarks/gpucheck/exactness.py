@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gpucheck.report import emit
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
@@ -23,6 +22,7 @@ from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.noise import NoisePhase
 from densepure.precision import Precision, tf32_flags
+from gpucheck.report import emit
 
 
 def _models(device: torch.device, precision: Precision, seen: set):
@@ -61,7 +61,7 @@ def counts(device: torch.device, mode: Mode, graphs: bool, kernels: str, precisi
 
 def compare(got: list, want: list) -> dict:
     """How far ``got``'s counts are from ``want``'s: identical images, and the size of any difference."""
-    diffs = [np.abs(a.astype(np.int64) - b.astype(np.int64)) for a, b in zip(got, want)]
+    diffs = [np.abs(a.astype(np.int64) - b.astype(np.int64)) for a, b in zip(got, want, strict=True)]
     same = sum(int(d.max()) == 0 for d in diffs)
     return {"identical": f"{same}/{len(want)} images", "images_differing": len(want) - same,
             "max_count_diff": int(max(int(d.max()) for d in diffs)),

@@ -16,10 +16,10 @@ import torch
 import workloads
 from common import counted_flops, math_record, matmul_peak, peak_note, sync
 
-from gpucheck.report import emit
 from densepure.kernels import resolve_kernels
 from densepure.noise import gaussian_words
 from densepure.precision import Precision
+from gpucheck.report import emit
 
 
 def _release(device: torch.device) -> None:

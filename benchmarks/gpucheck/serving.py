@@ -16,8 +16,8 @@ import torch
 import workloads
 from common import DIGITS_WEIGHTS, math_record
 
-from gpucheck.report import BENCHMARKS, emit, last_json, stream
 from densepure.precision import Precision
+from gpucheck.report import BENCHMARKS, emit, last_json, stream
 
 
 class Confident(torch.nn.Module):
@@ -116,7 +116,6 @@ def _requester(loop, task, sigma: float, arch: str):
     """``one(i)``: submit request ``i`` (one image) to ``loop`` and wait; (seconds, draws, certified class 0)."""
     from densepure.models.digits import load_digits_test_split
     from densepure.serve.loop import Work, WorkResult
-    from densepure.serve.params import draw_bound
 
     classes, shape = loop.engine.num_classes, loop.engine.image_shape
     images = (load_digits_test_split()[0][:64] if arch == "digits"
@@ -125,7 +124,7 @@ def _requester(loop, task, sigma: float, arch: str):
     def one(i: int) -> tuple[float, int, bool]:
         done, box = threading.Event(), []
         work = Work(images[i % len(images)][None].clone(), [task.policy(classes, sigma)], task,
-                    lambda outcome: (box.append(outcome), done.set()), draw_bound(task))
+                    lambda outcome: (box.append(outcome), done.set()), task.max_draws)
         start = time.perf_counter()
         loop.submit(work)
         if not done.wait(300) or not isinstance(box[0], WorkResult):

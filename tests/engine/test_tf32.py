@@ -86,8 +86,8 @@ def test_make_backends_passes_the_precision_on(precision):
 
 
 def test_the_precision_is_recorded_with_the_results():
-    assert JobOptions(precision="tf32").record()["precision"] == "tf32"
-    assert JobOptions().record()["precision"] == "fp32"
+    assert JobOptions.build(precision="tf32").record()["precision"] == "tf32"
+    assert JobOptions.build().record()["precision"] == "fp32"
 
 
 @pytest.mark.gpu
