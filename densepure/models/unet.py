@@ -15,8 +15,8 @@ Attention runs through ``F.scaled_dot_product_attention`` on CUDA, on 4-D contig
 tensors so that its fused kernels can run (flash, memory-efficient, cuDNN: 3-D inputs fall back to the
 math kernel, which materialises the ``T x T`` scores).
 On the CPU, and while exporting to ONNX, it keeps the explicit two-matmul form: the exporters need it,
-and on the CPU it is the form every earlier result was computed with (CPU SDPA gives its exact bits
-only with 64 channels per head, as the official checkpoints have; the digits UNet has 8).
+and on the CPU it is the form every earlier result was computed with (SDPA's fused kernels sum in
+another order: equal to float32 rounding, not bit for bit).
 
 Input ``x``: ``(B, C, H, W)`` in the model's [-1, 1] space; ``timesteps``: ``(B,)`` float32 as the
 checkpoint expects them (already rescaled). Output: ``(B, 2C, H, W)`` = ``[eps, v]`` when
