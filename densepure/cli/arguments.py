@@ -125,7 +125,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                         "the draws the test reads. The certificates are the same either way (default: on)")
     g.add_argument("--precision", choices=_choices(Precision),
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the "
-                        "classifier network; onnxruntime/tensorrt: precision of both exported graphs "
+                        "classifier network (fp32 is exact float32 on CUDA too; tf32 lets CUDA round matmul and "
+                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs "
                         f"(default: {default(ExecutionOptions, 'precision')})")
     g.add_argument("--backend", choices=_choices(BackendKind),
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

@@ -59,6 +59,7 @@ def test_the_cache_key_covers_every_build_setting():
         assert keys[name] != keys["base"], name
     machine = MachineInfo("10.13.3", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
     assert len({cache_key("ab" * 32, k, machine) for k in keys.values()}) == len(keys)  # so do the keys
+    assert base.key_fields()["tf32"] is False  # engines built before TF32 was cleared are not reused
 
 
 @given(bucket_sets)
