@@ -75,3 +75,15 @@ def golden_improved_export(tmp_path_factory, improved_tiny):
     from export_helpers import golden_export
 
     return golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")
+
+
+# Fixtures whose set-up alone is slow (an ONNX export, a Ray instance): every test that uses one, directly
+# or through another fixture, is marked slow, so that `-m "not slow"` (scripts/test.sh --fast) never pays it.
+SLOW_FIXTURES = frozenset({"digits_export", "golden_improved_export", "cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

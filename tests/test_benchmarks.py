@@ -1,17 +1,21 @@
-"""The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests)."""
+"""The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests).
+They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start), except the
+kernels benchmark, whose CPU run needs Triton's interpreter chosen before any kernel module is imported."""
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str, env: dict | None = None) -> str:
+def run_subprocess(name: str, *args: str, env: dict | None = None) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
@@ -19,8 +23,28 @@ def run_script(name: str, *args: str, env: dict | None = None) -> str:
     return done.stdout
 
 
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """``run_script(name, *args)``: benchmarks/``name`` with ``args`` as ``__main__`` in this process; what it
+    printed. The torch thread count it sets is restored."""
+    threads = torch.get_num_threads()
+
+    def run(name: str, *args: str) -> str:
+        path = ROOT / "benchmarks" / name
+        monkeypatch.syspath_prepend(str(path.parent))  # the scripts import benchmarks/common.py
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), capsys.readouterr().err[-2000:]
+        return capsys.readouterr().out
+
+    yield run
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_table1_runs_resumes_and_reports(tmp_path):
+def test_table1_runs_resumes_and_reports(tmp_path, run_script):
     out = tmp_path / "table1"
     args = ("--images", "2", "--n0", "10", "--n", "20", "--sigmas", "0.5", "--threads", "1", "--out", str(out))
     run_script("table1.py", *args)
@@ -38,7 +62,7 @@ def test_table1_runs_resumes_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_throughput_prints_both_rates_and_their_ratio():
+def test_throughput_prints_both_rates_and_their_ratio(run_script):
     stdout = run_script("throughput.py", "--images", "1", "--n0", "10", "--n", "20", "--K", "3", "--threads", "1",
                         "--device", "cpu", "--precision", "fp32", "bf16", "--repeats", "1")
     result = json.loads(stdout.strip().splitlines()[-1])
@@ -53,7 +77,7 @@ def test_throughput_prints_both_rates_and_their_ratio():
 @pytest.mark.slow
 def test_kernels_benchmark_smoke_compares_torch_and_triton():
     pytest.importorskip("triton")
-    stdout = run_script("kernels.py", "--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1",
+    stdout = run_subprocess("kernels.py", "--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1",
                         env={"TRITON_INTERPRET": "1"})  # the script's CPU run uses Triton's interpreter
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["kernels"].startswith("triton") and result["compile"] is False
@@ -63,7 +87,8 @@ def test_kernels_benchmark_smoke_compares_torch_and_triton():
             assert row["triton"]["speedup_vs_eager"] == pytest.approx(row["torch"]["us"] / row["triton"]["us"])
     assert set(result["unet"]) == {"modules", "fused norms"} and result["unet"]["modules"]["draws_vs_modules"] == 1.0
     assert "torch/triton" in stdout and "draws/s" in stdout
-def test_serve_benchmark_reports_both_servers_and_their_ratio():
+@pytest.mark.slow  # two servers and their clients: ~15 s of CPU
+def test_serve_benchmark_reports_both_servers_and_their_ratio(run_script):
     stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
                         "--K 3 --n0 10 --n 100")
     result = json.loads(stdout.strip().splitlines()[-1])

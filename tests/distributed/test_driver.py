@@ -115,8 +115,10 @@ CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
 CASES["sequential-no-lookahead"] = {**CASES["sequential"], "lookahead": False}  # rounds end at the next look
 
 
-@pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), pytest.param("predict", 2, marks=pytest.mark.slow),
-                                        ("sequential", 2), ("sequential-no-lookahead", 2)])
+@pytest.mark.parametrize("case,split", [pytest.param("certify", 1, marks=pytest.mark.slow), ("certify", 3),
+                                        pytest.param("predict", 2, marks=pytest.mark.slow),
+                                        pytest.param("sequential", 2, marks=pytest.mark.slow),
+                                        pytest.param("sequential-no-lookahead", 2, marks=pytest.mark.slow)])
 def test_cluster_results_equal_one_process(tmp_path, make_workers, single_process, case, split):
     """Whole images over 2 workers, or each image's draws split over them: the same rows and counts (sequential:
     the same looks, in rounds)."""
@@ -141,6 +143,7 @@ def test_cluster_results_equal_one_process(tmp_path, make_workers, single_proces
             assert issued == {record.row.idx: record.n for record in records}
 
 
+@pytest.mark.slow
 def test_a_lost_worker_s_chunks_run_on_the_others(tmp_path, make_workers, single_process):
     observer = Recorder()
     path = tmp_path / "r.tsv"
@@ -152,6 +155,7 @@ def test_a_lost_worker_s_chunks_run_on_the_others(tmp_path, make_workers, single
     assert_same_certificates(path, single_process(**ALSO), ALSO["also_chains"])
 
 
+@pytest.mark.slow
 def test_losing_every_worker_stops_and_the_same_command_resumes(tmp_path, make_workers, single_process):
     path = tmp_path / "r.tsv"
     with pytest.raises(ClusterError) as err:

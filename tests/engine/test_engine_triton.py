@@ -20,7 +20,8 @@ from densepure.noise import NoisePhase
 prefer_interpreter()
 
 
-@pytest.mark.parametrize("mode,k,b", [(Mode.DENSEPURE, 3, 2), (Mode.DENSEPURE, 2, 3), (Mode.ONESTEP, 1, 1),
+@pytest.mark.parametrize("mode,k,b", [pytest.param(Mode.DENSEPURE, 3, 2, marks=pytest.mark.slow),
+                                      pytest.param(Mode.DENSEPURE, 2, 3, marks=pytest.mark.slow), (Mode.ONESTEP, 1, 1),
                                       (Mode.ONESTEP_DDS, 1, 1), (Mode.GAUSSIAN, 1, 1)])
 def test_triton_kernels_give_the_torch_counts(mode, k, b):
     device = kernel_device()
