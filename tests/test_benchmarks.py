@@ -1,11 +1,9 @@
 """The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests).
-They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start), except the
-kernels benchmark, whose CPU run needs Triton's interpreter chosen before any kernel module is imported."""
+They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start). The kernels
+benchmark's run is the gpu check rehearsal's ``kernels`` stage (tests/test_gpu_check.py)."""
 
 import json
-import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,14 +11,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_subprocess(name: str, *args: str, env: dict | None = None) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 @pytest.fixture
@@ -74,19 +64,6 @@ def test_throughput_prints_both_rates_and_their_ratio(run_script):
     assert "official protocol" in stdout and "ratio engine / official" in stdout
 
 
-@pytest.mark.slow
-def test_kernels_benchmark_smoke_compares_torch_and_triton():
-    pytest.importorskip("triton")
-    stdout = run_subprocess("kernels.py", "--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1",
-                        env={"TRITON_INTERPRET": "1"})  # the script's CPU run uses Triton's interpreter
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["kernels"].startswith("triton") and result["compile"] is False
-    for table in ("row_kernels", "norms"):
-        for row in result[table].values():
-            assert set(row) == {"torch", "triton"} and row["triton"]["us"] > 0
-            assert row["triton"]["speedup_vs_eager"] == pytest.approx(row["torch"]["us"] / row["triton"]["us"])
-    assert set(result["unet"]) == {"modules", "fused norms"} and result["unet"]["modules"]["draws_vs_modules"] == 1.0
-    assert "torch/triton" in stdout and "draws/s" in stdout
 @pytest.mark.slow  # two servers and their clients: ~15 s of CPU
 def test_serve_benchmark_reports_both_servers_and_their_ratio(run_script):
     stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
