@@ -77,9 +77,13 @@ def golden_improved_export(tmp_path_factory, improved_tiny):
     return golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")
 
 
-# Fixtures whose set-up alone is slow (an ONNX export, a Ray instance): every test that uses one, directly
-# or through another fixture, is marked slow, so that `-m "not slow"` (scripts/test.sh --fast) never pays it.
-SLOW_FIXTURES = frozenset({"digits_export", "golden_improved_export", "cluster"})
+# Fixtures whose set-up alone is slow (an ONNX export, a Ray instance, a server process for one module: ~5-10 s
+# of CPU each): every test that uses one, directly or through another fixture, is marked slow, so that
+# `-m "not slow"` (scripts/test.sh --fast) never pays for it. tests/serve's default `server` is shared by
+# ~30 tests and stays in the fast tier.
+SLOW_FIXTURES = frozenset({"digits_export", "golden_improved_export", "cluster",
+                           "audit_server",  # tests/serve/conftest.py: --allow-client-seed, for test_audit.py
+                           "guarded"})  # tests/serve/test_http_layer.py: HTTP read/keep-alive/connection limits
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

@@ -115,10 +115,9 @@ CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
 CASES["sequential-no-lookahead"] = {**CASES["sequential"], "lookahead": False}  # rounds end at the next look
 
 
-@pytest.mark.parametrize("case,split", [pytest.param("certify", 1, marks=pytest.mark.slow), ("certify", 3),
-                                        pytest.param("predict", 2, marks=pytest.mark.slow),
-                                        pytest.param("sequential", 2, marks=pytest.mark.slow),
-                                        pytest.param("sequential-no-lookahead", 2, marks=pytest.mark.slow)])
+@pytest.mark.slow  # each case's single-process run and its cluster run: ~3-6 s of CPU
+@pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), ("predict", 2), ("sequential", 2),
+                                        ("sequential-no-lookahead", 2)])
 def test_cluster_results_equal_one_process(tmp_path, make_workers, single_process, case, split):
     """Whole images over 2 workers, or each image's draws split over them: the same rows and counts (sequential:
     the same looks, in rounds)."""

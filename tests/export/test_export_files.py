@@ -161,7 +161,7 @@ def test_a_failed_check_installs_nothing_and_leftovers_are_cleared(tmp_path, mon
     assert not leftover.exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+@pytest.mark.parametrize("umask", [pytest.param(0o022, marks=pytest.mark.slow), 0o027], ids=["umask022", "umask027"])
 def test_external_data_gets_the_mode_of_every_other_file(tmp_path, umask):
     previous = os.umask(umask)
     try:

@@ -287,6 +287,7 @@ def _linear_classifier() -> Classifier:
     return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Preprocess(InputRange.MINUS_ONE_ONE))
 
 
+@pytest.mark.slow  # two exports
 @pytest.mark.parametrize("opset", [21, 22])
 def test_the_manifest_records_the_opset_in_the_graph(tmp_path, opset):
     """manifest.opset is the ai.onnx opset the written graph declares (read back from the file)."""

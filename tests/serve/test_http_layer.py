@@ -19,7 +19,6 @@ from densepure.serve.http11 import LINGER_S as LINGER
 
 READ_TIMEOUT, KEEP_ALIVE, MAX_CONNECTIONS = 2.0, 1.0, 48
 INFER = b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n"
-pytestmark = pytest.mark.slow  # a server of its own (the read, keep-alive and connection limits under test)
 
 
 @pytest.fixture(scope="module")
