@@ -47,8 +47,10 @@ from densepure.validation import is_int, is_real, validate_sigma
 # Settings that do not change any label, so they are not recorded and a run may resume under others:
 # noise is keyed by identity, not by batch layout; engines in the cache are keyed by content; look-ahead
 # only changes which draws run past a stopping look; ``skip`` and ``max`` only select which images run
-# (each image's noise is keyed by its own index). ``kernels`` is recorded as what it resolved to on the
-# machine, by the job (densepure.certify.job).
+# (each image's noise is keyed by its own index); the kernels give the same counts whichever runs (tested
+# against each other in tests/kernels); a Ray run computes the same counts as one process (tested in
+# tests/distributed). ``device`` is recorded by the job as the device type it resolves to
+# (densepure.certify.job.device_type), which is what can change a count.
 _NOT_RECORDED = ("batch_size", "output", "overwrite", "plot", "cache_dir", "cuda_graphs", "kernels", "skip", "max", "ray",
                  "workers", "split_draws", "lookahead")
 
