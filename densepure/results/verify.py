@@ -376,14 +376,16 @@ def verify_file(path: str | Path, require_sidecar: bool = False) -> Verdict:
     return Verdict(str(path), Status.OK, f"{images} certificates recomputed from their counts, {tsv_part}, {chain}")
 
 
-def check_before_reading(tsv: str | Path) -> None:
+def check_before_reading(tsv: str | Path) -> RunHeader | None:
     """For readers of results (``analyze``): if ``tsv`` has a sidecar, refuse the file (InputError naming the
-    line) unless every check of :func:`check_run` passes. Without a sidecar (Cohen's files) nothing is checked."""
+    line) unless every check of :func:`check_run` passes, and return its header. Without a sidecar (Cohen's
+    files) nothing is checked: None."""
     tsv = Path(tsv)
     side = sidecar_path(tsv)
     if not side.exists():
-        return
-    _, problems = check_run(read_run_text(tsv, side))
+        return None
+    header, problems = check_run(read_run_text(tsv, side))
     if problems:
         more = f"; {len(problems) - 1} more problems: `densepure verify {tsv}` lists them" if len(problems) > 1 else ""
         raise InputError(f"{problems[0]}: the file was changed after it was written, its numbers are not used{more}")
+    return header
