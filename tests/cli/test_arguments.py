@@ -72,6 +72,9 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--max-jobs": (["9"], 9, []),
     "--job-ttl": (["12.5"], 12.5, []),
     "--grace-period": (["3.5"], 3.5, []),
+    "--max-connections": (["7"], 7, []),
+    "--read-timeout": (["4.5"], 4.5, []),
+    "--keep-alive-timeout": (["2.5"], 2.5, []),
 }
 # what a flag means when the server runs (certify's defaults for the server's statistics are too big)
 SERVE_CONTEXT = ["--n", "1000", "--n0", "50"]
