@@ -30,12 +30,12 @@ NOFOLLOW = os.O_NOFOLLOW  # a link as the last component of a path opened for wr
 
 
 def _describe(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
         if test(mode):
             return name
-    return "not a regular file"
+    return "neither a regular file nor a directory"
 
 
 def check_input(path: str | os.PathLike, what: str, *, file: bool = True, directory: bool = False) -> Path:
