@@ -314,23 +314,11 @@ def _title(runs: Sequence[Run]) -> tuple[str, bool]:
     return "Certified accuracy", False
 
 
-def plot_certified_accuracy(runs: Sequence[Run], out_path: str | Path,
-                            max_radius: float | None = None, points: int = 512) -> Path:
-    """Write a PNG of certified accuracy against radius, one labelled curve per run, titled with the runs'
-    statistics (sigma, n, alpha) where their sidecars record them, and a dashed line at each run's radius
-    ceiling (module doc), so that the drop to 0 there reads as n's, not the model's.
-
-    Uses matplotlib's Agg canvas directly (headless, and no global backend switch).
-    ``max_radius`` defaults to 5 % beyond the largest radius or ceiling of any run (at least 0.1). The path is
-    checked first (:func:`check_plot_path`): a plot never replaces anything but a PNG, and is written beside the
-    path and renamed over it (:func:`densepure.paths.replace_file`), never through a link.
-    """
+def accuracy_figure(runs: Sequence[Run], max_radius: float | None = None, points: int = 512):
+    """The figure of :func:`plot_certified_accuracy` (a matplotlib Agg canvas, ``canvas.figure`` its figure)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not runs:
-        raise ConfigError("plot_certified_accuracy needs at least one run, got none")
-    out_path = check_plot_path(out_path)
     if points < 2:
         raise ConfigError(f"points must be >= 2, got {points}")
     ceilings = [run.ceiling for run in runs]
@@ -358,8 +346,26 @@ def plot_certified_accuracy(runs: Sequence[Run], out_path: str | Path,
     axes.set_xlim(0.0, max_radius)
     axes.set_ylim(0.0, 1.0)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
+    return canvas
+
+
+def plot_certified_accuracy(runs: Sequence[Run], out_path: str | Path,
+                            max_radius: float | None = None, points: int = 512) -> Path:
+    """Write a PNG of certified accuracy against radius, one labelled curve per run, titled with the runs'
+    statistics (sigma, n, alpha) where their sidecars record them, and a dashed line at each run's radius
+    ceiling (module doc), so that the drop to 0 there reads as n's, not the model's.
+
+    Uses matplotlib's Agg canvas directly (headless, and no global backend switch).
+    ``max_radius`` defaults to 5 % beyond the largest radius or ceiling of any run (at least 0.1). The path is
+    checked first (:func:`check_plot_path`): a plot never replaces anything but a PNG, and is written beside the
+    path and renamed over it (:func:`densepure.paths.replace_file`), never through a link.
+    """
+    if not runs:
+        raise ConfigError("plot_certified_accuracy needs at least one run, got none")
+    out_path = check_plot_path(out_path)
+    canvas = accuracy_figure(runs, max_radius, points)
     buffer = io.BytesIO()
     canvas.print_png(buffer)
     try:

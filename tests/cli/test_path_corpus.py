@@ -27,6 +27,8 @@ CASES = [
     ("certify --data", ["certify", *GAUSSIAN, "--data", "{p}", "--output", "{o}"], "any"),
     ("certify --checkpoint", ["certify", "--n", "20", "--n0", "5", "--max", "1", "--checkpoint", "{p}", "--output",
                               "{o}"], "file"),
+    ("certify --ray --checkpoint", ["certify", "--n", "20", "--n0", "5", "--max", "1", "--ray", "local",
+                                    "--checkpoint", "{p}", "--output", "{o}"], "file"),  # before Ray starts
     ("certify --classifier hf:", ["certify", *GAUSSIAN, "--preset", "digits", "--classifier", "hf:{p}", "--output",
                                   "{o}"], "dir"),
     ("certify --artifacts", ["certify", *ONNX, "--artifacts", "{p}", "--output", "{o}"], "dir"),
