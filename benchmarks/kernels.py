@@ -33,12 +33,11 @@ import time
 import torch
 from common import machine
 
-from densepure.diffusion import GridTables, NoiseSchedule, build_reverse_grid, t_star
+from densepure.diffusion import GridTables, NoiseSchedule, StartKind, build_reverse_grid, t_star
 from densepure.errors import BackendError
 from densepure.kernels import (
     AdvanceRows,
     KeepRows,
-    StartForm,
     StartRule,
     compile_module,
     resolve_kernels,
@@ -140,7 +139,7 @@ class RowInputs:
         tables = GridTables(build_reverse_grid(schedule, t_star(0.5, schedule), 3), device)
         self.first = tables.gather(torch.zeros(n, dtype=torch.int64, device=device))
         self.middle = tables.gather(torch.ones(n, dtype=torch.int64, device=device))  # a noisy step
-        self.rule = StartRule(StartForm.DENSEPURE, sigma=0.5)
+        self.rule = StartRule(StartKind.DENSEPURE, sigma=0.5)
         self.all = torch.arange(n, device=device)
 
     def calls(self, k) -> dict[str, tuple[callable, int]]:
