@@ -41,6 +41,7 @@ from densepure.artifacts.manifest import (
     verify_onnx,
 )
 from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.paths import replace_file
 from densepure.precision import Precision
 
 MIN_WORKSPACE = 1 << 20
@@ -250,6 +251,4 @@ def _build_serialized(path: Path, manifest: ArtifactManifest, settings: BuildSet
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    replace_file(path, data)  # a fresh file beside it, renamed over it: never through a link
