@@ -154,6 +154,7 @@ class ServeTarget:
                 raise ConfigError(f"give one --requests count per --concurrency level: {len(self.concurrency)} "
                                   f"levels, {len(self.requests)} counts")
         _positive("timeout_s", self.timeout_s)
+        object.__setattr__(self, "params", tuple(self.params))
         for item in self.params:
             if "=" not in item or not item.split("=", 1)[0].strip():
                 raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")

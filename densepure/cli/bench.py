@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
     add_simulation_arguments(q)
     q = _subcommand(commands, "kernels")
     add_kernels_arguments(q)
+    q.set_defaults(random_weights=True)  # the preset's architecture, never its checkpoint
     q = commands.add_parser("compare", help="two reports side by side, with B / A for every metric")
     q.add_argument("reports", nargs=2, metavar="REPORT", help="report.json files (or the directories holding them)")
     q.set_defaults(_func=compare)
@@ -117,8 +118,7 @@ def add_load_arguments(p: argparse.ArgumentParser, scenarios: tuple[Scenario, ..
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--model", help="the model name on the server (default: the preset's, digits)")
-    g.add_argument("--preset", help="the preset whose name is the default --model and whose images are sent")
+    g.add_argument("--model", help="the model name on the server (default: digits)")
     g.add_argument("--param", dest="params", action="append",
                    help="a request parameter KEY=VALUE, repeatable: mode=certify n=1000, radius=0.25, ...")
     g.add_argument("--concurrency", type=int, nargs="+", help="closed-loop client counts (default: 1 4 16)")
