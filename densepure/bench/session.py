@@ -1,26 +1,24 @@
 """One ``densepure bench`` run from options to report: the output directory checked before anything is
 measured, the measurement filling a :class:`~densepure.bench.report.ReportBuilder` as it goes, and on
-Ctrl-C the numbers measured so far written as a report marked ``partial`` (exit status 130)."""
+Ctrl-C the numbers measured so far kept as a report marked ``partial`` (the CLI exits 130)."""
 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from densepure.bench.options import BenchRun
 from densepure.bench.output import ReportDirectory
-from densepure.bench.render import markdown
 from densepure.bench.report import Report, ReportBuilder
 
 MEASUREMENTS = {name: f"densepure.bench.{name}" for name in
                 ("throughput", "latency", "serve", "sequential", "kernels", "scaling")}
-INTERRUPTED = 130
 
 
-def run_bench(subcommand: str, run: BenchRun, command: Sequence[str]) -> int:
-    """Measure ``subcommand`` with ``run``'s options; print the report, write it to ``--output``; the exit
-    status (130 when interrupted)."""
+def run_bench(subcommand: str, run: BenchRun, command: Sequence[str]) -> tuple[Report, list[Path]]:
+    """Measure ``subcommand`` with ``run``'s options: the report (``partial`` when interrupted) and the files
+    written to ``--output`` (none without it)."""
     out = ReportDirectory(run.bench.output, run.bench.overwrite) if run.bench.output is not None else None
     if out is not None:
         out.prepare()
@@ -29,11 +27,7 @@ def run_bench(subcommand: str, run: BenchRun, command: Sequence[str]) -> int:
 
         torch.set_num_threads(run.bench.threads)
     report = measure(subcommand, run, command, out)
-    print(markdown(report))
-    if out is not None:
-        for path in out.write(report):
-            print(f"wrote {path}", file=sys.stderr)
-    return INTERRUPTED if report.partial else 0
+    return report, (out.write(report) if out is not None else [])
 
 
 def measure(subcommand: str, run: BenchRun, command: Sequence[str], out: ReportDirectory | None = None) -> Report:

@@ -158,9 +158,17 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure, print the report (markdown), say where it was written; 130 when interrupted (partial)."""
+    import sys
+
+    from densepure.bench.render import markdown
     from densepure.bench.session import run_bench
 
-    return run_bench(args._bench, options_from_args(args), args._argv)
+    report, written = run_bench(args._bench, options_from_args(args), args._argv)
+    print(markdown(report))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 130 if report.partial else 0
 
 
 def compare(args: argparse.Namespace) -> int:
