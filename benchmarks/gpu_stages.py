@@ -233,7 +233,7 @@ def stage_serve(device: torch.device, rehearse: bool) -> dict:
     from types import SimpleNamespace
 
     from densepure.serve.loop import EngineLoop, Work, WorkResult
-    from densepure.serve.params import ServerDefaults, draw_bound, parse_params, task_for
+    from densepure.serve.params import ServerDefaults, parse_params, task_for
 
     if rehearse:
         arch, precision, chains, rows, n0, n_max, levels = "digits", "fp32", 2, 64, 10, 100, ((1, 2), (4, 4))
@@ -257,7 +257,7 @@ def stage_serve(device: torch.device, rehearse: bool) -> dict:
     def one(i: int) -> tuple[float, int, bool]:
         done, box = threading.Event(), []
         work = Work(images[i % len(images)][None].clone(), [task.policy(classes, sigma)], task,
-                    lambda outcome: (box.append(outcome), done.set()), draw_bound(task))
+                    lambda outcome: (box.append(outcome), done.set()), task.max_draws)
         start = time.perf_counter()
         loop.submit(work)
         if not done.wait(300) or not isinstance(box[0], WorkResult):

@@ -68,9 +68,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
             ("--max-queued-draws", _DEFAULT.max_queued_draws,
              "worst-case draws of all accepted, undecided requests (503 with Retry-After above)"),
             ("--image-slots", _DEFAULT.image_slots, "images in the engine at once; 1 runs one image at a time"),
-            ("--max-jobs", _DEFAULT.max_jobs, "jobs retained (running, or finished and not yet fetched)")):
+            ("--max-jobs", _DEFAULT.max_jobs, "jobs retained (running, or finished and not yet fetched)"),
+            ("--max-connections", _DEFAULT.max_connections,
+             "open HTTP connections (past it: 503 with Retry-After, and the connection is closed)")):
         g.add_argument(flag, type=int, help=f"{text} (default: {value})")
     g.add_argument("--job-ttl", dest="job_ttl_s", type=float,
                    help=f"seconds a finished job's result is kept unfetched (default: {_DEFAULT.job_ttl_s:g})")
+    g.add_argument("--read-timeout", dest="read_timeout_s", type=float,
+                   help="seconds a request's headers and body may take to arrive, from its first byte (past it: 408, "
+                        f"connection closed) (default: {_DEFAULT.read_timeout_s:g})")
+    g.add_argument("--keep-alive-timeout", dest="keep_alive_s", type=float,
+                   help=f"seconds an idle keep-alive connection stays open (default: {_DEFAULT.keep_alive_s:g})")
     g.add_argument("--grace-period", dest="grace_s", type=float,
                    help=f"SIGTERM: seconds to finish the requests in flight (default: {_DEFAULT.grace_s:g})")

@@ -1,14 +1,15 @@
 """The engine loop: the one thread that owns the engine, fed by every client's requests.
 
-Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a
-:class:`Work` (a request's images, one policy per image and its task); it goes on a bounded queue, or
-is refused with :class:`QueueFull` (the queue's request count or the worst-case draws of everything
-accepted would pass their caps). The loop thread builds the engine, warms it up, then repeats: apply
-cancellations, admit queued images into free engine slots, run one ``engine.step()`` (one UNet and one
-classifier batch mixing rows of every image in flight), and collect the images whose policy decided.
-A work whose images are all decided gets its :class:`WorkResult` through its ``on_done`` callback,
-called on the loop thread (a handler turns it into ``loop.call_soon_threadsafe``). When there is
-nothing to do the thread sleeps on a condition variable; submit, cancel and stop wake it.
+Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a :class:`Work` (a
+request's images, one policy per image and its task); it goes on a bounded queue, ordered by the work's
+priority (1 first; first come first served within a priority), or is refused with :class:`QueueFull` (the
+queue's request count or the worst-case draws of everything accepted would pass their caps). The loop thread
+builds the engine, warms it up, then repeats: apply cancellations, admit queued images into free engine
+slots, run one ``engine.step()`` (one UNet and one classifier batch mixing rows of every image in flight),
+and collect the images whose policy decided. A work whose images are all decided gets its
+:class:`WorkResult` through its ``on_done`` callback, called on the loop thread (a handler turns it into
+``loop.call_soon_threadsafe``). When there is nothing to do the thread sleeps on a condition variable;
+submit, cancel and stop wake it.
 
 Isolation: every image is keyed by ``(work id, index)`` and carries its own policy, seed and noise id;
 the engine's counts are per image, so no request sees another's draws.
@@ -16,12 +17,13 @@ the engine's counts are per image, so no request sees another's draws.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -89,7 +91,8 @@ class Work:
     """A request's images ``(B, C, H, W)`` float32 in [0, 1], one policy each, and how to answer it.
 
     ``seed`` None draws a secret seed from the OS; image ``j`` has noise identity ``(seed, noise_id + j)``.
-    ``on_done`` is called exactly once, on the loop thread, with the :data:`Outcome`.
+    ``on_done`` is called exactly once, on the loop thread, with the :data:`Outcome`. ``priority``: queued
+    works enter the engine in increasing priority, then in order of submission.
     """
 
     images: torch.Tensor
@@ -99,9 +102,11 @@ class Work:
     draw_bound: int
     seed: int | None = None
     noise_id: int = 0
+    priority: int = 0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # progress, written by the loop thread only
+    # progress, written by the loop thread only (enqueued and arrival: by submit, under the lock)
     enqueued: float = 0.0
+    arrival: int = 0
     admitted: float | None = None
     submitted: int = 0
     outcomes: dict[int, ImageOutcome] = field(default_factory=dict)
@@ -133,7 +138,9 @@ class EngineLoop:
         self._factory, self._metrics, self._on_fatal = factory, metrics, on_fatal
         self.max_queue, self.max_queued_draws = int(max_queue), int(max_queued_draws)
         self._cond = threading.Condition()
-        self._queue: deque[Work] = deque()  # waiting for engine slots (the head may be partly admitted)
+        # waiting for engine slots, by (priority, arrival); the head may be partly admitted
+        self._queue: list[Work] = []
+        self._arrivals = itertools.count()
         self._works: dict[str, Work] = {}  # every accepted, unresolved work
         self._cancelled: list[Work] = []  # taken off the books by cancel(); the loop frees their slots
         self._pending_draws = 0
@@ -175,7 +182,8 @@ class EngineLoop:
                                 f"(--max-queued-draws {self.max_queued_draws})",
                                 self._retry_after(self._pending_draws + need - self.max_queued_draws))
             work.enqueued = time.monotonic()
-            self._queue.append(work)
+            work.arrival = next(self._arrivals)
+            bisect.insort(self._queue, work, key=lambda w: (w.priority, w.arrival))
             self._works[work.id] = work
             self._pending_draws += need
             self._cond.notify()
@@ -229,6 +237,7 @@ class EngineLoop:
 
     # -- the loop thread ----------------------------------------------------------------------
     def _main(self) -> None:
+        started = time.monotonic()
         try:
             engine = self._factory()
         except Exception as exc:  # noqa: BLE001  (a model that will not load: _fail_load reports it, the server exits)
@@ -237,12 +246,15 @@ class EngineLoop:
         self.engine = engine
         try:
             with engine, torch.inference_mode():
+                built = time.monotonic()
                 self._warm_up(engine)
                 with self._cond:
                     self.loaded = True
                     if self.state is LoopState.LOADING:
                         self.state = LoopState.DRAINING if self._draining else LoopState.READY
                     self._cond.notify_all()
+                log.info("ready: the models were built in %.1f s and warmed up in %.1f s; /v2/health/ready answers 200",
+                         built - started, time.monotonic() - built)
                 self._serve(engine)
         except BaseException as exc:
             if self.state is LoopState.LOADING:
@@ -321,7 +333,7 @@ class EngineLoop:
                     return
                 work = self._queue[0]
                 if work.submitted + 1 >= len(work.policies):
-                    self._queue.popleft()
+                    self._queue.pop(0)
             j = work.submitted
             try:
                 engine.submit(ImageRequest((work.id, j), work.images[j], work.policies[j], work.seed,

@@ -7,7 +7,9 @@
   and per decided request;
 * ``densepure_denoiser_rows_total``, ``densepure_classifier_rows_total``, ``densepure_batch_rows{model}``:
   model rows, and rows per batch (one UNet and one classifier batch per engine step);
-* ``densepure_images_in_flight``: images in engine slots; ``densepure_build_info``: versions and setup.
+* ``densepure_images_in_flight``: images in engine slots; ``densepure_build_info``: versions and setup;
+* ``densepure_http_refused_total{reason}``: connections the HTTP layer answered itself and closed
+  (``connection_limit``, ``read_timeout``, ``malformed``: :mod:`densepure.serve.http11`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class ServeMetrics:
         self.draws_per_request = Histogram("densepure_draws_per_request", "draws of a decided request (all images)",
                                            buckets=_DRAWS, registry=r)
         self.images = Gauge("densepure_images_in_flight", "images in engine slots", registry=r)
+        self.refused = Counter("densepure_http_refused", "connections the HTTP layer answered and closed",
+                               ["reason"], registry=r)
+        self.steps = 0  # engine steps (Triton's execution_count); written by the engine loop only
         info = Gauge("densepure_build_info", "densepure version and the served configuration",
                      sorted(build) + ["python"], registry=r)
         info.labels(**build, python=platform.python_version()).set(1)
@@ -53,7 +58,11 @@ class ServeMetrics:
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_s.observe(seconds)
 
+    def http_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
     def step(self, unet_rows: int, classifier_rows: int) -> None:
+        self.steps += 1
         for model, rows, total in (("denoiser", unet_rows, self.denoiser_rows),
                                    ("classifier", classifier_rows, self.classifier_rows)):
             if rows > 0:

@@ -30,6 +30,7 @@ from densepure.serve.params import (
 )
 from densepure.serve.protocol import OUTPUTS, InferRequest, OutputRequest, Tensor
 from densepure.serve.settings import ServeOptions
+from densepure.serve.stats import ModelStats
 
 MODEL_VERSION = "1"
 DEFAULT_OUTPUTS = {ServeMode.PREDICT: ("label", "draws"), ServeMode.CERTIFY: ("label", "radius", "draws"),
@@ -69,6 +70,7 @@ class Runtime:
         self.loop = EngineLoop(factory, self.limits.max_queue, self.limits.max_queued_draws, self.metrics,
                                on_fatal=self._fatal)
         self.jobs = JobStore(self.loop, self.limits.max_jobs, self.limits.job_ttl_s)
+        self.stats = ModelStats()
 
     def _fatal(self, exc: BaseException) -> None:
         if self.on_fatal is not None:
@@ -118,7 +120,7 @@ class Runtime:
     def work(self, prepared: Prepared, policies: list, on_done) -> Work:
         images = torch.from_numpy(np.ascontiguousarray(prepared.request.images))
         return Work(images, policies, prepared.task, on_done, prepared.task.max_draws, seed=prepared.params.seed,
-                    noise_id=prepared.params.noise_id)
+                    noise_id=prepared.params.noise_id, priority=prepared.params.priority)
 
     def response(self, prepared: Prepared, result: WorkResult) -> tuple[dict, list[Tensor]]:
         """The response body (without outputs) and the output tensors of a decided request."""
@@ -159,7 +161,9 @@ class Runtime:
 
     # -- metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "densepure", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+        return {"name": "densepure", "version": __version__,
+                "extensions": ["binary_tensor_data", "parameters", "schedule_policy", "model_configuration",
+                               "statistics", "model_repository"]}
 
     def model_metadata(self) -> dict:
         c, h, w = self.image_shape

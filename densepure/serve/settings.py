@@ -26,6 +26,11 @@ class ServerLimits:
     engine at once (1 runs one image at a time). ``max_jobs``/``job_ttl_s``: retained jobs and how long
     an unfetched result is kept. ``grace_s``: SIGTERM drain period. ``allow_client_seed``: accept
     ``seed``/``noise_id`` (reproducibility audits only: a known seed lets an attacker search the noise).
+
+    The HTTP layer (:mod:`densepure.serve.http11`): ``max_connections`` open at once (a connection past it
+    is answered 503 with Retry-After and closed); ``read_timeout_s``, the time a request's headers and
+    body may take to arrive, from its first byte (past it: 408 and the connection is closed);
+    ``keep_alive_s``, how long an idle keep-alive connection stays open.
     """
 
     max_body_bytes: int = 64 * 2**20
@@ -39,12 +44,15 @@ class ServerLimits:
     job_ttl_s: float = 3600.0
     grace_s: float = 25.0
     allow_client_seed: bool = False
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "max_n0", "max_n", "max_queue", "max_queued_draws",
-                     "image_slots", "max_jobs"):
+                     "image_slots", "max_jobs", "max_connections"):
             _positive(name, getattr(self, name))
-        for name in ("job_ttl_s", "grace_s"):
+        for name in ("job_ttl_s", "grace_s", "read_timeout_s", "keep_alive_s"):
             _positive(name, getattr(self, name), float)
         if self.max_batch >= 1 << 24:
             raise ConfigError(f"max_batch must be < 2**24 (the noise key's image field), got {self.max_batch}")

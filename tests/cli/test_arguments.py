@@ -99,6 +99,9 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--worker-threads": (["2"], 2, []),
     "--single": ([], True, []),
     "--no-single": ([], False, []),
+    "--max-connections": (["7"], 7, []),
+    "--read-timeout": (["4.5"], 4.5, []),
+    "--keep-alive-timeout": (["2.5"], 2.5, []),
 }
 # a flag that means something else in a bench subcommand (scaling's --workers is a list of counts)
 BENCH_VALUES = {"--workers": (["1", "3"], (1, 3), [])}

@@ -181,3 +181,26 @@ def test_a_load_failure_is_reported():
     loop.start()
     assert not loop.wait_ready(30)
     assert loop.state is LoopState.FAILED and str(loop.load_error) == "no such checkpoint" and len(failures) == 1
+
+
+def test_queued_work_enters_the_engine_by_priority_then_arrival(loop):
+    """Triton's priority: 1 first; equal priorities first come first served; a running image keeps its slot."""
+    long = [work(PredictTask(n=10**6), torch.full((1, *SHAPE), 0.5)) for _ in range(2)]
+    for w, _ in long:  # both slots taken
+        loop.submit(w)
+        wait_admitted(loop, w)
+    finished = []
+    queued = []
+    for name, priority in (("b", 9), ("c", 1), ("d", 5), ("e", 5), ("f", 1)):
+        w, waiter = work(PredictTask(n=10), torch.full((1, *SHAPE), 0.5))
+        w.priority, w.on_done = priority, (lambda outcome, name=name, waiter=waiter: (finished.append(name),
+                                                                                      waiter(outcome)))
+        queued.append((w, waiter))
+        loop.submit(w)
+    loop.cancel(long[0][0].id)  # one slot frees: the queue goes through it one request at a time
+    for _, waiter in queued:
+        assert isinstance(waiter.get(), WorkResult)
+    assert finished == ["c", "f", "d", "e", "b"]
+    assert loop.progress(long[1][0].id) is not None  # still running, never displaced
+    loop.cancel(long[1][0].id)
+    assert long[1][1].get().kind is FailKind.CANCELLED
