@@ -167,6 +167,7 @@ class LoadGenTest:
             out.outdir, out.copy_summary_to_stdout = str(where), False
             logs = lg.LogSettings()
             logs.log_output, logs.log_mode = out, lg.LoggingMode.AsyncPoll
+            logs.enable_trace = False  # the trace (megabytes per minute) is for LoadGen's developers
             sut = lg.ConstructSUT(self._issue, lambda: None)
             qsl = lg.ConstructQSL(self.samples, self.samples, lambda ids: None, lambda ids: None)
             failure: list[BaseException] = []

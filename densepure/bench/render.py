@@ -131,7 +131,8 @@ def _cdf_figure(curves: Mapping[str, list[float]], title: str):
     ax = fig.add_subplot()
     for label, values in curves.items():
         xs = sorted(values)
-        ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=f"{label} ({len(xs)})")
+        ax.step([xs[0], *xs], [0.0, *((i + 1) / len(xs) for i in range(len(xs)))], where="post",
+                label=f"{label} ({len(xs)})")
     ax.set_xlabel("latency (s)")
     ax.set_ylabel("fraction of requests answered")
     ax.set_ylim(0, 1.02)
