@@ -35,6 +35,16 @@ QUERY_COLUMNS = (("target_qps", Unit.QUERIES_PER_S), ("latency_s", Unit.SECONDS)
                  ("error", Unit.COUNT))
 
 
+_ABANDONED = threading.Event()
+
+
+def abandoned() -> bool:
+    """True once a LoadGen test was left running (Ctrl-C). LoadGen has no way to stop a test, and its threads
+    call into Python while the interpreter finalizes, which crashes it: the CLI then leaves without
+    finalizing, after the report is written (LoadGen 6.0.17)."""
+    return _ABANDONED.is_set()
+
+
 def require_loadgen():
     """The ``mlperf_loadgen`` module, or one line saying how to install it."""
     try:
@@ -180,8 +190,12 @@ class LoadGenTest:
 
             runner = threading.Thread(target=start, name="densepure-loadgen", daemon=True)
             runner.start()
-            while runner.is_alive():
-                runner.join(0.2)  # a KeyboardInterrupt lands here; LoadGen's thread is left to the process
+            try:
+                while runner.is_alive():
+                    runner.join(0.2)  # a KeyboardInterrupt lands here
+            except KeyboardInterrupt:
+                _ABANDONED.set()
+                raise
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
             if failure:

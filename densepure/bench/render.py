@@ -45,8 +45,8 @@ def markdown(report: Report) -> str:
         lines.append("")
     for run in report.loadgen:
         checks = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in run.checks.items())
-        lines += [f"LoadGen {run.scenario} ({_settings(run.settings)}): **{run.result}** ({checks}); "
-                  f"files: `{run.directory}`", ""]
+        files = f"files: `{run.directory}`" if run.directory else "its logs were not kept (no --output)"
+        lines += [f"LoadGen {run.scenario} ({_settings(run.settings)}): **{run.result}** ({checks}); {files}", ""]
         if run.metrics:
             lines += ["| LoadGen | value |", "|---|---:|"]
             lines += [f"| {k} | {number(v)} |" for k, v in run.metrics.items()]
