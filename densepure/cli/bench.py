@@ -53,12 +53,12 @@ def add_parser(sub) -> None:
             add_scaling_arguments(q)
         if name in _SCENARIOS:
             add_load_arguments(q, _SCENARIOS[name])
-    q = _subcommand(commands, "serve")
+    q = _subcommand(commands, "serve", timed=False)
     q.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
     add_data_arguments(q)
     add_serve_arguments(q)
     add_load_arguments(q, _SCENARIOS["serve"])
-    q = _subcommand(commands, "sequential")
+    q = _subcommand(commands, "sequential", timed=False)
     add_simulation_arguments(q)
     q = _subcommand(commands, "kernels")
     add_kernels_arguments(q)
@@ -68,13 +68,17 @@ def add_parser(sub) -> None:
     q.set_defaults(_func=compare)
 
 
-def _subcommand(commands, name: str) -> argparse.ArgumentParser:
+def _subcommand(commands, name: str, timed: bool = True) -> argparse.ArgumentParser:
+    """A bench subcommand with the report flags, and for those that time models here (``timed``) --repeats
+    and --threads."""
     q = commands.add_parser(name, help=_HELP[name], description=_HELP[name], argument_default=argparse.SUPPRESS)
     g = q.add_argument_group("report")
     g.add_argument("--output", help="write report.json, report.md and plots into this directory")
     g.add_argument("--overwrite", action="store_true", help="replace a report already in --output")
-    g.add_argument("--repeats", type=int, help="measure this many times (alternating sides; medians) (default: 1)")
-    g.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    if timed:
+        g.add_argument("--repeats", type=int, help="measure this many times (alternating sides; medians) "
+                                                   "(default: 1)")
+        g.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     q.set_defaults(_func=run, _build=BenchRun.build)
     return q
 
