@@ -207,18 +207,32 @@ class LoadGenTest:
 
 
 class Answers:
-    """Every answer of a LoadGen test as it comes (thread-safe): latency from issue to answer, draws, error."""
+    """Every answer of a LoadGen test as it comes (thread-safe): latency from issue to answer, draws, error;
+    a progress bar of the answers on stderr while the test runs (:meth:`close` ends it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "queries") -> None:
+        from densepure.bench.common import progress_bar
+
         self.rows: list[tuple[float, int | None, str | None]] = []
         self._lock = threading.Lock()
+        self._bar = progress_bar(None, f"LoadGen {label}", unit="query")
 
     def __call__(self, query: Query, latency_s: float, draws: int | None, error: BaseException | None) -> None:
         with self._lock:
             self.rows.append((latency_s, draws, None if error is None else f"{type(error).__name__}: {error}"))
+            if self._bar is not None:
+                self._bar.update(1)
 
     def snapshot(self) -> list[tuple[float, int | None, str | None]]:
         with self._lock:
+            return list(self.rows)
+
+    def close(self) -> list[tuple[float, int | None, str | None]]:
+        """End the progress bar; every answer so far."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             return list(self.rows)
 
 

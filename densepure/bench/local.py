@@ -23,7 +23,8 @@ def loadgen_local(run: BenchRun, builder: ReportBuilder, out, engine, images: Be
     series = []
     try:
         for qps in rates:
-            label, answers = run_label(scenario, qps), Answers()
+            label = run_label(scenario, qps)
+            answers = Answers(label)
             test = LoadGenTest(scenario, run.load, qps, len(images.images), submit=lambda q: None, on_answer=answers)
             worker = EngineWorker(engine, task, seed, images.images, images.indices, test.answer, test.fail)
             test.submit = worker.submit
@@ -33,7 +34,7 @@ def loadgen_local(run: BenchRun, builder: ReportBuilder, out, engine, images: Be
                 with worker:
                     builder.loadgen.append(test.run(directory, f"loadgen/{label}"))
             finally:
-                rows = answers.snapshot()
+                rows = answers.close()
                 record_answers(builder, label, rows, time.perf_counter() - started)
                 series += [(qps, lat if error is None else None, draws, int(error is not None))
                            for lat, draws, error in rows]

@@ -202,7 +202,8 @@ def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> 
     pool = ThreadPoolExecutor(max_workers=max(64, *run.target.concurrency))
     try:
         for qps in rates:
-            label, answers = run_label(scenario, qps), Answers()
+            label = run_label(scenario, qps)
+            answers = Answers(label)
             test = LoadGenTest(scenario, run.load, qps, len(images), lambda q: None, answers)
             test.submit = lambda queries, test=test: [pool.submit(send, test, q) for q in queries]
             directory = out.loadgen_dir(label) if out is not None else None
@@ -210,7 +211,7 @@ def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> 
             try:
                 builder.loadgen.append(test.run(directory, f"loadgen/{label}"))
             finally:
-                rows = answers.snapshot()
+                rows = answers.close()
                 record_answers(builder, label, rows, time.perf_counter() - started)
                 series += [(qps, lat if error is None else None, draws, int(error is not None))
                            for lat, draws, error in rows]
