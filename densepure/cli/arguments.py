@@ -83,8 +83,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
 
 
-def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
-    """The statistics of a certify/predict run (:class:`~densepure.certify.options.SamplingOptions`)."""
+def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool, also_k: bool = True) -> None:
+    """The statistics of a certify/predict run (:class:`~densepure.certify.options.SamplingOptions`);
+    ``also_k``: offer --also-K (it writes result files, which benchmarks do not)."""
     g = p.add_argument_group("statistics")
     if not predict:
         g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
@@ -98,9 +99,11 @@ def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
                             "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
                             f"densepure <= 0.1, to reproduce earlier runs) (default: "
                             f"{default(SamplingOptions, 'sequential')})")
-    g.add_argument("--also-K", dest="also_chains", type=_chain_list,
-                   help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
-                        "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
+    if also_k:
+        g.add_argument("--also-K", dest="also_chains", type=_chain_list,
+                       help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. "
+                            "1,3 (exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no "
+                            "extra cost")
     g.add_argument("--seed", type=int, help="noise seed; unset: drawn from the OS and recorded in the sidecar")
 
 

@@ -35,7 +35,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from densepure.cli import certify, export, serve, verify
+    from densepure.cli import bench, certify, export, serve, verify
 
     parser = argparse.ArgumentParser(prog="densepure", description="certified adversarial robustness with diffusion "
                                                                    "purification, fast and exact")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(sub)
     serve.add_parser(sub)
     verify.add_parser(sub)
+    bench.add_parser(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")
     p.set_defaults(_func=_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = ["densepure", *(sys.argv[1:] if argv is None else argv)]  # the command line, for reports
     if args._version:
         from densepure import __version__
 
