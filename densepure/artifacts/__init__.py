@@ -20,6 +20,7 @@ from densepure.artifacts.cache import (
 )
 from densepure.artifacts.directory import exported_artifacts, find_onnx
 from densepure.artifacts.machine import import_tensorrt, machine_info
+from densepure.artifacts.quantized import CalibrationInfo, calibration_mismatch, calibration_overlap
 from densepure.artifacts.manifest import (
     ArtifactFormat,
     ArtifactKind,
@@ -37,6 +38,7 @@ from densepure.artifacts.manifest import (
 
 __all__ = [
     "ENGINE_FILE", "ArtifactFormat", "ArtifactKind", "ArtifactManifest", "BatchProfile", "CacheEntry", "CacheLookup",
+    "CalibrationInfo", "calibration_mismatch", "calibration_overlap",
     "EngineCache", "EngineInfo", "MachineInfo", "SourceInfo", "TensorSpec", "TypingMode", "bucket_profiles",
     "bucket_sizes", "cache_key", "engine_file", "exported_artifacts", "find_onnx", "import_tensorrt",
     "machine_info", "manifest_path_for", "normalize_buckets", "onnx_sha256", "pick_bucket", "plan_chunks",
