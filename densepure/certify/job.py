@@ -27,7 +27,7 @@ from densepure.certify.tasks import PredictTask, Task
 from densepure.certify.writer import check_results, open_results
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
-from densepure.engine.backends.select import BackendKind
+from densepure.engine.backends.select import BackendKind, check_calibration_split
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
@@ -158,6 +158,8 @@ def prepare_draft(options: JobOptions) -> Job:
     kernels = options.kernels.value if options.ray is not None else \
         resolve_kernels(options.kernels, resolve_device(options.device)).name
     record = {**options.record(), "kernels": kernels, "content": content_hashes(options, source)}
+    if options.precision.quantized:  # a certified image must never be a calibration one
+        check_calibration_split(options.artifacts, options.precision, record["content"]["data"], indices)
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
