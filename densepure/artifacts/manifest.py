@@ -193,8 +193,9 @@ class ArtifactManifest:
         if not self.precision.exportable:
             raise ArtifactError(f"artifacts are fp32, fp16 or int8, got precision {self.precision.value}")
         if self.precision.quantized != (self.calibration is not None):
-            raise ArtifactError(f"a {self.precision.value} artifact {'needs' if self.precision.quantized else 'has no'} "
-                                "calibration record: export it again (`densepure export ...`)")
+            need = "need a" if self.precision.quantized else "have no"
+            raise ArtifactError(f"{self.precision.value} artifacts {need} calibration record: export it again "
+                                "(`densepure export ...`)")
         for name in ("inputs", "outputs", "external_data", "notes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.opset < 1:

@@ -30,8 +30,10 @@ matmuls. benchmarks/int8.py measures what each costs when quantized.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import io
+import logging
 import shutil
 import tempfile
 from collections import Counter
@@ -97,7 +99,7 @@ class QuantizeSettings:
 def require_quantizer():
     """``onnxruntime.quantization``, or a one-line :class:`ConfigError` naming the extra that installs it."""
     try:
-        from onnxruntime import quantization
+        quantization = importlib.import_module("onnxruntime.quantization")
     except ImportError as exc:
         raise ConfigError("int8 export needs onnxruntime's quantizer (onnxruntime.quantization): "
                           "pip install 'densepure[int8]'") from exc
@@ -201,7 +203,7 @@ def quantize_graph(model, kind: ArtifactKind, feeds: list[dict], settings: Quant
         onnx.save_model(model, str(src), save_as_external_data=large, all_tensors_to_one_file=True,
                         location="float.onnx.data")
         dst = work / "int8.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_warnings():  # progress prints, advice logs
             q.quantize_static(str(src), str(dst), _Feeds(feeds), quant_format=q.QuantFormat.QDQ,
                               op_types_to_quantize=list(choice.op_types), per_channel=True, reduce_range=False,
                               activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
@@ -231,3 +233,21 @@ class Int8Spec:
 
     def quantize(self, model, kind: ArtifactKind):
         return quantize_graph(model, kind, self.feeds, self.settings)
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings():
+    """Drop onnxruntime 1.32's "Please consider (to run) pre-processing before quantization" root-logger
+    warnings (two per graph): its pre-processing is symbolic shape inference and graph fusions that our
+    exported graphs do not need (their shapes are inferred; the quantized ops are plain Conv/MatMul/Gemm)."""
+    root, quiet = logging.getLogger(), _DropAdvice()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)

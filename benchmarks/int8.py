@@ -1,0 +1,321 @@
+"""INT8 against fp32 graphs on onnxruntime's CPU provider: labels, certificates, speed, sizes.
+
+Three parts, each writing its own report under benchmarks/results/:
+
+* ``--part digits`` (int8_digits_cpu.md): the digits default (DensePure K=10, b=2, sigma=0.25) with
+  Table 1's images and seed (100 test images spread over the split, seed 0) at N0=100, N=1000,
+  alpha=0.001, once with the fp32 graphs and once with the int8 graphs (exported here, calibrated on the
+  shipped calibration split): per-draw label agreement (every selection and estimation draw of every
+  image, the K-chain vote), the shift of each image's estimated top-class probability n_A/N, certified
+  accuracy per radius and ACR side by side (and paired), end-to-end wall time of each run, and the
+  UNet's and the classifier's time per row at 128 rows (interleaved repeats, median).
+* ``--part exclusions`` (int8_exclusions_digits_cpu.md): which parts kept in float matter. The default
+  int8 graphs and variants that quantize one kept part each (or keep one more, or place Q/DQ as
+  TensorRT prefers): the UNet's eps/v error on held-out pipeline rows, per-draw label agreement with
+  fp32 on a smaller run (20 images, N0=20, N=200), and the UNet's time per row.
+* ``--part cifar`` (int8_cifar10_unet_cpu.md): the CIFAR-10 UNet architecture (52.5M parameters) with
+  random perturbed weights, exported fp32, fp16 and int8: graph sizes, onnxruntime time per row, and
+  memory per batch bucket from the graphs (weights + the largest set of live activations per row).
+
+Usage: python benchmarks/int8.py --part digits|exclusions|cifar [--threads 1] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine
+from graph_memory import graph_memory
+
+from densepure.artifacts import ArtifactKind
+from densepure.certify.analyze import DEFAULT_RADII, load_run, markdown_table, paired_markdown, summarize
+from densepure.certify.records import IfExists
+from densepure.certify.tasks import CertifyTask
+from densepure.certify.writer import open_results
+from densepure.diffusion import Mode, SmoothingConfig
+from densepure.engine.backends import Backends
+from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest
+from densepure.export import export_command
+from densepure.export.calibration import CalibrationPlan, pipeline_activations
+from densepure.export.int8 import KeepFloat, QdqPlacement, QuantizeSettings, CalibrationMethod, DEFAULT_KEEP
+from densepure.models import get_preset
+from densepure.models.digits import load_digits_calibration_split, load_digits_test_split, load_digits_unet
+from densepure.noise import NoisePhase
+from densepure.precision import Precision
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SIGMA, K, B, SEED, ALPHA = 0.25, 10, 2, 0, 0.001
+PRECISIONS = (Precision.FP32, Precision.INT8)
+
+
+def digits_plan(images: int = 128) -> CalibrationPlan:
+    """What `densepure export --precision int8` does for digits by default (128 images x 4 draws)."""
+    split, _, rows = load_digits_calibration_split()
+    pick = sorted({int(i) for i in np.linspace(0, len(split) - 1, images).round()})
+    return CalibrationPlan(split[pick], sigma=SIGMA, steps=B, draws=4, seed=0, data="digits calibration split",
+                           indices=tuple(int(rows[i]) for i in pick))
+
+
+def export_digits(out: Path, quantize: QuantizeSettings = QuantizeSettings()) -> dict:
+    report = export_command("digits", None, out, precisions=PRECISIONS, classifier="digits",
+                            calibration=digits_plan(), quantize=quantize)
+    return {(r.manifest.kind, r.manifest.precision): r.onnx_path for r in report.results}
+
+
+def backends(graphs: dict, precision: Precision, threads: int) -> Backends:
+    cpu = [OrtProvider.CPU]
+    return Backends(OnnxRuntimeDenoiser(graphs[ArtifactKind.UNET, precision], providers=cpu, intra_op_threads=threads),
+                    OnnxRuntimeClassifier(graphs[ArtifactKind.CLASSIFIER, precision], providers=cpu,
+                                          intra_op_threads=threads))
+
+
+def certify(graphs: dict, precision: Precision, images: dict, task: CertifyTask, threads: int, writer=None):
+    """Every image through one engine: ({image: policy}, {(image, phase, draw): label}, seconds)."""
+    smoothing = SmoothingConfig(Mode.DENSEPURE, SIGMA, K, B, schedule=get_preset("digits").schedule)
+    engine = Engine(smoothing, backends(graphs, precision, threads), (1, 8, 8), "cpu",
+                    EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8))
+    labels: dict = {}
+
+    def recorded(i: int):
+        policy = task.policy(10, SIGMA)
+        inner = policy.record
+
+        def record(request, label, prefix_labels=None):
+            labels[i, request.phase, request.draw] = int(label)
+            inner(request, label, prefix_labels)
+
+        policy.record = record
+        return policy
+
+    start, done = time.perf_counter(), {}
+    for request in engine.run(ImageRequest(i, x, recorded(i), SEED, noise_id=i) for i, x in images.items()):
+        done[request.key] = request.policy
+        if writer is not None:
+            i = request.key
+            writer.write(task.record(i, images_labels[i], request.policy.seconds, request.policy.counts, SIGMA))
+    return done, labels, time.perf_counter() - start
+
+
+images_labels: dict = {}
+
+
+def per_row(paths: dict, feeds: dict, threads: int, rounds: int = 5, seconds: float = 2.0) -> dict:
+    """Median seconds per row of each graph on ``feeds``, the graphs' calls interleaved round by round."""
+    import onnxruntime as ort
+
+    from densepure.artifacts.quantized import ort_disabled_optimizers
+
+    sessions = {}
+    for name, (path, quantized) in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.log_severity_level = threads, 3
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                              disabled_optimizers=ort_disabled_optimizers(quantized))
+        sessions[name].run(None, feeds)
+    rows, times = next(iter(feeds.values())).shape[0], {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            calls, t0 = 0, time.perf_counter()
+            while calls < 1 or time.perf_counter() - t0 < seconds:
+                session.run(None, feeds)
+                calls += 1
+            times[name].append((time.perf_counter() - t0) / calls / rows)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def agreement(a: dict, b: dict) -> tuple[float, int, int]:
+    keys = sorted(set(a) & set(b))
+    same = sum(a[k] == b[k] for k in keys)
+    return same / len(keys), len(keys) - same, len(keys)
+
+
+def part_digits(args) -> list[str]:
+    graphs = export_digits(args.work / "digits")
+    x, y = load_digits_test_split()
+    idx = np.linspace(0, len(x) - 1, args.images).astype(int).tolist()
+    images = {i: x[i] for i in idx}
+    images_labels.update({i: int(y[i]) for i in idx})
+    task = CertifyTask(args.n0, args.n, ALPHA)
+    runs, labels, seconds, files = {}, {}, {}, {}
+    for p in PRECISIONS:
+        files[p] = args.work / "runs" / f"digits_{p.value}.tsv"
+        config = {"benchmark": "int8", "precision": p.value, "sigma": SIGMA, "K": K, "b": B, "n0": args.n0,
+                  "n": args.n, "images": args.images}
+        with open_results(files[p], config, SEED, IfExists.OVERWRITE) as writer:
+            runs[p], labels[p], seconds[p] = certify(graphs, p, images, task, args.threads, writer)
+        print(f"{p.value}: {seconds[p]:.1f} s", flush=True)
+    rate, differ, total = agreement(labels[Precision.FP32], labels[Precision.INT8])
+    shifts = []
+    for i in idx:
+        c32 = runs[Precision.FP32][i].counts[NoisePhase.ESTIMATION]
+        c8 = runs[Precision.INT8][i].counts[NoisePhase.ESTIMATION]
+        top = int(np.argmax(c32))
+        shifts.append((c8[top] - c32[top]) / args.n)
+    shifts = np.array(shifts)
+    unet = torch.randn(128, 1, 8, 8).numpy()
+    feeds = {"x": unet, "t": np.full((128,), 290.0, np.float32)}
+    unet_times = per_row({p.value: (graphs[ArtifactKind.UNET, p], p.quantized) for p in PRECISIONS}, feeds,
+                         args.threads)
+    clf_times = per_row({p.value: (graphs[ArtifactKind.CLASSIFIER, p], p.quantized) for p in PRECISIONS},
+                        {"x": np.clip(unet, -1, 1)}, args.threads)
+    loaded = [load_run(files[p], f"{p.value} graphs") for p in PRECISIONS]
+    f32, i8 = (f"{v}" for v in ("fp32", "int8"))
+    return [
+        "# INT8 against fp32 graphs on the digits default (onnxruntime CPU)", "",
+        f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
+        f"Setting: {args.images} digits test images (Table 1's: spread evenly over the 450-image split), DensePure "
+        f"K={K} b={B} sigma={SIGMA}, N0={args.n0}, N={args.n}, alpha={ALPHA}, seed={SEED}; the same images, seeds "
+        "and engine for both; graphs from `export_command` (int8: the CLI defaults, 128 calibration images x 4 "
+        "draws of the shipped calibration split, percentile 99.999, Q/DQ placement onnxruntime, kept in float: "
+        "output head, time embedding, normalization, softmax).", "",
+        "## Labels", "",
+        f"- per-draw label agreement (the K-chain vote of every selection and estimation draw): **{rate:.4%}** "
+        f"({differ} of {total:,} draws differ)",
+        f"- estimated top-class probability n_A/N (fp32's top class), int8 minus fp32 per image: mean "
+        f"{shifts.mean():+.4f}, mean |shift| {np.abs(shifts).mean():.4f}, largest |shift| {np.abs(shifts).max():.4f}",
+        "", "## Certificates", "", markdown_table([summarize(r, DEFAULT_RADII) for r in loaded]), "",
+        paired_markdown(loaded[0], loaded[1:]), "", "## Speed (same run)", "",
+        "| | fp32 | int8 | fp32/int8 |", "| --- | ---: | ---: | ---: |",
+        f"| end to end, {args.images} images | {seconds[Precision.FP32]:.1f} s | {seconds[Precision.INT8]:.1f} s | "
+        f"{seconds[Precision.FP32] / seconds[Precision.INT8]:.2f}x |",
+        f"| UNet per row (128 rows/call) | {unet_times[f32] * 1e6:.0f} us | {unet_times[i8] * 1e6:.0f} us | "
+        f"{unet_times[f32] / unet_times[i8]:.2f}x |",
+        f"| classifier per row (128 rows/call) | {clf_times[f32] * 1e6:.1f} us | {clf_times[i8] * 1e6:.1f} us | "
+        f"{clf_times[f32] / clf_times[i8]:.2f}x |", ""]
+
+
+VARIANTS = {
+    "default": QuantizeSettings(),
+    "quantize output head": QuantizeSettings(keep_float=tuple(k for k in DEFAULT_KEEP if k is not KeepFloat.OUTPUT_HEAD)),
+    "quantize time embedding": QuantizeSettings(keep_float=tuple(k for k in DEFAULT_KEEP
+                                                                 if k is not KeepFloat.TIME_EMBEDDING)),
+    "quantize normalization": QuantizeSettings(keep_float=tuple(k for k in DEFAULT_KEEP
+                                                                if k is not KeepFloat.NORMALIZATION)),
+    "quantize softmax": QuantizeSettings(keep_float=tuple(k for k in DEFAULT_KEEP if k is not KeepFloat.SOFTMAX)),
+    "quantize all five": QuantizeSettings(keep_float=()),
+    "also keep attention matmuls": QuantizeSettings(keep_float=(*DEFAULT_KEEP, KeepFloat.ATTENTION)),
+    "placement tensorrt": QuantizeSettings(placement=QdqPlacement.TENSORRT),
+    "method minmax": QuantizeSettings(method=CalibrationMethod.MINMAX),
+}
+
+
+def part_exclusions(args) -> list[str]:
+    x, _ = load_digits_test_split()
+    idx = np.linspace(0, len(x) - 1, 20).astype(int).tolist()
+    images, task = {i: x[i] for i in idx}, CertifyTask(20, 200, ALPHA)
+    held = pipeline_activations(replace(digits_plan(), seed=99), load_digits_unet(), get_preset("digits").schedule)
+    feeds = {"x": held.unet_x.numpy(), "t": held.unet_t.numpy()}
+    base = export_digits(args.work / "exclusions" / "default")
+    _, reference, _ = certify(base, Precision.FP32, images, task, args.threads)
+    want = None
+    lines = ["# Which parts of the digits graphs to keep in float (int8, onnxruntime CPU)", "",
+             f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
+             "UNet error: max |int8 - fp32| / max |fp32| and rms relative, over eps and v, on "
+             f"{feeds['x'].shape[0]} held-out pipeline rows (other noise, sigma={SIGMA}, both timesteps). "
+             f"Agreement: per-draw DensePure labels (K={K}, b={B}) against the fp32 graphs, 20 test images, "
+             "N0=20, N=200, seed 0 (4,400 draws). Time: the int8 UNet per row at 128 rows over the fp32 UNet's, "
+             "same process, interleaved.", "",
+             "| variant | UNet max rel err | UNet rms rel err | label agreement | draws differ | fp32/int8 UNet time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    import onnxruntime as ort
+
+    from densepure.artifacts.quantized import ort_disabled_optimizers
+
+    for name, settings in VARIANTS.items():
+        graphs = base if name == "default" else export_digits(args.work / "exclusions" / name.replace(" ", "_"),
+                                                                settings)
+        if want is None:
+            want = ort.InferenceSession(str(graphs[ArtifactKind.UNET, Precision.FP32])).run(None, feeds)
+        got = ort.InferenceSession(str(graphs[ArtifactKind.UNET, Precision.INT8]),
+                                   disabled_optimizers=ort_disabled_optimizers(True)).run(None, feeds)
+        worst = max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want))
+        rms = max(float(np.sqrt(((g - w) ** 2).mean() / (w ** 2).mean())) for g, w in zip(got, want))
+        _, labels, _ = certify(graphs, Precision.INT8, images, task, args.threads)
+        rate, differ, _ = agreement(reference, labels)
+        times = per_row({p.value: (graphs[ArtifactKind.UNET, p], p.quantized) for p in PRECISIONS},
+                        {"x": feeds["x"][:128], "t": feeds["t"][:128]}, args.threads, rounds=3, seconds=1.0)
+        lines.append(f"| {name} | {worst:.4f} | {rms:.4f} | {rate:.3%} | {differ} | "
+                     f"{times['fp32'] / times['int8']:.2f}x |")
+        print(lines[-1], flush=True)
+    return [*lines, ""]
+
+
+def part_cifar(args) -> list[str]:
+    from densepure.models import UNetModel, UNetConfig, save_state_dict
+
+    preset = get_preset("cifar10")
+    torch.manual_seed(0)
+    model = UNetModel(UNetConfig.from_flags(preset.flags)).eval()
+    with torch.no_grad():  # zero-initialized output convs would make every output 0
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    out = args.work / "cifar10"
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "random_unet.pt"
+    save_state_dict(ckpt, model.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 3, 32, 32, generator=gen)  # random weights: any images make the activations
+    plan = CalibrationPlan(images, sigma=SIGMA, steps=B, draws=2, data="uniform random images (random weights)")
+    start = time.perf_counter()
+    report = export_command(preset, ckpt, out, precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
+                            calibration=plan, progress=lambda e: print(e.line(), flush=True))
+    print(f"exported in {time.perf_counter() - start:.0f} s", flush=True)
+    graphs = {r.manifest.precision: r for r in report.results}
+    rows = args.cifar_rows
+    feeds = {"x": torch.randn(rows, 3, 32, 32, generator=gen).numpy(), "t": np.full((rows,), 143.0, np.float32)}
+    times = per_row({p.value: (graphs[p].onnx_path, p.quantized) for p in graphs}, feeds, args.threads, rounds=3,
+                    seconds=5.0)
+    lines = ["# The CIFAR-10 UNet in int8: graph sizes, onnxruntime CPU time, memory per bucket", "",
+             f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
+             f"The cifar10 preset's UNet (52.5M parameters) with random weights (N(0, 0.02^2) added to the "
+             f"initialisation, seed 0), exported fp32, fp16 and int8 (calibrated on 16 uniform random images x 2 "
+             f"draws at sigma={SIGMA}, b={B}); times at {rows} rows per call, median of 3 interleaved rounds. "
+             "Memory per bucket, from the graphs: weights + rows x the largest set of activations alive at once "
+             "in the graph's node order (a bound before TensorRT's fusion and memory reuse; int8 tensors count "
+             "1 byte).", "",
+             "| precision | graph file | weights | live activations per row | bucket 1 | bucket 8 | bucket 32 | "
+             "time per row | fp32/this |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    mb = 2.0 ** 20
+    for p, r in graphs.items():
+        mem = graph_memory(r.onnx_path)
+        size = r.onnx_path.stat().st_size + sum((r.onnx_path.parent / e).stat().st_size
+                                                for e in r.manifest.external_data)
+        buckets = " | ".join(f"{(mem.weights + b * mem.activations_per_row) / mb:.0f} MiB" for b in (1, 8, 32))
+        lines.append(f"| {p.value} | {size / mb:.1f} MiB | {mem.weights / mb:.1f} MiB | "
+                     f"{mem.activations_per_row / mb:.1f} MiB | {buckets} | {times[p.value]:.3f} s | "
+                     f"{times['fp32'] / times[p.value]:.2f}x |")
+    notes = graphs[Precision.INT8].manifest.notes
+    return [*lines, "", f"int8 graph: {'; '.join(n for n in notes if n.startswith('int8'))}; export check "
+            f"max rel err {graphs[Precision.INT8].numerics.max_rel_error:.3g} on held-out pipeline rows.", ""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["digits", "exclusions", "cifar"], required=True)
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--n0", type=int, default=100)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's)")
+    ap.add_argument("--cifar-rows", type=int, default=8)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/densepure-int8-benchmark"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.command = " ".join(["python benchmarks/int8.py", *sys.argv[1:]])
+    name = {"digits": "int8_digits_cpu.md", "exclusions": "int8_exclusions_digits_cpu.md",
+            "cifar": "int8_cifar10_unet_cpu.md"}[args.part]
+    lines = {"digits": part_digits, "exclusions": part_exclusions, "cifar": part_cifar}[args.part](args)
+    (RESULTS / name).write_text("\n".join(lines))
+    print(f"report: {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
