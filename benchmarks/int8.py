@@ -12,12 +12,13 @@ Three parts, each writing its own report under benchmarks/results/:
 * ``--part exclusions`` (int8_exclusions_digits_cpu.md): which parts kept in float matter. The default
   int8 graphs and variants that quantize one kept part each (or keep one more, or place Q/DQ as
   TensorRT prefers): the UNet's eps/v error on held-out pipeline rows, per-draw label agreement with
-  fp32 on a smaller run (20 images, N0=20, N=200), and the UNet's time per row.
+  fp32 on a smaller run (--images, --n0, --n), and the UNet's time per row.
 * ``--part cifar`` (int8_cifar10_unet_cpu.md): the CIFAR-10 UNet architecture (52.5M parameters) with
   random perturbed weights, exported fp32, fp16 and int8: graph sizes, onnxruntime time per row, and
   memory per batch bucket from the graphs (weights + the largest set of live activations per row).
 
 Usage: python benchmarks/int8.py --part digits|exclusions|cifar [--threads 1] [--work DIR]
+       (digits as two processes: --export-only, then --only fp32 and --only int8 at once, then no --only)
 """
 
 from __future__ import annotations
@@ -138,28 +139,55 @@ def agreement(a: dict, b: dict) -> tuple[float, int, int]:
     return same / len(keys), len(keys) - same, len(keys)
 
 
+def run_saved(args, graphs: dict, p: Precision, images: dict, task: CertifyTask, path: Path):
+    """One precision's certification, its per-draw labels and wall time kept in ``path`` (.npz) so that the
+    two precisions can run as two processes (``--only``) and the report read both."""
+    if path.is_file():
+        with np.load(path) as saved:
+            keys, values = saved["keys"], saved["labels"]
+            return {(int(i), NoisePhase(int(ph)), int(d)): int(v) for (i, ph, d), v in zip(keys, values)}, \
+                float(saved["seconds"])
+    tsv = path.with_suffix(".tsv")
+    config = {"benchmark": "int8", "precision": p.value, "sigma": SIGMA, "K": K, "b": B, "n0": args.n0,
+              "n": args.n, "images": args.images}
+    with open_results(tsv, config, SEED, IfExists.OVERWRITE) as writer:
+        _, labels, seconds = certify(graphs, p, images, task, args.threads, writer)
+    keys = np.array([(i, int(ph), d) for i, ph, d in labels], dtype=np.int64).reshape(-1, 3)
+    np.savez(path, keys=keys, labels=np.array(list(labels.values()), dtype=np.int64), seconds=seconds)
+    print(f"{p.value}: {seconds:.1f} s", flush=True)
+    return labels, seconds
+
+
 def part_digits(args) -> list[str]:
-    graphs = export_digits(args.work / "digits")
+    if args.only is None:
+        graphs = export_digits(args.work / "digits")
+    else:  # exported by `--export-only` first: two processes must not export into one directory at once
+        from densepure.artifacts import exported_artifacts
+
+        graphs = {(m.kind, m.precision): path for path, m in exported_artifacts(args.work / "digits")}
+    if args.export_only:
+        sys.exit(0)
     x, y = load_digits_test_split()
     idx = np.linspace(0, len(x) - 1, args.images).astype(int).tolist()
     images = {i: x[i] for i in idx}
     images_labels.update({i: int(y[i]) for i in idx})
     task = CertifyTask(args.n0, args.n, ALPHA)
-    runs, labels, seconds, files = {}, {}, {}, {}
-    for p in PRECISIONS:
-        files[p] = args.work / "runs" / f"digits_{p.value}.tsv"
-        config = {"benchmark": "int8", "precision": p.value, "sigma": SIGMA, "K": K, "b": B, "n0": args.n0,
-                  "n": args.n, "images": args.images}
-        with open_results(files[p], config, SEED, IfExists.OVERWRITE) as writer:
-            runs[p], labels[p], seconds[p] = certify(graphs, p, images, task, args.threads, writer)
-        print(f"{p.value}: {seconds[p]:.1f} s", flush=True)
+    labels, seconds, files = {}, {}, {}
+    tag = f"{args.images}x{args.n0}+{args.n}"
+    for p in PRECISIONS if args.only is None else (Precision(args.only),):
+        saved = args.work / "runs" / f"digits_{p.value}_{tag}.npz"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        labels[p], seconds[p] = run_saved(args, graphs, p, images, task, saved)
+        files[p] = saved.with_suffix(".tsv")
+    if args.only is not None:
+        sys.exit(0)
     rate, differ, total = agreement(labels[Precision.FP32], labels[Precision.INT8])
     shifts = []
-    for i in idx:
-        c32 = runs[Precision.FP32][i].counts[NoisePhase.ESTIMATION]
-        c8 = runs[Precision.INT8][i].counts[NoisePhase.ESTIMATION]
-        top = int(np.argmax(c32))
-        shifts.append((c8[top] - c32[top]) / args.n)
+    for i in idx:  # the estimation draws' labels: n_A/N of fp32's top class, in each precision
+        est = {p: np.bincount([v for (j, ph, _), v in labels[p].items() if j == i and ph is NoisePhase.ESTIMATION],
+                              minlength=10) for p in PRECISIONS}
+        top = int(np.argmax(est[Precision.FP32]))
+        shifts.append((est[Precision.INT8][top] - est[Precision.FP32][top]) / args.n)
     shifts = np.array(shifts)
     unet = torch.randn(128, 1, 8, 8).numpy()
     feeds = {"x": unet, "t": np.full((128,), 290.0, np.float32)}
@@ -172,12 +200,14 @@ def part_digits(args) -> list[str]:
     return [
         "# INT8 against fp32 graphs on the digits default (onnxruntime CPU)", "",
         f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
-        f"Setting: {args.images} digits test images (Table 1's: spread evenly over the 450-image split), DensePure "
+        f"Setting: {args.images} digits test images (spread evenly over the 450-image split, as Table 1's), DensePure "
         f"K={K} b={B} sigma={SIGMA}, N0={args.n0}, N={args.n}, alpha={ALPHA}, seed={SEED}; the same images, seeds "
         "and engine for both; graphs from `export_command` (int8: the CLI defaults, 128 calibration images x 4 "
         "draws of the shipped calibration split, percentile 99.999, Q/DQ placement onnxruntime, kept in float: "
         "output head, time embedding, normalization, softmax).", "",
-        "## Labels", "",
+        "The two certifications ran as two processes at the same time (`--only fp32`, `--only int8`, each one "
+        "onnxruntime thread) on a shared 2-core machine: their wall times saw the same load; the per-row times "
+        "below are from one process, interleaved.", "", "## Labels", "",
         f"- per-draw label agreement (the K-chain vote of every selection and estimation draw): **{rate:.4%}** "
         f"({differ} of {total:,} draws differ)",
         f"- estimated top-class probability n_A/N (fp32's top class), int8 minus fp32 per image: mean "
@@ -210,8 +240,8 @@ VARIANTS = {
 
 def part_exclusions(args) -> list[str]:
     x, _ = load_digits_test_split()
-    idx = np.linspace(0, len(x) - 1, 20).astype(int).tolist()
-    images, task = {i: x[i] for i in idx}, CertifyTask(20, 200, ALPHA)
+    idx = np.linspace(0, len(x) - 1, args.images).astype(int).tolist()
+    images, task = {i: x[i] for i in idx}, CertifyTask(args.n0, args.n, ALPHA)
     held = pipeline_activations(replace(digits_plan(), seed=99), load_digits_unet(), get_preset("digits").schedule)
     feeds = {"x": held.unet_x.numpy(), "t": held.unet_t.numpy()}
     base = export_digits(args.work / "exclusions" / "default")
@@ -221,8 +251,8 @@ def part_exclusions(args) -> list[str]:
              f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
              "UNet error: max |int8 - fp32| / max |fp32| and rms relative, over eps and v, on "
              f"{feeds['x'].shape[0]} held-out pipeline rows (other noise, sigma={SIGMA}, both timesteps). "
-             f"Agreement: per-draw DensePure labels (K={K}, b={B}) against the fp32 graphs, 20 test images, "
-             "N0=20, N=200, seed 0 (4,400 draws). Time: the int8 UNet per row at 128 rows over the fp32 UNet's, "
+             f"Agreement: per-draw DensePure labels (K={K}, b={B}) against the fp32 graphs, {args.images} test "
+             f"images, N0={args.n0}, N={args.n}, seed 0 ({args.images * (args.n0 + args.n):,} draws). Time: the int8 UNet per row at 128 rows over the fp32 UNet's, "
              "same process, interleaved.", "",
              "| variant | UNet max rel err | UNet rms rel err | label agreement | draws differ | fp32/int8 UNet time |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -230,7 +260,8 @@ def part_exclusions(args) -> list[str]:
 
     from densepure.artifacts.quantized import ort_disabled_optimizers
 
-    for name, settings in VARIANTS.items():
+    chosen = VARIANTS if args.variants is None else {v: VARIANTS[v] for v in args.variants.split(",")}
+    for name, settings in chosen.items():
         graphs = base if name == "default" else export_digits(args.work / "exclusions" / name.replace(" ", "_"),
                                                                 settings)
         if want is None:
@@ -263,22 +294,23 @@ def part_cifar(args) -> list[str]:
     ckpt = out / "random_unet.pt"
     save_state_dict(ckpt, model.state_dict())
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(16, 3, 32, 32, generator=gen)  # random weights: any images make the activations
-    plan = CalibrationPlan(images, sigma=SIGMA, steps=B, draws=2, data="uniform random images (random weights)")
+    images = torch.rand(args.images, 3, 32, 32, generator=gen)  # random weights: any images make activations
+    plan = CalibrationPlan(images, sigma=SIGMA, steps=B, draws=1, data="uniform random images (random weights)")
     start = time.perf_counter()
-    report = export_command(preset, ckpt, out, precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
+    report = export_command(preset, ckpt, out, precisions=tuple(Precision(p) for p in args.cifar_precisions),
                             calibration=plan, progress=lambda e: print(e.line(), flush=True))
     print(f"exported in {time.perf_counter() - start:.0f} s", flush=True)
     graphs = {r.manifest.precision: r for r in report.results}
     rows = args.cifar_rows
     feeds = {"x": torch.randn(rows, 3, 32, 32, generator=gen).numpy(), "t": np.full((rows,), 143.0, np.float32)}
-    times = per_row({p.value: (graphs[p].onnx_path, p.quantized) for p in graphs}, feeds, args.threads, rounds=3,
-                    seconds=5.0)
+    times = per_row({p.value: (graphs[p].onnx_path, p.quantized) for p in graphs}, feeds, args.threads, rounds=2,
+                    seconds=3.0)
     lines = ["# The CIFAR-10 UNet in int8: graph sizes, onnxruntime CPU time, memory per bucket", "",
              f"Command: `{args.command}`  ", f"Machine: {machine()}, onnxruntime intra-op threads {args.threads}  ",
              f"The cifar10 preset's UNet (52.5M parameters) with random weights (N(0, 0.02^2) added to the "
-             f"initialisation, seed 0), exported fp32, fp16 and int8 (calibrated on 16 uniform random images x 2 "
-             f"draws at sigma={SIGMA}, b={B}); times at {rows} rows per call, median of 3 interleaved rounds. "
+             f"initialisation, seed 0), exported {', '.join(args.cifar_precisions)} (int8 calibrated on "
+             f"{args.images} uniform random images x 1 draw at sigma={SIGMA}, b={B}); times at {rows} rows per "
+             "call, median of 2 interleaved rounds. "
              "Memory per bucket, from the graphs: weights + rows x the largest set of activations alive at once "
              "in the graph's node order (a bound before TensorRT's fusion and memory reuse; int8 tensors count "
              "1 byte).", "",
@@ -306,6 +338,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's)")
     ap.add_argument("--cifar-rows", type=int, default=8)
+    ap.add_argument("--cifar-precisions", nargs="+", default=["fp32", "fp16", "int8"])
+    ap.add_argument("--only", choices=[p.value for p in PRECISIONS], help="digits: run one precision and keep it")
+    ap.add_argument("--export-only", action="store_true", help="digits: export the graphs and stop")
+    ap.add_argument("--variants", default=None, help="exclusions: comma-separated variant names (default: all)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/densepure-int8-benchmark"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -10,6 +10,8 @@
   (the runtime pads each call up to its bucket, so every launch runs at an ``opt`` shape).
 * A workspace cap (``MemoryPoolType.WORKSPACE``) for devices with little or unified memory (Jetson).
 * A timing cache per machine, loaded before and saved after each build.
+* INT8: the Q/DQ graphs of ``densepure export --precision int8`` are built strongly typed like fp16 ones
+  (explicit quantization needs no precision flag); ``WEAK_FP16`` is refused for them.
 
 ``import tensorrt`` happens only inside functions; everything else here is importable anywhere.
 """
@@ -225,6 +227,9 @@ def _build_serialized(path: Path, manifest: ArtifactManifest, settings: BuildSet
     if settings.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     config.builder_optimization_level = settings.optimization_level
+    # layer names, types and precisions kept in the plan: `trtexec --loadEngine --dumpLayerInfo` shows which
+    # layers of an int8 engine run in int8 (docs/jetson.md); costs a few KB per engine
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if settings.typing is TypingMode.WEAK_FP16:
         config.set_flag(trt.BuilderFlag.FP16)
     for profile in settings.profiles:
