@@ -63,7 +63,7 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGro
                         "batch rows that would otherwise be empty, so a look costs no round trip; off computes only "
                         "the draws the test reads. The certificates are the same either way (default: on)")
     g.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
-                   help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the classifier network; onnxruntime/tensorrt: precision of both exported graphs, fp32 or fp16 "
+                   help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the classifier network; onnxruntime/tensorrt: precision of both exported graphs, fp32, fp16 or int8 (int8: only at the sigma and grid its graphs were calibrated for) "
                         "(default: fp32)")
     g.add_argument("--backend", default="torch", choices=[k.value for k in BackendKind],
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

@@ -16,11 +16,14 @@ per draw: the K chains of a draw differ only in their step noise, which a few dr
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from densepure.artifacts.manifest import ArtifactKind
+from densepure.artifacts.quantized import CalibrationInfo
 from densepure.diffusion import (
     GridTables,
     Mode,
@@ -34,6 +37,7 @@ from densepure.diffusion import (
     validate_sigma,
 )
 from densepure.errors import ConfigError
+from densepure.export.int8 import QUANTIZER_LIBRARY, Int8Spec, QuantizeSettings, quantizer_version
 
 CHUNK_ROWS = 256  # rows per UNet call while recording (memory only: the rows do not depend on it)
 
@@ -155,14 +159,10 @@ def _start(smoothing: SmoothingConfig, x: torch.Tensor, gen: torch.Generator) ->
 VERIFY_ROWS = 8  # held-out rows the export checks an int8 graph on (not the traced batch of 2)
 
 
-def int8_specs(plan: CalibrationPlan, settings, unet, schedule: NoiseSchedule | None,
-               kinds) -> dict:
+def int8_specs(plan: CalibrationPlan, settings: QuantizeSettings, unet, schedule: NoiseSchedule | None,
+               kinds: Sequence[ArtifactKind]) -> dict[ArtifactKind, Int8Spec]:
     """``{ArtifactKind: Int8Spec}`` for the ``kinds`` to export: the pipeline is run once for calibration
     and once, with other noise, for the held-out rows each graph is checked on."""
-    from densepure.artifacts.manifest import ArtifactKind
-    from densepure.artifacts.quantized import CalibrationInfo
-    from densepure.export.int8 import QUANTIZER_LIBRARY, Int8Spec, quantizer_version
-
     if ArtifactKind.UNET in kinds and plan.mode is Mode.GAUSSIAN:
         raise ConfigError("gaussian smoothing never runs the UNet, so a gaussian calibration has no UNet rows: "
                           "export the classifier alone (--no-unet) or calibrate for a denoising mode")

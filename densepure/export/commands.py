@@ -33,6 +33,7 @@ from densepure.export.onnx_export import (
     export_classifier,
     export_unet,
 )
+from densepure.diffusion import Mode
 from densepure.export.calibration import CalibrationPlan, int8_specs
 from densepure.export.int8 import QuantizeSettings
 from densepure.export.onnx_verify import CheckStatus
@@ -188,7 +189,7 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
     model = ckpt = None
     if int8:  # one float32 run of the pipeline calibrates both graphs (module doc of export.calibration)
         kinds = tuple(dict.fromkeys(k for k, p in plan if p is Precision.INT8))
-        if calibration.mode.value != "gaussian":
+        if calibration.mode is not Mode.GAUSSIAN:  # the UNet makes the denoised images the classifier sees
             ckpt = resolve_checkpoint(spec, checkpoint)
             model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
             unet_source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")

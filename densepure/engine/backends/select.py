@@ -69,8 +69,9 @@ def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None
         raise ConfigError(f"the {kind.value} backend needs --artifacts DIR, a directory written by "
                           "`densepure export --out DIR`")
     if not precision.exportable:
-        raise ConfigError(f"the {kind.value} backend runs exported "
-                          f"{' or '.join(p.value for p in EXPORTED_PRECISIONS)} graphs, got precision {precision.value}")
+        names = [p.value for p in EXPORTED_PRECISIONS]
+        raise ConfigError(f"the {kind.value} backend runs exported {', '.join(names[:-1])} or {names[-1]} graphs, "
+                          f"got precision {precision.value}")
 
 
 @dataclass(frozen=True)
