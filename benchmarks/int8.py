@@ -46,7 +46,7 @@ from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier,
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.export import export_command
 from densepure.export.calibration import CalibrationPlan, pipeline_activations
-from densepure.export.int8 import KeepFloat, QdqPlacement, QuantizeSettings, CalibrationMethod, DEFAULT_KEEP
+from densepure.export.int8 import DEFAULT_KEEP, CalibrationMethod, KeepFloat, QdqPlacement, QuantizeSettings
 from densepure.models import get_preset
 from densepure.models.digits import load_digits_calibration_split, load_digits_test_split, load_digits_unet
 from densepure.noise import NoisePhase
@@ -292,7 +292,7 @@ def part_exclusions(args) -> list[str]:
 
 
 def part_cifar(args) -> list[str]:
-    from densepure.models import UNetModel, UNetConfig, save_state_dict
+    from densepure.models import UNetConfig, UNetModel, save_state_dict
 
     preset = get_preset("cifar10")
     torch.manual_seed(0)

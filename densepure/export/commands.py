@@ -25,7 +25,10 @@ import torch
 from densepure.artifacts.cache import EngineCache
 from densepure.artifacts.directory import exported_artifacts
 from densepure.artifacts.manifest import ArtifactKind, SourceInfo
+from densepure.diffusion import Mode
 from densepure.errors import ArtifactError, ConfigError
+from densepure.export.calibration import CalibrationPlan, int8_specs
+from densepure.export.int8 import QuantizeSettings
 from densepure.export.onnx_export import (
     DEFAULT_OPSET,
     EXTERNAL_DATA_THRESHOLD,
@@ -33,9 +36,6 @@ from densepure.export.onnx_export import (
     export_classifier,
     export_unet,
 )
-from densepure.diffusion import Mode
-from densepure.export.calibration import CalibrationPlan, int8_specs
-from densepure.export.int8 import QuantizeSettings
 from densepure.export.onnx_verify import CheckStatus
 from densepure.export.tensorrt_build import BuildOutcome, BuildSettings, build_engine
 from densepure.hashing import file_sha256

@@ -19,18 +19,18 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
 
 from densepure.artifacts import ArtifactKind, ArtifactManifest, manifest_path_for  # noqa: E402
-from densepure.certify.tasks import CertifyTask  # noqa: E402
-from densepure.engine.backends import Backends, ClassifierBackend  # noqa: E402
-from densepure.engine.engine import Engine, EngineConfig, ImageRequest  # noqa: E402
 from densepure.artifacts.quantized import CalibrationInfo, calibration_mismatch, calibration_overlap  # noqa: E402
+from densepure.certify.tasks import CertifyTask  # noqa: E402
 from densepure.cli import main  # noqa: E402
 from densepure.diffusion import Mode, SmoothingConfig  # noqa: E402
+from densepure.engine.backends import Backends, ClassifierBackend  # noqa: E402
 from densepure.engine.backends.select import (  # noqa: E402
     ModelIdentity,
     Pipeline,
     check_calibration_split,
     check_identity,
 )
+from densepure.engine.engine import Engine, EngineConfig, ImageRequest  # noqa: E402
 from densepure.errors import ArtifactError, ConfigError  # noqa: E402
 from densepure.export import export_command  # noqa: E402
 from densepure.export.calibration import CalibrationPlan, pipeline_activations  # noqa: E402
@@ -84,7 +84,7 @@ def test_calibration_rows_are_the_pipelines_and_reproducible():
 
 
 def test_quantizing_twice_gives_the_same_bytes(int8_export):
-    out, results = int8_export
+    _, results = int8_export
     model = onnx.load(str(results[ArtifactKind.CLASSIFIER, Precision.FP32].onnx_path))
     rows = pipeline_activations(small_plan(), load_digits_unet(), get_preset("digits").schedule).classifier_feeds()
     first, _ = quantize_graph(model, ArtifactKind.CLASSIFIER, rows, QuantizeSettings())

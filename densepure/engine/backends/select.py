@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from densepure.artifacts.directory import exported_artifacts, find_onnx
-from densepure.artifacts.quantized import calibration_mismatch, calibration_overlap
 from densepure.artifacts.manifest import (
     ArtifactKind,
     ArtifactManifest,
@@ -37,6 +36,7 @@ from densepure.artifacts.manifest import (
     verify_graph_signature,
     verify_onnx,
 )
+from densepure.artifacts.quantized import calibration_mismatch, calibration_overlap
 from densepure.choices import Choice
 from densepure.engine.backends.base import Backends
 from densepure.errors import ArtifactError, BackendError, ConfigError
