@@ -350,6 +350,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's)")
     ap.add_argument("--cifar-rows", type=int, default=8)
     ap.add_argument("--cifar-precisions", nargs="+", default=["fp32", "fp16", "int8"])
+    ap.add_argument("--report", default=None, help="report file name under benchmarks/results (default: the part's)")
     ap.add_argument("--e2e-images", type=int, default=2, help="digits: images of the one-process end-to-end timing")
     ap.add_argument("--only", choices=[p.value for p in PRECISIONS], help="digits: run one precision and keep it")
     ap.add_argument("--export-only", action="store_true", help="digits: export the graphs and stop")
@@ -360,6 +361,7 @@ def main() -> None:
     args.command = " ".join(["python benchmarks/int8.py", *sys.argv[1:]])
     name = {"digits": "int8_digits_cpu.md", "exclusions": "int8_exclusions_digits_cpu.md",
             "cifar": "int8_cifar10_unet_cpu.md"}[args.part]
+    name = args.report or name
     lines = {"digits": part_digits, "exclusions": part_exclusions, "cifar": part_cifar}[args.part](args)
     (RESULTS / name).write_text("\n".join(lines))
     print(f"report: {RESULTS / name}")
