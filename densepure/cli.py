@@ -137,6 +137,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(event.line(), file=sys.stderr, flush=True)
 
     precisions = Precision.parse_list(args.precision)
+    given = [flag for flag, value in (("--sigma", args.sigma), ("--b", args.steps),
+                                      ("--calibration-data", args.calibration_data)) if value is not None]
+    if given and Precision.INT8 not in precisions:
+        raise ConfigError(f"{', '.join(given)} calibrate int8 graphs: add int8 to --precision, or leave them out")
     calibration, quantize = _int8_calibration(args, preset) if Precision.INT8 in precisions else (None, None)
     report = export_command(preset, args.checkpoint, args.out or f"artifacts/{preset}",
                             precisions=precisions, classifier=classifier,

@@ -283,3 +283,5 @@ def test_int8_export_needs_a_calibration_and_other_presets_their_data(tmp_path, 
     assert main(["export", "--preset", "cifar10", "--no-classifier", "--precision", "int8", "--out",
                  str(tmp_path / "c")]) == 2
     assert "--calibration-data" in capsys.readouterr().err
+    assert main(["export", "--precision", "fp32", "--sigma", "0.5", "--out", str(tmp_path / "f")]) == 2
+    assert "add int8 to --precision" in capsys.readouterr().err
