@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ class Server:
                                       "--no-access-log", "--log-level", "warning", *args], env=env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Server:
         with Client(self.url) as client:
             client.wait_ready(timeout=300)
         return self

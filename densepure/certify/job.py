@@ -26,7 +26,7 @@ from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
-from densepure.engine.backends.select import BackendKind
+from densepure.engine.backends.select import BackendKind, check_calibration_split
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
@@ -190,6 +190,9 @@ def prepare_draft(options: JobOptions) -> Job:
     _check_shape(options, dataset, source)
     device = device_type(options.execution.device, options.cluster.ray is not None)
     record = {**options.record(), "device": device, "content": content_hashes(options, source)}
+    run = options.execution
+    if run.precision.quantized:  # a certified image must never be a calibration one
+        check_calibration_split(run.artifacts, run.precision, record["content"]["data"], indices)
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.results.overwrite else IfExists.RESUME
     for path, config in draft.outputs():

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from densepure.certify.options import JobOptions
-from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, exported_models
+from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, Pipeline, exported_models
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.memory import rows_that_fit
@@ -76,10 +76,10 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
     if torch_backend:
         rows = rows_that_fit(_module_probes(models, shape, device), device, run.batch_size, slot_bytes)
         backends = _backends(options, models, preset=preset, shape=shape, rows=rows, device=device,
-                             needs_denoiser=smoothing.needs_denoiser)
+                             smoothing=smoothing)
     else:  # the graphs' runtime is measured through the backends themselves
         backends = _backends(options, models, preset=preset, shape=shape, rows=run.batch_size, device=device,
-                             needs_denoiser=smoothing.needs_denoiser)
+                             smoothing=smoothing)
         rows = rows_that_fit(_backend_probes(backends, shape, device), device, run.batch_size, slot_bytes)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots,
                           chain_prefixes=options.sampling.also_chains, lookahead=run.lookahead)
@@ -123,8 +123,7 @@ def _checkpoint_to_compare(options: JobOptions, preset) -> Path | None:
         return None
 
 
-def _backends(options: JobOptions, models: _Models, *, preset, shape, rows: int, device: torch.device,
-              needs_denoiser: bool):
+def _backends(options: JobOptions, models: _Models, *, preset, shape, rows: int, device: torch.device, smoothing):
     from densepure.engine.backends.select import make_backends
     from densepure.hashing import file_sha256
 
@@ -132,10 +131,10 @@ def _backends(options: JobOptions, models: _Models, *, preset, shape, rows: int,
     exported = run.backend is not BackendKind.TORCH
     identity = ModelIdentity(preset.name, shape, models.classes,
                              file_sha256(models.checkpoint) if exported and models.checkpoint is not None else None,
-                             options.models.classifier)
+                             options.models.classifier, Pipeline.of(smoothing))
     choice = BackendChoice(run.backend, run.artifacts, run.precision, run.cache_dir, torch.get_num_threads(), rows,
                            run.cuda_graphs, run.compile)
-    return make_backends(choice, identity, device, needs_denoiser=needs_denoiser, unet=models.denoiser,
+    return make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=models.denoiser,
                          classifier=models.classifier)
 
 

@@ -130,7 +130,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=_choices(Precision),
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the "
                         "classifier network (fp32 is exact float32 on CUDA too; tf32 lets CUDA round matmul and "
-                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs "
+                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs, "
+                        "fp32, fp16 or int8 (int8: only at the sigma and grid its graphs were calibrated for) "
                         f"(default: {default(ExecutionOptions, 'precision')})")
     g.add_argument("--backend", choices=_choices(BackendKind),
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -108,7 +108,7 @@ class AccessLog:
         self.runtime.metrics.request(endpoint, outcome, seconds)
         if self.runtime.options.access_log:
             client = scope.get("client")
-            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
+            line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id,
                     "client": f"{client[0]}:{client[1]}" if client else None, "method": method, "path": path,
                     "status": status, "endpoint": endpoint, "outcome": outcome, "duration_s": round(seconds, 6),
                     **scope["state"].get("log", {})}

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from densepure.serve.loop import EngineLoop, FailKind, Outcome, WorkFailed, WorkResult
 
@@ -42,7 +42,7 @@ class Job:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 class JobStore:
