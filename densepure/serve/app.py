@@ -42,7 +42,7 @@ access_log = logging.getLogger("densepure.serve.access")
 log = logging.getLogger("densepure.serve")
 
 _FAIL_STATUS = {FailKind.BAD_INPUT: 400, FailKind.SHUTDOWN: 503, FailKind.CANCELLED: 503,
-                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500}
+                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500, FailKind.UNAVAILABLE: 503}
 _ENDPOINTS = [(m, re.compile(p), name) for m, p, name in (
     ("GET", r"/v2/health/live", "health_live"), ("GET", r"/v2/health/ready", "health_ready"),
     ("GET", r"/v2", "server_metadata"), ("GET", r"/v2/models(/[^/]+(/versions/[^/]+)?)?/stats", "model_stats"),
@@ -213,9 +213,11 @@ async def _parse(rt: Runtime, request: Request, job: bool):
     return prepared, policies
 
 
-def _submit(rt: Runtime, work) -> None:
+async def _submit(rt: Runtime, work) -> None:
+    """Queue ``work`` (in a worker thread: splitting a large request across devices takes the policies' draws
+    one by one, which must not hold up the event loop)."""
     try:
-        rt.loop.submit(work)
+        await run_in_threadpool(rt.loop.submit, work)
     except QueueFull as exc:
         raise ApiError(503, str(exc), retry_after=exc.retry_after) from None
     except NotAccepting:
@@ -232,7 +234,7 @@ async def _run(rt: Runtime, request: Request, prepared: Prepared, policies, star
             future.set_result(outcome)
 
     work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(settle, outcome))
-    _submit(rt, work)
+    await _submit(rt, work)
     deadline = prepared.params.deadline_ms
     timeout = None if deadline is None else max(0.0, deadline / 1000 - (time.monotonic() - started))
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -305,7 +307,8 @@ def _add_oip_routes(app: FastAPI, rt: Runtime) -> None:
             outcome = await _run(rt, request, prepared, policies, started)
             t2 = time.perf_counter_ns()
             if isinstance(outcome, WorkFailed):
-                raise ApiError(_FAIL_STATUS[outcome.kind], outcome.message)
+                status = _FAIL_STATUS[outcome.kind]
+                raise ApiError(status, outcome.message, retry_after=1 if outcome.kind is FailKind.UNAVAILABLE else None)
             body, tensors = rt.response(prepared, outcome)
             request.scope["state"]["log"].update(draws=int(sum(o.draws for o in outcome.images)),
                                                  queue_wait_s=round(outcome.queue_wait_s, 6))
@@ -334,9 +337,13 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
         prepared, policies = await _parse(rt, request, job=True)
         loop, job_id = asyncio.get_running_loop(), rt.jobs.new_id()
         work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(rt.jobs.finish, job_id, outcome))
-        _submit(rt, work)
         job = Job(job_id, work.id, len(policies), render=lambda result: response_object(*rt.response(prepared, result)))
-        rt.jobs.add(job)
+        rt.jobs.add(job)  # before the work is queued: its outcome may come back at once
+        try:
+            await _submit(rt, work)
+        except BaseException:
+            rt.jobs.discard(job_id)
+            raise
         request.scope["state"]["log"]["job"] = job_id
         return JSONResponse(rt.jobs.peek(job_id), status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
 

@@ -62,6 +62,10 @@ class JobStore:
     def add(self, job: Job) -> None:
         self._jobs[job.id] = job
 
+    def discard(self, job_id: str) -> None:
+        """Forget a job whose work was never queued."""
+        self._jobs.pop(job_id, None)
+
     def finish(self, job_id: str, outcome: Outcome) -> None:
         """Record a job's outcome (on the event loop)."""
         job = self._jobs.get(job_id)
