@@ -13,6 +13,7 @@ what never reaches them (malformed HTTP, slow requests, too many connections).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
@@ -90,7 +91,11 @@ class AccessLog:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                headers = list(message.get("headers", []))
+                if self.runtime.replica is None:
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                else:  # on Ray Serve: which replica answered (the proxy adds X-Request-ID, the id passed on here)
+                    headers.append((b"x-densepure-replica", self.runtime.replica.encode("latin-1")))
                 draining = self.runtime.loop.state is not LoopState.READY and self.runtime.loop.loaded
                 if draining and all(k.lower() != b"connection" for k, _ in headers):
                     headers.append((b"connection", b"close"))  # the client should reconnect elsewhere
@@ -128,11 +133,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         rt.loop.start()
+        await rt.jobs.start()
         try:
             yield
         finally:
             rt.loop.drain()
-            rt.jobs.cancel_all()
+            await rt.jobs.close(rt.limits.grace_s)
             await run_in_threadpool(rt.loop.stop)
 
     app = FastAPI(title="densepure", version=rt.server_metadata()["version"], lifespan=lifespan,
@@ -331,26 +337,28 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     async def create_job(request: Request):
         """Start a long certification (an inference request; optional "model"); poll GET /v1/jobs/{id}."""
         _check_ready(rt)
-        if len(rt.jobs) >= rt.limits.max_jobs:
-            raise ApiError(503, f"{len(rt.jobs)} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
+        retained = await _maybe(rt.jobs.count())
+        if retained >= rt.limits.max_jobs:
+            raise ApiError(503, f"{retained} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
                                 "delete finished ones", retry_after=10)
         prepared, policies = await _parse(rt, request, job=True)
         loop, job_id = asyncio.get_running_loop(), rt.jobs.new_id()
         work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(rt.jobs.finish, job_id, outcome))
         job = Job(job_id, work.id, len(policies), render=lambda result: response_object(*rt.response(prepared, result)))
-        rt.jobs.add(job)  # before the work is queued: its outcome may come back at once
+        await _maybe(rt.jobs.add(job))  # before the work is queued: its outcome may come back at once
+        accepted = rt.jobs.peek(job_id)
         try:
             await _submit(rt, work)
         except BaseException:
             rt.jobs.discard(job_id)
             raise
         request.scope["state"]["log"]["job"] = job_id
-        return JSONResponse(rt.jobs.peek(job_id), status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
+        return JSONResponse(accepted, status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def get_job(job_id: str):
         """A job's state; a final result is returned once, then forgotten."""
-        view = rt.jobs.view(job_id)
+        view = await _maybe(rt.jobs.view(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
@@ -358,7 +366,12 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def delete_job(job_id: str):
         """Cancel a job (its engine slots are freed) and forget it."""
-        view = rt.jobs.delete(job_id)
+        view = await _maybe(rt.jobs.delete(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
+
+
+async def _maybe(value):
+    """``value``, awaited if it is awaitable (a Ray replica's job store answers through the job board)."""
+    return await value if inspect.isawaitable(value) else value

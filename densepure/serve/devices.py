@@ -110,11 +110,16 @@ class DeviceGroup:
         self._replies: dict[str, Callable[[Outcome], None]] = {}
         self._cancelling: set[str] = set()
         self._turn = itertools.count()
+        self._started = False
 
     # -- the interface of one loop --------------------------------------------------------------
     def start(self) -> None:
-        for loop in self.loops:
-            loop.start()
+        """Start every loop (once: a Ray replica starts them before its app's lifespan does)."""
+        with self._lock:
+            started, self._started = self._started, True
+        if not started:
+            for loop in self.loops:
+                loop.start()
 
     @property
     def state(self) -> LoopState:

@@ -59,6 +59,7 @@ class Runtime:
         from densepure.models import get_preset
 
         self.options, self.limits = options, options.limits
+        self.replica = (build or {}).get("replica")
         self.image_shape = options.image_shape()
         job = options.job
         self.smoothing = job.smoothing_config(get_preset(job.models.preset).schedule)
