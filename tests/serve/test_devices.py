@@ -2,6 +2,7 @@
 routing by queued draws, certificates identical to one loop, exact splits, a device failing while serving, a
 device failing to load."""
 
+import threading
 import time
 
 import numpy as np
@@ -179,6 +180,27 @@ def test_a_failing_device_leaves_rotation_its_queued_work_moves_its_running_work
         group.stop()
 
 
+def test_ready_only_once_every_device_is_warm():
+    gate = threading.Event()
+    slow_engine = engine_factory(Brightness())
+
+    def slow():
+        assert gate.wait(60)
+        return slow_engine()
+
+    group = make_group(factories=[engine_factory(Brightness()), slow])
+    try:
+        assert group.loops[0].wait_ready(60)
+        assert group.state is LoopState.LOADING and not group.loaded  # one device warm is not enough
+        with pytest.raises(NotAccepting):
+            group.submit(work(PredictTask(n=5), torch.full((1, *SHAPE), 0.5))[0])
+        gate.set()
+        assert group.wait_ready(60) and group.state is LoopState.READY
+    finally:
+        gate.set()
+        group.stop()
+
+
 def test_a_device_that_cannot_load_is_a_start_up_error_naming_it():
     def broken():
         raise ConfigError("no such checkpoint")
@@ -208,3 +230,45 @@ def test_device_names_labels_and_threads():
         Placement(devices=("cpu", "tpu"))
     with pytest.raises(ConfigError, match="stands alone"):
         Placement(devices=("all", "cpu"))
+
+
+@pytest.mark.gpu
+def test_two_loops_on_one_gpu_capture_graphs_and_answer_as_one():
+    """Two engine loops on cuda:0 (CUDA graphs captured from two threads), requests whole and split at once:
+    the certificates are one loop's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_loop_helpers import Waiter
+
+    from densepure.models.digits import load_digits_test_split
+    from densepure.serve.runtime import Runtime
+    from densepure.serve.settings import ServeOptions
+    from densepure.serve.work import Work
+
+    images = load_digits_test_split()[0][:8]
+    common = {"n0": 20, "n": 300, "num_chains": 3, "access_log": False}
+    runtimes = [Runtime(ServeOptions.build(device="cuda:0", **common)),
+                Runtime(ServeOptions.build(devices=("cuda:0", "cuda:0"), split_min_draws=200, **common))]
+    try:
+        for rt in runtimes:
+            rt.loop.start()
+            assert rt.loop.wait_ready(600), rt.loop.load_error
+
+        def run(rt, i):
+            task = TASKS["certify"] if i % 2 else TASKS["sequential"]  # 320 and 420 draws: both split
+            waiter = Waiter()
+            rt.loop.submit(Work(images[i:i + 1], [task.policy(rt.num_classes, rt.smoothing.sigma)], task, waiter,
+                                task.max_draws, seed=5, noise_id=i))
+            outcome = waiter.get(600)
+            assert isinstance(outcome, WorkResult), outcome
+            return outcome.images[0]
+
+        one = [run(runtimes[0], i) for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            two = list(pool.map(lambda i: run(runtimes[1], i), range(8)))
+        assert_same(two, one)
+    finally:
+        for rt in runtimes:
+            rt.loop.stop()

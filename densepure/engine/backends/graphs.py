@@ -8,10 +8,17 @@ memory pool, largest captured first) and a call is one ``replay``; on CPU the sa
 eagerly, so the bucket logic is tested without a GPU.
 
 Bucket sizes come from the device's free memory (:mod:`densepure.engine.memory`).
+
+Several engines in one process (a server with one engine loop per GPU, :mod:`densepure.serve.devices`)
+capture from several threads: captures take :data:`CAPTURE_LOCK` (one at a time in the process) and run
+in CUDA's ``thread_local`` capture mode, so that another thread's synchronising calls (an engine step's
+copy of its labels to the host) are not refused while this thread captures. With one engine per process,
+nothing else calls CUDA during a capture and the mode changes nothing.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,6 +27,8 @@ from densepure.artifacts.buckets import pad_into, pick_bucket
 from densepure.errors import BackendError
 
 Fn = Callable[..., tuple[torch.Tensor, ...]]
+CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process (module docstring)
+CAPTURE_MODE = "thread_local"
 
 
 class BucketedCall:
@@ -55,6 +64,10 @@ class BucketedCall:
                 self._capture(size)
 
     def _capture(self, size: int) -> None:
+        with CAPTURE_LOCK:
+            self._capture_locked(size)
+
+    def _capture_locked(self, size: int) -> None:
         inputs = self._buffers(size)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -65,7 +78,7 @@ class BucketedCall:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_MODE), torch.inference_mode():
             self.static_out[size] = tuple(self.fn(*inputs))
         self.captured[size] = graph
 
