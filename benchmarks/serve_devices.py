@@ -2,11 +2,12 @@
 
 The same closed-loop load as benchmarks/serve.py (its ``Server`` and ``closed_loop``: c client threads send
 single-image certify_radius requests back to back, a different digits test image each, until the level's
-requests are answered) against ``one`` (``--devices cpu --device-threads 1``: one engine loop, one torch
-thread) and ``two`` (``--devices cpu,cpu --device-threads 1``: two engine loops, one torch thread each,
-each pinned to a core of its own when the machine has two free). Reported per level: requests/s,
-latency p50/p95 (sending to answer), draws/s and UNet rows per call; then the two/one ratios at the
-highest level. On a GPU machine, ``--configs`` names other device lists (``--devices all``).
+requests are answered) against ``one`` (``--devices cpu --device-threads 1 --pin-cores``: one engine loop,
+one torch thread, on core 0) and ``two`` (``--devices cpu,cpu --device-threads 1 --pin-cores``: two
+engine loops, one torch thread each, each on a core of its own), and the same two unpinned
+(``one-free``, ``two-free``: the OS places the threads). Reported per level: requests/s, latency p50/p95
+(sending to answer), draws/s and UNet rows per call; then the two/one ratios. On a GPU machine,
+``--configs`` names device lists instead (``cuda:0 cuda:0,cuda:1``: each is ``--devices LIST``).
 
 Usage: python benchmarks/serve_devices.py [--concurrency 1 4 16] [--requests 4 8 32] [--server-args "--K 3"]
 The last line printed is a JSON object with every number.
@@ -25,8 +26,10 @@ from serve import Server, closed_loop
 from densepure.models.digits import load_digits_test_split
 from densepure.serve.client import Client
 
-CONFIGS = {"one": ("--devices", "cpu", "--device-threads", "1"),
-           "two": ("--devices", "cpu,cpu", "--device-threads", "1")}
+CONFIGS = {"one": ("--devices", "cpu", "--device-threads", "1", "--pin-cores"),
+           "two": ("--devices", "cpu,cpu", "--device-threads", "1", "--pin-cores"),
+           "one-free": ("--devices", "cpu", "--device-threads", "1"),
+           "two-free": ("--devices", "cpu,cpu", "--device-threads", "1")}
 
 
 def main() -> None:
@@ -35,7 +38,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, nargs="+", default=None,
                     help="requests per concurrency level (default: 2 per client, at least 4)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS),
-                    help="one, two, or device lists such as cuda:0 cuda:0,cuda:1 (each: --devices LIST)")
+                    help=f"{', '.join(CONFIGS)}, or device lists such as cuda:0 cuda:0,cuda:1 (each: --devices LIST)")
     ap.add_argument("--server-args", default="", help="more `densepure serve` flags (models, K, b, n0, n)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per request at most")
     args = ap.parse_args()
@@ -73,14 +76,16 @@ def main() -> None:
                   f"{r['unet_rows_per_call']:.1f} |")
     summary = {"machine": machine(), "server_args": extra, "smoothing": smoothing, "params": params,
                "results": results}
-    if {"one", "two"} <= set(results):
-        ratios = {}
-        for a, b in zip(results["one"], results["two"], strict=True):
-            ratios[a["clients"]] = {"throughput": b["throughput_rps"] / a["throughput_rps"],
-                                    "p50": b["p50_s"] / a["p50_s"], "p95": b["p95_s"] / a["p95_s"]}
-            print(f"{a['clients']:3d} clients: two / one loops: {ratios[a['clients']]['throughput']:.2f}x requests/s, "
-                  f"p50 {b['p50_s']:.2f} vs {a['p50_s']:.2f} s, p95 {b['p95_s']:.2f} vs {a['p95_s']:.2f} s")
-        summary["ratio"] = ratios
+    summary["ratio"] = {}
+    for one, two in (("one", "two"), ("one-free", "two-free")):
+        if {one, two} <= set(results):
+            ratios = summary["ratio"][f"{two}/{one}"] = {}
+            for a, b in zip(results[one], results[two], strict=True):
+                ratios[a["clients"]] = {"throughput": b["throughput_rps"] / a["throughput_rps"],
+                                        "p50": b["p50_s"] / a["p50_s"], "p95": b["p95_s"] / a["p95_s"]}
+                print(f"{a['clients']:3d} clients: {two} / {one}: {ratios[a['clients']]['throughput']:.2f}x "
+                      f"requests/s, p50 {b['p50_s']:.2f} vs {a['p50_s']:.2f} s, p95 {b['p95_s']:.2f} vs "
+                      f"{a['p95_s']:.2f} s")
     print(json.dumps(summary))
 
 

@@ -105,7 +105,10 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
                         "fewest queued draws (default: the one --device)")
     g.add_argument("--device-threads", type=int,
                    help="torch threads per CPU engine loop (default: the cores shared equally among several CPU "
-                        "loops, each pinned to its own cores when there are enough)")
+                        "loops)")
+    g.add_argument("--pin-cores", action="store_true",
+                   help="run each CPU engine loop on cores of its own (a machine of its own; on a shared one a "
+                        "pinned loop cannot leave a busy core)")
     g.add_argument("--split-min-draws", type=int,
                    help="split a request's draws across the devices when each of its images may take at least this "
                         "many draws and splitting is expected to answer it sooner (exact: the same counts); 0 never "

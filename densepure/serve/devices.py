@@ -70,15 +70,15 @@ def device_labels(devices: Sequence[str]) -> list[str]:
     return labels
 
 
-def cpu_threads(devices: Sequence[str], threads: int | None) -> list[Callable[[], None] | None]:
+def cpu_threads(devices: Sequence[str], threads: int | None, pin: bool = False) -> list[Callable[[], None] | None]:
     """Per device, what its loop thread runs first: on CPU, ``threads`` torch threads (default: the cores
-    shared equally among several CPU loops; one CPU loop keeps torch's default), each CPU loop pinned to
-    cores of its own when there are enough for all (Linux). None for CUDA devices."""
+    shared equally among several CPU loops; one CPU loop keeps torch's default) and, with ``pin``, cores of
+    its own when there are enough for every CPU loop (Linux). None for CUDA devices."""
     cpus = [i for i, name in enumerate(devices) if name == "cpu"]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if threads is None and len(cpus) > 1:
+    if threads is None and (len(cpus) > 1 or (pin and cpus)):
         threads = max(1, len(cores) // len(cpus)) if cores else 1
-    pin = len(cpus) > 1 and threads is not None and cores and threads * len(cpus) <= len(cores)
+    pin = bool(pin and cpus and cores and threads * len(cpus) <= len(cores))
     setups: list[Callable[[], None] | None] = [None] * len(devices)
     for n, i in enumerate(cpus):
         mine = set(cores[n * threads:(n + 1) * threads]) if pin else None

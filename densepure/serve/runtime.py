@@ -86,8 +86,9 @@ class Runtime:
         """One engine loop per device, with its metrics, behind one :class:`DeviceGroup`."""
         labels, several = device_labels(self.devices), len(self.devices) > 1
         loops = []
-        for device, label, setup in zip(self.devices, labels, cpu_threads(self.devices, self.options.placement
-                                                                           .device_threads), strict=True):
+        placement = self.options.placement
+        setups = cpu_threads(self.devices, placement.device_threads, placement.pin_cores)
+        for device, label, setup in zip(self.devices, labels, setups, strict=True):
             loop = EngineLoop(lambda device=device: factory(device), self.limits.max_queue,
                               self.limits.max_queued_draws, self.metrics.device(label), on_fatal=self._fatal,
                               setup=setup, name=label if several else None)

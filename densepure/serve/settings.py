@@ -70,14 +70,16 @@ class Placement:
     ``devices``: empty serves the one ``--device`` of the job; otherwise each of ``cpu``, ``cuda``, ``cuda:N``
     (a device may repeat: two loops on one device), or ``("all",)`` for every CUDA device of the machine.
     ``device_threads``: torch threads of each CPU engine loop (default: the cores shared equally among the CPU
-    loops when there are several, else torch's default); several CPU loops are each pinned to cores of their
-    own when there are enough. ``split_min_draws``: a request whose images may each take at least this many
+    loops when there are several, else torch's default). ``pin_cores``: each CPU loop runs on cores of its
+    own (when there are enough): steadier on a machine of its own, slower on a shared one, where a pinned
+    loop cannot leave a core another program keeps busy. ``split_min_draws``: a request whose images may each take at least this many
     draws has its draws split across the devices when that is expected to answer it sooner (0: never split;
     :mod:`densepure.serve.devices` has the rule).
     """
 
     devices: tuple[str, ...] = ()
     device_threads: int | None = None
+    pin_cores: bool = False
     split_min_draws: int = 10_000
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ which device computes a draw, not which draws are read or when sampling stops.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import uuid
@@ -30,6 +31,7 @@ from densepure.engine.policy import Policy
 from densepure.serve.work import FailKind, ImageOutcome, NotAccepting, Outcome, QueueFull, Work, WorkFailed, WorkResult
 from densepure.serve.work import image_outcome as decided_outcome
 
+log = logging.getLogger("densepure.serve")
 Place = Callable[[Work, object, bool], None]  # (work, loop, force): queue a work on a device's loop
 Cancel = Callable[[str], None]  # cancel a queued work by id, wherever it went
 
@@ -125,12 +127,19 @@ class SplitWork:
                 if self._queue_wait is None:
                     self._queue_wait = outcome.queue_wait_s
                 image.returned.append(share)
-                failure = self._round_done(j) if not image.shares else None
+                failure = self._round_done_safely(j) if not image.shares else None
             finished = all(image.outcome is not None for image in self._images)
         if failure is not None:
             self._close(failure)
         elif finished:
             self._finish()
+
+    def _round_done_safely(self, j: int) -> WorkFailed | None:
+        try:
+            return self._round_done(j)
+        except Exception:  # a bug: this request fails (500), the loops serve on; the log keeps the traceback
+            log.exception("split request %s: recording a round failed", self.work.id)
+            return WorkFailed(FailKind.INTERNAL, "internal error while merging a split request's draws")
 
     def _round_done(self, j: int) -> WorkFailed | None:
         """Every share of image ``j``'s round is back: record the labels in draw order, then decide or go on."""

@@ -77,6 +77,7 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--keep-alive-timeout": (["2.5"], 2.5, []),
     "--devices": (["cpu,cpu"], ("cpu", "cpu"), []),
     "--device-threads": (["1"], 1, []),
+    "--pin-cores": ([], True, []),
     "--split-min-draws": (["500"], 500, []),
     "--replicas": (["3"], 3, ["--ray", "local"]),
     "--min-replicas": (["2"], 2, ["--ray", "local"]),

@@ -2,6 +2,7 @@
 routing by queued draws, certificates identical to one loop, exact splits, a device failing while serving, a
 device failing to load."""
 
+import os
 import threading
 import time
 
@@ -226,6 +227,14 @@ def test_device_names_labels_and_threads():
     assert cpu_threads(["cuda:0", "cuda:1"], None) == [None, None]
     assert cpu_threads(["cpu"], None) == [None]  # one CPU loop keeps torch's threads
     assert all(setup is not None for setup in cpu_threads(["cpu", "cpu"], None))
+    pinned, before = [], os.sched_getaffinity(0)
+    for setup in cpu_threads(["cpu", "cpu"], 1, pin=True):  # each on a core of its own, in its own thread
+        thread = threading.Thread(target=lambda setup=setup: (setup(), pinned.append(os.sched_getaffinity(0))))
+        thread.start()
+        thread.join()
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert len(pinned) == 2 and all(len(cores) == 1 for cores in pinned) and pinned[0] != pinned[1]
+    assert os.sched_getaffinity(0) == before  # only the loops' threads are pinned
     with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
         Placement(devices=("cpu", "tpu"))
     with pytest.raises(ConfigError, match="stands alone"):
