@@ -12,8 +12,8 @@ much more a fuller batch runs per second is the device's, which bounds what shar
 Loopback only; bounded by ``--requests`` per level and ``--timeout`` per request.
 
 Usage: python benchmarks/serve.py [--concurrency 1 4 16] [--requests 8 16 32] [--threads 1]
-       [--server-args "--K 10 --b 2"] [--radius R]
-The last line printed is a JSON object with every number.
+       [--server-args "--K 10 --b 2"] [--radius R] [--servers shared serial] [--partial]
+The last line printed is a JSON object with every number (``--partial``: each level's also as measured).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Self
 
 import numpy as np
 import torch
-from common import machine
+from common import machine, pythonpath
 
 from densepure.models.digits import load_digits_test_split
 from densepure.serve.client import Client
@@ -60,7 +60,7 @@ class Server:
     def __init__(self, args: list[str], threads: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "PYTHONPATH": pythonpath(str(ROOT)), "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen([sys.executable, "-m", "densepure.cli", "serve", "--port", str(self.port),
                                       "--no-access-log", "--log-level", "warning", *args], env=env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--server-args", default="", help="more `densepure serve` flags (models, K, b, n0, n, device)")
     ap.add_argument("--radius", type=float, default=None, help="certify_radius radius (default: the server's sigma)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request at most")
+    ap.add_argument("--partial", action="store_true", help="also print each level's numbers as a JSON line as measured")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # machine() reports the server's thread count
     counts = args.requests or [max(4, 2 * c) for c in args.concurrency]
@@ -150,6 +151,8 @@ def main() -> None:
             for clients, requests in zip(args.concurrency, counts, strict=True):
                 row = closed_loop(server.url, images, clients, requests, params, args.timeout)
                 results[name].append(row)
+                if args.partial:
+                    print(json.dumps({"partial": {f"{name} c={clients}": row}}), flush=True)
                 print(f"{name:6s} c={clients:3d} {row['requests']:4d} req {row['throughput_rps']:7.3f} req/s "
                       f"{row['draws_per_s']:7.1f} draws/s  "
                       f"p50 {row['p50_s']:7.2f} s  p95 {row['p95_s']:7.2f} s  p99 {row['p99_s']:7.2f} s  "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from densepure.errors import ArtifactError
+from densepure.paths import replace_file
 from densepure.precision import Precision
 
 FORMAT_VERSION = 1
@@ -235,10 +236,10 @@ class ArtifactManifest:
             raise ArtifactError(f"{source} is not a valid densepure manifest ({type(exc).__name__}: {exc})") from exc
 
     def write(self, path: str | Path) -> Path:
+        """Write the manifest at ``path``: a new file beside it renamed over it (a reader never sees half a
+        manifest; a link at the path, or at any temporary name, is never written through)."""
         p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(p)  # atomic: a reader never sees half a manifest
+        replace_file(p, self.to_json().encode("utf-8"))
         return p
 
     @classmethod

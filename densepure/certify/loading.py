@@ -16,7 +16,6 @@ from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.memory import rows_that_fit
 from densepure.errors import ConfigError
-from densepure.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_cla
         classifier = load_classifier(ClassifierSpec.parse(options.models.classifier), device,
                                      resize=options.models.resize)
         own_classes = classifier.num_classes
-        if run.precision is not Precision.FP32:
+        if run.precision.dtype is not torch.float32:  # tf32 keeps float32 weights
             classifier.set_precision(run.precision.dtype)  # most of the work for ViT-sized models
     else:  # the graphs are the models: the classifier itself need not be on this machine
         own_classes = exported_models(run.artifacts, run.precision).num_classes

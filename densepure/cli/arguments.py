@@ -109,11 +109,12 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, help="rows (draws x chains) per model call; on CUDA lowered to what fits "
                                                   f"in free memory (default: {default(ExecutionOptions, 'batch_size')})")
-    g.add_argument("--device", help=f"auto | cpu | cuda | cuda:N (default: {default(ExecutionOptions, 'device')})")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N; the sidecar records the device type (cpu or cuda), so a "
+                                    f"run resumes on any device of that type (default: {default(ExecutionOptions, 'device')})")
     g.add_argument("--kernels", choices=_choices(KernelChoice),
                    help="the engine's per-row kernels (noise, start, reverse step; and the UNet's GroupNorm+SiLU on "
-                        "CUDA): auto (Triton on CUDA when importable, torch otherwise), torch or triton; the choice "
-                        "made is recorded in the sidecar (default: auto)")
+                        "CUDA): auto (Triton on CUDA when importable, torch otherwise), torch or triton; every "
+                        "choice gives the same counts (tested), so a run resumes under another (default: auto)")
     g.add_argument("--compile", choices=_choices(CompileMode),
                    help="torch backend: torch.compile the UNet and the classifier in this mode (composed with the "
                         "CUDA graphs); the first call of each batch size compiles")
@@ -125,7 +126,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                         "the draws the test reads. The certificates are the same either way (default: on)")
     g.add_argument("--precision", choices=_choices(Precision),
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the "
-                        "classifier network; onnxruntime/tensorrt: precision of both exported graphs "
+                        "classifier network (fp32 is exact float32 on CUDA too; tf32 lets CUDA round matmul and "
+                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs "
                         f"(default: {default(ExecutionOptions, 'precision')})")
     g.add_argument("--backend", choices=_choices(BackendKind),
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

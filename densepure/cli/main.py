@@ -35,7 +35,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from densepure.cli import certify, export, serve
+    from densepure.cli import certify, export, serve, verify
 
     parser = argparse.ArgumentParser(prog="densepure", description="certified adversarial robustness with diffusion "
                                                                    "purification, fast and exact")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_parsers(sub)
     export.add_parsers(sub)
     serve.add_parser(sub)
+    verify.add_parser(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")
     p.set_defaults(_func=_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")

@@ -37,6 +37,7 @@ from densepure.hashing import file_sha256
 from densepure.models.classifiers import Classifier, ResizeChoice
 from densepure.models.presets import DiffusionPreset, build_unet, get_preset, resolve_checkpoint
 from densepure.models.sources import ClassifierSpec, check_resize, default_resize, load_classifier
+from densepure.paths import check_input
 from densepure.precision import Precision
 
 
@@ -112,17 +113,28 @@ def _check_opset(opset: int) -> None:
                           f"this onnx {onnx.__version__} knows), got {opset!r}")
 
 
-def _output_directory(out_dir: str | os.PathLike) -> Path:
-    """``out_dir``, created if needed, or a ConfigError (a file, an unwritable place) before any work."""
+def _check_output_directory(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` if an export can write there (an existing directory, or one that can be created: the first
+    existing parent is a writable directory), else a one-line error; nothing is created."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out must be a directory, got the file {str(out)!r}")
+    if os.path.lexists(out):
+        check_input(out, "--out", file=False, directory=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"the export directory {str(out)!r} is not writable")
+        return out
+    parent = next((a for a in out.parents if os.path.lexists(a)), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the export directory {str(out)!r}: {str(parent)!r} is not a writable "
+                          "directory")
+    return out
+
+
+def _output_directory(out: Path) -> Path:
+    """Create the (checked) export directory."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the export directory {str(out)!r}: {exc.strerror or exc}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"the export directory {str(out)!r} is not writable")
     return out
 
 
@@ -158,19 +170,21 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
         raise ConfigError("--resize applies to the classifier, which this export leaves out")
     elif resize is not None:
         resize = ResizeChoice.parse(resize)
-    out = _output_directory(out_dir)
+    ckpt = resolve_checkpoint(spec, checkpoint) if unet else None  # before anything is created: one line if unusable
+    out = _check_output_directory(out_dir)
     if isinstance(classifier, str):
         classifier_label = classifier_label or classifier
         classifier = load_classifier(classifier_spec, torch.device("cpu"), resize=resize)
     elif classifier is not None and resize is not None:
         classifier = Classifier(classifier.network, resize.apply(classifier.preprocess), classifier.num_classes)
+    out = _output_directory(out)  # every input is usable: now the directory may be created
     cfg = spec.unet_config
     plan = [(ArtifactKind.UNET, Precision(p)) for p in precisions if unet]
     plan += [(ArtifactKind.CLASSIFIER, Precision(p)) for p in precisions if classifier is not None]
     results, references = [], {}
     common = {"opset": opset, "external_data_threshold": external_data_threshold, "reuse": reuse,
               "reference_cache": references}
-    model = ckpt = None
+    model = None
     for index, (kind, precision) in enumerate(plan, start=1):
         path = out / f"{kind.value}-{precision.value}.onnx"
         event = ExportEvent(index, len(plan), kind, precision, path)
@@ -178,7 +192,6 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
             progress(event)
         if kind is ArtifactKind.UNET:
             if model is None:
-                ckpt = resolve_checkpoint(spec, checkpoint)
                 model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
                 unet_source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
             result = export_unet(model, path, precision, source=unet_source, **common)

@@ -20,6 +20,7 @@ from densepure.errors import CheckpointError, ConfigError
 from densepure.models.checkpoint import describe_mismatch, load_into, read_state_dict
 from densepure.models.unet import UNetModel
 from densepure.models.unet_config import UNetConfig
+from densepure.paths import check_input
 
 CIFAR10_FLAGS: Mapping[str, Any] = {
     "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "num_heads": 4, "num_heads_upsample": -1,
@@ -148,8 +149,8 @@ def presets_fitting(state: Mapping[str, torch.Tensor], exclude: str | None = Non
 def resolve_checkpoint(preset: DiffusionPreset | str, checkpoint: str | os.PathLike | None) -> Path:
     """The diffusion checkpoint to load: the given one, the packaged one for shipped presets, else an error."""
     spec = get_preset(preset) if isinstance(preset, str) else preset
-    if checkpoint is not None:
-        return Path(checkpoint)
+    if checkpoint is not None:  # checked here, before anything hashes or loads it: a FIFO would block
+        return check_input(checkpoint, "--checkpoint")
     shipped = Path(spec.checkpoint_file)  # presets shipped with the package name an absolute file
     if shipped.is_absolute() and shipped.is_file():
         return shipped

@@ -18,7 +18,7 @@ from densepure.cli.arguments import options_from_args
 HF = ["--preset", "cifar10", "--classifier", "hf:some/vit"]
 VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--preset": (["cifar10"], "cifar10", ["--classifier", "hf:some/vit"]),
-    "--checkpoint": (["my.pt"], "my.pt", []),
+    "--checkpoint": (["{checkpoint}"], "{checkpoint}", []),  # must exist: checked when the options are built
     "--classifier": (["hf:some/vit"], "hf:some/vit", ["--preset", "cifar10"]),
     "--resize": (["bilinear"], "bilinear", HF),
     "--data": (["images.npz"], "images.npz", []),
@@ -123,20 +123,29 @@ def test_every_flag_has_a_non_default_value_here(command):
 @pytest.mark.parametrize("command", ["certify", "predict", "serve"])
 def test_every_accepted_flag_reaches_the_options(command, tmp_path):
     artifacts = str(stand_in_artifacts(tmp_path / "art"))
+    checkpoint = tmp_path / "my.pt"
+    checkpoint.write_bytes(b"")
+    fill = {"{artifacts}": artifacts, "{checkpoint}": str(checkpoint)}
+
+    def filled(text):
+        for key, value in fill.items():
+            text = text.replace(key, value) if isinstance(text, str) else text
+        return text
+
     parser = build_parser()
     checked = 0
     for flag, dest in _accepted(command):
         words, expected, context = VALUES[flag]
-        context = [c.replace("{artifacts}", artifacts) for c in context]
+        context = [filled(c) for c in context]
         if command == "serve" and flag in ("--workers", "--split-draws"):
             continue  # not serve flags (the accepted list says so; this is only the shared table)
         if command == "serve":
             context = [*SERVE_CONTEXT, *context] if flag not in ("--n", "--n0") else context
         if command == "predict" and flag == "--sequential":
             continue
-        argv = [command, *context, flag, *(w.replace("{artifacts}", artifacts) for w in words)]
+        argv = [command, *context, flag, *(filled(w) for w in words)]
         options = options_from_args(parser.parse_args(argv))
-        expected = expected.replace("{artifacts}", artifacts) if isinstance(expected, str) else expected
+        expected = filled(expected)
         assert _value_of(options, dest) == expected, f"{' '.join(argv)}: {dest} did not arrive"
         checked += 1
     assert checked >= 20

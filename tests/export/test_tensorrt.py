@@ -46,6 +46,7 @@ def test_settings_validation():
         BuildSettings(optimization_level=6)
     assert BuildSettings(typing="weak-fp16").typing is TypingMode.WEAK_FP16
     assert BuildSettings().key_fields() == BuildSettings().key_fields()
+    assert BuildSettings().key_fields()["tf32"] is False  # engines built before TF32 was cleared are not reused
 
 
 @given(bucket_sets)

@@ -39,7 +39,7 @@ def test_a_serving_runtime_and_an_inference_service_that_uses_it(manifest):
     assert model["storageUri"].split("://")[0] in ("s3", "gs", "pvc", "https", "hf")
 
 
-def test_the_container_serves_with_options_that_parse(manifest):
+def test_the_container_serves_with_options_that_parse(manifest, tmp_path):
     from densepure.cli import build_parser
     from densepure.cli.arguments import options_from_args
 
@@ -48,10 +48,16 @@ def test_the_container_serves_with_options_that_parse(manifest):
     argv = [*container["command"], *container["args"], *manifest["InferenceService"]["spec"]["predictor"]["model"]
             ["args"]]
     assert argv[:2] == ["densepure", "serve"] and all(isinstance(a, str) for a in argv)
-    options = options_from_args(build_parser().parse_args(argv[1:]))
+    models = [a for a in argv if "/mnt/models/" in a]  # where the storage initializer puts the model files
+    assert argv[argv.index("--checkpoint") + 1] in models
+    here = [a.replace("/mnt/models", str(tmp_path)) for a in argv]  # the files must exist when options are built
+    for arg in models:
+        path = tmp_path / arg.split("/mnt/models/", 1)[1]
+        path.mkdir() if arg.startswith("hf:") else path.write_bytes(b"")
+    options = options_from_args(build_parser().parse_args(here[1:]))
     assert (options.host, options.port) == ("0.0.0.0", 8080)
     assert options.job.execution.device == "cuda" and options.model_name == "cifar10"
-    assert options.job.models.checkpoint.startswith("/mnt/models/")  # where the storage initializer puts it
+    assert options.job.models.checkpoint == str(tmp_path / "cifar10_uncond_50M_500K.pt")
     assert [p["containerPort"] for p in container["ports"]] == [options.port]
     grace = manifest["InferenceService"]["spec"]["predictor"]["terminationGracePeriodSeconds"]
     assert grace > options.limits.grace_s

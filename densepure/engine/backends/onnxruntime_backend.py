@@ -83,7 +83,9 @@ def select_providers(requested: Sequence[OrtProvider], available: Sequence[str],
     for p in requested:
         options: dict[str, str] = {}
         if p is OrtProvider.CUDA:
-            options = {"device_id": index}
+            # the CUDA provider runs float32 MatMul/Conv in TF32 unless told not to (use_tf32 defaults to 1):
+            # an fp32 graph must compute in float32, as the torch backend's fp32 does
+            options = {"device_id": index, "use_tf32": "0"}
         elif p is OrtProvider.TENSORRT:
             options = {"device_id": index}
             if trt_cache_dir is not None:

@@ -1,6 +1,7 @@
 """Choosing and constructing the engine's backends: torch modules, or the artifacts of ``densepure export``.
 
-* ``torch``: the in-process modules (any device; the UNet at any precision ``set_precision`` allows).
+* ``torch``: the in-process modules (any device; the UNet at any precision ``set_precision`` allows;
+  ``tf32``: float32 tensors with TF32 matmuls and convolutions on CUDA, exact float32 otherwise).
 * ``onnxruntime``: the ONNX graphs of an export directory (``densepure export --out DIR``), found by
   their manifests. A CPU device runs the CPU execution provider; a CUDA device the CUDA provider (with
   CPU for the nodes CUDA lacks). The TensorRT execution provider is not picked on its own: the
@@ -159,13 +160,14 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
             raise ConfigError("the torch backend needs the torch classifier (and UNet, for modes that denoise)")
         gpu = device.type == "cuda"
         buckets = bucket_sizes(choice.rows) if gpu and choice.cuda_graphs else None
-        graphs = buckets is not None
+        graphs, tf32 = buckets is not None, choice.precision.tf32
         if choice.compile is not None:
             _compile(choice.compile, unet if needs_denoiser else None, classifier, buckets)
         return Backends(
-            TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs) if needs_denoiser else None,
+            TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs, tf32=tf32)
+            if needs_denoiser else None,
             TorchClassifier(classifier, identity.num_classes, identity.image_shape, device, buckets=buckets,
-                            cuda_graphs=graphs))
+                            cuda_graphs=graphs, tf32=tf32))
     precision = choice.precision
     kinds = (ArtifactKind.UNET, ArtifactKind.CLASSIFIER) if needs_denoiser else (ArtifactKind.CLASSIFIER,)
     found = {}
