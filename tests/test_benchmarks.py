@@ -76,6 +76,20 @@ def test_serve_benchmark_reports_both_servers_and_their_ratio():
     assert "| server | clients |" in stdout
 
 
+def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
+    stdout = run_script("serve_devices.py", "--concurrency", "1", "2", "--requests", "2", "2", "--configs", "one",
+                        "two", "--server-args", "--K 3 --n0 10 --n 100")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"one", "two"} and set(result["ratio"]) == {"two/one"}
+    for rows in result["results"].values():
+        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
+        assert all(0 < r["p50_s"] <= r["p95_s"] and r["throughput_rps"] > 0 and r["unet_rows_per_call"] > 0
+                   for r in rows)
+    one, two = result["results"]["one"][1], result["results"]["two"][1]
+    assert result["ratio"]["two/one"]["2"]["throughput"] == pytest.approx(two["throughput_rps"] / one["throughput_rps"])
+    assert "| loops | clients |" in stdout
+
+
 def _benchmark_module(name: str):
     import importlib
     import sys

@@ -23,7 +23,6 @@ import json
 
 from fastapi import FastAPI, Request
 
-from densepure.engine.device import resolve_device
 from densepure.serve.api import ApiError
 from densepure.serve.params import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from densepure.serve.protocol import OUTPUTS
@@ -48,7 +47,8 @@ def model_config(rt: Runtime) -> dict:
                   "default_mode": "certify_radius", "modes": "certify_radius,certify,predict",
                   "input_datatypes": "FP32,UINT8", "num_classes": classes, "client_seed": limits.allow_client_seed,
                   "backend": run.backend.value, "precision": run.precision.value}
-    device = resolve_device(run.device).type  # "auto" is the device it resolves to here
+    kinds = ["KIND_CPU" if device == "cpu" else "KIND_GPU" for device in rt.devices]
+    groups = [{"name": rt.model_name, "kind": kind, "count": kinds.count(kind)} for kind in dict.fromkeys(kinds)]
     return {
         "name": rt.model_name, "platform": "densepure", "backend": "densepure", "runtime": "",
         "version_policy": {"specific": {"versions": [1]}},
@@ -62,8 +62,7 @@ def model_config(rt: Runtime) -> dict:
                              "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 0,
                                                       "allow_timeout_override": True,
                                                       "max_queue_size": limits.max_queue}},
-        "instance_group": [{"name": rt.model_name, "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
-                            "count": 1}],
+        "instance_group": groups,
         "parameters": {key: {"string_value": _string(value)} for key, value in parameters.items()},
     }
 

@@ -102,6 +102,15 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--max-connections": (["7"], 7, []),
     "--read-timeout": (["4.5"], 4.5, []),
     "--keep-alive-timeout": (["2.5"], 2.5, []),
+    "--devices": (["cpu,cpu"], ("cpu", "cpu"), []),
+    "--device-threads": (["1"], 1, []),
+    "--pin-cores": ([], True, []),
+    "--split-min-draws": (["500"], 500, []),
+    "--replicas": (["3"], 3, ["--ray", "local"]),
+    "--min-replicas": (["2"], 2, ["--ray", "local"]),
+    "--max-replicas": (["4"], 4, ["--ray", "local"]),
+    "--target-requests": (["3.5"], 3.5, []),
+    "--downscale-delay": (["7.5"], 7.5, []),
 }
 # a flag that means something else in a bench subcommand (scaling's --workers is a list of counts)
 BENCH_VALUES = {"--workers": (["1", "3"], (1, 3), [])}
@@ -132,8 +141,9 @@ def _value_of(options, dest: str):
     job = options if isinstance(options, JobOptions) else options.job
     found = job.flat()
     if not isinstance(options, JobOptions):
-        found.update(vars(options.limits))
-        found.update({k: v for k, v in vars(options).items() if k not in ("job", "limits")})
+        for record in ("limits", "placement", "cluster"):
+            found.update(vars(getattr(options, record)))
+        found.update({k: v for k, v in vars(options).items() if k not in ("job", "limits", "placement", "cluster")})
     assert dest in found, f"{dest} reached no field"
     value = found[dest]
     return value.value if isinstance(value, enum.Enum) else value
@@ -167,7 +177,7 @@ def test_every_accepted_flag_reaches_the_options(command, filled):
     for flag, dest in _accepted(command):
         words, expected, context = VALUES[flag]
         context = [filled(c) for c in context]
-        if command == "serve" and flag in ("--ray", "--workers", "--split-draws"):
+        if command == "serve" and flag in ("--workers", "--split-draws"):
             continue  # not serve flags (the accepted list says so; this is only the shared table)
         if command == "serve":
             context = [*SERVE_CONTEXT, *context] if flag not in ("--n", "--n0") else context
