@@ -8,10 +8,13 @@ outputs at every backend boundary are float32 whatever the compute precision.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from densepure.choices import Choice
 from densepure.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Precision(Choice, what="precision"):
@@ -29,6 +32,9 @@ class Precision(Choice, what="precision"):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The torch dtype (torch is imported here, so the enum itself is importable without it)."""
+        import torch
+
         return {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[self]
 
     @property

@@ -18,7 +18,7 @@ from densepure.serve.settings import ServeOptions, ServerLimits
 _DEFAULT = ServerLimits()
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="a certified-prediction server (Open Inference Protocol v2, needs the serve extra)",
                        description="Serve certified predictions over HTTP (KServe v2 / Triton protocol). With no "
                                    "options: the shipped digits preset on 127.0.0.1:8000.",
