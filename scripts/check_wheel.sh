@@ -18,7 +18,7 @@ echo "wheel check: building the sdist and, from it, the wheel (python -m build)"
 .venv/bin/python -m build --outdir "$tmp/dist" . > "$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; exit 1; }
 wheel=$(ls "$tmp"/dist/densepure-*.whl)
 
-echo "wheel check: $(basename "$wheel") holds every file git tracks under densepure/"
+echo "wheel check: does $(basename "$wheel") hold every file git tracks under densepure/?"
 git ls-files densepure > "$tmp/tracked"
 .venv/bin/python - "$wheel" "$tmp/tracked" <<'PY'
 import sys
