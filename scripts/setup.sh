@@ -54,7 +54,7 @@ elif "$VPY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1].r
     "$VPY" -m pip install -q "torch==$TORCH_VERSION"; }
 else
   echo "setup: $TORCH_INDEX did not answer; installing torch==$TORCH_VERSION from the default index" \
-       "(PyPI's Linux x86_64 wheel is the CUDA build: several GB)"
+       "(on PyPI the Linux x86_64 wheel is the CUDA build, several GB; a mirror may serve another)"
   "$VPY" -m pip install -q "torch==$TORCH_VERSION"
 fi
 

@@ -71,6 +71,7 @@ class BarProgress:
         self.per_image = _draws_per_image(task)
         self.bar = None
         self.images = self.done = 0
+        self.total: int | None = None
         self.started = False
         self.last = ""  # the last decided image, shown at the end of the line
         self.rate = DrawRate()
@@ -88,11 +89,11 @@ class BarProgress:
 
         self.images, self.started = images, True
         self.start_time = time.perf_counter()  # the time shown counts sampling, not model loading
-        total = images * self.per_image if self.per_image else None
-        bar_format = ("{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} draws{postfix}" if total else
+        self.total = images * self.per_image if self.per_image else None
+        bar_format = ("{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} draws{postfix}" if self.total else
                       "{n_fmt} draws{postfix}")
-        self.bar = tqdm(total=total, unit="draw", unit_scale=True, dynamic_ncols=True, bar_format=bar_format)
-        self._postfix()
+        self.bar = tqdm(total=self.total, unit="draw", unit_scale=True, dynamic_ncols=True, bar_format=bar_format,
+                        postfix=self._text(0))
 
     def step(self, stats) -> None:
         if self.bar is None:
@@ -109,22 +110,24 @@ class BarProgress:
         self._postfix()
 
     def _postfix(self, draws: int | None = None, refresh: bool = True) -> None:
+        self.bar.set_postfix_str(self._text(self.bar.n if draws is None else draws), refresh=refresh)
+
+    def _text(self, draws: int) -> str:
+        """What follows the draws on the line: images, time, rate, ETA, the last decided image."""
         from tqdm import tqdm
 
-        draws = self.bar.n if draws is None else draws
         rate = self.rate.rate()
         elapsed = tqdm.format_interval(time.perf_counter() - self.start_time)
         text = f"images {self.done}/{self.images} done, {elapsed} elapsed, "
         if rate is None:
             text += "measuring the rate"
-        elif self.bar.total:
-            left = max(self.bar.total - draws, 0) / rate
-            text += f"{rate:,.0f} draws/s, ETA {tqdm.format_interval(left)}"
+        elif self.total:
+            text += f"{rate:,.0f} draws/s, ETA {tqdm.format_interval(max(self.total - draws, 0) / rate)}"
         else:
             text += f"{rate:,.0f} draws/s"
-        if not self.bar.total:
+        if not self.total:
             text += " (sequential: each image stops when its test decides, so there is no total or ETA)"
-        self.bar.set_postfix_str(text + self.last, refresh=refresh)
+        return text + self.last
 
     def interrupted(self, output: str | Path, selected: int) -> str:
         """The line to print after Ctrl-C: what is saved in ``output`` and what is lost (class doc)."""
