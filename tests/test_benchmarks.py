@@ -74,3 +74,13 @@ def test_serve_benchmark_reports_both_servers_and_their_ratio():
     shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
     assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
     assert "| server | clients |" in stdout
+
+
+def test_flops_prints_the_table_of_docs_performance():
+    """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
+    pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
+    table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]
+    doc = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
+    start = doc.index(table[0])
+    assert doc[start:start + len(table)] == table
