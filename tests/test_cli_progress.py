@@ -155,7 +155,7 @@ def test_a_complete_run_is_said_to_be_complete_and_not_loaded_again(capsys, tmp_
     monkeypatch.setattr(job, "build_engine", lambda *a, **k: pytest.fail("a complete run loaded its models"))
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert f"densepure: {out} already holds this run, complete (2 images)" in captured.err, captured.err
+    assert f"densepure: this run is already complete in {out} (2 of 2 images)" in captured.err, captured.err
     assert "--output NEW starts another run, --overwrite starts this one again" in captured.err
     assert captured.out == first  # the same table, results and plot lines
     assert main([*argv, "--sigma", "0.5"]) == 2  # another configuration is still refused, not called complete

@@ -62,8 +62,9 @@ def _run_here(command: str, options) -> bool:
     draft = prepare_draft(options)
     output = options.results.output
     if not unfinished(draft):
-        print(f"densepure: {output} already holds this run, complete ({len(draft.indices)} images): its results "
-              "are below (--output NEW starts another run, --overwrite starts this one again)", file=sys.stderr)
+        print(f"densepure: this run is already complete in {output} ({len(draft.indices)} of {len(draft.indices)} "
+              "images); its results are below (--output NEW starts another run, --overwrite starts this one "
+              "again)", file=sys.stderr)
         return True
     job = load_models(draft)
     print(job.describe(command), file=sys.stderr)
