@@ -13,13 +13,18 @@ On CUDA, for a batch of ``--rows`` rows of the chosen architecture:
   draws/s. It leaves out the classifier, the scheduler and early exit: it is the kernels' effect on
   the part of a draw they touch, not the engine's end-to-end rate (benchmarks/throughput.py).
 
+Before any implementation other than the torch reference is timed, its output is checked against the
+reference's on the same inputs (a dtype-aware tolerance: ``densepure.kernels.groupnorm.TOLERANCE``
+scaled by ``--check-scale`` and by the largest reference value); one that fails is reported with its
+error and not timed. cuDNN autotuning stays off, as in the engine.
+
 On the CPU (``--device cpu``, a smoke run): Triton runs in its interpreter when ``TRITON_INTERPRET=1``
 is set, so its times say nothing about speed; the run checks that every path executes and prints
 both numbers and their ratio. torch.compile is skipped on the CPU unless ``--compile`` is given.
 
 Usage: python benchmarks/kernels.py [--device cuda|cpu] [--arch cifar10|imagenet|tiny] [--rows 512]
        [--precision fp16|bf16|fp32] [--repeats 5] [--compile | --no-compile]
-The last line printed is a JSON object with every number.
+The last line printed is a JSON object with every number (``--partial``: each table also as measured).
 """
 
 from __future__ import annotations
@@ -33,19 +38,20 @@ import time
 import torch
 from common import machine
 
-from densepure.diffusion import GridTables, NoiseSchedule, build_reverse_grid, t_star
+from densepure.diffusion import GridTables, NoiseSchedule, StartKind, build_reverse_grid, t_star
 from densepure.errors import BackendError
 from densepure.kernels import (
     AdvanceRows,
     KeepRows,
-    StartForm,
     StartRule,
     compile_module,
     resolve_kernels,
 )
+from densepure.kernels.groupnorm import TOLERANCE
 from densepure.models import UNetConfig, UNetModel
 from densepure.models.presets import get_preset
 from densepure.noise import NoiseKeys, row_words
+from densepure.precision import float32_math, tf32_flags
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TINY = UNetConfig(image_size=8, in_channels=1, model_channels=16, num_res_blocks=1, attention_resolutions=(4,),
@@ -62,7 +68,36 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time torch.compile (default: on CUDA only)")
+    p.add_argument("--partial", action="store_true", help="also print each table as a JSON line as it is measured")
+    p.add_argument("--check-scale", type=float, default=4.0,
+                   help="multiply the reference tolerance (row kernels and norms x1, whole UNet forwards x10)")
     return p.parse_args()
+
+
+def _outputs(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in _outputs(item)] if isinstance(value, (tuple, list)) else []
+
+
+def check(reference, candidate, scale: float) -> str | None:
+    """None if ``candidate()`` gives ``reference()``'s outputs within the dtype's tolerance (times
+    ``scale``, absolute part relative to the largest reference value), else what differs."""
+    produced = _outputs(reference())
+    dtypes, want = [t.dtype for t in produced], [t.detach().float().clone() for t in produced]
+    made = _outputs(candidate())
+    got = [t.detach().float() for t in made]
+    if len(got) != len(want):
+        return f"returned {len(got)} tensors, the reference {len(want)}"
+    for i, (g, w, dtype, other) in enumerate(zip(got, want, dtypes, (t.dtype for t in made), strict=True)):
+        tols = [TOLERANCE.get(d, TOLERANCE[torch.float32]) for d in (dtype, other)]  # the coarser dtype's
+        rtol, atol = (scale * max(pair) for pair in zip(*tols, strict=True))
+        bound = atol * float(w.abs().max()) + rtol * w.abs()
+        if g.shape != w.shape or not bool(((g - w).abs() <= bound).all()) or not bool(torch.isfinite(g).all()):
+            worst = float((g - w).abs().max()) if g.shape == w.shape else float("nan")
+            return (f"output {i} differs from the reference: max |diff| {worst:.3g} "
+                    f"(rtol {rtol:.1g}, atol {atol:.1g} x max)")
+    return None
 
 
 def sync(device: torch.device) -> None:
@@ -133,15 +168,19 @@ class RowInputs:
         self.delta, self.chain, self.chain1 = words(0, 0), words(1, 0), words(1, 1)
         self.slots = torch.randperm(n, generator=g).to(device)
         self.images = torch.rand((n, *shape), generator=g).to(device)
-        self.pools = [torch.empty((n, *shape), device=device) for _ in range(4)]
+        # mean, std pools hold values (the spawn reads them); the others are outputs
+        self.pools = [torch.randn((n, *shape), generator=g).to(device),
+                      torch.randn((n, *shape), generator=g).to(device),
+                      torch.rand((n, *shape), generator=g).to(device) + 0.1, torch.zeros((n, *shape), device=device)]
         self.y = torch.randn((n, *shape), generator=g).to(device)
         out = torch.randn((n, 2 * shape[0], *shape[1:]), generator=g).to(device)
         self.eps, self.v = out[:, : shape[0]], out[:, shape[0]:].clamp(-1, 1)
         tables = GridTables(build_reverse_grid(schedule, t_star(0.5, schedule), 3), device)
         self.first = tables.gather(torch.zeros(n, dtype=torch.int64, device=device))
         self.middle = tables.gather(torch.ones(n, dtype=torch.int64, device=device))  # a noisy step
-        self.rule = StartRule(StartForm.DENSEPURE, sigma=0.5)
+        self.rule = StartRule(StartKind.DENSEPURE, sigma=0.5)
         self.all = torch.arange(n, device=device)
+        self.kept = (torch.zeros((n, *shape), device=device), torch.zeros((n, *shape), device=device))
 
     def calls(self, k) -> dict[str, tuple[callable, int]]:
         """name -> (call, minimal bytes moved), bytes per element: start 4+4, spawn 8+4, keep 12+8, advance 12+4."""
@@ -151,10 +190,10 @@ class RowInputs:
                                                                  self.pools[0], self.all), 8 * numel),
             "spawn (noise + mean + std z)": (lambda: k.spawn_rows(self.pools[1], self.pools[2], self.slots,
                                                                   self.chain, self.pools[0], self.all), 12 * numel),
-            "step, keep (mean, std)": (lambda: k.step_rows(self.y, self.eps, self.v, self.first, keep=KeepRows(
-                self.all, self.slots, self.pools[1], self.pools[2])), 20 * numel),
-            "step, advance (+ noise)": (lambda: k.step_rows(self.y, self.eps, self.v, self.middle, advance=AdvanceRows(
-                self.all, self.slots, self.chain1, self.pools[3])), 16 * numel),
+            "step, keep (mean, std)": (lambda: (k.step_rows(self.y, self.eps, self.v, self.first, keep=KeepRows(
+                self.all, self.slots, self.kept[0], self.kept[1])), self.kept), 20 * numel),
+            "step, advance (+ noise)": (lambda: (k.step_rows(self.y, self.eps, self.v, self.middle, advance=AdvanceRows(
+                self.all, self.slots, self.chain1, self.pools[3])), self.pools[3]), 16 * numel),
         }
 
 
@@ -167,7 +206,7 @@ def norm_calls(model: UNetModel, rows: int, device: torch.device, dtype: torch.d
         x = torch.randn((rows, channels, size, size), generator=g).to(device, dtype)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        w, b = torch.randn(channels, device=device), torch.randn(channels, device=device)
+        w, b = (torch.randn(channels, generator=g).to(device) for _ in range(2))  # every implementation: same inputs
         scale, shift = (torch.randn((rows, 2 * channels, 1, 1), generator=g) * 0.1).to(device, dtype).chunk(2, dim=1)
         groups = min(cfg.num_groups, channels)
         out[f"groupnorm+silu {channels}x{size}x{size}"] = (
@@ -176,8 +215,10 @@ def norm_calls(model: UNetModel, rows: int, device: torch.device, dtype: torch.d
     return out
 
 
-def table(title: str, calls_by_impl: dict[str, dict], device, repeats: int, bandwidth: float | None) -> dict:
-    """Time every call of every implementation; print one line per call; returns the numbers."""
+def table(title: str, calls_by_impl: dict[str, dict], device, repeats: int, bandwidth: float | None,
+          check_scale: float) -> dict:
+    """Check every implementation against the first (the reference), then time those that pass; print one
+    line per call; returns the numbers."""
     print(title)
     impls = list(calls_by_impl)
     result = {}
@@ -186,12 +227,17 @@ def table(title: str, calls_by_impl: dict[str, dict], device, repeats: int, band
         for impl in impls:
             fn, nbytes = calls_by_impl[impl][name]
             try:
+                wrong = None if impl == impls[0] else check(calls_by_impl[impls[0]][name][0], fn, check_scale)
+                if wrong is not None:
+                    row[impl] = {"error": f"not timed: {wrong}", "checked": False}
+                    line += f" | {impl}: WRONG, not timed ({wrong[:60]})"
+                    continue
                 s = seconds(fn, device, repeats)
             except Exception as exc:  # noqa: BLE001 - report, e.g. a compile failure, and go on
                 row[impl] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
                 line += f" | {impl}: failed ({row[impl]['error'][:60]})"
                 continue
-            row[impl] = {"us": s * 1e6, "GB_per_s": nbytes / s / 1e9}
+            row[impl] = {"us": s * 1e6, "GB_per_s": nbytes / s / 1e9, "checked": impl != impls[0]}
             if bandwidth:
                 row[impl]["roofline"] = nbytes / s / bandwidth
             line += f" | {impl} {s * 1e6:9.1f} us" + (f" ({nbytes / s / bandwidth:5.1%})" if bandwidth else "")
@@ -242,8 +288,10 @@ def kernel_tables(args, model, inputs: RowInputs, eager, fused, device, bandwidt
         norms["compile"] = compiled(norm_calls(model, args.rows, device, dtype, eager))
     columns = " | ".join(["torch eager reference"] + ["triton"] * bool(fused) + ["torch.compile of it"] * use_compile)
     with torch.inference_mode():
-        return {"row_kernels": table(f"row kernels ({columns})", impls, device, args.repeats, bandwidth),
-                "norms": table(f"GroupNorm + scale-shift + SiLU ({columns})", norms, device, args.repeats, bandwidth)}
+        return {"row_kernels": table(f"row kernels ({columns})", impls, device, args.repeats, bandwidth,
+                                     args.check_scale),
+                "norms": table(f"GroupNorm + scale-shift + SiLU ({columns})", norms, device, args.repeats, bandwidth,
+                               args.check_scale)}
 
 
 def unet_table(args, model, inputs: RowInputs, eager, fused, device, use_compile) -> dict:
@@ -258,13 +306,20 @@ def unet_table(args, model, inputs: RowInputs, eager, fused, device, use_compile
     x, t = torch.randn((args.rows, *inputs.shape), device=device), inputs.first.model_time
     print(f"UNet forward, {args.rows} rows; and the UNet side of DensePure (K={args.K}, b=2) in draws/s")
     out = {}
+    reference = variants["modules"][0]
     for name, (net, kernels) in variants.items():
         with torch.inference_mode():
+            wrong = None if name == "modules" else check(lambda: reference.eps_and_var(x, t),
+                                                         lambda net=net: net.eps_and_var(x, t), 10 * args.check_scale)
+            if wrong is not None:
+                out[name] = {"error": f"not timed: {wrong}", "checked": False}
+                print(f"  {name:24s} WRONG, not timed: {wrong}")
+                continue
             s = seconds(lambda net=net: net.eps_and_var(x, t), device, args.repeats)
         draws = pipeline(net, inputs, kernels, args.K, device, args.repeats)
         out[name] = {"forward_ms": s * 1e3, "rows_per_s": args.rows / s, "draws_per_s": draws,
-                     "row_kernels": kernels.name, "draws_vs_modules": draws / out["modules"]["draws_per_s"]
-                     if out else 1.0}
+                     "row_kernels": kernels.name, "checked": name != "modules",
+                     "draws_vs_modules": draws / out["modules"]["draws_per_s"] if out else 1.0}
         print(f"  {name:24s} forward {s * 1e3:8.2f} ms ({args.rows / s:9.0f} rows/s) | "
               f"pipeline with {kernels.name} row kernels: {draws:9.1f} draws/s ({out[name]['draws_vs_modules']:.2f}x)")
     return out
@@ -275,7 +330,6 @@ def main() -> None:
     device = torch.device(args.device)
     args.precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     use_compile = args.compile if args.compile is not None else device.type == "cuda"
-    torch.backends.cudnn.benchmark = True
     eager, fused, why = resolve_kernels("torch", device), None, ""
     try:
         fused = resolve_kernels("triton", device)
@@ -292,11 +346,26 @@ def main() -> None:
         print("  torch.compile: skipped" + (" on the CPU (pass --compile)" if device.type == "cpu" else ""))
     result = {"arch": args.arch, "device": machine(device), "rows": args.rows, "precision": args.precision,
               "kernels": fused.describe() if fused else why, "compile": use_compile,
+              "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "cuda_graphs": False,
+              "weights": "random: torch.manual_seed(0) init + N(0, 0.02^2) on every parameter",
+              "check": f"against the torch reference, TOLERANCE x {args.check_scale:g} "
+                       f"(UNet x {10 * args.check_scale:g})",
               "copy_GB_per_s": bandwidth / 1e9 if bandwidth else None}
     inputs = RowInputs(args.rows, shape, schedule, device)
-    result |= kernel_tables(args, model, inputs, eager, fused, device, bandwidth, use_compile)
-    result["unet"] = unet_table(args, model, inputs, eager, fused, device, use_compile)
+    with float32_math(False):  # fp32 is exact float32, as in the engine (densepure.precision)
+        result["tf32_flags"] = tf32_flags()
+        partial(args, result)
+        result |= partial(args, kernel_tables(args, model, inputs, eager, fused, device, bandwidth, use_compile))
+        unet = unet_table(args, model, inputs, eager, fused, device, use_compile)
+        result["unet"] = partial(args, {"unet": unet})["unet"]
     print(json.dumps(result))
+
+
+def partial(args, figures: dict) -> dict:
+    """Print ``figures`` as a partial-result line when asked (``--partial``); returns them."""
+    if args.partial:
+        print(json.dumps({"partial": figures}), flush=True)
+    return figures
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ much more a fuller batch runs per second is the device's, which bounds what shar
 Loopback only; bounded by ``--requests`` per level and ``--timeout`` per request.
 
 Usage: python benchmarks/serve.py [--concurrency 1 4 16] [--requests 8 16 32] [--threads 1]
-       [--server-args "--K 10 --b 2"] [--radius R]
-The last line printed is a JSON object with every number.
+       [--server-args "--K 10 --b 2"] [--radius R] [--servers shared serial] [--partial]
+The last line printed is a JSON object with every number (``--partial``: each level's also as measured).
 """
 
 from __future__ import annotations
@@ -29,18 +29,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
-from common import machine
+from common import machine, pythonpath
 
 from densepure.models.digits import load_digits_test_split
 from densepure.serve.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {"shared": ("--image-slots", "64"), "serial": ("--image-slots", "1")}
-UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", 'densepure_batch_rows_count{model="denoiser"}'
+UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", "densepure_batch_rows_count"
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over every ``device`` of the server)."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(value for key, value in samples.items()
+               if key.split("{")[0] == name and all(w in key for w in want))
 
 
 def free_port() -> int:
@@ -53,12 +59,12 @@ class Server:
     def __init__(self, args: list[str], threads: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "PYTHONPATH": pythonpath(str(ROOT)), "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen([sys.executable, "-m", "densepure.cli", "serve", "--port", str(self.port),
                                       "--no-access-log", "--log-level", "warning", *args], env=env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Server:
         with Client(self.url) as client:
             client.wait_ready(timeout=300)
         return self
@@ -104,8 +110,8 @@ def closed_loop(url: str, images: np.ndarray, clients: int, requests: int, param
     wall = time.perf_counter() - start
     with Client(url) as client:
         after = client.metrics()
-    unet_rows = after[UNET_ROWS] - before[UNET_ROWS]
-    unet_calls = after[UNET_CALLS] - before[UNET_CALLS]
+    unet_rows = total(after, UNET_ROWS) - total(before, UNET_ROWS)
+    unet_calls = total(after, UNET_CALLS, model="denoiser") - total(before, UNET_CALLS, model="denoiser")
     lat = np.array(latencies)
     return {"clients": clients, "requests": len(lat), "wall_s": wall, "throughput_rps": len(lat) / wall,
             "unet_rows_per_call": unet_rows / max(unet_calls, 1), "unet_rows_per_s": unet_rows / wall,
@@ -125,6 +131,7 @@ def main() -> None:
     ap.add_argument("--server-args", default="", help="more `densepure serve` flags (models, K, b, n0, n, device)")
     ap.add_argument("--radius", type=float, default=None, help="certify_radius radius (default: the server's sigma)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request at most")
+    ap.add_argument("--partial", action="store_true", help="also print each level's numbers as a JSON line as measured")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # machine() reports the server's thread count
     counts = args.requests or [max(4, 2 * c) for c in args.concurrency]
@@ -143,6 +150,8 @@ def main() -> None:
             for clients, requests in zip(args.concurrency, counts, strict=True):
                 row = closed_loop(server.url, images, clients, requests, params, args.timeout)
                 results[name].append(row)
+                if args.partial:
+                    print(json.dumps({"partial": {f"{name} c={clients}": row}}), flush=True)
                 print(f"{name:6s} c={clients:3d} {row['requests']:4d} req {row['throughput_rps']:7.3f} req/s "
                       f"{row['draws_per_s']:7.1f} draws/s  "
                       f"p50 {row['p50_s']:7.2f} s  p95 {row['p95_s']:7.2f} s  p99 {row['p99_s']:7.2f} s  "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv: `bash scripts/setup.sh` installs what the main job needs (densepure and its core dependencies),
-# `bash scripts/setup.sh test` adds the test extra (pytest, ruff, onnxruntime, triton, ray, ...: ~1 GB more, for
+# `bash scripts/setup.sh test` adds the test extra (pytest, ruff, onnxruntime, triton, ray, ...: over 1 GB more, for
 # scripts/test.sh and .ci/run). One line per step; what is already installed is skipped (a stamp in .venv
 # records pyproject.toml's sha256, the extra and the torch version), so a rerun takes about a second.
 #
@@ -59,7 +59,7 @@ else
 fi
 
 if [ "$extra" = test ]; then
-  echo "setup: installing densepure (editable) with the test extra (~1 GB the first time: triton, ray, transformers, onnxruntime)"
+  echo "setup: installing densepure (editable) with the test extra (over 1 GB the first time: triton, ray, transformers, onnxruntime)"
   "$VPY" -m pip install -q -e ".[test]"
 else
   echo "setup: installing densepure (editable) with its core dependencies (numpy, scipy, pillow, matplotlib, tqdm)"

@@ -22,11 +22,12 @@ from densepure.errors import DensePureError
 
 EXIT_USER_ERROR = 2
 
-# command -> the module whose add_parsers(sub) adds it (with its siblings); imported only when needed
+# command -> the module that adds it (with its siblings) to the subparsers: add_parsers(sub), or add_parser(sub)
+# where the module has one command; imported only when needed
 _COMMAND_MODULES = {
     "certify": "densepure.cli.certify", "predict": "densepure.cli.certify", "analyze": "densepure.cli.certify",
     "export": "densepure.cli.export", "build": "densepure.cli.export",
-    "serve": "densepure.cli.serve",
+    "serve": "densepure.cli.serve", "verify": "densepure.cli.verify", "bench": "densepure.cli.bench",
 }
 _LIGHT_COMMANDS = ("presets", "doctor")
 _HELP = ("-h", "--help")
@@ -73,8 +74,9 @@ def build_parser(commands: Collection[str] | None = None) -> Parser:
                                                   "fast and exact")
     parser.add_argument("--version", dest="_version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="_command", metavar="COMMAND")
-    for module in modules:
-        importlib.import_module(module).add_parsers(sub)
+    for name in modules:
+        module = importlib.import_module(name)
+        (getattr(module, "add_parsers", None) or module.add_parser)(sub)
     p = sub.add_parser("presets", help="list the built-in diffusion presets")
     p.set_defaults(_func=_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")
@@ -107,6 +109,7 @@ def _main(argv: list[str]) -> int:
     if unknown:
         where = parser.commands.get(args._command, parser)
         raise DensePureError(unknown_argument_message(where, unknown))
+    args._argv = ["densepure", *argv]  # the command line, for reports
     if args._version:
         from densepure import __version__
 

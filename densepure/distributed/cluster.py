@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from densepure.certify.job import JobOptions
+from densepure.distributed.reaper import start_reaper
 from densepure.distributed.work import Chunk
 from densepure.distributed.worker import CertifyWorker, WorkerInfo
 from densepure.errors import DensePureError, install_hint
@@ -61,25 +62,34 @@ def connect(address: str, *, num_cpus: int | None = None, num_gpus: int | None =
     the loopback address; no dashboard; token authentication as Ray sets it up, ~/.ray/auth_token on Ray
     >= 2.59) and stops it afterwards. ``auto`` joins the cluster this machine belongs to (``ray start``,
     KubeRay, Slurm); any other value is its address (``host:6379`` or ``ray://host:10001``). If this process
-    is already connected, that connection is used and left open.
+    is already connected, that connection is used and left open. A local instance is watched by a reaper
+    process (:mod:`densepure.distributed.reaper`): if this process dies, even by SIGKILL, no process of the
+    instance outlives it by more than a second or so.
     """
     with _loopback_only(address == LOCAL):
         ray = require_ray()
         if ray.is_initialized():
             yield ray
             return
+        # a local instance dies with this process, even by SIGKILL (densepure.distributed.reaper)
+        reaper = start_reaper(os.path.dirname(ray.__file__)) if address == LOCAL else None
         try:
-            if address == LOCAL:
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                         object_store_memory=int(object_store_mb) * 2**20, logging_level=logging.WARNING)
-            else:
-                ray.init(address=address, logging_level=logging.WARNING)
-        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
-            raise ClusterError(_connect_message(ray, address, exc)) from exc
-        try:
-            yield ray
+            try:
+                if address == LOCAL:
+                    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+                             include_dashboard=False, object_store_memory=int(object_store_mb) * 2**20,
+                             logging_level=logging.WARNING)
+                else:
+                    ray.init(address=address, logging_level=logging.WARNING)
+            except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
+                raise ClusterError(_connect_message(ray, address, exc)) from exc
+            try:
+                yield ray
+            finally:
+                ray.shutdown()
         finally:
-            ray.shutdown()
+            if reaper is not None:
+                reaper.close()
 
 
 @contextmanager

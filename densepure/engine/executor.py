@@ -74,8 +74,10 @@ class Executor:
         self.upload = Uploader(self.device, self.syncs)
 
     def put_image(self, slot: int, x: torch.Tensor, seed: int, noise_id: int) -> None:
-        """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``."""
-        self.images[slot].copy_(x.to(self.device, torch.float32), non_blocking=True)
+        """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``: one
+        asynchronous copy (a host image is staged in pinned memory; a pageable copy would wait for the
+        whole queue of the main stream, once per admitted image)."""
+        self.upload.copy_into(self.images[slot], x)
         self.slot_keys[slot] = key_table(seed).numpy()
         self.slot_noise_id[slot] = noise_id
 
@@ -86,8 +88,13 @@ class Executor:
         if need <= have:
             return
         size = min(self.draw_capacity, max(need, 2 * have, 8))
+        old = self.state
         grown = torch.zeros((size * self.chains, *self.shape), device=self.device)
-        grown[: self.state.shape[0]] = self.state
+        grown[: old.shape[0]] = old
+        if self.side is not None and old.numel():
+            # a classifier batch queued on the side stream may still read the old pool: without this the
+            # caching allocator could hand its block to the next main-stream allocation before that read
+            old.record_stream(self.side)
         self.state = grown
         if self.shared:
             self.mean, self.std = (torch.cat([t, t.new_zeros((size - have, *self.shape))]) for t in (self.mean, self.std))

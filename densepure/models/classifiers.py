@@ -32,6 +32,7 @@ from torch import nn
 from densepure.choices import Choice
 from densepure.errors import CheckpointError, ConfigError, install_hint
 from densepure.models.checkpoint import unsafe_pickle_message
+from densepure.paths import check_input
 
 
 class InputRange(enum.Enum):
@@ -158,7 +159,8 @@ _HF_CONFIG = "preprocessor_config.json"
 def _hf_file(location: str, filename: str) -> Path | None:
     """``filename`` in a local model directory, or in a hub id's snapshot in the local HF cache (no download)."""
     local = Path(location)
-    if local.is_dir():
+    if os.path.lexists(local):  # a local path (not a hub id): a directory, or a one-line error
+        check_input(local, "the hf: classifier", file=False, directory=True)
         return local / filename if (local / filename).is_file() else None
     from huggingface_hub import try_to_load_from_cache
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind
 from densepure.errors import CheckpointError, ConfigError
 from densepure.models.unet_config import UNetConfig
+from densepure.paths import check_input
 
 if TYPE_CHECKING:
     import torch
@@ -162,8 +163,8 @@ def presets_fitting(state: Mapping[str, torch.Tensor], exclude: str | None = Non
 def resolve_checkpoint(preset: DiffusionPreset | str, checkpoint: str | os.PathLike | None) -> Path:
     """The diffusion checkpoint to load: the given one, the packaged one for shipped presets, else an error."""
     spec = get_preset(preset) if isinstance(preset, str) else preset
-    if checkpoint is not None:
-        return Path(checkpoint)
+    if checkpoint is not None:  # checked here, before anything hashes or loads it: a FIFO would block
+        return check_input(checkpoint, "--checkpoint")
     shipped = Path(spec.checkpoint_file)  # presets shipped with the package name an absolute file
     if shipped.is_absolute() and shipped.is_file():
         return shipped

@@ -124,6 +124,7 @@ def test_provider_selection():
     assert select_providers([OrtProvider.CPU], everything, cpu) == [("CPUExecutionProvider", {})]
     chosen = dict(select_providers([OrtProvider.TENSORRT, OrtProvider.CUDA], everything, cuda, "/c"))
     assert chosen["CUDAExecutionProvider"]["device_id"] == "1"
+    assert chosen["CUDAExecutionProvider"]["use_tf32"] == "0"  # fp32 graphs compute in fp32 (its default is TF32)
     assert chosen["TensorrtExecutionProvider"]["trt_engine_cache_path"] == "/c"
     with pytest.raises(BackendError, match="available: CPUExecutionProvider"):
         select_providers([OrtProvider.CUDA], ["CPUExecutionProvider"], cuda)
@@ -141,9 +142,9 @@ def test_unavailable_provider_names_the_available_ones(exported):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs a CUDA device and onnxruntime-gpu")  # a decorator: no export just to skip
 def test_cuda_io_binding_matches_cpu(exported):
-    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("needs a CUDA device and onnxruntime-gpu")
     x, t = torch.randn(4, 3, 32, 32), torch.rand(4) * 1000
     want = active(OnnxRuntimeDenoiser(exported[0])).eps_and_var(x, t)
     with OnnxRuntimeDenoiser(exported[0], device="cuda") as gpu:
