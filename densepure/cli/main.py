@@ -36,12 +36,7 @@ _COHEN_FLAGS = {"--N0": "--n0", "--N": "--n"}
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block) and exit 2; ``commands`` maps each
-    subcommand added so far to its parser (for the flag suggestions)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.commands: dict[str, argparse.ArgumentParser] = {}
+    """An ArgumentParser whose errors are one line (no usage block) and exit 2 (its subparsers are Parsers too)."""
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -81,7 +76,6 @@ def build_parser(commands: Collection[str] | None = None) -> Parser:
     p.set_defaults(_func=_presets)
     p = sub.add_parser("doctor", help="which backends, providers and devices are available here, and why not")
     p.set_defaults(_func=_doctor)
-    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -107,8 +101,7 @@ def _main(argv: list[str]) -> int:
     parser = build_parser(() if light else None if command is None else (command,))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        where = parser.commands.get(args._command, parser)
-        raise DensePureError(unknown_argument_message(where, unknown))
+        raise DensePureError(unknown_argument_message(_innermost(parser, argv), unknown))
     args._argv = ["densepure", *argv]  # the command line, for reports
     if args._version:
         from densepure import __version__
@@ -119,6 +112,16 @@ def _main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     return int(args._func(args) or 0)
+
+
+def _innermost(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub)parser whose flags the end of ``argv`` is read with: ``densepure bench throughput ...`` ->
+    the parser of ``bench throughput``."""
+    for arg in argv:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # argparse keeps
+        if subparsers and arg in subparsers[0].choices:                                        # them only here
+            parser = subparsers[0].choices[arg]
+    return parser
 
 
 def unknown_argument_message(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:

@@ -54,6 +54,8 @@ def test_the_probe_sees_torch_when_a_command_needs_it():
     (["export", "--presett", "digits"], "unknown flag --presett for `densepure export`: did you mean --preset?"),
     (["build", "--onnx-dir", "x", "--bukets", "1"], "unknown flag --bukets for `densepure build`: did you mean --buckets?"),
     (["serve", "--prot", "80"], "unknown flag --prot for `densepure serve`: did you mean --port?"),
+    (["bench", "throughput", "--threds", "2"],
+     "unknown flag --threds for `densepure bench throughput`: did you mean --threads?"),
     (["presets", "--verbose"], "unknown flag --verbose for `densepure presets` (`densepure presets --help`"),
     (["--verison"], "unknown flag --verison for `densepure`: did you mean --version?"),
     (["certfy"], "unknown command 'certfy': did you mean certify?"),
