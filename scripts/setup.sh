@@ -28,11 +28,14 @@ except m.PackageNotFoundError: pass" "$1" 2>/dev/null || true
 }
 
 want="pyproject=$("$PY" -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest())") torch=$TORCH_VERSION"
-if [ -x "$VPY" ] && [ -f "$stamp" ] && [ -n "$(installed densepure)" ] && [ -n "$(installed torch)" ] &&
-   { grep -qxF "$want extra=test" "$stamp" || grep -qxF "$want extra=$extra" "$stamp"; }; then
-  echo "setup: .venv is up to date ($extra; pyproject.toml unchanged since it was installed)"
-  exit 0
-fi
+for have_extra in test "$extra"; do  # a test install covers core
+  if [ -x "$VPY" ] && [ -f "$stamp" ] && grep -qxF "$want extra=$have_extra" "$stamp" &&
+     [ -n "$(installed densepure)" ] && [ -n "$(installed torch)" ]; then
+    what=$([ "$have_extra" = test ] && echo "densepure with the test extra" || echo "densepure (core)")
+    echo "setup: .venv is up to date: $what, installed from this pyproject.toml"
+    exit 0
+  fi
+done
 
 if [ -x "$VPY" ]; then
   echo "setup: using .venv ($("$VPY" -V))"
