@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
+from typing import TYPE_CHECKING
 
 from densepure.choices import Choice
 from densepure.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the enum loads without it (light CLI commands)
+    import torch
 
 
 class Precision(Choice, what="precision"):
@@ -49,6 +51,8 @@ class Precision(Choice, what="precision"):
         if not self.torch_compute:
             raise ConfigError(f"{self.value} is not a torch compute precision: it runs as exported Q/DQ graphs "
                               f"(`densepure export --precision {self.value}`, then --backend onnxruntime or tensorrt)")
+        import torch
+
         return {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self, torch.float32)
 
     @property
@@ -78,6 +82,8 @@ EXPORTED_PRECISIONS = tuple(p for p in Precision if p.exportable)
 
 def tf32_flags() -> dict[str, bool]:
     """PyTorch's process-wide TF32 switches as they are now (what eager float32 CUDA work would use)."""
+    import torch
+
     return {"cuda_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
 
 
@@ -86,6 +92,8 @@ def float32_math(allow_tf32: bool) -> Iterator[None]:
     """Inside: float32 matmuls (cuBLAS) and convolutions (cuDNN) run in TF32 on CUDA iff ``allow_tf32``;
     the flags are restored on exit. Flags are read when a kernel is chosen: at each eager call, and
     once at CUDA graph capture (the captured kernels keep them)."""
+    import torch
+
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = matmul.allow_tf32, cudnn.allow_tf32
     matmul.allow_tf32 = cudnn.allow_tf32 = bool(allow_tf32)

@@ -111,3 +111,13 @@ def test_kernels_benchmark_refuses_to_time_a_kernel_that_disagrees_with_its_refe
     # dtype-aware: an fp16 result within fp16's tolerance of the fp32 reference passes
     assert kernels.check(lambda: x * 2, lambda: (x * 2).half(), 4.0) is None
     assert kernels.check(lambda: (x * 2).half(), lambda: (x * 2.2).half(), 4.0) is not None
+
+
+def test_flops_prints_the_table_of_docs_performance():
+    """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
+    pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
+    table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]
+    doc = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
+    start = doc.index(table[0])
+    assert doc[start:start + len(table)] == table

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from densepure.artifacts.quantized import CalibrationInfo
-from densepure.errors import ArtifactError
+from densepure.errors import ArtifactError, install_hint
 from densepure.paths import replace_file
 from densepure.precision import Precision
 
@@ -318,7 +318,7 @@ def verify_graph_signature(path: str | Path, manifest: "ArtifactManifest") -> No
     try:
         import onnx
     except ImportError as exc:
-        raise ArtifactError("reading exported graphs needs 'onnx': pip install 'densepure[onnx]'") from exc
+        raise ArtifactError(f"reading exported graphs needs 'onnx': {install_hint('onnx')}") from exc
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors

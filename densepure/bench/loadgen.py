@@ -27,7 +27,7 @@ from densepure.bench.common import percentiles
 from densepure.bench.options import LoadOptions, Scenario
 from densepure.bench.report import LoadGenRun, ReportBuilder, Unit
 from densepure.bench.worker import Query
-from densepure.errors import ConfigError
+from densepure.errors import ConfigError, install_hint
 
 SUMMARY = "mlperf_log_summary.txt"
 # the report's series of every query a LoadGen test issued (latency null for an error)
@@ -50,8 +50,8 @@ def require_loadgen():
     try:
         import mlperf_loadgen
     except ImportError as exc:
-        raise ConfigError("--scenario needs MLPerf LoadGen: pip install mlcommons-loadgen (or the bench extra: "
-                          "pip install 'densepure[bench]')") from exc
+        raise ConfigError("--scenario needs MLPerf LoadGen: pip install mlcommons-loadgen (or the bench extra, "
+                          f"{install_hint('bench')})") from exc
     return mlperf_loadgen
 
 

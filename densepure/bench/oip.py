@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.errors import ConfigError
+from densepure.errors import ConfigError, install_hint
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -24,8 +24,8 @@ def require_httpx():
     try:
         import httpx
     except ImportError as exc:
-        raise ConfigError("densepure bench serve needs httpx: pip install httpx (or the serve extra: "
-                          "pip install 'densepure[serve]')") from exc
+        raise ConfigError("densepure bench serve needs httpx: pip install httpx (or the serve extra, "
+                          f"{install_hint('serve')})") from exc
     return httpx
 
 

@@ -1,7 +1,8 @@
 """A certification job: options -> data, checks, models and engine -> result file -> summary.
 
-The CLI builds :class:`~densepure.certify.options.JobOptions` and calls :func:`prepare` and :func:`run`;
-library users can do the same. :func:`prepare` checks everything that needs no model first (the data,
+The CLI builds :class:`~densepure.certify.options.JobOptions` and calls :func:`prepare` and :func:`run`
+(:func:`prepare_draft`, :func:`unfinished` and :func:`load_models` when it first asks whether the run is
+already complete); library users can do the same. :func:`prepare` checks everything that needs no model first (the data,
 its shape, the output files and whether they can be resumed) and only then loads the models, so a
 mistake costs a second, not a model load, and no result file is created before the run can start.
 
@@ -34,7 +35,7 @@ from densepure.noise import draw_seed
 from densepure.results.records import IfExists, ImageRecord, TsvKind
 from densepure.results.writer import check_results, open_results
 
-__all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
+__all__ = ["Job", "JobOptions", "build_engine", "load_models", "prepare", "prepare_draft", "run", "unfinished"]
 
 
 @dataclass
@@ -154,10 +155,36 @@ def prepare(options: JobOptions) -> Job:
     """Check the data and the outputs, then load the models and build the engine; nothing is written yet."""
     if options.cluster.ray is not None:
         raise ConfigError("a --ray run is driven by densepure.distributed (prepare_cluster_job), not prepare()")
-    draft = prepare_draft(options)
+    return load_models(prepare_draft(options))
+
+
+def load_models(draft: Job) -> Job:
+    """The second half of :func:`prepare`: ``draft`` (from :func:`prepare_draft`) with its engine."""
     shape = tuple(int(d) for d in draft.dataset[0][0].shape)
     engine = build_engine(draft.options, shape, draft.dataset.num_classes)
     return replace(draft, engine=engine, warnings=_class_warnings(engine.num_classes, draft.dataset))
+
+
+def unfinished(job: Job) -> list[int]:
+    """The job's images that some result file does not hold yet, in selection order (read only; with
+    ``--overwrite``, all of them). An image counts as held once its TSV row and its sidecar record are both
+    there, as a resume counts it (:func:`~densepure.results.writer.open_results`). A file whose rows are not
+    yet in image order (a run stopped between its last image and the sort), or that cannot be read, leaves
+    every image unfinished, so that the run opens the file and completes it (or says what is wrong)."""
+    from densepure.results.files import read_results, read_sidecar
+
+    if job.options.results.overwrite:
+        return list(job.indices)
+    held = set(job.indices)
+    try:
+        for path, _ in job.outputs():
+            rows = [row.idx for row in read_results(path)] if path.is_file() and path.stat().st_size else []
+            if not rows or rows != sorted(rows):
+                return list(job.indices)
+            held &= set(rows) & {record.row.idx for record in read_sidecar(path).records}
+    except (DensePureError, OSError):
+        return list(job.indices)  # opening the file for the run says what is wrong, or repairs it
+    return [idx for idx in job.indices if idx not in held]
 
 
 def device_type(requested: str, cluster: bool = False) -> str:

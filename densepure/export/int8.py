@@ -43,7 +43,7 @@ from pathlib import Path
 from densepure.artifacts.manifest import ArtifactKind
 from densepure.artifacts.quantized import CalibrationInfo
 from densepure.choices import Choice
-from densepure.errors import ArtifactError, ConfigError
+from densepure.errors import ArtifactError, ConfigError, install_hint
 from densepure.export.onnx_files import EXTERNAL_DATA_THRESHOLD
 
 QUANTIZER_LIBRARY = "onnxruntime.quantization"
@@ -102,7 +102,7 @@ def require_quantizer():
         quantization = importlib.import_module("onnxruntime.quantization")
     except ImportError as exc:
         raise ConfigError("int8 export needs onnxruntime's quantizer (onnxruntime.quantization): "
-                          "pip install 'densepure[int8]'") from exc
+                          f"{install_hint('int8')}") from exc
     return quantization
 
 

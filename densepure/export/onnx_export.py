@@ -56,7 +56,7 @@ from densepure.artifacts.manifest import (
     manifest_path_for,
     onnx_sha256,
 )
-from densepure.errors import ArtifactError, ConfigError
+from densepure.errors import ArtifactError, ConfigError, install_hint
 from densepure.export.int8 import Int8Spec
 from densepure.export.onnx_files import EXTERNAL_DATA_THRESHOLD, export_lock, fresh_staging_dir, install, save_onnx
 from densepure.export.onnx_passes import drop_noop_antialias, rewrite_einsum_as_matmul
@@ -331,7 +331,7 @@ def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; fail with a clear message instead)
     except ImportError as exc:
-        raise ArtifactError("ONNX export needs 'onnx' and 'onnxscript': pip install 'densepure[onnx]'") from exc
+        raise ArtifactError(f"ONNX export needs 'onnx' and 'onnxscript': {install_hint('onnx')}") from exc
     batch = torch.export.Dim("batch", min=1)
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_logs():

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from densepure.choices import Choice
-from densepure.errors import CheckpointError, ConfigError
+from densepure.errors import CheckpointError, ConfigError, install_hint
 from densepure.models.checkpoint import unsafe_pickle_message
 from densepure.paths import check_input
 
@@ -250,7 +250,7 @@ def from_transformers(path: str | os.PathLike, preprocess: Preprocess | None = N
         from transformers import AutoModelForImageClassification
     except ImportError as exc:
         raise ConfigError(f"Hugging Face classifiers need 'transformers' ({_first_line(exc)}): "
-                          "pip install 'densepure[transformers]'") from exc
+                          f"{install_hint('transformers')}") from exc
     location = str(path)
     if _hf_file(location, "config.json") is None:
         raise CheckpointError(f"no config.json for {location}: not a saved model directory nor a model in the local "
@@ -298,7 +298,7 @@ def _import_timm() -> ModuleType:
     try:
         import timm
     except ImportError as exc:
-        raise ConfigError(f"timm classifiers need 'timm' ({_first_line(exc)}): pip install 'densepure[timm]'") from exc
+        raise ConfigError(f"timm classifiers need 'timm' ({_first_line(exc)}): {install_hint('timm')}") from exc
     except RuntimeError as exc:  # e.g. "operator torchvision::nms does not exist": a CUDA torchvision on a CPU torch
         raise ConfigError(f"timm cannot be imported ({_first_line(exc)}): its torchvision must be built for "
                           f"torch {torch.__version__}") from exc

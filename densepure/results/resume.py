@@ -144,6 +144,6 @@ def _check_same_run(path: Path, old: RunHeader, new: RunHeader, read_old: ReadOl
         flat_old["seed"], flat_new["seed"] = old.seed, new.seed
         shown = "; ".join(f"{k}: {flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r}"
                           for k in differing[:5])
-        raise ConfigError(f"cannot resume {str(path)!r}: the run differs from the existing one in {differing} "
-                          f"({shown}); use a new --output, or start this one again with --overwrite, so that "
-                          "results of different runs are not mixed")
+        raise ConfigError(f"{str(path)!r} holds another run: use a new --output, or start this one again with "
+                          f"--overwrite (which discards it); resuming would mix the two. It differs in {differing}: "
+                          f"{shown}")

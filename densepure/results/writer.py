@@ -292,5 +292,3 @@ def _open_locked(path: Path, header: RunHeader, if_exists: IfExists, existed: bo
         return ResultWriter(path, header, frozenset(), new_lock, kind, Chain.start(header_line))
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
-
-

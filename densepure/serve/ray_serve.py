@@ -34,14 +34,14 @@ from dataclasses import replace
 from typing import Any
 
 from densepure.distributed.cluster import LOCAL, ClusterError, connect, plan_workers, require_ray
-from densepure.errors import DensePureError
+from densepure.errors import DensePureError, install_hint
 from densepure.serve.ray_jobs import NAMESPACE, JobBoard, SharedJobs
 from densepure.serve.ray_proxy import CALLBACK, CALLBACK_VARIABLE
 from densepure.serve.settings import Placement, ServeOptions
 
 log = logging.getLogger("densepure.serve")
 APP = "densepure"
-SERVE_HINT = "pip install 'densepure[ray]' (Ray Serve: ray[serve])"
+SERVE_HINT = f"{install_hint('ray')} (Ray Serve: ray[serve])"
 LOAD_TIMEOUT_S = 1800.0  # a replica's models: loading and warm-up
 
 

@@ -245,7 +245,7 @@ def test_ray_missing_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatc
     out = tmp_path / "r.tsv"
     code = main(["certify", "--ray", "local", "--workers", "2", "--max", "2", "--output", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "pip install 'densepure[ray]'" in err
+    assert code == 2 and err.count("\n") == 1 and "pip install -e '.[ray]'" in err
     assert not out.exists()
 
 

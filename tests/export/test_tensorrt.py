@@ -136,7 +136,7 @@ def test_modules_import_without_tensorrt():
     if not HAS_TRT:
         from densepure.export.tensorrt_build import import_tensorrt, machine_info
 
-        with pytest.raises(BackendError, match="pip install 'densepure\\[tensorrt\\]'"):
+        with pytest.raises(BackendError, match=r"pip install -e '\.\[tensorrt\]'"):
             import_tensorrt()
         with pytest.raises(BackendError, match="not installed"):
             machine_info()

@@ -39,7 +39,7 @@ from densepure.artifacts.manifest import (
 )
 from densepure.artifacts.quantized import ort_disabled_optimizers
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
-from densepure.errors import ArtifactError, BackendError
+from densepure.errors import ArtifactError, BackendError, install_hint
 
 
 class OrtProvider(enum.Enum):
@@ -122,7 +122,7 @@ class _Session:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+            raise BackendError(f"the onnxruntime backend needs onnxruntime: {install_hint('onnx')}") from exc
         verify_onnx(self.path, self.manifest)
         verify_graph_signature(self.path, self.manifest)
         chosen = select_providers(self.providers, ort.get_available_providers(), self.device, self.trt_cache_dir)

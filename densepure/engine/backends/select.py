@@ -40,7 +40,7 @@ from densepure.artifacts.manifest import (
 from densepure.artifacts.quantized import calibration_mismatch, calibration_overlap
 from densepure.choices import Choice
 from densepure.engine.backends.base import Backends
-from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.errors import ArtifactError, BackendError, ConfigError, install_hint
 from densepure.kernels import CompileMode
 from densepure.models.sources import ClassifierSource
 from densepure.precision import EXPORTED_PRECISIONS, Precision
@@ -276,7 +276,7 @@ def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+        raise BackendError(f"the onnxruntime backend needs onnxruntime: {install_hint('onnx')}") from exc
     providers = default_providers(device)
     try:
         select_providers(providers, ort.get_available_providers(), device)
