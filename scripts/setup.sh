@@ -40,8 +40,8 @@ done
 if [ -x "$VPY" ]; then
   echo "setup: using .venv ($("$VPY" -V))"
 else
-  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-    { echo "setup: densepure needs Python >= 3.11, $PY is $("$PY" -V 2>&1): set PYTHON=python3.11 (or newer)" >&2; exit 1; }
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+    { echo "setup: densepure needs Python >= 3.10, $PY is $("$PY" -V 2>&1): set PYTHON=python3.11 (or another >= 3.10)" >&2; exit 1; }
   echo "setup: creating .venv with $("$PY" -V)"
   "$PY" -m venv .venv
 fi
