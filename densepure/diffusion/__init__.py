@@ -8,7 +8,7 @@ numpy, so a light command (``densepure presets``) does not import torch, which o
 
 from __future__ import annotations
 
-import importlib
+from densepure.lazy import lazy_exports
 
 # module -> the names it defines
 _EXPORTS = {
@@ -19,20 +19,5 @@ _EXPORTS = {
              "predict_x0_at", "reverse_step", "start_point", "step_mean_std"),
     "tstar": ("TStarRule", "start_scale", "t_star", "validate_sigma"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    """Load an exported name from its module on first use (then it is a plain attribute)."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

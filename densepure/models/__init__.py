@@ -6,7 +6,7 @@ torch, so ``densepure presets`` lists them without importing it.
 
 from __future__ import annotations
 
-import importlib
+from densepure.lazy import lazy_exports
 
 # module -> the names it defines
 _EXPORTS = {
@@ -15,20 +15,5 @@ _EXPORTS = {
     "unet": ("UNetModel",),
     "unet_config": ("UNetConfig",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    """Load an exported name from its module on first use (then it is a plain attribute)."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
