@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
@@ -40,7 +39,14 @@ from densepure.serve.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {"shared": ("--image-slots", "64"), "serial": ("--image-slots", "1")}
-UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", 'densepure_batch_rows_count{model="denoiser"}'
+UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", "densepure_batch_rows_count"
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over every ``device`` of the server)."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(value for key, value in samples.items()
+               if key.split("{")[0] == name and all(w in key for w in want))
 
 
 def free_port() -> int:
@@ -58,7 +64,7 @@ class Server:
                                       "--no-access-log", "--log-level", "warning", *args], env=env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Server:
         with Client(self.url) as client:
             client.wait_ready(timeout=300)
         return self
@@ -104,8 +110,8 @@ def closed_loop(url: str, images: np.ndarray, clients: int, requests: int, param
     wall = time.perf_counter() - start
     with Client(url) as client:
         after = client.metrics()
-    unet_rows = after[UNET_ROWS] - before[UNET_ROWS]
-    unet_calls = after[UNET_CALLS] - before[UNET_CALLS]
+    unet_rows = total(after, UNET_ROWS) - total(before, UNET_ROWS)
+    unet_calls = total(after, UNET_CALLS, model="denoiser") - total(before, UNET_CALLS, model="denoiser")
     lat = np.array(latencies)
     return {"clients": clients, "requests": len(lat), "wall_s": wall, "throughput_rps": len(lat) / wall,
             "unet_rows_per_call": unet_rows / max(unet_calls, 1), "unet_rows_per_s": unet_rows / wall,

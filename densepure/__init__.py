@@ -2,7 +2,7 @@
 
 Sub-packages follow the data's journey, lower floors first (``docs/architecture.md`` draws them):
 
-* floor 0: ``errors``, ``choices``, ``precision``, ``validation``, ``hashing`` - shared by every floor;
+* floor 0: ``errors``, ``choices``, ``precision``, ``validation``, ``hashing``, ``paths`` - shared by every floor;
 * ``diffusion`` (pure math: schedules, t*, the coarse grid, the reverse step), ``noise`` (counter-based
   Philox noise keyed by identity), ``data`` (dataset readers), ``stats`` (certification statistics on
   counts), ``results`` (result files), ``artifacts`` (export manifests and caches);

@@ -27,5 +27,5 @@ def validate_sigma(sigma: float) -> float:
     if not is_real(sigma):
         raise ConfigError(f"sigma must be a number > 0, got {sigma!r}")
     if not math.isfinite(sigma) or sigma <= 0:
-        raise ConfigError(f"sigma must be > 0, got {sigma!r}")
+        raise ConfigError(f"sigma must be a finite number > 0, got {sigma!r}")
     return float(sigma)

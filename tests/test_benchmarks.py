@@ -78,6 +78,20 @@ def test_serve_benchmark_reports_both_servers_and_their_ratio(run_script):
     assert "| server | clients |" in stdout
 
 
+def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
+    stdout = run_script("serve_devices.py", "--concurrency", "1", "2", "--requests", "2", "2", "--configs", "one",
+                        "two", "--server-args", "--K 3 --n0 10 --n 100")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"one", "two"} and set(result["ratio"]) == {"two/one"}
+    for rows in result["results"].values():
+        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
+        assert all(0 < r["p50_s"] <= r["p95_s"] and r["throughput_rps"] > 0 and r["unet_rows_per_call"] > 0
+                   for r in rows)
+    one, two = result["results"]["one"][1], result["results"]["two"][1]
+    assert result["ratio"]["two/one"]["2"]["throughput"] == pytest.approx(two["throughput_rps"] / one["throughput_rps"])
+    assert "| loops | clients |" in stdout
+
+
 def _benchmark_module(name: str):
     import importlib
     import sys
@@ -99,3 +113,13 @@ def test_kernels_benchmark_refuses_to_time_a_kernel_that_disagrees_with_its_refe
     # dtype-aware: an fp16 result within fp16's tolerance of the fp32 reference passes
     assert kernels.check(lambda: x * 2, lambda: (x * 2).half(), 4.0) is None
     assert kernels.check(lambda: (x * 2).half(), lambda: (x * 2.2).half(), 4.0) is not None
+
+
+def test_flops_prints_the_table_of_docs_performance():
+    """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
+    pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
+    table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]
+    doc = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
+    start = doc.index(table[0])
+    assert doc[start:start + len(table)] == table

@@ -14,8 +14,12 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--sigma", "0"], "sigma must be > 0"),
-    (["--sigma", "-0.25"], "sigma must be > 0"),
+    (["--sigma", "0"], "sigma must be a finite number > 0"),
+    (["--sigma", "-0.25"], "sigma must be a finite number > 0"),
+    (["--sigma", "nan"], "sigma must be a finite number > 0, got nan"),  # issue 25, item 6
+    (["--sigma", "inf"], "sigma must be a finite number > 0, got inf"),
+    (["--radius", "inf"], "radius must be a finite number >= 0, got inf"),
+    (["--preset", "nosuch"], "unknown preset 'nosuch'; available: cifar10, digits, imagenet256"),
     (["--alpha", "0.7"], "alpha must be in (0, 0.5)"),
     (["--alpha", "0"], "alpha must be in (0, 0.5)"),
     (["--n0", "0"], "n0"),
@@ -88,7 +92,7 @@ def test_export_writes_checked_onnx_for_digits(digits_export):
 @pytest.mark.parametrize("argv,message", [
     (["--opset", "99"], "opset must be in 21.."),
     (["--opset", "20"], "opset must be in 21.."),
-    (["--out", "FILE"], "--out must be a directory"),
+    (["--out", "FILE"], "is a regular file: expected a directory"),
     (["--out", "FILE/sub"], "cannot create the export directory"),
 ])
 def test_export_errors_are_one_line_and_write_nothing(capsys, tmp_path, argv, message):

@@ -111,7 +111,7 @@ def with_export(*case):
 @pytest.mark.parametrize("setup,argv,message", [
     (None, ("--backend", "onnxruntime"), "needs --artifacts DIR"),
     (None, ("--backend", "onnxruntime", "--artifacts", "/nonexistent/artifacts"), "not found"),
-    with_export("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32 or fp16 graphs"),
+    with_export("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32, fp16 or int8 graphs"),
     with_export("copy", ("--backend", "torch"), "--artifacts is read by the onnxruntime and tensorrt backends only"),
     with_export("copy", ("--backend", "onnxruntime", "--precision", "fp16"), "no fp16 classifier ONNX graph"),
     with_export("preset", ("--backend", "onnxruntime"), "exported for preset 'cifar10'"),

@@ -18,7 +18,7 @@ import densepure
 
 PACKAGE = Path(densepure.__file__).parent
 DOC = PACKAGE.parent / "docs" / "architecture.md"
-BASE = {"errors", "choices", "precision", "hashing", "validation", "__init__"}  # floor 0 (the root: __version__)
+BASE = {"errors", "choices", "precision", "hashing", "validation", "paths", "lazy", "__init__"}  # floor 0 (the root: __version__)
 
 
 def allowed_table(text: str) -> dict[str, set[str]]:

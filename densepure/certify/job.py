@@ -1,7 +1,8 @@
 """A certification job: options -> data, checks, models and engine -> result file -> summary.
 
-The CLI builds :class:`~densepure.certify.options.JobOptions` and calls :func:`prepare` and :func:`run`;
-library users can do the same. :func:`prepare` checks everything that needs no model first (the data,
+The CLI builds :class:`~densepure.certify.options.JobOptions` and calls :func:`prepare` and :func:`run`
+(:func:`prepare_draft`, :func:`unfinished` and :func:`load_models` when it first asks whether the run is
+already complete); library users can do the same. :func:`prepare` checks everything that needs no model first (the data,
 its shape, the output files and whether they can be resumed) and only then loads the models, so a
 mistake costs a second, not a model load, and no result file is created before the run can start.
 
@@ -12,19 +13,21 @@ replaced at the same path cannot be mixed into a run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from densepure.certify.loading import build_engine
-from densepure.certify.options import JobOptions
+from densepure.certify.options import _NOT_RECORDED, JobOptions
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
 from densepure.data.datasets import Dataset, open_dataset, select_indices
 from densepure.diffusion import Mode
-from densepure.engine.backends.select import BackendKind
+from densepure.engine.backends.select import BackendKind, check_calibration_split
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
@@ -32,7 +35,7 @@ from densepure.noise import draw_seed
 from densepure.results.records import IfExists, ImageRecord, TsvKind
 from densepure.results.writer import check_results, open_results
 
-__all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
+__all__ = ["Job", "JobOptions", "build_engine", "load_models", "prepare", "prepare_draft", "run", "unfinished"]
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Job:
     indices: list[int]
     task: Task
     seed: int
-    record: dict  # the sidecar configuration: options, resolved kernels, content hashes
+    record: dict  # the sidecar configuration: options, the device type, content hashes
     warnings: tuple[str, ...] = field(default=())  # what may be a mistake but can run (the CLI prints them)
 
     @property
@@ -62,6 +65,20 @@ class Job:
                 f"mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
                 f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={x.backend.value} "
                 f"precision={x.precision.value} kernels={self.engine.kernels.name}")
+
+    def read_old(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """How this release reads a configuration an earlier run recorded, before comparing it with
+        :attr:`record` (``read_old`` of :func:`~densepure.results.writer.open_results`): settings that change
+        no label are left out (``kernels``, recorded by earlier releases: every kernel choice gives the same
+        counts, by test), and a device recorded as requested (``auto``, ``cuda:1``) is read as the device
+        type it gives here, which is what is recorded now."""
+        old = {k: v for k, v in config.items() if k not in _NOT_RECORDED}
+        if isinstance(old.get("device"), str):
+            try:
+                old["device"] = device_type(old["device"], self.options.cluster.ray is not None)
+            except ConfigError:
+                pass  # a device this machine cannot name: compared as recorded (and found different)
+        return old
 
     def prefix_record(self, k: int) -> dict:
         """The configuration of the ``k``-chain results read from this run."""
@@ -138,18 +155,56 @@ def prepare(options: JobOptions) -> Job:
     """Check the data and the outputs, then load the models and build the engine; nothing is written yet."""
     if options.cluster.ray is not None:
         raise ConfigError("a --ray run is driven by densepure.distributed (prepare_cluster_job), not prepare()")
-    draft = prepare_draft(options)
+    return load_models(prepare_draft(options))
+
+
+def load_models(draft: Job) -> Job:
+    """The second half of :func:`prepare`: ``draft`` (from :func:`prepare_draft`) with its engine."""
     shape = tuple(int(d) for d in draft.dataset[0][0].shape)
     engine = build_engine(draft.options, shape, draft.dataset.num_classes)
     return replace(draft, engine=engine, warnings=_class_warnings(engine.num_classes, draft.dataset))
 
 
+def unfinished(job: Job) -> list[int]:
+    """The job's images that some result file does not hold yet, in selection order (read only; with
+    ``--overwrite``, all of them). An image counts as held once its TSV row and its sidecar record are both
+    there, as a resume counts it (:func:`~densepure.results.writer.open_results`). A file whose rows are not
+    yet in image order (a run stopped between its last image and the sort), or that cannot be read, leaves
+    every image unfinished, so that the run opens the file and completes it (or says what is wrong)."""
+    from densepure.results.files import read_results, read_sidecar
+
+    if job.options.results.overwrite:
+        return list(job.indices)
+    held = set(job.indices)
+    try:
+        for path, _ in job.outputs():
+            rows = [row.idx for row in read_results(path)] if path.is_file() and path.stat().st_size else []
+            if not rows or rows != sorted(rows):
+                return list(job.indices)
+            held &= set(rows) & {record.row.idx for record in read_sidecar(path).records}
+    except (DensePureError, OSError):
+        return list(job.indices)  # opening the file for the run says what is wrong, or repairs it
+    return [idx for idx in job.indices if idx not in held]
+
+
+def device_type(requested: str, cluster: bool = False) -> str:
+    """The type of device the counts are computed on, ``cpu`` or ``cuda``: what the sidecar records (the two
+    round differently, so their counts may differ; the device index and the spelling ``auto`` change no
+    count). ``cluster``: for a Ray driver, whose workers run on the cluster's devices, not its own (``auto``
+    is what it gives on the driver; the driver checks that the workers agree before any image runs)."""
+    if not cluster:
+        return resolve_device(requested).type
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(requested).type
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"invalid device {requested!r}: use auto, cpu, cuda or cuda:N") from exc
+
+
 def prepare_draft(options: JobOptions) -> Job:
     """:func:`prepare` without the models (``engine`` is None): seed, data, checks, sidecar record. A cluster
-    driver uses it and leaves the models to its workers; there the kernels are recorded as requested
-    (each worker resolves them on its own device)."""
-    from densepure.kernels import resolve_kernels
-
+    driver uses it and leaves the models to its workers."""
     seed = options.sampling.seed if options.sampling.seed is not None else _resumed_seed(options)
     options = options.replace(seed=seed)
     dataset, source = _dataset(options)
@@ -160,14 +215,15 @@ def prepare_draft(options: JobOptions) -> Job:
     if not indices:
         raise ConfigError(f"--skip {selection.skip} --max {selection.max} select no image of {len(dataset)}")
     _check_shape(options, dataset, source)
-    execution = options.execution
-    kernels = execution.kernels.value if options.cluster.ray is not None else \
-        resolve_kernels(execution.kernels, resolve_device(execution.device)).name
-    record = {**options.record(), "kernels": kernels, "content": content_hashes(options, source)}
+    device = device_type(options.execution.device, options.cluster.ray is not None)
+    record = {**options.record(), "device": device, "content": content_hashes(options, source)}
+    run = options.execution
+    if run.precision.quantized:  # a certified image must never be a calibration one
+        check_calibration_split(run.artifacts, run.precision, record["content"]["data"], indices)
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.results.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
-        check_results(path, config, seed, mode, draft.tsv_kind)
+        check_results(path, config, seed, mode, draft.tsv_kind, draft.read_old)
     return draft
 
 
@@ -187,7 +243,7 @@ def run(job: Job, progress: Progress | None = None) -> tuple[Path, list[ImageRec
     opts = job.options
     mode = IfExists.OVERWRITE if opts.results.overwrite else IfExists.RESUME
     with ExitStack() as stack, torch.inference_mode():
-        writers = [stack.enter_context(open_results(path, config, job.seed, mode, job.tsv_kind))
+        writers = [stack.enter_context(open_results(path, config, job.seed, mode, job.tsv_kind, job.read_old))
                    for path, config in job.outputs()]
         extra = dict(zip(opts.sampling.also_chains, writers[1:], strict=True))
         records = run_dataset(job.engine, job.dataset, job.indices, job.task, job.seed, writers[0], progress, extra)

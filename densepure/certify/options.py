@@ -38,6 +38,7 @@ from densepure.kernels import CompileMode, KernelChoice
 from densepure.models.classifiers import ResizeChoice
 from densepure.models.sources import ClassifierSpec, check_resize, default_resize, required_classifier
 from densepure.noise import SEED_BITS
+from densepure.paths import check_input
 from densepure.precision import Precision
 from densepure.stats.boundary import DEFAULT_METHOD
 from densepure.stats.cohen import validate_alpha
@@ -47,8 +48,10 @@ from densepure.validation import is_int, is_real, validate_sigma
 # Settings that do not change any label, so they are not recorded and a run may resume under others:
 # noise is keyed by identity, not by batch layout; engines in the cache are keyed by content; look-ahead
 # only changes which draws run past a stopping look; ``skip`` and ``max`` only select which images run
-# (each image's noise is keyed by its own index). ``kernels`` is recorded as what it resolved to on the
-# machine, by the job (densepure.certify.job).
+# (each image's noise is keyed by its own index); the kernels give the same counts whichever runs (tested
+# against each other in tests/kernels); a Ray run computes the same counts as one process (tested in
+# tests/distributed). ``device`` is recorded by the job as the device type it resolves to
+# (densepure.certify.job.device_type), which is what can change a count.
 _NOT_RECORDED = ("batch_size", "output", "overwrite", "plot", "cache_dir", "cuda_graphs", "kernels", "skip", "max", "ray",
                  "workers", "split_draws", "lookahead")
 
@@ -92,12 +95,17 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.resize is not None:
             object.__setattr__(self, "resize", ResizeChoice.parse(self.resize))
+        if self.checkpoint is not None:  # unusable: one line now, before a server listens or a job loads anything
+            check_input(self.checkpoint, "--checkpoint")
 
     def resolved(self, execution: ExecutionOptions) -> ModelSource:
         """Every unset model filled in (module doc); explicit ones checked against what they must match."""
         if execution.backend is not BackendKind.TORCH:
             return self._from_artifacts(execution)
+        from densepure.models.presets import get_preset
+
         preset = self.preset or "digits"
+        get_preset(preset)  # unknown: named as such, with the list, before anything else is said about it
         classifier = self.classifier or required_classifier(preset)
         resize = check_resize(ClassifierSpec.parse(classifier), self.resize) or default_resize(
             preset, ClassifierSpec.parse(classifier))

@@ -4,7 +4,8 @@
 * :mod:`~densepure.cli.arguments` - the argument groups and THE one argv -> options builder that every
   subcommand that runs models uses (certify, predict, serve, the Ray driver);
 * :mod:`~densepure.cli.certify`, :mod:`~densepure.cli.serve`, :mod:`~densepure.cli.export`,
-  :mod:`~densepure.cli.doctor` - the subcommands.
+  :mod:`~densepure.cli.doctor` - the subcommands; :mod:`~densepure.cli.progress` - the certify/predict
+  progress bar.
 """
 
 from densepure.cli.main import EXIT_USER_ERROR, build_parser, main

@@ -83,8 +83,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
 
 
-def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
-    """The statistics of a certify/predict run (:class:`~densepure.certify.options.SamplingOptions`)."""
+def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool, also_k: bool = True) -> None:
+    """The statistics of a certify/predict run (:class:`~densepure.certify.options.SamplingOptions`);
+    ``also_k``: offer --also-K (it writes result files, which benchmarks do not)."""
     g = p.add_argument_group("statistics")
     if not predict:
         g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
@@ -98,9 +99,11 @@ def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
                             "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
                             f"densepure <= 0.1, to reproduce earlier runs) (default: "
                             f"{default(SamplingOptions, 'sequential')})")
-    g.add_argument("--also-K", dest="also_chains", type=_chain_list,
-                   help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. 1,3 "
-                        "(exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no extra cost")
+    if also_k:
+        g.add_argument("--also-K", dest="also_chains", type=_chain_list,
+                       help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. "
+                            "1,3 (exactly what --K k gives with the same seed; k <= K//2+1) to OUTPUT.K<k>.tsv, at no "
+                            "extra cost")
     g.add_argument("--seed", type=int, help="noise seed; unset: drawn from the OS and recorded in the sidecar")
 
 
@@ -109,11 +112,12 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, help="rows (draws x chains) per model call; on CUDA lowered to what fits "
                                                   f"in free memory (default: {default(ExecutionOptions, 'batch_size')})")
-    g.add_argument("--device", help=f"auto | cpu | cuda | cuda:N (default: {default(ExecutionOptions, 'device')})")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N; the sidecar records the device type (cpu or cuda), so a "
+                                    f"run resumes on any device of that type (default: {default(ExecutionOptions, 'device')})")
     g.add_argument("--kernels", choices=_choices(KernelChoice),
                    help="the engine's per-row kernels (noise, start, reverse step; and the UNet's GroupNorm+SiLU on "
-                        "CUDA): auto (Triton on CUDA when importable, torch otherwise), torch or triton; the choice "
-                        "made is recorded in the sidecar (default: auto)")
+                        "CUDA): auto (Triton on CUDA when importable, torch otherwise), torch or triton; every "
+                        "choice gives the same counts (tested), so a run resumes under another (default: auto)")
     g.add_argument("--compile", choices=_choices(CompileMode),
                    help="torch backend: torch.compile the UNet and the classifier in this mode (composed with the "
                         "CUDA graphs); the first call of each batch size compiles")
@@ -126,7 +130,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=_choices(Precision),
                    help="torch: precision of the UNet (GroupNorm, softmax, time embedding stay fp32) and the "
                         "classifier network (fp32 is exact float32 on CUDA too; tf32 lets CUDA round matmul and "
-                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs "
+                        "convolution inputs to TF32); onnxruntime/tensorrt: precision of both exported graphs, "
+                        "fp32, fp16 or int8 (int8: only at the sigma and grid its graphs were calibrated for) "
                         f"(default: {default(ExecutionOptions, 'precision')})")
     g.add_argument("--backend", choices=_choices(BackendKind),
                    help="torch (the checkpoint), onnxruntime (the graphs of --artifacts) or tensorrt (engines that "

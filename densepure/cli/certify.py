@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from densepure.cli.arguments import add_job_arguments, options_from_args
+from densepure.cli.progress import BarProgress
 from densepure.errors import ConfigError
 
 
@@ -33,7 +34,6 @@ def add_parsers(sub) -> None:
 
 def run_job(args: argparse.Namespace) -> int:
     """certify / predict: one process, or a Ray cluster with --ray."""
-    from densepure.certify.job import prepare, run
     from densepure.results.analyze import check_plot_path, default_plot_path
 
     options = options_from_args(args)
@@ -43,13 +43,8 @@ def run_job(args: argparse.Namespace) -> int:
     plot = None if predict else check_plot_path(options.results.plot or default_plot_path(output), outputs)
     if options.cluster.ray is not None:
         output = _run_on_ray(args._command, options)
-    else:
-        job = prepare(options)
-        print(job.describe(args._command), file=sys.stderr)
-        for warning in job.warnings:
-            print(f"densepure: warning: {warning}", file=sys.stderr)
-        with BarProgress(job.task) as progress:
-            output, _ = run(job, progress)
+    elif not _run_here(args._command, options):
+        return 130
     if predict:
         lines = summarize_predict_run(output, also=tuple(outputs[1:]))
     else:
@@ -57,6 +52,32 @@ def run_job(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return 0
+
+
+def _run_here(command: str, options) -> bool:
+    """The job in this process, with a progress bar; a run already complete is said to be so and not
+    loaded. False when Ctrl-C stopped it (after one line saying what was saved)."""
+    from densepure.certify.job import load_models, prepare_draft, run, unfinished
+
+    draft = prepare_draft(options)
+    output = options.results.output
+    if not unfinished(draft):
+        print(f"densepure: this run is already complete in {output} ({len(draft.indices)} of {len(draft.indices)} "
+              "images); its results are below (--output NEW starts another run, --overwrite starts this one "
+              "again)", file=sys.stderr)
+        return True
+    job = load_models(draft)
+    print(job.describe(command), file=sys.stderr)
+    for warning in job.warnings:
+        print(f"densepure: warning: {warning}", file=sys.stderr)
+    progress = BarProgress(job.task)
+    try:
+        with progress:
+            run(job, progress)
+    except KeyboardInterrupt:
+        print(progress.interrupted(output, len(job.indices)), file=sys.stderr)
+        return False
+    return True
 
 
 def _run_on_ray(command: str, options):
@@ -110,62 +131,6 @@ def analyze(args: argparse.Namespace) -> int:
     if plot is not None:
         print(f"plot: {plot_certified_accuracy(runs, plot)}")
     return 0
-
-
-class BarProgress:
-    """One tqdm bar over the run's draws (its total known for fixed-n tasks: ETA), moving after every
-    engine step, so a long image shows progress; the postfix has draws/s and images done."""
-
-    def __init__(self, task):
-        self.per_image = _draws_per_image(task)
-        self.bar = None
-        self.images = self.done = 0
-        self.last = ""  # the last decided image, shown after the rate
-        self.start_time = time.perf_counter()
-
-    def __enter__(self) -> BarProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def start(self, images: int) -> None:
-        from tqdm import tqdm
-
-        self.images = images
-        self.start_time = time.perf_counter()  # the rate counts sampling time, as the bar's does
-        total = images * self.per_image if self.per_image else None
-        self.bar = tqdm(total=total, unit="draw", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
-        self._postfix()
-
-    def step(self, stats) -> None:
-        if self.bar is not None and stats.draws > self.bar.n:
-            # the postfix's draws/s follows the draws inside a long image too (shown with the bar's next refresh)
-            self._postfix(draws=stats.draws, refresh=False)
-            self.bar.update(stats.draws - self.bar.n)
-
-    def image(self, record, draws: int) -> None:
-        self.done += 1
-        radius = "" if record.row.radius is None else f" r={record.row.radius:.3f}"
-        self.last = f", last: label {record.row.label} -> {record.row.predict}{radius}"
-        self._postfix()
-
-    def _postfix(self, draws: int | None = None, refresh: bool = True) -> None:
-        draws = (self.bar.n if self.bar is not None else 0) if draws is None else draws
-        rate = draws / max(time.perf_counter() - self.start_time, 1e-9)
-        self.bar.set_postfix_str(f"images {self.done}/{self.images}, {rate:,.0f} draws/s{self.last}", refresh=refresh)
-
-
-def _draws_per_image(task) -> int | None:
-    """Draws one image takes under ``task`` when fixed in advance (None for sequential tasks)."""
-    from densepure.certify.tasks import CertifyTask, PredictTask
-
-    if isinstance(task, CertifyTask):
-        return task.n0 + task.n
-    if isinstance(task, PredictTask):
-        return task.n
-    return None
 
 
 def summarize_run(output: Path, plot: Path, radii=(0.0, 0.25, 0.5, 0.75, 1.0),

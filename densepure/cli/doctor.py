@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import platform
 
+from densepure.errors import install_hint
+
 
 def _version(module: str) -> tuple[str | None, str | None]:
     try:
@@ -76,7 +78,7 @@ def _buckets_lines() -> list[str]:
 def _onnxruntime_lines() -> list[str]:
     version, why = _version("onnxruntime")
     if version is None:
-        return [f"onnxruntime    unavailable ({why}); pip install 'densepure[onnx]'"]
+        return [f"onnxruntime    unavailable ({why}); {install_hint('onnx')}"]
     import onnxruntime
 
     return [f"onnxruntime    {version}, providers: {', '.join(onnxruntime.get_available_providers())}"]
@@ -85,7 +87,7 @@ def _onnxruntime_lines() -> list[str]:
 def _tensorrt_lines() -> list[str]:
     version, why = _version("tensorrt")
     if version is None:
-        return [f"tensorrt       unavailable ({why}); needs an NVIDIA GPU and pip install 'densepure[tensorrt]'"]
+        return [f"tensorrt       unavailable ({why}); needs an NVIDIA GPU; {install_hint('tensorrt')}"]
     return [f"tensorrt       {version}"]
 
 

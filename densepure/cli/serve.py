@@ -13,7 +13,7 @@ from densepure.cli.arguments import (
     default,
     options_from_args,
 )
-from densepure.serve.settings import ServeOptions, ServerLimits
+from densepure.serve.settings import Placement, ReplicaOptions, ServeOptions, ServerLimits
 
 _DEFAULT = ServerLimits()
 
@@ -34,9 +34,21 @@ def run(args: argparse.Namespace) -> int:
     from densepure.serve import require_extra
 
     require_extra()  # one line saying how to install it, before anything loads
+    options = options_from_args(args)
+    if options.cluster.ray is not None:
+        from densepure.serve.ray_serve import run_ray_server
+
+        return run_ray_server(options)
     from densepure.serve.server import run_server
 
-    return run_server(options_from_args(args))
+    return run_server(options)
+
+
+def _device_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected devices like cuda:0,cuda:1 or all, got {text!r}")
+    return names
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,3 +93,37 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds an idle keep-alive connection stays open (default: {_DEFAULT.keep_alive_s:g})")
     g.add_argument("--grace-period", dest="grace_s", type=float,
                    help=f"SIGTERM: seconds to finish the requests in flight (default: {_DEFAULT.grace_s:g})")
+    add_scale_arguments(p)
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Past one device: every device of this machine (``--devices``), or replicas on Ray Serve (``--ray``)."""
+    g = p.add_argument_group("devices (one engine loop per device behind this server's endpoint)")
+    g.add_argument("--devices", type=_device_list, metavar="DEV,DEV,...|all",
+                   help="serve on each of these devices (cpu, cuda, cuda:N; a device may repeat) or on every CUDA "
+                        "device (all): the models load once per device, each request runs on the device with the "
+                        "fewest queued draws (default: the one --device)")
+    g.add_argument("--device-threads", type=int,
+                   help="torch threads per CPU engine loop (default: the cores shared equally among several CPU "
+                        "loops)")
+    g.add_argument("--pin-cores", action="store_true",
+                   help="run each CPU engine loop on cores of its own (a machine of its own; on a shared one a "
+                        "pinned loop cannot leave a busy core)")
+    g.add_argument("--split-min-draws", type=int,
+                   help="split a request's draws across the devices when each of its images may take at least this "
+                        "many draws and splitting is expected to answer it sooner (exact: the same counts); 0 never "
+                        f"splits (default: {default(Placement, 'split_min_draws')})")
+    g = p.add_argument_group("Ray Serve (replicas of this server across a Ray cluster; needs ray[serve])")
+    g.add_argument("--ray", metavar="local|auto|ADDRESS",
+                   help="deploy the server on Ray Serve behind Serve's HTTP proxy (--host, --port): local (start Ray "
+                        "on this machine), auto (join the running cluster) or its address; one replica per GPU")
+    g.add_argument("--replicas", type=int,
+                   help="replicas to start (default: one per GPU of the cluster; one without GPUs)")
+    g.add_argument("--min-replicas", type=int, help="autoscale on queued requests, down to this many replicas")
+    g.add_argument("--max-replicas", type=int, help="autoscale on queued requests, up to this many replicas")
+    g.add_argument("--target-requests", type=float,
+                   help="autoscaling: requests in flight or queued per replica that Serve aims at "
+                        f"(default: {default(ReplicaOptions, 'target_requests'):g})")
+    g.add_argument("--downscale-delay", dest="downscale_delay_s", type=float,
+                   help="autoscaling: seconds below target before a replica is removed (it drains first) "
+                        f"(default: {default(ReplicaOptions, 'downscale_delay_s'):g})")

@@ -25,10 +25,10 @@ from densepure.certify.job import JobOptions
 from densepure.distributed.reaper import start_reaper
 from densepure.distributed.work import Chunk
 from densepure.distributed.worker import CertifyWorker, WorkerInfo
-from densepure.errors import DensePureError
+from densepure.errors import DensePureError, install_hint
 
 LOCAL = "local"
-INSTALL_HINT = "pip install 'densepure[ray]' (or pip install ray)"
+INSTALL_HINT = f"{install_hint('ray')} (or pip install ray)"
 # Ray (checked with 2.60) resolves 127.0.0.1 to the host's outward address on Linux, so a local instance's
 # servers listen on every interface; with this variable off it keeps the loopback address and binds there.
 # It can go once Ray binds local instances to loopback by default.

@@ -6,6 +6,10 @@ it returns one); the driver waits for any chunk to return, writes its finished i
 each flushed), and refills. Images already in the result file are skipped, so a driver killed at any
 moment resumes with no image lost or written twice: an image is in the file whole or not at all.
 
+Order: rows are appended as images are decided; when every image of the run is in the file, the TSV is
+put in image order (:meth:`~densepure.results.writer.ResultWriter.sort_rows`), as a single process does, so
+a completed cluster run's TSV is the single-process one (times aside).
+
 Faults: a worker that dies (or becomes unreachable) with chunks in flight is dropped and its chunks go
 back to the front of the queue for the other workers; results are keyed by image (and draw range), so
 nothing is counted twice. A chunk that loses ``MAX_ATTEMPTS`` workers, or the loss of the last worker,
@@ -149,13 +153,16 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
     sampling, output = opts.sampling, Path(opts.results.output)
     mode = IfExists.OVERWRITE if opts.results.overwrite else IfExists.RESUME
     with ExitStack() as stack:
-        writers = [stack.enter_context(open_results(path, config, sampling.seed, mode, job.draft.tsv_kind))
+        writers = [stack.enter_context(open_results(path, config, sampling.seed, mode, job.draft.tsv_kind,
+                                                    job.draft.read_old))
                    for path, config in job.draft.outputs()]
         writer, extra = writers[0], dict(zip(sampling.also_chains, writers[1:], strict=True))
         todo = [idx for idx in job.indices if not all(idx in w.finished for w in writers)]
         if not todo:
+            _sort(writers)
             return output, []
         pool = start_pool(stack, tuple(job.dataset[todo[0]][0].shape))
+        _check_devices(pool, job.draft.record.get("device"))
         observer.started(len(todo), pool.describe(), list(pool.infos.values()))
         info, load = next(iter(pool.infos.values())), _loader(job.dataset)
         if opts.cluster.split_draws > 1:
@@ -165,7 +172,23 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
         else:
             queue = ImageChunks(todo, load, chunk_size or auto_chunk_size(len(todo), len(pool.live)))
         records = drive(pool, queue, writer, extra, observer, output, timeout_s)
+        _sort(writers)  # complete: image order, as one process writes it
     return output, records
+
+
+def _sort(writers: Sequence[ResultWriter]) -> None:
+    for writer in writers:
+        writer.sort_rows()
+
+
+def _check_devices(pool: Pool, recorded: str | None) -> None:
+    """The workers must compute on the device type the result file records (``densepure.certify.job.device_type``):
+    CPU and CUDA counts may differ, so a file holds one of them. Checked before any image runs."""
+    found = sorted({info.device.split(":")[0] for info in pool.infos.values()})
+    if recorded is not None and found != [recorded]:
+        raise ClusterError(f"the workers run on {', '.join(found)} but this run records device {recorded!r} (what "
+                           "--device gives on this driver): pass --device cpu or --device cuda to say which the "
+                           "cluster should use")
 
 
 def _loader(dataset: Dataset):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,22 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _read_jsonl(path: Path, drop_bad_last: bool) -> tuple[list[dict[str, Any]], int]:
-    """Records of a JSONL file and the byte length of the valid prefix (a bad or partial last
-    line is dropped when ``drop_bad_last``, else it raises InputError)."""
+@dataclass(frozen=True)
+class JsonLines:
+    """The whole lines of a JSONL file (newlines kept), its records in order with their 1-based line
+    ``numbers``, and the byte length of the valid prefix (``kept``: what a resume keeps)."""
+
+    lines: list[str]
+    records: list[dict[str, Any]]
+    numbers: list[int]
+    kept: int
+
+
+def read_json_lines(path: Path, drop_bad_last: bool) -> JsonLines:
+    """Read a JSONL file (module doc); a bad or partial last line is dropped when ``drop_bad_last``, else it
+    raises InputError naming the line."""
     lines, _ = _whole_lines(path)
-    records, kept = [], 0
+    records, numbers, kept = [], [], 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             kept += len(line.encode("utf-8"))
@@ -203,11 +215,19 @@ def _read_jsonl(path: Path, drop_bad_last: bool) -> tuple[list[dict[str, Any]], 
             record = None
         if not isinstance(record, dict):
             if number == len(lines) and drop_bad_last:
+                lines = lines[:-1]
                 break
             raise InputError(f"{str(path)!r}, line {number}: not a complete JSON record")
         records.append(record)
+        numbers.append(number)
         kept += len(line.encode("utf-8"))
-    return records, kept
+    return JsonLines(lines, records, numbers, kept)
+
+
+def _read_jsonl(path: Path, drop_bad_last: bool) -> tuple[list[dict[str, Any]], int]:
+    """Records of a JSONL file and the byte length of the valid prefix (:func:`read_json_lines`)."""
+    found = read_json_lines(path, drop_bad_last)
+    return found.records, found.kept
 
 
 def read_sidecar(path: str | Path) -> Sidecar:

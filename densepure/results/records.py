@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from densepure.errors import ConfigError, InputError
+from densepure.results.chain import CHAIN_FIELDS
 from densepure.validation import is_int as _is_int
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -25,8 +26,9 @@ TSV_HEADER = "\t".join(TSV_COLUMNS)
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
 PREDICT_HEADER = "\t".join(PREDICT_COLUMNS)
 SIDECAR_FORMAT = "densepure-results"
-SIDECAR_VERSION = 1
-_RESERVED = frozenset(TSV_COLUMNS) | {"record", "n0", "n", "selection_counts", "estimation_counts"}
+SIDECAR_VERSION = 2  # 2: records carry the hash chain (densepure.results.chain); 1: files written before it
+SIDECAR_VERSIONS = (1, 2)  # the versions this release reads (and resumes, each in its own version)
+_RESERVED = frozenset(TSV_COLUMNS) | {"record", "n0", "n", "selection_counts", "estimation_counts"} | CHAIN_FIELDS
 _TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
 
 
@@ -168,15 +170,27 @@ class Versions:
 
 @dataclass(frozen=True)
 class RunHeader:
-    """The sidecar's first record: the run's configuration (JSON-normalized), seed and versions."""
+    """The sidecar's first record: the run's configuration (JSON-normalized), seed and versions, and the
+    sidecar's ``format_version`` (:data:`SIDECAR_VERSIONS`; new files get :data:`SIDECAR_VERSION`)."""
 
     config: Mapping[str, Any]
     seed: int
     versions: Versions
     created: str
+    format_version: int = SIDECAR_VERSION
+
+    def __post_init__(self) -> None:
+        if self.format_version not in SIDECAR_VERSIONS:
+            raise InputError(f"sidecar format_version {self.format_version!r} is not one this densepure reads "
+                             f"({', '.join(map(str, SIDECAR_VERSIONS))}): was it written by a newer release?")
+
+    @property
+    def chained(self) -> bool:
+        """True when the sidecar's records carry the hash chain (format version 2 and later)."""
+        return self.format_version >= 2
 
     def to_json(self) -> dict[str, Any]:
-        return {"record": "header", "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
+        return {"record": "header", "format": SIDECAR_FORMAT, "format_version": self.format_version,
                 "config": dict(self.config), "seed": self.seed,
                 "versions": asdict(self.versions), "created": self.created}
 
@@ -187,7 +201,7 @@ class RunHeader:
                              f"{str(record)[:120]}")
         try:
             return cls(dict(record["config"]), record["seed"], Versions(**record["versions"]),
-                       record["created"])
+                       record["created"], record.get("format_version", 1))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed sidecar header ({exc!r}): {str(record)[:120]}") from exc
 

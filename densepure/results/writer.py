@@ -3,7 +3,18 @@
 Guarantees (file formats: :mod:`densepure.results.files`):
 
 * **One writer.** :func:`open_results` takes an exclusive ``flock`` on the TSV for the writer's life; a
-  second process on the same output is refused in one line, before it changes anything.
+  second process on the same output is refused in one line, before it changes anything. A lock is only
+  kept on the file that is at the path (checked after locking), so a file replaced meanwhile is not held.
+* **Nothing else clobbered.** Both paths are checked like every output (:func:`densepure.paths.check_output`):
+  no symbolic link is written through (every open adds ``O_NOFOLLOW``), no directory or FIFO is used.
+  Without ``--overwrite`` an existing sidecar is replaced only when it is a densepure sidecar holding no
+  finished image; with it, a new file is written beside each path and renamed over it (a hard link's
+  other names keep their content), the new TSV locked before it appears.
+* **Nothing believed.** A resume checks the file first (:func:`densepure.results.verify.check_run`): the
+  sidecar's hash chain, every certificate recomputed from its counts, every TSV row against its record;
+  a problem refuses the resume naming the line. A resumed file keeps its format version: a format-1 file
+  (written before the chain) goes on without a chain, since chaining its earlier records now would vouch
+  for lines nobody protected when they were written.
 * **No mixing.** Resuming checks the sidecar's configuration and seed (content hashes of the inputs
   included, when the caller records them) against the new run's, and refuses any difference.
 * **Whole records.** Each image is appended as its sidecar record, then its TSV line, each one
@@ -29,23 +40,19 @@ import os
 import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from densepure.errors import ConfigError, InputError
+from densepure.paths import NOFOLLOW, check_output, replace_file, same_file, write_all
+from densepure.results.chain import Chain
 from densepure.results.files import (
-    _check_header,
-    _flatten,
     _now,
-    _parse_body,
-    _read_jsonl,
     _read_lines,
-    _whole_lines,
-    config_differences,
     sidecar_path,
 )
 from densepure.results.records import IfExists, ImageRecord, RunHeader, TsvKind, Versions, _is_int, _to_json
+from densepure.results.resume import ReadOld, prepare_resume, read_resume, spare_sidecar
 
 
 def _oserror(exc: OSError) -> str:
@@ -60,13 +67,17 @@ class ResultWriter:
     """
 
     def __init__(self, path: Path, header: RunHeader, finished: frozenset[int], lock_fd: int,
-                 kind: TsvKind = TsvKind.CERTIFY) -> None:
+                 kind: TsvKind = TsvKind.CERTIFY, chain: Chain | None = None) -> None:
         self.path, self.header, self.finished, self.kind = path, header, finished, kind
         self._written: set[int] = set()
         self._lock_fd = lock_fd
-        self._fds = [os.open(p, os.O_WRONLY | os.O_APPEND) for p in (sidecar_path(path), path)]
+        self._chain = chain  # None: a format-1 file, resumed without a chain
+        self._fds = [os.open(p, os.O_WRONLY | os.O_APPEND | NOFOLLOW) for p in (sidecar_path(path), path)]
         self._ids = [_identity(os.fstat(fd)) for fd in self._fds]
         self._broken: str | None = None
+        if self._ids[1] != _identity(os.fstat(lock_fd)):
+            self.close()
+            raise InputError(f"{str(path)!r} was replaced while it was being opened: run again")
 
     def write(self, record: ImageRecord) -> None:
         """Append one image: its sidecar record, then its TSV line (each one unbuffered write)."""
@@ -81,10 +92,13 @@ class ResultWriter:
             raise InputError(f"image idx {idx} is a {record.row.kind.value} row, {str(self.path)!r} is a "
                              f"{self.kind.value} file")
         self._check_files()
-        side = (_to_json(record.to_json(), "image record", InputError) + "\n").encode("utf-8")
+        data = record.to_json() if self._chain is None else self._chain.link(record.to_json())
+        line = _to_json(data, "image record", InputError)
         try:
-            _write_all(self._fds[0], side)
-            _write_all(self._fds[1], record.row.to_line().encode("utf-8"))
+            write_all(self._fds[0], (line + "\n").encode("utf-8"))
+            if self._chain is not None:
+                self._chain.advance(line)
+            write_all(self._fds[1], record.row.to_line().encode("utf-8"))
         except OSError as exc:
             self._broken = (f"cannot write to {str(self.path)!r}: {_oserror(exc)}; the results written so far are "
                             "intact and the run resumes from them once the cause is fixed")
@@ -116,7 +130,7 @@ class ResultWriter:
         if not complete or ordered == body:
             return  # an incomplete last line is never ours to move (the writer writes whole lines)
         data = "".join([lines[0], *ordered]).encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY)  # not O_APPEND: pwrite would append
+        fd = os.open(self.path, os.O_WRONLY | NOFOLLOW)  # not O_APPEND: pwrite would append
         try:
             with _signals_held():
                 view, offset = memoryview(data), 0
@@ -165,25 +179,22 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.EIO, "short write")
-        view = view[written:]
-
-
 def _lock(path: Path) -> int:
-    """An exclusive lock on ``path`` (created if missing), as an open descriptor, or InputError."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive lock on the file at ``path`` (created if missing, never through a link), as an open
+    descriptor, or InputError. The lock is kept only if that file is still the one at the path (another
+    run may have replaced it while this one waited: then the new file is tried)."""
+    for _ in range(8):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"{str(path)!r} is being written by another densepure process (it holds the file's "
+                             "lock): wait for that run to end, or choose another --output") from None
+        if same_file(fd, path):
+            return fd
         os.close(fd)
-        raise InputError(f"{str(path)!r} is being written by another densepure process (it holds the file's "
-                         "lock): wait for that run to end, or choose another --output") from None
-    return fd
+    raise InputError(f"{str(path)!r} keeps being replaced by another process: wait for it, or choose another --output")
 
 
 def _header(config: Mapping[str, Any], seed: int, if_exists: IfExists) -> RunHeader:
@@ -195,142 +206,89 @@ def _header(config: Mapping[str, Any], seed: int, if_exists: IfExists) -> RunHea
     return RunHeader(config, seed, Versions.current(), _now())
 
 
-def _check_path(path: Path) -> None:
-    if path.is_dir():
+def _check_paths(path: Path, if_exists: IfExists) -> bool:
+    """Check both files of ``path`` as outputs (module doc); True when the TSV holds something (it exists,
+    non-empty). Without OVERWRITE, a sidecar beside a TSV that holds nothing must be densepure's with no image."""
+    if path.is_dir() and not path.is_symlink():
         raise InputError(f"the result file {str(path)!r} is a directory: give a file name such as "
                          f"{str(path / 'certify.tsv')!r}")
-    for p in (path, sidecar_path(path)):
-        if p.exists() and not p.is_file():
-            raise InputError(f"{str(p)!r} exists and is not a regular file")
-    parent = next((a for a in (path.parent, *path.parent.parents) if a.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create {str(path)!r}: {str(parent)!r} is not a writable directory")
+    check_output(path, "the result file", may_exist=True)
+    side = sidecar_path(path)
+    check_output(side, "the result file's sidecar", may_exist=True)
+    existed = path.is_file() and path.stat().st_size > 0
+    if not existed and if_exists is not IfExists.OVERWRITE and os.path.lexists(side) and not spare_sidecar(side):
+        raise InputError(f"{str(side)!r} exists and is not the sidecar of an unfinished densepure run, but "
+                         f"{str(path)!r} holds no results: it would be destroyed; move it, choose another --output, "
+                         "or pass --overwrite")
+    return existed
 
 
 def check_results(path: str | Path, config: Mapping[str, Any], seed: int,
-                  if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY) -> None:
-    """Everything :func:`open_results` would refuse, found without changing anything: a directory or an
-    unwritable location, another process holding the file, a resume whose configuration, seed or TSV
-    format differs. Run it before slow work (model loading) so that a bad output fails in a second."""
+                  if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY,
+                  read_old: ReadOld | None = None) -> None:
+    """Everything :func:`open_results` would refuse, found without changing anything: a directory, a link or
+    an unwritable location, a file that is not ours, another process holding the file, a resume whose
+    configuration, seed or TSV format differs or whose file fails its checks. Run it before slow work (model
+    loading) so that a bad output fails in a second."""
     path = Path(path)
     header = _header(config, seed, if_exists)
     try:
-        _check_path(path)
-        exists = path.is_file() and path.stat().st_size > 0
+        exists = _check_paths(path, if_exists)
         if exists:
             os.close(_lock(path))  # held by another run: refused now
         if exists and if_exists is IfExists.FAIL:
             raise InputError(f"result file {str(path)!r} already exists; resume it, start it again with "
                              "--overwrite, or choose another --output")
         if exists and if_exists is IfExists.RESUME:
-            _read_resume(path, header, kind)
+            read_resume(path, header, kind, read_old)
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
 
 
 def open_results(path: str | Path, config: Mapping[str, Any], seed: int,
-                 if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY) -> ResultWriter:
+                 if_exists: IfExists = IfExists.RESUME, kind: TsvKind = TsvKind.CERTIFY,
+                 read_old: ReadOld | None = None) -> ResultWriter:
     """Open ``path`` (and ``<path>.jsonl``) to write results in the ``kind`` format, locked; resume an
     existing run if asked.
 
-    Resuming checks that the sidecar's configuration and seed equal ``config`` and ``seed``
-    (ConfigError naming the differing keys otherwise), drops an incomplete last line of either file
-    and TSV rows without their sidecar record, records the resume in the sidecar, and appends. A
-    file without any finished image starts again.
+    Resuming checks the existing file (the module doc's "Nothing believed"), and that the sidecar's
+    configuration (as ``read_old`` reads it) and seed equal ``config`` and ``seed`` (ConfigError naming
+    the differing keys otherwise); it drops an incomplete last line of either file and TSV rows without
+    their sidecar record, records the resume in the sidecar, and appends. A file without any finished
+    image starts again.
     """
     path = Path(path)
     header = _header(config, seed, if_exists)
     try:
-        _check_path(path)
+        existed = _check_paths(path, if_exists)
         path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.is_file() and path.stat().st_size > 0
         lock = _lock(path)
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
+    held = [lock]
     try:
-        return _open_locked(path, header, if_exists, existed, lock, kind)
+        return _open_locked(path, header, if_exists, existed, held, kind, read_old)
     except BaseException:
-        os.close(lock)
+        os.close(held[0])
         raise
 
 
-def _open_locked(path: Path, header: RunHeader, if_exists: IfExists, existed: bool, lock: int,
-                 kind: TsvKind) -> ResultWriter:
+def _open_locked(path: Path, header: RunHeader, if_exists: IfExists, existed: bool, held: list[int],
+                 kind: TsvKind, read_old: ReadOld | None) -> ResultWriter:
     try:
         if existed and if_exists is IfExists.FAIL:
             raise InputError(f"result file {str(path)!r} already exists; resume it, start it again with "
                              "--overwrite, or choose another --output")
         if existed and if_exists is IfExists.RESUME:
-            finished = _prepare_resume(path, header, kind)
-            if finished:
-                return ResultWriter(path, header, finished, lock, kind)
-        _rewrite(path, kind.header + "\n")
-        _rewrite(sidecar_path(path), _to_json(header.to_json(), "header") + "\n")
-        return ResultWriter(path, header, frozenset(), lock, kind)
+            found = prepare_resume(path, header, kind, read_old)
+            if found is not None:
+                old, finished, chain = found
+                return ResultWriter(path, old, finished, held[0], kind, chain)
+        header_line = _to_json(header.to_json(), "header")
+        replace_file(sidecar_path(path), (header_line + "\n").encode("utf-8"))
+        new_lock = replace_file(path, (kind.header + "\n").encode("utf-8"), lock=True)
+        os.close(held[0])  # the replaced file's lock: the new file at the path is locked already
+        held[0] = new_lock
+        return ResultWriter(path, header, frozenset(), new_lock, kind, Chain.start(header_line))
     except OSError as exc:
         raise InputError(f"cannot open the result file {str(path)!r}: {_oserror(exc)}") from exc
-
-
-def _rewrite(path: Path, text: str) -> None:
-    """Replace the content of ``path`` in place (same file: the lock and the writer's identity stay)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def _read_resume(path: Path, header: RunHeader, kind: TsvKind):
-    """Read and check an existing run: (TSV lines, parsed rows, kept TSV lines, sidecar records, kept
-    sidecar bytes), or None when the TSV holds no finished image."""
-    lines, _ = _whole_lines(path)
-    _check_header(lines, path, kind)
-    parsed, kept = _parse_body(lines, path, drop_bad_last=True, kind=kind)
-    if not parsed:
-        return None
-    side = sidecar_path(path)
-    if not side.exists():
-        raise InputError(f"cannot resume {str(path)!r}: its sidecar {str(side)!r} is missing, so the configuration "
-                         "cannot be checked; start it again with --overwrite or use a new --output")
-    records, side_kept = _read_jsonl(side, drop_bad_last=True)
-    if not records:
-        raise InputError(f"cannot resume {str(path)!r}: {str(side)!r} has no header record")
-    _check_same_run(path, RunHeader.from_json(records[0]), header)
-    return lines, parsed, kept, records, side_kept
-
-
-def _prepare_resume(path: Path, header: RunHeader, kind: TsvKind) -> frozenset[int]:
-    """Check and trim an existing run; its finished indices (empty: start the file again)."""
-    found = _read_resume(path, header, kind)
-    if found is None:
-        return frozenset()
-    lines, parsed, kept, records, side_kept = found
-    recorded = {r.get("idx") for r in records[1:] if r.get("record") == "image"}
-    body = [line for line in lines[1:kept] if line.strip()]
-    orphans = sorted(fields[0] for fields in parsed if fields[0] not in recorded)
-    os.truncate(sidecar_path(path), side_kept)
-    if orphans:  # rows whose record was lost: computed again, so that every row keeps its counts
-        keep = [line for line, fields in zip(body, parsed, strict=True) if fields[0] in recorded]
-        _rewrite(path, kind.header + "\n" + "".join(keep))
-    else:
-        os.truncate(path, len("".join(lines[:kept]).encode("utf-8")))
-    resume = {"record": "resume", "versions": asdict(header.versions), "created": header.created}
-    if orphans:
-        resume["redone_without_records"] = orphans
-    with sidecar_path(path).open("a", encoding="utf-8", newline="") as handle:
-        handle.write(_to_json(resume, "resume record") + "\n")
-    return frozenset(fields[0] for fields in parsed if fields[0] in recorded)
-
-
-def _check_same_run(path: Path, old: RunHeader, new: RunHeader) -> None:
-    differing = list(config_differences(old.config, new.config))
-    if old.seed != new.seed:
-        differing.append("seed")
-    if differing:
-        flat_old, flat_new = _flatten(old.config), _flatten(new.config)
-        flat_old["seed"], flat_new["seed"] = old.seed, new.seed
-        shown = "; ".join(f"{k}: {flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r}"
-                          for k in differing[:5])
-        raise ConfigError(f"cannot resume {str(path)!r}: the run differs from the existing one in {differing} "
-                          f"({shown}); use a new --output, or start this one again with --overwrite, so that "
-                          "results of different runs are not mixed")

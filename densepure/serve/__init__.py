@@ -15,7 +15,7 @@ FastAPI, uvicorn and prometheus-client are the ``serve`` extra: nothing here imp
 
 from __future__ import annotations
 
-from densepure.errors import ConfigError
+from densepure.errors import ConfigError, install_hint
 
 SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -30,4 +30,4 @@ def require_extra(modules: tuple[str, ...] = SERVER_MODULES) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"densepure serve needs the serve extra ({name} is missing): "
-                              "pip install 'densepure[serve]'") from exc
+                              f"{install_hint('serve')}") from exc

@@ -13,13 +13,14 @@ what never reaches them (malformed HTTP, slow requests, too many connections).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -42,7 +43,7 @@ access_log = logging.getLogger("densepure.serve.access")
 log = logging.getLogger("densepure.serve")
 
 _FAIL_STATUS = {FailKind.BAD_INPUT: 400, FailKind.SHUTDOWN: 503, FailKind.CANCELLED: 503,
-                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500}
+                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500, FailKind.UNAVAILABLE: 503}
 _ENDPOINTS = [(m, re.compile(p), name) for m, p, name in (
     ("GET", r"/v2/health/live", "health_live"), ("GET", r"/v2/health/ready", "health_ready"),
     ("GET", r"/v2", "server_metadata"), ("GET", r"/v2/models(/[^/]+(/versions/[^/]+)?)?/stats", "model_stats"),
@@ -90,7 +91,11 @@ class AccessLog:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                headers = list(message.get("headers", []))
+                if self.runtime.replica is None:
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                else:  # on Ray Serve: which replica answered (the proxy adds X-Request-ID, the id passed on here)
+                    headers.append((b"x-densepure-replica", self.runtime.replica.encode("latin-1")))
                 draining = self.runtime.loop.state is not LoopState.READY and self.runtime.loop.loaded
                 if draining and all(k.lower() != b"connection" for k, _ in headers):
                     headers.append((b"connection", b"close"))  # the client should reconnect elsewhere
@@ -108,7 +113,7 @@ class AccessLog:
         self.runtime.metrics.request(endpoint, outcome, seconds)
         if self.runtime.options.access_log:
             client = scope.get("client")
-            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
+            line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id,
                     "client": f"{client[0]}:{client[1]}" if client else None, "method": method, "path": path,
                     "status": status, "endpoint": endpoint, "outcome": outcome, "duration_s": round(seconds, 6),
                     **scope["state"].get("log", {})}
@@ -128,11 +133,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         rt.loop.start()
+        await rt.jobs.start()
         try:
             yield
         finally:
             rt.loop.drain()
-            rt.jobs.cancel_all()
+            await rt.jobs.close(rt.limits.grace_s)
             await run_in_threadpool(rt.loop.stop)
 
     app = FastAPI(title="densepure", version=rt.server_metadata()["version"], lifespan=lifespan,
@@ -213,9 +219,11 @@ async def _parse(rt: Runtime, request: Request, job: bool):
     return prepared, policies
 
 
-def _submit(rt: Runtime, work) -> None:
+async def _submit(rt: Runtime, work) -> None:
+    """Queue ``work`` (in a worker thread: splitting a large request across devices takes the policies' draws
+    one by one, which must not hold up the event loop)."""
     try:
-        rt.loop.submit(work)
+        await run_in_threadpool(rt.loop.submit, work)
     except QueueFull as exc:
         raise ApiError(503, str(exc), retry_after=exc.retry_after) from None
     except NotAccepting:
@@ -232,7 +240,7 @@ async def _run(rt: Runtime, request: Request, prepared: Prepared, policies, star
             future.set_result(outcome)
 
     work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(settle, outcome))
-    _submit(rt, work)
+    await _submit(rt, work)
     deadline = prepared.params.deadline_ms
     timeout = None if deadline is None else max(0.0, deadline / 1000 - (time.monotonic() - started))
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -305,7 +313,8 @@ def _add_oip_routes(app: FastAPI, rt: Runtime) -> None:
             outcome = await _run(rt, request, prepared, policies, started)
             t2 = time.perf_counter_ns()
             if isinstance(outcome, WorkFailed):
-                raise ApiError(_FAIL_STATUS[outcome.kind], outcome.message)
+                status = _FAIL_STATUS[outcome.kind]
+                raise ApiError(status, outcome.message, retry_after=1 if outcome.kind is FailKind.UNAVAILABLE else None)
             body, tensors = rt.response(prepared, outcome)
             request.scope["state"]["log"].update(draws=int(sum(o.draws for o in outcome.images)),
                                                  queue_wait_s=round(outcome.queue_wait_s, 6))
@@ -328,22 +337,28 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     async def create_job(request: Request):
         """Start a long certification (an inference request; optional "model"); poll GET /v1/jobs/{id}."""
         _check_ready(rt)
-        if len(rt.jobs) >= rt.limits.max_jobs:
-            raise ApiError(503, f"{len(rt.jobs)} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
+        retained = await _maybe(rt.jobs.count())
+        if retained >= rt.limits.max_jobs:
+            raise ApiError(503, f"{retained} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
                                 "delete finished ones", retry_after=10)
         prepared, policies = await _parse(rt, request, job=True)
         loop, job_id = asyncio.get_running_loop(), rt.jobs.new_id()
         work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(rt.jobs.finish, job_id, outcome))
-        _submit(rt, work)
         job = Job(job_id, work.id, len(policies), render=lambda result: response_object(*rt.response(prepared, result)))
-        rt.jobs.add(job)
+        await _maybe(rt.jobs.add(job))  # before the work is queued: its outcome may come back at once
+        accepted = rt.jobs.peek(job_id)
+        try:
+            await _submit(rt, work)
+        except BaseException:
+            rt.jobs.discard(job_id)
+            raise
         request.scope["state"]["log"]["job"] = job_id
-        return JSONResponse(rt.jobs.peek(job_id), status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
+        return JSONResponse(accepted, status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def get_job(job_id: str):
         """A job's state; a final result is returned once, then forgotten."""
-        view = rt.jobs.view(job_id)
+        view = await _maybe(rt.jobs.view(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
@@ -351,7 +366,12 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def delete_job(job_id: str):
         """Cancel a job (its engine slots are freed) and forget it."""
-        view = rt.jobs.delete(job_id)
+        view = await _maybe(rt.jobs.delete(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
+
+
+async def _maybe(value):
+    """``value``, awaited if it is awaitable (a Ray replica's job store answers through the job board)."""
+    return await value if inspect.isawaitable(value) else value

@@ -36,10 +36,9 @@ async def read_body(request: Request, limit: int, read_timeout_s: float) -> byte
         raise ApiError(413, f"the request body is {int(declared)} bytes; the limit is {limit} (--max-body-bytes)",
                        close=True)
     deadline = (request.scope.get("extensions") or {}).get(DEADLINE_KEY) or time.monotonic() + read_timeout_s
-    try:
-        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            raw = await _receive(request, limit)
-    except TimeoutError:
+    try:  # wait_for, not asyncio.timeout (3.11+): Python 3.10 is supported (JetPack 6)
+        raw = await asyncio.wait_for(_receive(request, limit), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
         raise ApiError(408, f"the request body did not arrive within {read_timeout_s:g} s (--read-timeout)",
                        close=True) from None
     if encoding == "identity":

@@ -41,13 +41,14 @@ def model_config(rt: Runtime) -> dict:
     for out in outputs:
         if out["dims"] == [1]:
             out["reshape"] = {"shape": []}  # one value per image: [B] on the wire
-    d, limits, job = rt.defaults, rt.limits, rt.options.job
+    d, limits, run = rt.defaults, rt.limits, rt.options.job.execution
     parameters = {**rt.smoothing_parameters(), "alpha": d.alpha, "n0": d.n0, "n": d.n, "radius": d.sigma,
                   "max_n0": limits.max_n0, "max_n": limits.max_n, "max_queued_draws": limits.max_queued_draws,
                   "default_mode": "certify_radius", "modes": "certify_radius,certify,predict",
                   "input_datatypes": "FP32,UINT8", "num_classes": classes, "client_seed": limits.allow_client_seed,
-                  "backend": job.backend.value, "precision": job.precision.value}
-    device = str(job.device)
+                  "backend": run.backend.value, "precision": run.precision.value}
+    kinds = ["KIND_CPU" if device == "cpu" else "KIND_GPU" for device in rt.devices]
+    groups = [{"name": rt.model_name, "kind": kind, "count": kinds.count(kind)} for kind in dict.fromkeys(kinds)]
     return {
         "name": rt.model_name, "platform": "densepure", "backend": "densepure", "runtime": "",
         "version_policy": {"specific": {"versions": [1]}},
@@ -61,8 +62,7 @@ def model_config(rt: Runtime) -> dict:
                              "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 0,
                                                       "allow_timeout_override": True,
                                                       "max_queue_size": limits.max_queue}},
-        "instance_group": [{"name": rt.model_name, "kind": "KIND_CPU" if device == "cpu" else "KIND_GPU",
-                            "count": 1}],
+        "instance_group": groups,
         "parameters": {key: {"string_value": _string(value)} for key, value in parameters.items()},
     }
 

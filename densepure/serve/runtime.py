@@ -1,7 +1,8 @@
-"""A server's state, independent of HTTP: options, the engine loop, metrics, jobs, and the answers they make.
+"""A server's state, independent of HTTP: options, the engine loops, metrics, jobs, and the answers they make.
 
-:class:`Runtime` turns a parsed request into a :class:`~densepure.serve.loop.Work` and a decided work into
-the output tensors and the response body; the routes (:mod:`densepure.serve.app`) only move bytes.
+:class:`Runtime` turns a parsed request into a :class:`~densepure.serve.work.Work` and a decided work into
+the output tensors and the response body; the routes (:mod:`densepure.serve.app`) only move bytes. Its
+``loop`` is a :class:`~densepure.serve.devices.DeviceGroup`: one engine loop per device (one, by default).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from densepure.certify.tasks import Task
 from densepure.diffusion import Mode
 from densepure.engine.engine import Engine
 from densepure.errors import DensePureError, InputError
+from densepure.serve.devices import DeviceGroup, cpu_threads, device_labels, resolve_devices
 from densepure.serve.jobs import JobStore
 from densepure.serve.loop import EngineLoop, LoopState, Work, WorkResult
 from densepure.serve.metrics import ServeMetrics
@@ -48,29 +50,53 @@ class Prepared:
 
 
 class Runtime:
-    """Everything a server holds; ``engine_factory`` (default: :func:`build_engine` of the options) is called
-    on the engine loop's thread."""
+    """Everything a server holds; ``engine_factory(device)`` (default: :func:`build_engine` of the options on
+    that device) is called on each device's engine loop thread. ``build`` adds labels to
+    ``densepure_build_info`` (a Ray replica's name)."""
 
-    def __init__(self, options: ServeOptions, engine_factory: Callable[[], Engine] | None = None):
+    def __init__(self, options: ServeOptions, engine_factory: Callable[[str], Engine] | None = None,
+                 build: dict[str, str] | None = None):
         from densepure.models import get_preset
 
         self.options, self.limits = options, options.limits
+        self.replica = (build or {}).get("replica")
         self.image_shape = options.image_shape()
         job = options.job
         self.smoothing = job.smoothing_config(get_preset(job.models.preset).schedule)
         sampling, run = job.sampling, job.execution
         self.defaults = ServerDefaults(sampling.n0, sampling.n, sampling.alpha, self.smoothing.sigma, self.limits.max_n0,
                                        self.limits.max_n, self.limits.max_batch, self.limits.allow_client_seed)
+        self.devices = resolve_devices(options.placement.devices, run.device)
         self.metrics = ServeMetrics({"version": __version__, "torch": torch.__version__, "model": self.model_name,
                                      "mode": self.smoothing.mode.value, "backend": run.backend.value,
-                                     "precision": run.precision.value, "device": run.device})
-        factory = engine_factory or (lambda: build_engine(options.job, self.image_shape, options.num_classes,
-                                                          image_slots=self.limits.image_slots))
+                                     "precision": run.precision.value, "device": ",".join(self.devices),
+                                     **(build or {})})
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.loop = EngineLoop(factory, self.limits.max_queue, self.limits.max_queued_draws, self.metrics,
-                               on_fatal=self._fatal)
+        self.loop = self._device_group(engine_factory or self._build_engine)
         self.jobs = JobStore(self.loop, self.limits.max_jobs, self.limits.job_ttl_s)
         self.stats = ModelStats()
+
+    def _build_engine(self, device: str) -> Engine:
+        job = self.options.job
+        if self.options.placement.devices:  # else the job's own --device, as given
+            job = job.replace(device=device)
+        return build_engine(job, self.image_shape, self.options.num_classes, image_slots=self.limits.image_slots)
+
+    def _device_group(self, factory: Callable[[str], Engine]) -> DeviceGroup:
+        """One engine loop per device, with its metrics, behind one :class:`DeviceGroup`."""
+        labels, several = device_labels(self.devices), len(self.devices) > 1
+        loops = []
+        placement = self.options.placement
+        setups = cpu_threads(self.devices, placement.device_threads, placement.pin_cores)
+        for device, label, setup in zip(self.devices, labels, setups, strict=True):
+            loop = EngineLoop(lambda device=device: factory(device), self.limits.max_queue,
+                              self.limits.max_queued_draws, self.metrics.device(label), on_fatal=self._fatal,
+                              setup=setup, name=label if several else None)
+            self.metrics.device(label, queued=loop.queued_draws,
+                                up=lambda loop=loop: float(loop.state is LoopState.READY))
+            loops.append(loop)
+        return DeviceGroup(loops, labels, self.options.placement.split_min_draws, self.options.job.execution.lookahead,
+                           self.metrics)
 
     def _fatal(self, exc: BaseException) -> None:
         if self.on_fatal is not None:

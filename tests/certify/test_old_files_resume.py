@@ -57,3 +57,26 @@ def test_a_file_written_before_the_split_resumes(tmp_path, name, capsys):
         assert _rows(tsv) == originals[tsv.name], f"{tsv.name} resumed differently"
     header = json.loads(Path(f"{out}.jsonl").read_text().splitlines()[0])
     assert header["record"] == "header" and header["config"]["seed"] == int(RUNS[name][RUNS[name].index("--seed") + 1])
+
+
+def test_a_format_1_file_resumes_as_format_1_under_other_execution_settings(tmp_path, capsys):
+    """Issue 25, items 3-4: g.tsv recorded ``kernels: torch, device: auto``; it resumes with ``--device cpu
+    --kernels auto --batch-size 7`` (none changes a count), and goes on without a chain: chaining records that
+    were written unprotected would vouch for them."""
+    from densepure.results.verify import Status, verify_file
+
+    for path in OLD.glob("g.*"):
+        shutil.copy(path, tmp_path / path.name)
+    out = tmp_path / "g.tsv"
+    original = _rows(out)
+    _drop_last_image(out)
+    code = main([*RUNS["g.tsv"], "--device", "cpu", "--kernels", "auto", "--batch-size", "7", "--output", str(out),
+                 "--plot", str(tmp_path / "plot.png")])
+    assert code == 0, capsys.readouterr().err
+    assert _rows(out) == original
+    records = [json.loads(line) for line in Path(f"{out}.jsonl").read_text().splitlines()]
+    assert records[0]["format_version"] == 1 and records[0]["config"]["kernels"] == "torch"
+    assert [r["record"] for r in records[-2:]] == ["resume", "image"]
+    assert not any("prev_sha256" in r for r in records)
+    verdict = verify_file(out)
+    assert verdict.status is Status.OK and "format 1" in verdict.detail, verdict.line()

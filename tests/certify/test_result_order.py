@@ -210,4 +210,5 @@ def test_a_changed_configuration_names_overwrite(capsys, tmp_path):
     code, _, err = run_cli(capsys, *base, "--sigma", "0.5")
     assert code == 2 and err.count("\n") == 1 and "sigma: 0.25 -> 0.5" in err
     assert "start this one again with --overwrite" in err
+    assert err.index("--output") < err.index("--overwrite") < err.index("sigma: 0.25")  # the fix before the hashes
     assert run_cli(capsys, *base, "--sigma", "0.5", "--overwrite")[0] == 0

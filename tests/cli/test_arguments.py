@@ -10,6 +10,7 @@ import enum
 import pytest
 from export_helpers import stand_in_artifacts
 
+from densepure.bench.options import BenchRun
 from densepure.certify.options import JobOptions
 from densepure.cli import build_parser
 from densepure.cli.arguments import options_from_args
@@ -18,7 +19,7 @@ from densepure.cli.arguments import options_from_args
 HF = ["--preset", "cifar10", "--classifier", "hf:some/vit"]
 VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--preset": (["cifar10"], "cifar10", ["--classifier", "hf:some/vit"]),
-    "--checkpoint": (["my.pt"], "my.pt", []),
+    "--checkpoint": (["{checkpoint}"], "{checkpoint}", []),  # must exist: checked when the options are built
     "--classifier": (["hf:some/vit"], "hf:some/vit", ["--preset", "cifar10"]),
     "--resize": (["bilinear"], "bilinear", HF),
     "--data": (["images.npz"], "images.npz", []),
@@ -72,18 +73,58 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--max-jobs": (["9"], 9, []),
     "--job-ttl": (["12.5"], 12.5, []),
     "--grace-period": (["3.5"], 3.5, []),
+    # bench's own
+    "--repeats": (["3"], 3, []),
+    "--threads": (["2"], 2, []),
+    "--baseline": (["official"], "official", []),
+    "--official-batch": (["16"], 16, []),
+    "--peak-tflops": (["100"], 100.0, []),
+    "--random-weights": ([], True, []),
+    "--scenario": (["server"], "server", []),
+    "--target-qps": (["0.5", "2"], (0.5, 2.0), []),
+    "--latency-bound": (["5"], 5.0, []),
+    "--min-duration": (["2"], 2.0, []),
+    "--max-duration": (["20"], 20.0, []),
+    "--min-queries": (["7"], 7, []),
+    "--model": (["m"], "m", []),
+    "--param": (["mode=certify"], ("mode=certify",), []),
+    "--concurrency": (["2", "8"], (2, 8), []),
+    "--requests": (["4", "9"], (4, 9), ["--concurrency", "2", "8"]),
+    "--timeout": (["9"], 9.0, []),
+    "--reps": (["7"], 7, []),
+    "--p": (["0.9"], (0.9,), []),
+    "--r": (["1.5"], (1.5,), []),
+    "--n-max": (["500"], (500,), []),
+    "--procedures": (["betting"], ("betting",), []),
+    "--worker-threads": (["2"], 2, []),
+    "--single": ([], True, []),
+    "--no-single": ([], False, []),
     "--max-connections": (["7"], 7, []),
     "--read-timeout": (["4.5"], 4.5, []),
     "--keep-alive-timeout": (["2.5"], 2.5, []),
+    "--devices": (["cpu,cpu"], ("cpu", "cpu"), []),
+    "--device-threads": (["1"], 1, []),
+    "--pin-cores": ([], True, []),
+    "--split-min-draws": (["500"], 500, []),
+    "--replicas": (["3"], 3, ["--ray", "local"]),
+    "--min-replicas": (["2"], 2, ["--ray", "local"]),
+    "--max-replicas": (["4"], 4, ["--ray", "local"]),
+    "--target-requests": (["3.5"], 3.5, []),
+    "--downscale-delay": (["7.5"], 7.5, []),
 }
+# a flag that means something else in a bench subcommand (scaling's --workers is a list of counts)
+BENCH_VALUES = {"--workers": (["1", "3"], (1, 3), [])}
+BENCH = ["bench throughput", "bench latency", "bench serve", "bench sequential", "bench kernels", "bench scaling"]
 # what a flag means when the server runs (certify's defaults for the server's statistics are too big)
 SERVE_CONTEXT = ["--n", "1000", "--n0", "50"]
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
     parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[command]
+    for word in command.split():  # "bench throughput": a subcommand's subcommand
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
 
 
 def _accepted(command: str) -> list[tuple[str, str]]:
@@ -94,11 +135,15 @@ def _accepted(command: str) -> list[tuple[str, str]]:
 
 def _value_of(options, dest: str):
     """``dest``'s value in the options a subcommand built, wherever its record keeps it."""
+    if isinstance(options, BenchRun):
+        value = options.flat()[dest]
+        return value.value if isinstance(value, enum.Enum) else value
     job = options if isinstance(options, JobOptions) else options.job
     found = job.flat()
     if not isinstance(options, JobOptions):
-        found.update(vars(options.limits))
-        found.update({k: v for k, v in vars(options).items() if k not in ("job", "limits")})
+        for record in ("limits", "placement", "cluster"):
+            found.update(vars(getattr(options, record)))
+        found.update({k: v for k, v in vars(options).items() if k not in ("job", "limits", "placement", "cluster")})
     assert dest in found, f"{dest} reached no field"
     value = found[dest]
     return value.value if isinstance(value, enum.Enum) else value
@@ -110,23 +155,37 @@ def test_every_flag_has_a_non_default_value_here(command):
     assert not missing, f"add these {command} flags to VALUES (a non-default value each): {missing}"
 
 
+@pytest.fixture
+def filled(tmp_path):
+    """Replaces the table's {artifacts} and {checkpoint} by a stand-in export directory and an existing file."""
+    checkpoint = tmp_path / "my.pt"
+    checkpoint.write_bytes(b"")
+    fill = {"{artifacts}": str(stand_in_artifacts(tmp_path / "art")), "{checkpoint}": str(checkpoint)}
+
+    def filled(text):
+        for key, value in fill.items():
+            text = text.replace(key, value) if isinstance(text, str) else text
+        return text
+
+    return filled
+
+
 @pytest.mark.parametrize("command", ["certify", "predict", "serve"])
-def test_every_accepted_flag_reaches_the_options(command, tmp_path):
-    artifacts = str(stand_in_artifacts(tmp_path / "art"))
+def test_every_accepted_flag_reaches_the_options(command, filled):
     parser = build_parser()
     checked = 0
     for flag, dest in _accepted(command):
         words, expected, context = VALUES[flag]
-        context = [c.replace("{artifacts}", artifacts) for c in context]
-        if command == "serve" and flag in ("--ray", "--workers", "--split-draws"):
+        context = [filled(c) for c in context]
+        if command == "serve" and flag in ("--workers", "--split-draws"):
             continue  # not serve flags (the accepted list says so; this is only the shared table)
         if command == "serve":
             context = [*SERVE_CONTEXT, *context] if flag not in ("--n", "--n0") else context
         if command == "predict" and flag == "--sequential":
             continue
-        argv = [command, *context, flag, *(w.replace("{artifacts}", artifacts) for w in words)]
+        argv = [command, *context, flag, *(filled(w) for w in words)]
         options = options_from_args(parser.parse_args(argv))
-        expected = expected.replace("{artifacts}", artifacts) if isinstance(expected, str) else expected
+        expected = filled(expected)
         assert _value_of(options, dest) == expected, f"{' '.join(argv)}: {dest} did not arrive"
         checked += 1
     assert checked >= 20
@@ -152,3 +211,34 @@ def test_flags_not_given_take_the_records_defaults():
 def test_a_flag_with_no_option_field_is_refused_not_dropped():
     with pytest.raises(TypeError, match="no option is named nonsense"):
         JobOptions.build(nonsense=1)
+
+
+@pytest.mark.parametrize("command", BENCH)
+def test_every_bench_flag_has_a_value_here(command):
+    missing = sorted({flag for flag, _ in _accepted(command)} - set(VALUES))
+    assert not missing, f"add these {command} flags to VALUES (a non-default value each): {missing}"
+
+
+@pytest.mark.parametrize("command", BENCH)
+def test_every_bench_flag_reaches_the_options(command, filled):
+    """The bench subcommands share certify's groups and one builder (BenchRun.build): every flag arrives."""
+    parser = build_parser()
+    accepted = dict(_accepted(command))
+    actions = {flag: action for action in _subparser(command)._actions for flag in action.option_strings}
+    url = ["http://127.0.0.1:9"] if command == "bench serve" else []
+    checked = 0
+    for flag, dest in accepted.items():
+        words, expected, context = BENCH_VALUES.get(flag) or VALUES[flag]
+        choices = actions[flag].choices
+        if choices and words and words[0] not in choices:  # e.g. throughput's only scenario is offline
+            words, expected = [choices[-1]], choices[-1]
+        context = [filled(c) for c in context]
+        if any(c.startswith("--") and c not in accepted for c in context):
+            context = []  # a flag this subcommand does not have (its defaults make the flag valid alone)
+        argv = [*command.split(), *url, *context, flag, *(filled(w) for w in words)]
+        options = options_from_args(parser.parse_args(argv))
+        expected = filled(expected)
+        assert isinstance(options, BenchRun)
+        assert _value_of(options, dest) == expected, f"{' '.join(argv)}: {dest} did not arrive"
+        checked += 1
+    assert checked >= 5

@@ -222,7 +222,7 @@ def test_both_implementations_reject_the_same_calls(impl, device, triton_kernels
 def test_start_rule_validation():
     from densepure.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="sigma must be > 0"):
+    with pytest.raises(ConfigError, match="sigma must be a finite number > 0"):
         StartRule(StartKind.DENSEPURE, sigma=-0.25)
     with pytest.raises(ConfigError, match="alpha_bar"):
         StartRule(StartKind.DDS, alpha_bar=1.0)

@@ -137,3 +137,54 @@ def test_paired_markdown_reports_a_run_that_has_just_started(hand_made: Path, tm
     text = paired_markdown(reference, [load_run(started, "new"), load_run(hand_made, "same")])
     assert "- new: not enough shared images yet (1)" in text
     assert "- same: +0.000 ± 0.000 (5 images)" in text
+
+
+def _certified_run(path: Path, n: int = 1000, sigma: float = 0.25) -> Path:
+    """A real CERTIFY run of 3 images (one with all n draws agreeing: the largest radius n allows)."""
+    from densepure.certify.tasks import CertifyTask
+    from densepure.noise import NoisePhase
+    from densepure.results.records import IfExists
+    from densepure.results.writer import open_results
+
+    config = {"mode": "gaussian", "sigma": sigma, "alpha": 0.001, "n0": 10, "n": n, "seed": 1}
+    task = CertifyTask(10, n, 0.001)
+    with open_results(path, config, 1, IfExists.OVERWRITE) as writer:
+        for idx, hits in enumerate((n, n - n // 10, n // 3)):
+            counts = {NoisePhase.SELECTION: np.array([0, 10]), NoisePhase.ESTIMATION: np.array([n - hits, hits])}
+            writer.write(task.record(idx, 1, 1.0, counts, sigma))
+    return path
+
+
+def test_the_table_and_the_plot_say_sigma_n_alpha_and_n_s_ceiling(tmp_path: Path) -> None:
+    """Issue 26: with n = 1000 nothing above sigma * Phi^-1(alpha^(1/n)) = 0.616 can be certified; the plot and
+    the table say so, so that the drop there reads as n's, not the model's."""
+    from densepure.results.analyze import accuracy_figure
+    from densepure.stats.cohen import max_certifiable_radius
+
+    run = load_run(_certified_run(tmp_path / "r.tsv"))
+    ceiling = max_certifiable_radius(1000, 0.001, 0.25)
+    assert run.ceiling == ceiling and round(ceiling, 3) == 0.616
+    assert ceiling - 1e-4 < run.rows[0].radius <= ceiling  # all 1000 draws agree: the ceiling (4 decimals, down)
+    table = markdown_table([summarize(run, (0.0, 0.5, 0.75))])
+    assert table.splitlines()[-1] == (
+        "- r.tsv: sigma 0.25, n 1,000, alpha 0.001; n = 1,000 certifies no radius above 0.616 (sigma * "
+        "Phi^-1(alpha^(1/n)), all n draws agreeing): beyond it the accuracy is 0 because of n, not the model")
+    axes = accuracy_figure([run]).figure.axes[0]
+    assert axes.get_title() == "Certified accuracy (sigma 0.25, n 1,000, alpha 0.001)"
+    marks = [line for line in axes.get_lines() if line.get_linestyle() == "--"]
+    assert [line.get_xdata()[0] for line in marks] == [ceiling]
+    assert "largest radius n = 1,000 can certify: 0.616" in [t.get_text() for t in axes.get_legend().get_texts()]
+    assert axes.get_xlim()[1] > ceiling
+
+
+def test_runs_with_different_settings_name_theirs_in_the_legend(tmp_path: Path, hand_made: Path) -> None:
+    from densepure.results.analyze import accuracy_figure
+
+    runs = [load_run(_certified_run(tmp_path / "a.tsv", n=100)), load_run(_certified_run(tmp_path / "b.tsv")),
+            load_run(hand_made)]
+    axes = accuracy_figure(runs).figure.axes[0]
+    texts = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert axes.get_title() == "Certified accuracy"
+    assert "a.tsv (sigma 0.25, n 100, alpha 0.001)" in texts and "run_a.tsv" in texts
+    assert len([line for line in axes.get_lines() if line.get_linestyle() == "--"]) == 2  # a ceiling per n
+    assert markdown_table([summarize(r) for r in runs]).count("\n- ") == 2  # a Cohen file has no statistics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from densepure.results.files import (
 from densepure.results.records import TSV_HEADER, CorrectColumn, IfExists, ImageRecord, ResultRow, format_radius
 from densepure.results.writer import open_results
 
-CONFIG = {"sigma": 0.25, "n0": 100, "n": 100000, "alpha": 0.001,
-          "model": {"name": "cifar10-vit", "steps": [2, 3]}}
+# no alpha: these made-up records (radius 0.49999 from counts 15 of 20) name no procedure they could be
+# recomputed by, so the writer takes the configuration as its caller's; tests/results/test_verify.py checks
+# recomputation with real certificates
+CONFIG = {"sigma": 0.25, "n0": 100, "n": 100000, "model": {"name": "cifar10-vit", "steps": [2, 3]}}
 
 
 def record(idx: int, label: int, predict: int, radius: float, time: float, **extra) -> ImageRecord:
@@ -55,13 +58,15 @@ def test_tsv_format_exactly(tmp_path: Path) -> None:
 def test_sidecar_header_and_records(tmp_path: Path) -> None:
     path = tmp_path / "out.tsv"
     write_run(path, [record(0, 3, 3, 0.75, 2.0, p_a=0.99)], seed=7)
-    lines = [json.loads(line) for line in sidecar_path(path).read_text().splitlines()]
-    header, image = lines
+    text = sidecar_path(path).read_text().splitlines()
+    header, image = (json.loads(line) for line in text)
     assert header["record"] == "header" and header["config"] == CONFIG and header["seed"] == 7
+    assert header["format_version"] == 2
     assert set(header["versions"]) == {"python", "torch", "numpy", "densepure", "platform"}
+    digest = hashlib.sha256(text[0].encode()).hexdigest()  # the chain: the header is also the line before
     assert image == {"record": "image", "idx": 0, "label": 3, "predict": 3, "radius": 0.75,
                      "correct": 1, "time": 2.0, "n0": 10, "n": 20, "selection_counts": [7, 3],
-                     "estimation_counts": [15, 5], "p_a": 0.99}
+                     "estimation_counts": [15, 5], "p_a": 0.99, "prev_sha256": digest, "header_sha256": digest}
     sidecar = read_sidecar(sidecar_path(path))
     assert read_sidecar(path) == sidecar  # the result file's path finds its sidecar
     assert sidecar.header.seed == 7 and sidecar.records[0].extra == {"p_a": 0.99}

@@ -109,19 +109,33 @@ def test_a_file_replaced_under_a_run_stops_the_run(tmp_path):
 
 
 def test_resume_redoes_rows_whose_records_were_lost(tmp_path):
+    """The sidecar lost its last records (restored from an older copy, say): the chain before them holds, and
+    the rows nothing vouches for any more are computed again."""
     path = tmp_path / "out.tsv"
     write(path, [0, 1, 2, 3])
     lines = sidecar_path(path).read_text().splitlines(keepends=True)
-    sidecar_path(path).write_text("".join(line for line in lines if '"idx": 1,' not in line
+    sidecar_path(path).write_text("".join(line for line in lines if '"idx": 2,' not in line
                                           and '"idx": 3,' not in line))
-    assert write(path, [1, 3]) == {0, 2}
+    assert write(path, [2, 3]) == {0, 1}
     rows = read_results(path)
     assert sorted(r.idx for r in rows) == [0, 1, 2, 3]
     records = read_sidecar(path).records
     assert sorted(r.row.idx for r in records) == [0, 1, 2, 3]  # one record per row again
     resume = [json.loads(line) for line in sidecar_path(path).read_text().splitlines()
               if '"resume"' in line]
-    assert resume[-1]["redone_without_records"] == [1, 3]
+    assert resume[-1]["redone_without_records"] == [2, 3]
+
+
+def test_a_record_removed_from_the_middle_refuses_the_resume(tmp_path):
+    """Issue 25, item 3: the chain names the place of an edit; nothing is redone or appended."""
+    path = tmp_path / "out.tsv"
+    write(path, [0, 1, 2, 3])
+    lines = sidecar_path(path).read_text().splitlines(keepends=True)
+    sidecar_path(path).write_text("".join(line for line in lines if '"idx": 1,' not in line))
+    before = (path.read_bytes(), sidecar_path(path).read_bytes())
+    with pytest.raises(InputError, match=r"out.tsv.jsonl line 3: vouches for another line before it: line 2"):
+        write(path, [1])
+    assert (path.read_bytes(), sidecar_path(path).read_bytes()) == before
 
 
 def test_check_results_finds_problems_without_touching_anything(tmp_path):

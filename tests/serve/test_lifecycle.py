@@ -93,4 +93,4 @@ def test_without_the_serve_extra_it_says_how_to_install_it():
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=serve_env(),
                           cwd=ROOT, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.count("\n") == 1 and "pip install 'densepure[serve]'" in done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install -e '.[serve]'" in done.stderr

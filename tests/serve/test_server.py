@@ -262,8 +262,9 @@ def test_metrics_docs_and_access_log(server):
     with Client(server.url) as client:  # the client's parsed samples are the text's
         samples = client.metrics()
     rows = server.metric("densepure_batch_rows_count", 'model="denoiser"')
-    assert rows > 0 and samples['densepure_batch_rows_count{model="denoiser"}'] >= rows
-    assert samples["densepure_denoiser_rows_total"] >= server.metric("densepure_denoiser_rows_total") > 0
+    assert rows > 0 and samples['densepure_batch_rows_count{device="cpu",model="denoiser"}'] >= rows
+    assert samples['densepure_denoiser_rows_total{device="cpu"}'] >= server.metric("densepure_denoiser_rows_total") > 0
+    assert samples['densepure_device_up{device="cpu"}'] == 1 and 'densepure_queued_draws{device="cpu"}' in samples
     assert samples['densepure_requests_total{endpoint="infer",outcome="success"}'] >= 1
     assert server.http.get("/docs").status_code == 200
     schema = server.http.get("/openapi.json").json()

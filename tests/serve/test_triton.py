@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from serve_helpers import infer_json
 
 from densepure.serve.protocol import HEADER_LENGTH, decode_response, encode_request
@@ -33,6 +34,9 @@ def test_model_config_in_triton_s_shape(server):
     batching = config["dynamic_batching"]
     assert (batching["priority_levels"], batching["default_priority_level"]) == (9, 5)
     assert server.http.get("/v2/models/digits/versions/1/config").json() == config
+    # the server runs on --device auto: the kind is the device that resolves to here, not "not cpu"
+    assert config["instance_group"][0]["kind"] == ("KIND_GPU" if torch.cuda.is_available() else "KIND_CPU")
+    assert params["backend"] == "torch" and params["precision"] == "fp32"
     for path in ("/v2/models/digits/versions/2/config", "/v2/models/mnist/config"):
         response = server.http.get(path)
         assert response.status_code == 404 and "error" in response.json()

@@ -21,10 +21,17 @@ Two CUDA rules the engine depends on:
   as long as their :class:`BucketedCall`.
 
 Bucket sizes come from the device's free memory (:mod:`densepure.engine.memory`).
+
+Several engines in one process (a server with one engine loop per GPU, :mod:`densepure.serve.devices`)
+capture from several threads: captures take :data:`CAPTURE_LOCK` (one at a time in the process) and run
+in CUDA's ``thread_local`` capture mode, so that another thread's synchronising calls (an engine step's
+copy of its labels to the host) are not refused while this thread captures. With one engine per process,
+nothing else calls CUDA during a capture and the mode changes nothing.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,6 +40,8 @@ from densepure.artifacts.buckets import pad_into, pick_bucket
 from densepure.errors import BackendError
 
 Fn = Callable[..., tuple[torch.Tensor, ...]]
+CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process (module docstring)
+CAPTURE_MODE = "thread_local"
 
 
 class BucketedCall:
@@ -72,7 +81,7 @@ class BucketedCall:
                     self._capture(size)
 
     def _capture(self, size: int) -> None:
-        with torch.cuda.device(self.device):  # the pool handle and the synchronisations: this call's device
+        with CAPTURE_LOCK, torch.cuda.device(self.device):  # one capture at a time; this call's device
             self._capture_on_device(size)
 
     def _capture_on_device(self, size: int) -> None:
@@ -86,7 +95,8 @@ class BucketedCall:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream), torch.inference_mode():
+        with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode=CAPTURE_MODE), \
+                torch.inference_mode():
             self.static_out[size] = tuple(self.fn(*inputs))
         self.captured[size] = graph
 

@@ -15,7 +15,8 @@ onnxruntime build lacks, or that fails to load (onnxruntime would silently fall 
 * ``COPY``: ``session.run`` with numpy arrays (inputs copied to host, outputs back to the device).
 
 Graph inputs/outputs are float32 whatever the graph's compute precision, so outputs are float32
-tensors on the backend's device.
+tensors on the backend's device. INT8 (Q/DQ) graphs run with onnxruntime's int8 kernels on the CPU
+provider (one graph optimizer off: :data:`~densepure.artifacts.quantized.ORT_INT8_DISABLED_OPTIMIZERS`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from densepure.artifacts.manifest import (
     verify_graph_signature,
     verify_onnx,
 )
+from densepure.artifacts.quantized import ort_disabled_optimizers
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
-from densepure.errors import ArtifactError, BackendError
+from densepure.errors import ArtifactError, BackendError, install_hint
 
 
 class OrtProvider(enum.Enum):
@@ -120,7 +122,7 @@ class _Session:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+            raise BackendError(f"the onnxruntime backend needs onnxruntime: {install_hint('onnx')}") from exc
         verify_onnx(self.path, self.manifest)
         verify_graph_signature(self.path, self.manifest)
         chosen = select_providers(self.providers, ort.get_available_providers(), self.device, self.trt_cache_dir)
@@ -134,7 +136,9 @@ class _Session:
         opts.intra_op_num_threads = self.threads
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=[n for n, _ in chosen],
-                                                provider_options=[o for _, o in chosen])
+                                                provider_options=[o for _, o in chosen],
+                                                disabled_optimizers=ort_disabled_optimizers(
+                                                    self.manifest.precision.quantized))
         except Exception as exc:  # onnxruntime's own pybind error types
             raise BackendError(f"onnxruntime cannot open {self.path}: {str(exc).splitlines()[0]}") from exc
         loaded = self.session.get_providers()

@@ -1,9 +1,9 @@
-"""Sequential certification at a requested radius: draws per decision on a Bernoulli oracle (issue 19).
+"""``densepure bench sequential``: draws per decision of the sequential tests on a Bernoulli oracle (issue 19).
 
-Every procedure sees the same seeded Bernoulli(p) streams (common random numbers: draw j of
-repetition k is ``U_kj < p`` with U from a generator keyed by (seed, p, block), whatever the radius,
-n_max or procedure), and answers "is p > Phi(r / sigma)?" at alpha; a stream is drawn until the
-procedure stops. No model is involved: this measures the statistics only.
+Every procedure sees the same seeded Bernoulli(p) streams (common random numbers: draw j of repetition k
+is ``U_kj < p`` with U from a generator keyed by (seed, p, block), whatever the radius, n_max or
+procedure), and answers "is p > Phi(r / sigma)?" at alpha; a stream is drawn until the procedure stops.
+No model is involved: this measures the statistics only, and the counts do not depend on the machine.
 
 Procedures:
   default         what ``--radius`` uses: BoundaryPlan.exact (exact alpha spending at fixed looks)
@@ -15,31 +15,27 @@ Procedures:
   betting-cs-mix  the same hedged capital with mixture bets (uniform over the bet fraction: the
                   continuous limit of their diversified Kelly bets), after every draw
 
-Usage: python benchmarks/sequential.py [--reps 1000] [--seed 0] [--p ...] [--r ...] [--n-max ...]
-The last line printed is a JSON object {"cells": [{"p", "r_over_sigma", "n_max", "procedure",
-"mean_draws", "median_draws", "certified"}, ...]}.
+The report has a series per procedure (``cells.default``, ...) with a row per (n_max, r, p) cell: mean
+and median draws and the fraction certified; its metrics are the default test's mean draws per cell.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from common import machine
 from scipy import special
 
+from densepure.bench.common import progress_bar
+from densepure.bench.options import BenchRun
+from densepure.bench.report import ReportBuilder, Unit
 from densepure.stats.boundary import DEFAULT_METHOD, BoundaryPlan, build_plan
 from densepure.stats.confseq import certify_counts, futile_counts
 from densepure.stats.sequential import SequentialPlan
 
 BLOCK = 2048  # draws per stream block: the unit of common random numbers
-PROCEDURES = ("default", "geometric", "betting", "betting-cs", "betting-cs-mix")
 
 
 def stream(p: float, reps: int, seed: int) -> Iterator[np.ndarray]:
@@ -138,53 +134,48 @@ def run_prpl(p: float, t: float, alpha: float, n_max: int, reps: int, seed: int,
     raise AssertionError("unreachable")
 
 
-def run_cell(procedure: str, p: float, r_over_sigma: float, n_max: int, args, mixtures: MixtureBoundaries) -> Outcome:
-    radius, t = r_over_sigma * args.sigma, float(special.ndtr(r_over_sigma))
+def run_cell(procedure: str, p: float, r_over_sigma: float, n_max: int, sigma: float, alpha: float, reps: int,
+             seed: int, mixtures: MixtureBoundaries) -> Outcome:
+    """One cell: ``reps`` streams of Bernoulli(``p``) through ``procedure`` at radius ``r_over_sigma * sigma``."""
+    radius, t = r_over_sigma * sigma, float(special.ndtr(r_over_sigma))
     if procedure == "default":
-        return run_plan(build_plan(DEFAULT_METHOD, radius, args.sigma, args.alpha, n_max), p, args.reps, args.seed)
+        return run_plan(build_plan(DEFAULT_METHOD, radius, sigma, alpha, n_max), p, reps, seed)
     if procedure == "geometric":
-        return run_plan(SequentialPlan.geometric(radius, args.sigma, args.alpha, n_max=n_max), p, args.reps, args.seed)
+        return run_plan(SequentialPlan.geometric(radius, sigma, alpha, n_max=n_max), p, reps, seed)
     if procedure == "betting":
-        return run_plan(BoundaryPlan.betting(radius, args.sigma, args.alpha, n_max), p, args.reps, args.seed)
+        return run_plan(BoundaryPlan.betting(radius, sigma, alpha, n_max), p, reps, seed)
     if procedure == "betting-cs":
-        return run_prpl(p, t, args.alpha, n_max, args.reps, args.seed)
-    up, down = mixtures.get(t, args.alpha, n_max)
-    return run_boundaries(p, args.reps, args.seed, np.arange(1, n_max + 1), up, down)
+        return run_prpl(p, t, alpha, n_max, reps, seed)
+    up, down = mixtures.get(t, alpha, n_max)
+    return run_boundaries(p, reps, seed, np.arange(1, n_max + 1), up, down)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--alpha", type=float, default=0.001)
-    ap.add_argument("--sigma", type=float, default=0.25)
-    ap.add_argument("--p", type=float, nargs="+", default=[0.80, 0.85, 0.90, 0.95, 0.99, 0.999, 0.9999])
-    ap.add_argument("--r", type=float, nargs="+", default=[1.0, 2.0], help="radii in units of sigma")
-    ap.add_argument("--n-max", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--procedures", nargs="+", default=list(PROCEDURES), choices=PROCEDURES)
-    args = ap.parse_args(argv)
-    print(f"sequential certification on Bernoulli(p) streams: alpha={args.alpha}, sigma={args.sigma}, "
-          f"{args.reps} repetitions per cell, seed {args.seed}; common random numbers across procedures")
-    print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {machine()}")
-    mixtures, cells, began = MixtureBoundaries(), [], time.perf_counter()
-    for n_max in args.n_max:
-        for r in args.r:
-            t = float(special.ndtr(r))
-            print(f"\nn_max={n_max:,}  r={r:g} sigma  t=Phi(r/sigma)={t:.4f}")
-            print(f"  {'p':>7} {'procedure':>15} {'mean draws':>11} {'median':>8} {'certified':>9}")
-            for p in args.p:
-                for procedure in args.procedures:
-                    out = run_cell(procedure, p, r, n_max, args, mixtures)
-                    cell = {"p": p, "r_over_sigma": r, "n_max": n_max, "procedure": procedure,
-                            "mean_draws": float(out.draws.mean()), "median_draws": float(np.median(out.draws)),
-                            "certified": float(out.certified.mean())}
-                    cells.append(cell)
-                    print(f"  {p:>7} {procedure:>15} {cell['mean_draws']:>11.1f} {cell['median_draws']:>8.0f} "
-                          f"{cell['certified']:>9.3f}{'' if p > t else '  (not certifiable)'}", flush=True)
-    print(f"\n{len(cells)} cells in {time.perf_counter() - began:.1f} s")
-    print(json.dumps({"cells": cells}))
+COLUMNS = (("n_max", Unit.DRAWS), ("r_over_sigma", Unit.COUNT), ("p", Unit.FRACTION), ("mean_draws", Unit.DRAWS),
+           ("median_draws", Unit.DRAWS), ("certified", Unit.FRACTION))
 
 
-if __name__ == "__main__":
-    main()
+def measure(run: BenchRun, builder: ReportBuilder, out) -> None:
+    """Every cell of the grid: one series per procedure (``cells.default``, ...), a row per cell."""
+    sim, sigma, alpha = run.simulation, run.job.smoothing.sigma, run.job.sampling.alpha
+    seed = run.job.sampling.seed if run.job.sampling.seed is not None else 0
+    builder.configuration["seed"] = seed
+    cells: dict[str, list] = {name: [] for name in sim.procedures}
+    mixtures = MixtureBoundaries()
+    grid = [(n, r, p, proc) for n in sim.n_max for r in sim.radii for p in sim.p_values for proc in sim.procedures]
+    bar = progress_bar(len(grid), "cells", unit="cell")
+    try:
+        for n_max, r, p, procedure in grid:
+            result = run_cell(procedure, p, r, n_max, sigma, alpha, sim.reps, seed, mixtures)
+            row = (n_max, r, p, float(result.draws.mean()), float(np.median(result.draws)),
+                   float(result.certified.mean()))
+            cells[procedure].append(row)
+            if procedure == "default":
+                builder.metric(f"default.n{n_max}.r{r:g}.p{p:g}.mean_draws", row[3], Unit.DRAWS,
+                               f"mean draws of the default test, p={p:g}, r={r:g} sigma, n_max={n_max}")
+            bar.update(1)
+    finally:
+        bar.close()
+        for procedure, rows in cells.items():
+            builder.add_series(f"cells.{procedure}", COLUMNS, rows)
+    builder.note(f"alpha={alpha}, sigma={sigma}, {sim.reps} repetitions per cell, seed {seed}; common random "
+                 "numbers across procedures; counts only (no timing): the numbers do not depend on the machine")

@@ -1,31 +1,21 @@
-"""benchmarks/sequential.py: its vectorized simulation makes the decisions of the real state machines."""
+"""densepure bench sequential: its vectorized simulation makes the decisions of the real state machines."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from densepure.bench import sequential as bench_module
+from densepure.cli import main
 from densepure.stats.boundary import BoundaryPlan
 from densepure.stats.sequential import SequentialPlan
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("benchmark_sequential", ROOT / "benchmarks" / "sequential.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_module
 
 
 def _state_machine(bench, plan, p: float, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +52,18 @@ def test_published_betting_sequences_stop_within_the_budget(bench):
         assert out.certified.all() and (out.draws <= 5000).all() and out.draws.min() >= 40
 
 
-def test_the_script_prints_the_cells_as_json(bench, capsys):
-    bench.main(["--reps", "20", "--p", "0.8", "0.99", "--r", "1", "--n-max", "2000"])  # in this process (a subprocess: ~3 s of CPU to start)
-    stdout = capsys.readouterr().out
-    cells = json.loads(stdout.strip().splitlines()[-1])["cells"]
-    assert {c["procedure"] for c in cells} == {"default", "geometric", "betting", "betting-cs", "betting-cs-mix"}
-    assert len(cells) == 10 and all(set(c) == {"p", "r_over_sigma", "n_max", "procedure", "mean_draws",
-                                               "median_draws", "certified"} for c in cells)
-    by = {(c["p"], c["procedure"]): c for c in cells}
-    assert by[(0.99, "default")]["certified"] == 1.0 and by[(0.8, "default")]["certified"] == 0.0
-    assert "machine:" in stdout and "command:" in stdout
+def test_the_subcommand_reports_every_cell(tmp_path, capsys):
+    code = main(["bench", "sequential", "--reps", "20", "--p", "0.8", "0.99", "--r", "1", "--n-max", "2000",
+                 "--output", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["series"]) == {f"cells.{p}" for p in ("default", "geometric", "betting", "betting-cs",
+                                                             "betting-cs-mix")}
+    for series in report["series"].values():
+        assert [c["name"] for c in series["columns"]] == ["n_max", "r_over_sigma", "p", "mean_draws", "median_draws",
+                                                           "certified"]
+        assert [row[2] for row in series["rows"]] == [0.8, 0.99]
+    default = {row[2]: row for row in report["series"]["cells.default"]["rows"]}
+    assert default[0.99][5] == 1.0 and default[0.8][5] == 0.0  # certifiable vs futile (p <= Phi(1) = 0.84)
+    assert report["metrics"]["default.n2000.r1.p0.99.mean_draws"]["value"] == default[0.99][3]
+    assert "cells.default" in capsys.readouterr().out
