@@ -1,10 +1,12 @@
-"""Shared fixtures: the golden reference data (copied from the public implementations' outputs) and the
-session's exported ONNX graphs (one export per model per session: an export takes ~10-30 s of CPU)."""
+"""Shared fixtures: the golden reference data (copied from the public implementations' outputs), the
+session's exported ONNX graphs (one export per model per session: an export takes ~10-30 s of CPU) and its
+one local Ray instance; the rule that marks the users of slow fixtures slow (scripts/test.sh --fast)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,63 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+class _SessionRay:
+    """One local Ray instance for the session (2 CPUs, 2 logical GPUs, loopback only), started by the first
+    test that asks for ``cluster`` and stopped right after the last one: an idle instance costs ~2.5 CPU-s
+    a minute, which the rest of the session would pay."""
+
+    def __init__(self) -> None:
+        self.stack: contextlib.ExitStack | None = None
+        self.last_user: str | None = None
+
+    def start(self):
+        """Ray >= 2.59 turns token authentication on for local instances: a fresh token in the environment
+        keeps it on without writing ~/.ray/auth_token. Runs with ``ray="local"`` use the instance (a
+        connected process is reused)."""
+        from densepure.distributed import connect
+
+        self.stack = contextlib.ExitStack()
+        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+        self.stack.callback(_restore_environment, saved)
+        os.environ["RAY_AUTH_TOKEN"] = os.urandom(32).hex()
+        return self.stack.enter_context(connect("local", num_cpus=2, num_gpus=2, object_store_mb=100))
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            stack, self.stack = self.stack, None
+            stack.close()
+
+
+def _restore_environment(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_RAY = _SessionRay()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The session's local Ray instance (the ``ray`` module, connected); code that connects to ``"local"``
+    in this process reuses it."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    try:
+        yield _RAY.start()
+    finally:
+        _RAY.stop()
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the items that will run
+def pytest_collection_finish(session):
+    users = [item.nodeid for item in session.items if "cluster" in getattr(item, "fixturenames", ())]
+    _RAY.last_user = users[-1] if users else None
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if item.nodeid == _RAY.last_user:
+        _RAY.stop()
