@@ -87,46 +87,58 @@ def report_latencies(builder: ReportBuilder, rows: list[tuple[int, float, int]])
     builder.metric("images", len(rows), Unit.COUNT, "images timed")
 
 
-def concurrent_clients(run: BenchRun, builder: ReportBuilder, engine, images, seed: int) -> None:
-    """The closed-loop levels of ``--concurrency`` against ``engine`` driven by an :class:`EngineWorker`."""
-    import threading
-    import time
+class _Waiting:
+    """Queries sent to an :class:`~densepure.bench.worker.EngineWorker` and not yet answered: ``send(worker, i)``
+    blocks until query ``i`` is answered (from the worker's thread, through :meth:`answered`)."""
 
-    from densepure.bench.sweep import Outcome, add_sweep_series, closed_loop, level_numbers, record_level
-    from densepure.bench.worker import EngineWorker, Query
+    def __init__(self, images):
+        import threading
 
-    lock, waiting = threading.Lock(), {}
+        self.images, self.lock, self.pending = images, threading.Lock(), {}
 
-    def answered(query: Query, draws: int | None, error: BaseException | None = None) -> None:
-        with lock:
-            event, box = waiting.pop(query.id)
+    def answered(self, query, draws: int | None, error: BaseException | None = None) -> None:
+        with self.lock:
+            event, box = self.pending.pop(query.id)
         box.append((draws, error))
         event.set()
 
-    def send(i: int) -> Outcome:
-        query, event, box = Query(i, i % len(images.images)), threading.Event(), []
-        with lock:
-            waiting[i] = (event, box)
+    def send(self, worker, i: int):
+        import threading
+        import time
+
+        from densepure.bench.sweep import Outcome
+        from densepure.bench.worker import Query
+
+        event, box = threading.Event(), []
+        with self.lock:
+            self.pending[i] = (event, box)
         start = time.perf_counter()
-        worker.submit([query])
+        worker.submit([Query(i, i % len(self.images.images))])
         event.wait()
         draws, error = box[0]
         return Outcome(time.perf_counter() - start, draws, None if error is None else f"{type(error).__name__}: {error}")
 
+
+def concurrent_clients(run: BenchRun, builder: ReportBuilder, engine, images, seed: int) -> None:
+    """The closed-loop levels of ``--concurrency`` against ``engine`` driven by an :class:`EngineWorker`."""
+    from densepure.bench.sweep import add_sweep_series, closed_loop, level_numbers, record_level
+    from densepure.bench.worker import EngineWorker
+
+    waiting = _Waiting(images)
     warm_up(engine, images, run.job.task(), seed)
-    levels, per_request, counter = [], [], [0]
-    worker = EngineWorker(engine, run.job.task(), seed, images.images, images.indices, answered,
-                          lambda query, exc: answered(query, None, exc))
+    levels, per_request, sent = [], [], 0
+    worker = EngineWorker(engine, run.job.task(), seed, images.images, images.indices, waiting.answered,
+                          lambda query, exc: waiting.answered(query, None, exc))
     try:
         with worker:
             for clients, requests in run.load.levels((1, 4, 16)):
                 bar = progress_bar(requests, f"{clients} client(s)", unit="img")
                 try:  # query ids stay unique across levels
-                    results, wall = closed_loop(lambda i, base=counter[0]: send(base + i), clients, requests,
-                                                lambda bar=bar: bar.update(1))
+                    results, wall = closed_loop(lambda i, base=sent: waiting.send(worker, base + i), clients,
+                                                requests, lambda bar=bar: bar.update(1))
                 finally:
                     bar.close()
-                counter[0] += requests
+                sent += requests
                 level = level_numbers(clients, results, wall)
                 levels.append(level)
                 per_request += [(clients, r.latency_s if r.ok else None, r.draws, 0) for r in results]
