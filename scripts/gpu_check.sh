@@ -10,6 +10,8 @@
 # docs/gpu_check.md:
 #   env ~30 s | smoke | exactness | models (no compile) | end_to_end | serve | serve_http | gpu_tests |
 #   kernels (no compile) | compile | imagenet
+# The measuring stages (models, end_to_end, serve, serve_http, kernels, compile, imagenet) run
+# `densepure bench models|throughput|latency|serve|kernels` itself: the check measures what users run.
 # Every stage's output streams into $OUT/log.txt as it runs; each figure is kept the moment it is
 # measured (a stage that times out or crashes keeps its figures); each stage's row is appended to
 # $OUT/results.jsonl as it ends; $OUT/summary.md last. $OUT holds 4 files: log.txt, results.jsonl,

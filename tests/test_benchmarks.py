@@ -1,6 +1,5 @@
 """The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests).
-They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start). The kernels
-benchmark's run is the gpu check rehearsal's ``kernels`` stage (tests/test_gpu_check.py)."""
+They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start)."""
 
 import json
 import runpy
@@ -16,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def run_script(monkeypatch, capsys):
     """``run_script(name, *args)``: benchmarks/``name`` with ``args`` as ``__main__`` in this process; what it
-    printed. The torch thread count it sets is restored."""
+    printed. sys.path (the scripts put benchmarks/ or the root first) and the torch thread count are restored."""
     threads = torch.get_num_threads()
 
     def run(name: str, *args: str) -> str:
         path = ROOT / "benchmarks" / name
-        monkeypatch.syspath_prepend(str(path.parent))  # the scripts import benchmarks/common.py
+        monkeypatch.syspath_prepend(str(path.parent))  # saves sys.path: restored after the test
         monkeypatch.setattr(sys, "argv", [str(path), *args])
         try:
             runpy.run_path(str(path), run_name="__main__")
@@ -51,71 +50,39 @@ def test_table1_runs_resumes_and_reports(tmp_path, run_script):
     assert "images," not in again
 
 
-@pytest.mark.slow
-def test_throughput_prints_both_rates_and_their_ratio(run_script):
-    stdout = run_script("throughput.py", "--images", "1", "--n0", "10", "--n", "20", "--K", "3", "--threads", "1",
-                        "--device", "cpu", "--precision", "fp32", "bf16", "--repeats", "1")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert set(result["engine"]) == {"fp32", "bf16"} and result["official_draws_per_s"] > 0
-    for row in result["engine"].values():
-        assert row["speedup"] == pytest.approx(row["draws_per_s"] / result["official_draws_per_s"])
-        assert 3 <= row["unet_rows_per_draw"] <= 4  # shared first step + 2 or 3 chains (early exit), 1 step each
-    assert "torch" in result["device"]
-    assert "official protocol" in stdout and "ratio engine / official" in stdout
-
-
-@pytest.mark.slow  # two servers and their clients: ~15 s of CPU
-def test_serve_benchmark_reports_both_servers_and_their_ratio(run_script):
+@pytest.mark.slow  # two servers of its own
+def test_serve_benchmark_measures_each_server_with_bench_serve_and_compares_them(tmp_path, run_script):
+    """benchmarks/serve.py starts each configuration's server and runs `densepure bench serve` against it."""
     stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
-                        "--K 3 --n0 10 --n 100")
+                        "--K 3 --n0 10 --n 100", "--out", str(tmp_path))
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert set(result["results"]) == {"shared", "serial"}
-    for rows in result["results"].values():
-        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
-        assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] and r["throughput_rps"] > 0 for r in rows)
-    shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
-    assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
-    assert "| server | clients |" in stdout
+    assert set(result["configs"]) == {"shared", "serial"}
+    for name, metrics in result["configs"].items():
+        assert metrics["errors"] == 0 and metrics["c1.requests_per_s"] > 0 and metrics["c2.server_unet_rows_per_call"] > 0
+        assert 0 < metrics["c2.p50_s"] <= metrics["c2.p95_s"] <= metrics["c2.p99_s"]
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["subcommand"] == "serve" and report["configuration"]["params"] == ["mode=certify_radius"]
+    shared, serial = result["configs"]["shared"], result["configs"]["serial"]
+    ratio = result["ratios"]["serial/shared"]
+    assert ratio["c2.requests_per_s"] == pytest.approx(serial["c2.requests_per_s"] / shared["c2.requests_per_s"])
+    assert "| metric | A | B | B / A | unit |" in stdout
 
 
-def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
+@pytest.mark.slow  # two servers of its own
+def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio(run_script):
     stdout = run_script("serve_devices.py", "--concurrency", "1", "2", "--requests", "2", "2", "--configs", "one",
                         "two", "--server-args", "--K 3 --n0 10 --n 100")
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert set(result["results"]) == {"one", "two"} and set(result["ratio"]) == {"two/one"}
-    for rows in result["results"].values():
-        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
-        assert all(0 < r["p50_s"] <= r["p95_s"] and r["throughput_rps"] > 0 and r["unet_rows_per_call"] > 0
-                   for r in rows)
-    one, two = result["results"]["one"][1], result["results"]["two"][1]
-    assert result["ratio"]["two/one"]["2"]["throughput"] == pytest.approx(two["throughput_rps"] / one["throughput_rps"])
-    assert "| loops | clients |" in stdout
+    assert set(result["configs"]) == {"one", "two"} and set(result["ratios"]) == {"two/one"}
+    for metrics in result["configs"].values():
+        assert all(metrics[f"c{c}.requests_per_s"] > 0 and metrics[f"c{c}.server_unet_rows_per_call"] > 0
+                   and 0 < metrics[f"c{c}.p50_s"] <= metrics[f"c{c}.p95_s"] for c in (1, 2))
+    one, two = result["configs"]["one"], result["configs"]["two"]
+    assert result["ratios"]["two/one"]["c2.requests_per_s"] == pytest.approx(
+        two["c2.requests_per_s"] / one["c2.requests_per_s"])
 
 
-def _benchmark_module(name: str):
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    return importlib.import_module(name)
-
-
-def test_kernels_benchmark_refuses_to_time_a_kernel_that_disagrees_with_its_reference():
-    import torch
-
-    kernels = _benchmark_module("kernels")
-    x = torch.randn(64)
-    calls = {"torch": {"double": (lambda: x * 2, 8)}, "right": {"double": (lambda: x + x, 8)},
-             "wrong": {"double": (lambda: x * 2.001, 8)}, "half": {"double": (lambda: (x * 2).half(), 8)}}
-    row = kernels.table("t", calls, torch.device("cpu"), repeats=1, bandwidth=None, check_scale=4.0)["double"]
-    assert row["right"]["checked"] and row["right"]["us"] > 0
-    assert "us" not in row["wrong"] and row["wrong"]["error"].startswith("not timed: output 0 differs")
-    # dtype-aware: an fp16 result within fp16's tolerance of the fp32 reference passes
-    assert kernels.check(lambda: x * 2, lambda: (x * 2).half(), 4.0) is None
-    assert kernels.check(lambda: (x * 2).half(), lambda: (x * 2.2).half(), 4.0) is not None
-
-
-def test_flops_prints_the_table_of_docs_performance():
+def test_flops_prints_the_table_of_docs_performance(run_script):
     """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
     pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
     table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]

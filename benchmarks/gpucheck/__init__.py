@@ -3,7 +3,8 @@
 :data:`STAGES` lists them in the order they run: facts first, compiles and ImageNet last, so a cut-off
 call loses the least. Each stage is a function ``(device, rehearse) -> dict`` in one of this package's
 modules, run in its own process under a hard time limit; it reports each figure the moment it is
-measured (:func:`gpucheck.report.emit`), and the harness keeps those even if the stage is killed.
+measured (:func:`gpucheck.report.emit`), and the harness keeps those even if the stage is killed. The
+measuring stages run ``densepure bench`` (:mod:`gpucheck.bench`): the check measures what users run.
 Importing this package imports no torch: the harness that runs the stages stays light.
 """
 
@@ -42,27 +43,30 @@ STAGES = {s.name: s for s in (
     Stage("exactness", "exactness:stage_exactness", 90, 30, "counts on the device against the CPU's for every mode, "
           "graphs on/off, torch/Triton kernels, fp32 (must be identical), tf32 and bf16 (size of the differences), "
           "and the TF32 flags seen inside the model calls", ("fp32_identical", "tf32_flags_as_configured")),
-    Stage("models", "models:stage_models", 120, 40, "matmul rate per precision (the MFU denominators); UNet and "
-          "classifier rows/s and MFU per precision, graphs on/off, no compile; FLOPs per row (ViT analytic and "
-          "counted with the fast path off); the noise generator's share of a UNet batch",
-          ("unet bf16 graphs=True rows/s", "unet bf16 graphs=True mfu", "classifier bf16 graphs=True rows/s",
-           "classifier bf16 graphs=True mfu", "unet bf16 graphs=False rows/s", "classifier bf16 graphs=False rows/s")),
-    Stage("end_to_end", "e2e:stage_end_to_end", 120, 30, "engine draws/s against the official loop, both on the "
-          "device, per precision (benchmarks/throughput.py), with UNet rows/s, MFU and certified images/hour",
-          ("official_draws_per_s",)),
-    Stage("serve", "serving:stage_serve", 90, 30, "certify_radius latency through the server's engine loop, "
-          "CIFAR-10-sized DensePure K=10 b=2 bf16, closed-loop clients at concurrency 1 and 16",
-          ("p50_at_1_client_s",)),
+    Stage("models", "models:stage_models", 120, 40, "`densepure bench models` per precision: UNet and classifier "
+          "rows/s alone at the fitted rows, with and without CUDA graphs, FLOPs per row (ViT analytic and counted), "
+          "MFU against the data sheet's and the measured matmul rate of each precision, the noise's share; no compile",
+          ("bf16 unet.graphed.rows_per_s", "bf16 unet.graphed.mfu", "bf16 classifier.graphed.rows_per_s",
+           "bf16 classifier.graphed.mfu", "bf16 unet.ungraphed.rows_per_s", "bf16 classifier.ungraphed.rows_per_s")),
+    Stage("end_to_end", "e2e:stage_end_to_end", 120, 30, "`densepure bench throughput --baseline official`: engine "
+          "draws/s against the official loop, both on the device, in bf16, tf32 and fp32, with rows per draw and "
+          "call, MFU, capture seconds and certified images/hour", ("ratio bf16 engine / fp32 official",
+                                                                  "fp32 ratio.draws_per_s", "bf16 ratio.draws_per_s")),
+    Stage("serve", "serving:stage_serve", 90, 30, "`densepure bench latency --concurrency 1 16`: certify_radius "
+          "latency through one engine loop of 64 image slots, CIFAR-10-sized DensePure K=10 b=2 bf16",
+          ("p50_at_1_client_s", "serve c16.p50_s", "serve c16.requests_per_s")),
     Stage("serve_http", "serving:stage_serve_http", 75, 45, "the real HTTP server (`densepure serve`, digits "
-          "models, FastAPI/uvicorn: carried wheels) p50/p95 at concurrency 1 and 16 (benchmarks/serve.py)",
+          "models, FastAPI/uvicorn: carried wheels) under `densepure bench serve`: p50/p95 at concurrency 1 and 16",
           ("http_p50_at_1_client_s", "skipped")),
     Stage("gpu_tests", "suites:stage_gpu_tests", 120, 45, "every test marked gpu: per-test outcomes and counts",
           ("passed", "failed", "skipped", "errors")),
-    Stage("kernels", "suites:stage_kernels", 90, 50, "benchmarks/kernels.py --no-compile, its full JSON: each "
-          "Triton kernel checked against and timed beside its torch reference, UNet forwards, pipeline draws/s",
-          ("copy_GB_per_s", "kernels")),
-    Stage("compile", "models:stage_compile", 150, 30, "torch.compile of the UNet under CUDA graphs (bf16; with "
-          "the fused norms where Triton runs): rows/s and MFU", ("unet bf16 compiled rows/s",)),
-    Stage("imagenet", "e2e:stage_imagenet", 90, 0, "ImageNet-sized engine vs official loop in bf16 "
-          "(benchmarks/throughput.py --arch imagenet)", ("official_draws_per_s",), rehearsed=False),
+    Stage("kernels", "suites:stage_kernels", 90, 50, "`densepure bench kernels` (no compile): each Triton kernel "
+          "checked against its torch reference, then timed beside it; UNet forwards, pipeline draws/s",
+          ("kernels device.copy_GB_per_s", "kernels unet.fused_norms.pipeline_vs_modules")),
+    Stage("compile", "models:stage_compile", 150, 30, "`densepure bench models --compile default` in bf16: both "
+          "models compiled under CUDA graphs (fused norms where Triton runs): rows/s, MFU, compile seconds",
+          ("compiled bf16 unet.graphed.rows_per_s", "compiled bf16 unet.graphed.capture_s",
+           "compiled bf16 unet.ungraphed.rows_per_s")),
+    Stage("imagenet", "e2e:stage_imagenet", 90, 0, "`densepure bench throughput` at ImageNet size against the "
+          "official loop in bf16", ("imagenet bf16 ratio.draws_per_s",), rehearsed=False),
 )}

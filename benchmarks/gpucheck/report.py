@@ -1,5 +1,6 @@
-"""How a stage reports: each figure as a flushed ``{"partial": {...}}`` line the moment it is measured, the
-whole result as the last line; scripts a stage runs have their output forwarded line by line.
+"""How a stage reports: each figure as a flushed ``{"partial": {...}}`` line the moment it is measured (a
+``densepure bench`` run's listener emits here too: :mod:`gpucheck.bench`), the whole result as the last
+line; commands a stage runs have their output forwarded line by line.
 
 ``GPU_CHECK_FAULT=<stage>:hang`` or ``<stage>:crash`` makes that stage hang (or die without a result) right
 after its first figure: how the tests check that the harness keeps what a killed stage measured.
@@ -39,8 +40,8 @@ def env(**more: str) -> dict[str, str]:
 
 
 def stream(argv: list[str], timeout: float | None = None, **more_env: str) -> tuple[int, list[str]]:
-    """Run ``argv`` in the repository, forwarding each output line as it comes (partial lines of a script
-    run with ``--partial`` reach the harness too); (exit status, lines). A timeout kills it (status -9)."""
+    """Run ``argv`` in the repository, forwarding each output line as it comes (partial lines of a command run
+    with ``--progress-json`` reach the harness too); (exit status, lines). A timeout kills it (status -9)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=env(**more_env))
     lines, deadline = [], None if timeout is None else time.monotonic() + timeout
@@ -52,19 +53,6 @@ def stream(argv: list[str], timeout: float | None = None, **more_env: str) -> tu
             break
     proc.wait()
     return proc.returncode, lines
-
-
-def last_json(lines: list[str]) -> dict | None:
-    """The last line that is a JSON object and not a partial result."""
-    for line in reversed(lines):
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict) and set(value) != {"partial"}:
-                return value
-    return None
 
 
 def run_stage(name: str, rehearse: bool) -> int:

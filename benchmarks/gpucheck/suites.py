@@ -1,13 +1,15 @@
-"""The gpu-marked tests (per-test outcomes) and the kernel benchmark (its full JSON)."""
+"""The gpu-marked tests (per-test outcomes) and the kernel benchmark (``densepure bench kernels``)."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 import torch
 
-from gpucheck.report import BENCHMARKS, ROOT, emit, last_json, stream
+from gpucheck.bench import bench, register_tiny_preset
+from gpucheck.report import ROOT, emit, stream
 
 _OUTCOME = re.compile(r"^(tests/\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
@@ -37,14 +39,12 @@ def stage_gpu_tests(device: torch.device, rehearse: bool) -> dict:
 
 
 def stage_kernels(device: torch.device, rehearse: bool) -> dict:
-    """``benchmarks/kernels.py --no-compile`` (compiles come last, in their own stage); its whole JSON."""
-    argv = [sys.executable, str(BENCHMARKS / "kernels.py"), "--no-compile", "--partial"]
+    """``densepure bench kernels`` (no compile: compiles come last, in their own stage): each Triton kernel
+    checked against its torch reference, then timed beside it; UNet forwards; the pipeline's draws/s. The
+    rehearsal: Triton's interpreter on a tiny UNet (:func:`gpucheck.bench.register_tiny_preset`)."""
     if rehearse:
-        argv += ["--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1", "--K", "1"]
-    else:
-        argv += ["--arch", "cifar10", "--rows", "512", "--precision", "fp16", "--repeats", "3"]
-    code, lines = stream(argv, **({"TRITON_INTERPRET": "1"} if rehearse else {}))
-    result = last_json(lines)
-    if code != 0 or result is None:
-        raise RuntimeError(f"kernels.py exited {code}: " + "\n".join(lines[-15:]))
-    return result
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports Triton's kernels in this process
+        return bench("kernels", "kernels", "--preset", register_tiny_preset(), "--batch-size", "2", "--repeats", "1",
+                     "--K", "1", "--device", "cpu", classifier="digits")
+    return bench("kernels", "kernels", "--preset", "cifar10", "--batch-size", "512", "--precision", "fp16",
+                 "--repeats", "3", "--device", "cuda")

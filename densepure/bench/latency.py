@@ -6,6 +6,11 @@ with the job's task: CERTIFY at ``--n`` (with ``--n0``), or with ``--radius R`` 
 latency, draws per image, images/s, and every image's latency and draws (the latency CDF).
 ``--scenario single-stream`` lets LoadGen issue the queries one after another; ``--scenario server``
 issues them at Poisson times at each ``--target-qps`` into an engine that holds many images at once.
+
+``--concurrency C ...``: closed-loop clients instead, into one engine holding ``--image-slots`` images
+(64 by default) driven by its own thread, as ``densepure serve``'s engine loop is (no HTTP): at each level
+C clients each certify one image and send the next when it is decided (:mod:`densepure.bench.sweep`).
+Reported per level: requests/s, latency p50/p95/p99, draws per request and draws/s.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def measure(run: BenchRun, builder: ReportBuilder, out) -> None:
         from densepure.bench.local import loadgen_local
 
         return loadgen_local(run, builder, out, engine, images, seed)
+    if run.load.concurrency is not None:
+        return concurrent_clients(run, builder, engine, images, seed)
     rows: list[tuple[int, float, int]] = []
     dataset = IndexedImages(images)
     order = [i for _ in range(run.bench.repeats) for i in images.indices]
@@ -78,3 +85,65 @@ def report_latencies(builder: ReportBuilder, rows: list[tuple[int, float, int]])
     builder.metric("throughput.draws_per_s", sum(draws) / sum(latency), Unit.DRAWS_PER_S,
                    "draws per second, one image at a time")
     builder.metric("images", len(rows), Unit.COUNT, "images timed")
+
+
+class _Waiting:
+    """Queries sent to an :class:`~densepure.bench.worker.EngineWorker` and not yet answered: ``send(worker, i)``
+    blocks until query ``i`` is answered (from the worker's thread, through :meth:`answered`)."""
+
+    def __init__(self, images):
+        import threading
+
+        self.images, self.lock, self.pending = images, threading.Lock(), {}
+
+    def answered(self, query, draws: int | None, error: BaseException | None = None) -> None:
+        with self.lock:
+            event, box = self.pending.pop(query.id)
+        box.append((draws, error))
+        event.set()
+
+    def send(self, worker, i: int):
+        import threading
+        import time
+
+        from densepure.bench.sweep import Outcome
+        from densepure.bench.worker import Query
+
+        event, box = threading.Event(), []
+        with self.lock:
+            self.pending[i] = (event, box)
+        start = time.perf_counter()
+        worker.submit([Query(i, i % len(self.images.images))])
+        event.wait()
+        draws, error = box[0]
+        return Outcome(time.perf_counter() - start, draws, None if error is None else f"{type(error).__name__}: {error}")
+
+
+def concurrent_clients(run: BenchRun, builder: ReportBuilder, engine, images, seed: int) -> None:
+    """The closed-loop levels of ``--concurrency`` against ``engine`` driven by an :class:`EngineWorker`."""
+    from densepure.bench.sweep import add_sweep_series, closed_loop, level_numbers, record_level
+    from densepure.bench.worker import EngineWorker
+
+    waiting = _Waiting(images)
+    warm_up(engine, images, run.job.task(), seed)
+    levels, per_request, sent = [], [], 0
+    worker = EngineWorker(engine, run.job.task(), seed, images.images, images.indices, waiting.answered,
+                          lambda query, exc: waiting.answered(query, None, exc))
+    try:
+        with worker:
+            for clients, requests in run.load.levels((1, 4, 16)):
+                bar = progress_bar(requests, f"{clients} client(s)", unit="img")
+                try:  # query ids stay unique across levels
+                    results, wall = closed_loop(lambda i, base=sent: waiting.send(worker, base + i), clients,
+                                                requests, lambda bar=bar: bar.update(1))
+                finally:
+                    bar.close()
+                sent += requests
+                level = level_numbers(clients, results, wall)
+                levels.append(level)
+                per_request += [(clients, r.latency_s if r.ok else None, r.draws, 0) for r in results]
+                record_level(builder, level, results)
+    finally:
+        add_sweep_series(builder, levels, per_request)
+    if worker.error is not None:
+        raise worker.error

@@ -4,7 +4,16 @@ for presets whose checkpoints cannot be on the machine, the real architectures w
 With ``--random-weights`` the UNet is the preset's architecture (its parameters drawn from a fixed seed)
 and the classifier a plain ViT of the papers' size with random weights: ViT-B/16 at 224 for ``cifar10``
 (the papers' fine-tuned ViT), ViT-L/16-sized at 512 for ``imagenet256`` (their BEiT-L/16). Speed depends on
-the shapes, not on the values, so these measure what the real models cost; their labels mean nothing.
+the shapes, not on the values, so these measure what the real models cost. Two choices keep the timings
+honest:
+
+* every parameter is perturbed (N(0, 0.02^2) on top of the initialisation): the UNet's zero-initialised
+  output convolutions would make eps exactly 0 and half its convolutions multiply zeros;
+* the ViT's logits get a fixed lead for class 0 (:data:`CLASS0_LEAD`, added after the network ran in
+  full): every draw votes 0, as most draws of a trained classifier vote for its image's class. Random
+  labels would make every draw run all K chains and every sequential test run to its last draw, which
+  no user sees; with the lead the vote's early exit and the sequential tests behave as with a confident
+  model, and the models' cost is unchanged. Labels and radii mean nothing either way.
 """
 
 from __future__ import annotations
@@ -26,6 +35,33 @@ from densepure.models.classifiers import Classifier, Preprocess
 # preset -> (image, patch, width, depth, heads, classes) of the random classifier
 RANDOM_CLASSIFIERS = {"cifar10": (224, 16, 768, 12, 12, 10), "imagenet256": (512, 16, 1024, 24, 16, 1000)}
 WEIGHT_SEED = 0
+PERTURB_STD = 0.02
+CLASS0_LEAD = 1e4  # above any logit of the random ViT, representable in fp16 and bf16
+RANDOM_UNET_WEIGHTS = f"random (seed {WEIGHT_SEED}): every parameter perturbed by N(0, {PERTURB_STD}^2)"
+RANDOM_WEIGHTS = f"{RANDOM_UNET_WEIGHTS}; the ViT's class 0 leads by {CLASS0_LEAD:g}"
+
+
+@torch.no_grad()
+def perturb_(module: nn.Module, seed: int, std: float = PERTURB_STD) -> nn.Module:
+    """Add N(0, std^2) noise to every parameter of ``module`` in place, drawn on the parameters' device by a
+    generator seeded with ``seed`` (the same weights on every run of one kind of device); returns it."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for p in module.parameters():
+        g = generators.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+        p.add_(torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype) * std)
+    return module
+
+
+def vit_flops(image: int, patch: int, dim: int, depth: int, classes: int, mlp_ratio: int = 4) -> float:
+    """FLOPs (2 x multiply-adds) of one ViT forward (one image), counted analytically: the patch embedding,
+    per block the qkv, output and MLP projections (``(4 + 2 * mlp_ratio) d^2`` per token) and the attention
+    products (``2 T d`` per token), and the head. Norms, softmax and GELU are left out (O(T d), under 0.5%).
+    ViT-B/16 at 224: 35.1 GFLOP. (PyTorch's counter misses attention products it has no formula for, e.g. the
+    CPU's fused attention: the analytic count is the one MFU uses.)"""
+    tokens = (image // patch) ** 2 + 1
+    embed = (tokens - 1) * 3 * patch * patch * dim
+    block = tokens * (4 + 2 * mlp_ratio) * dim * dim + 2 * tokens * tokens * dim
+    return 2.0 * (embed + depth * block + dim * classes)
 
 
 class RandomViT(nn.Module):
@@ -40,22 +76,27 @@ class RandomViT(nn.Module):
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+        self.shape = (image, patch, dim, depth, classes)
+        self.register_buffer("lead", torch.zeros(classes), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x).flatten(2).transpose(1, 2)
         h = torch.cat([self.cls.expand(h.shape[0], -1, -1).to(h.dtype), h], dim=1) + self.pos.to(h.dtype)
-        return self.head(self.norm(self.encoder(h)[:, 0]))
+        return self.head(self.norm(self.encoder(h)[:, 0])) + self.lead.to(h.dtype)
+
+    def flops(self) -> float:
+        """FLOPs of one row, analytic (:func:`vit_flops`)."""
+        return vit_flops(*self.shape)
 
 
 def random_unet(config: UNetConfig, device: torch.device, seed: int = WEIGHT_SEED) -> UNetModel:
     """The UNet of ``config`` with seeded random weights (each parameter perturbed, so the zero-initialised
-    output convolutions do not make every output 0), fp32 on ``device``."""
+    output convolutions do not make every output 0), fp32, built on ``device`` (the ImageNet UNet's 553 M
+    parameters take tens of seconds to initialise on a CPU)."""
     torch.manual_seed(seed)
-    model = UNetModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.to(device)
+    with torch.device(device):
+        model = UNetModel(config).eval()
+    return perturb_(model, seed + 2)
 
 
 def random_modules(preset: str, device: torch.device) -> tuple[UNetModel, Classifier]:
@@ -65,10 +106,29 @@ def random_modules(preset: str, device: torch.device) -> tuple[UNetModel, Classi
         raise ConfigError(f"--random-weights stands in for the papers' checkpoints of "
                           f"{' and '.join(RANDOM_CLASSIFIERS)}; preset {preset!r} ships or names its own: drop it")
     unet = random_unet(get_preset(preset).unet_config, device)
+    return unet, random_classifier(preset, device)
+
+
+def random_classifier(preset: str, device: torch.device) -> Classifier:
+    """The random ViT of ``preset`` (module doc: perturbed, class 0 leading) with its preprocessing, fp32."""
     image, patch, dim, depth, heads, classes = RANDOM_CLASSIFIERS[preset]
     torch.manual_seed(WEIGHT_SEED + 1)
-    network = RandomViT(image, patch, dim, depth, heads, classes).to(device).eval()
-    return unet, Classifier(network, Preprocess(size=image, mean=(0.5,) * 3, std=(0.5,) * 3), num_classes=classes)
+    with torch.device(device):
+        network = RandomViT(image, patch, dim, depth, heads, classes).eval()
+    perturb_(network, WEIGHT_SEED + 3)
+    network.lead[0] = CLASS0_LEAD
+    return Classifier(network, Preprocess(size=image, mean=(0.5,) * 3, std=(0.5,) * 3), num_classes=classes)
+
+
+def weights_provenance(run: BenchRun) -> str:
+    """Where the measured models' weights come from (every report records it)."""
+    job = run.job
+    if run.throughput.random_weights:
+        return RANDOM_WEIGHTS
+    if job.models.preset == "digits" and job.models.checkpoint is None:
+        return "the shipped digits checkpoints (densepure/assets/digits)"
+    return f"checkpoint {job.models.checkpoint or get_preset(job.models.preset).checkpoint_file}, classifier " \
+           f"{job.models.classifier}"
 
 
 def torch_modules(run: BenchRun, device: torch.device) -> tuple[UNetModel, Classifier]:

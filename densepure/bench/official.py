@@ -5,7 +5,9 @@ certification passes, one per reverse seed; each pass draws ``n0`` selection and
 noises in batches of ``batch`` (100 for CIFAR-10, 16 for ImageNet), and for each batch adds the noise,
 scales into the diffusion model's space at t*, runs the b reverse steps of the coarse grid on the whole
 batch (fresh noise between steps), and classifies x0_hat once. Each draw's label is the majority over
-its K passes; Cohen's CERTIFY then runs on the voted labels. Fp32, eager, no sharing between passes.
+its K passes; Cohen's CERTIFY then runs on the voted labels. Fp32, eager, no sharing between passes
+(``precision``: the models in another precision, computing with its float32 math: fp32 is exact float32,
+as published, also on a GPU whose PyTorch default would run convolutions in TF32).
 
 So per image it runs exactly ``K * b * (n0 + n)`` UNet rows and ``K * (n0 + n)`` classifier rows (what
 ``benchmarks/evals.py`` compares the engine with); :class:`OfficialCounts` counts them as they run.
@@ -28,6 +30,7 @@ import torch
 
 from densepure.diffusion import GridTables, Mode, SmoothingConfig, start_scale, step_mean_std
 from densepure.errors import ConfigError
+from densepure.precision import Precision, float32_math
 from densepure.stats.cohen import Certificate, certify_from_counts
 
 
@@ -63,24 +66,29 @@ def majority(labels: np.ndarray, classes: int) -> np.ndarray:
 
 class OfficialLoop:
     """The published control flow with the job's models: ``unet`` (``eps_and_var``) and ``classifier``
-    (x in [-1, 1] -> logits), both fp32 torch modules on ``device``."""
+    (x in [-1, 1] -> logits), torch modules on ``device`` already in ``precision`` (fp32: as published)."""
 
-    def __init__(self, unet, classifier, smoothing: SmoothingConfig, batch: int, device: torch.device):
+    def __init__(self, unet, classifier, smoothing: SmoothingConfig, batch: int, device: torch.device,
+                 precision: Precision = Precision.FP32):
         if smoothing.mode is not Mode.DENSEPURE:
             raise ConfigError(f"--baseline official is DensePure's published loop: it needs --mode densepure, "
                               f"not {smoothing.mode.value}")
         self.unet, self.classifier, self.smoothing = unet, classifier, smoothing
-        self.batch, self.device = batch, torch.device(device)
+        self.batch, self.device, self.precision = batch, torch.device(device), Precision.parse(precision)
         self.grid = smoothing.grid()
         self.tables = GridTables(self.grid, self.device)
         self.scale = math.sqrt(start_scale(smoothing.sigma))
         self.counts = OfficialCounts()
 
-    @torch.inference_mode()
     def labels(self, x: torch.Tensor, num: int, noise: torch.Generator, reverse: torch.Generator,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Labels of ``num`` draws of one pass for image ``x`` (C, H, W), in batches of ``self.batch``:
         smoothing noise from ``noise``, the reverse steps' noise from ``reverse``."""
+        with torch.inference_mode(), float32_math(self.precision.tf32):
+            return self._labels(x, num, noise, reverse, progress)
+
+    def _labels(self, x: torch.Tensor, num: int, noise: torch.Generator, reverse: torch.Generator,
+                progress: Callable[[int], None] | None) -> np.ndarray:
         out = np.empty(num, dtype=np.int64)
         sigma, counts = self.smoothing.sigma, self.counts
         for lo in range(0, num, self.batch):

@@ -4,10 +4,12 @@
 backend, precision, kernels, smoothing, statistics and data as ``densepure certify``; built by
 :meth:`JobOptions.build`, so a flag means the same in both commands) and the benchmark's records:
 
-* :class:`BenchOptions` - where the report goes, overwrite, repeats, torch threads;
-* :class:`LoadOptions` - how queries arrive: a plain loop, or an MLPerf LoadGen scenario with its settings;
-* :class:`ThroughputOptions` - the official baseline, its batch, the peak for MFU, random weights;
-* :class:`ServeTarget` - an Open Inference Protocol v2 server: URL, model, request parameters, the sweep;
+* :class:`BenchOptions` - where the report goes, overwrite, progress lines, repeats, torch threads;
+* :class:`LoadOptions` - how queries arrive: a plain loop, closed-loop clients at concurrency levels, or an
+  MLPerf LoadGen scenario with its settings;
+* :class:`ThroughputOptions` - the official baseline, its batch and precision, the peak for MFU, random weights;
+* :class:`ServeTarget` - an Open Inference Protocol v2 server: URL, model, request parameters, timeout;
+* :class:`KernelOptions` - the tolerance of the kernels' reference check;
 * :class:`SimulationOptions` - the sequential tests on a Bernoulli oracle (no model);
 * :class:`ScalingOptions` - Ray worker counts.
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from densepure.certify.options import JobOptions, route_fields
 from densepure.choices import Choice
 from densepure.errors import ConfigError
+from densepure.precision import Precision
 from densepure.validation import is_int, is_real
 
 
@@ -60,11 +63,13 @@ def _positive_tuple(name: str, values: tuple, integer: bool = False) -> tuple:
 @dataclass(frozen=True)
 class BenchOptions:
     """``output``: the report directory (None: print only); ``overwrite``: replace a report there;
-    ``repeats``: measurements of each side (alternating, medians reported); ``threads``: torch threads
-    (0: torch's default)."""
+    ``progress_json``: print each figure as a ``{"partial": {name: value}}`` line the moment it is measured
+    (:mod:`densepure.bench.report`); ``repeats``: measurements of each side (alternating, medians reported);
+    ``threads``: torch threads (0: torch's default)."""
 
     output: str | None = None
     overwrite: bool = False
+    progress_json: bool = False
     repeats: int = 1
     threads: int = 0
 
@@ -81,9 +86,13 @@ class LoadOptions:
     ``target_qps``: the Server scenario's arrival rates (one LoadGen run each) or the Offline scenario's
     expected rate; ``latency_bound_s``: the Server scenario's bound (its 99th percentile); ``min_duration_s``,
     ``max_duration_s`` (0: none), ``min_queries``: LoadGen's run length (its validity checks these);
-    ``image_slots``: images a local engine holds at once (None: 1 for single-stream, 64 otherwise)."""
+    ``image_slots``: images a local engine holds at once (None: 1 one image at a time, 64 otherwise);
+    without a scenario, ``concurrency``: closed-loop client counts, one level each (None: the subcommand's
+    default), with ``requests`` per level (None: 2 per client, at least 4)."""
 
     scenario: Scenario | None = None
+    concurrency: tuple[int, ...] | None = None
+    requests: tuple[int, ...] | None = None
     target_qps: tuple[float, ...] = (1.0,)
     latency_bound_s: float = 60.0
     min_duration_s: float = 10.0
@@ -104,23 +113,42 @@ class LoadOptions:
         if self.max_duration_s and self.max_duration_s < self.min_duration_s:
             raise ConfigError(f"max_duration_s ({self.max_duration_s:g}) must be >= min_duration_s "
                               f"({self.min_duration_s:g}) or 0 (no limit)")
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", _positive_tuple("concurrency", self.concurrency, integer=True))
+        if self.requests is not None:
+            object.__setattr__(self, "requests", _positive_tuple("requests", self.requests, integer=True))
+            if self.concurrency is not None:
+                self.levels(self.concurrency)
 
     def slots(self) -> int:
         """Images in a local engine at once."""
         if self.image_slots is not None:
             return self.image_slots
-        return 1 if self.scenario in (None, Scenario.SINGLE_STREAM) else 64
+        one_at_a_time = self.scenario is Scenario.SINGLE_STREAM or (self.scenario is None and self.concurrency is None)
+        return 1 if one_at_a_time else 64
+
+    def levels(self, default: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(clients, requests) per closed-loop level (``default`` client counts when none were given)."""
+        clients = self.concurrency or default
+        counts = self.requests or tuple(max(4, 2 * c) for c in clients)
+        if len(counts) != len(clients):
+            raise ConfigError(f"give one --requests count per --concurrency level: {len(clients)} levels "
+                              f"({' '.join(map(str, clients))}), {len(counts)} counts")
+        return list(zip(clients, counts, strict=True))
 
 
 @dataclass(frozen=True)
 class ThroughputOptions:
     """``baseline``: also run the official loop on the same images and seeds; ``official_batch``: its
-    draws per batch (None: 100, or 16 for imagenet256, as published); ``peak_tflops``: the device's peak
-    for MFU (None: the table's for a known GPU and the precision); ``random_weights``: the preset's UNet
-    and a classifier of the papers' size with seeded random weights (no checkpoint needed)."""
+    draws per batch (None: 100, or 16 for imagenet256, as published); ``official_precision``: the
+    official loop's models cast to this precision, computing with its float32 math (fp32, as published:
+    exact float32; tf32; fp16; bf16); ``peak_tflops``: the device's peak for MFU (None: the table's for a
+    known GPU and the precision); ``random_weights``: the preset's UNet and a classifier of the papers'
+    size with seeded random weights (no checkpoint needed)."""
 
     baseline: Baseline | None = None
     official_batch: int | None = None
+    official_precision: Precision = Precision.FP32
     peak_tflops: float | None = None
     random_weights: bool = False
 
@@ -129,6 +157,10 @@ class ThroughputOptions:
             object.__setattr__(self, "baseline", Baseline.parse(self.baseline))
         if self.official_batch is not None:
             _positive("official_batch", self.official_batch, integer=True)
+        object.__setattr__(self, "official_precision", Precision.parse(self.official_precision))
+        if not self.official_precision.torch_compute:
+            raise ConfigError(f"the official loop runs torch modules: --official-precision "
+                              f"{self.official_precision.value} is not one of fp32, tf32, fp16, bf16")
         if self.peak_tflops is not None:
             _positive("peak_tflops", self.peak_tflops)
 
@@ -136,23 +168,15 @@ class ThroughputOptions:
 @dataclass(frozen=True)
 class ServeTarget:
     """An Open Inference Protocol v2 server: ``url``, the ``model`` name (None: the preset's), request
-    ``params`` (``key=value`` strings: mode, radius, n, ...), the closed-loop ``concurrency`` levels with
-    ``requests`` per level (None: 2 per client, at least 4) and the ``timeout_s`` of one request."""
+    ``params`` (``key=value`` strings: mode, radius, n, ...) and the ``timeout_s`` of one request (the
+    closed-loop levels are :class:`LoadOptions`')."""
 
     url: str | None = None
     model: str | None = None
     params: tuple[str, ...] = ()
-    concurrency: tuple[int, ...] = (1, 4, 16)
-    requests: tuple[int, ...] | None = None
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "concurrency", _positive_tuple("concurrency", self.concurrency, integer=True))
-        if self.requests is not None:
-            object.__setattr__(self, "requests", _positive_tuple("requests", self.requests, integer=True))
-            if len(self.requests) != len(self.concurrency):
-                raise ConfigError(f"give one --requests count per --concurrency level: {len(self.concurrency)} "
-                                  f"levels, {len(self.requests)} counts")
         _positive("timeout_s", self.timeout_s)
         object.__setattr__(self, "params", tuple(self.params))
         for item in self.params:
@@ -160,9 +184,6 @@ class ServeTarget:
                 raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
         if self.url is not None and not str(self.url).startswith(("http://", "https://")):
             raise ConfigError(f"the server URL must start with http:// or https://, got {self.url!r}")
-
-    def request_counts(self) -> tuple[int, ...]:
-        return self.requests or tuple(max(4, 2 * c) for c in self.concurrency)
 
     def parameters(self) -> dict[str, object]:
         """``params`` as a JSON object: numbers and booleans parsed, anything else a string."""
@@ -222,8 +243,19 @@ class ScalingOptions:
         _positive("worker_threads", self.worker_threads, integer=True)
 
 
+@dataclass(frozen=True)
+class KernelOptions:
+    """``check_scale``: how many times the dtype's tolerance a kernel may differ from its torch reference
+    before it is refused untimed (whole UNet forwards: 10 times that; :mod:`densepure.bench.kernels`)."""
+
+    check_scale: float = 4.0
+
+    def __post_init__(self) -> None:
+        _positive("check_scale", self.check_scale)
+
+
 _RECORDS = {"bench": BenchOptions, "load": LoadOptions, "throughput": ThroughputOptions, "target": ServeTarget,
-            "simulation": SimulationOptions, "scaling": ScalingOptions}
+            "simulation": SimulationOptions, "scaling": ScalingOptions, "kernels": KernelOptions}
 
 
 @dataclass(frozen=True)
@@ -237,6 +269,7 @@ class BenchRun:
     target: ServeTarget = field(default_factory=ServeTarget)
     simulation: SimulationOptions = field(default_factory=SimulationOptions)
     scaling: ScalingOptions = field(default_factory=ScalingOptions)
+    kernels: KernelOptions = field(default_factory=KernelOptions)
 
     @classmethod
     def build(cls, **values: object) -> BenchRun:

@@ -4,8 +4,9 @@ A report (``report.json``) is an object with these keys (schema ``densepure-benc
 :data:`SCHEMA_VERSION`; a reader refuses other versions and malformed files with one line):
 
 * ``schema``, ``version``: ``"densepure-bench-report"``, 1;
-* ``subcommand``: ``throughput``, ``latency``, ``serve``, ``sequential``, ``kernels`` or ``scaling``;
-* ``partial``: true when the run was interrupted (Ctrl-C) and the report holds what was measured so far;
+* ``subcommand``: ``throughput``, ``latency``, ``serve``, ``sequential``, ``kernels``, ``models`` or ``scaling``;
+* ``partial``: true when the run was interrupted (Ctrl-C) or failed, and the report holds what was measured
+  so far (a failure's message is the last note);
 * ``started_at``, ``finished_at``: UTC times (ISO 8601); ``command``: the command line (argv);
 * ``environment``: the machine and its software (:mod:`densepure.bench.environment`);
 * ``configuration``: every option of the run by its flag's field name (models, smoothing, statistics,
@@ -20,14 +21,16 @@ A report (``report.json``) is an object with these keys (schema ``densepure-benc
 * ``notes``: sentences a reader needs (what a number includes, why one is missing).
 
 This module is pure (no torch): :class:`ReportBuilder` collects a run's numbers as it goes, so an
-interrupted run still has a report (``partial``).
+interrupted run still has a report (``partial``), and tells a ``listener`` each figure the moment it is
+measured (``densepure bench --progress-json`` prints them as ``{"partial": {name: value}}`` lines: a harness
+that kills a run keeps what it measured; :data:`PARTIAL_KEY`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +40,8 @@ from densepure.errors import InputError
 
 SCHEMA = "densepure-bench-report"
 SCHEMA_VERSION = 1
-SUBCOMMANDS = ("throughput", "latency", "serve", "sequential", "kernels", "scaling")
+SUBCOMMANDS = ("throughput", "latency", "serve", "sequential", "kernels", "models", "scaling")
+PARTIAL_KEY = "partial"  # a progress line is {"partial": {metric name: value, ..., "notes": [...]}}
 
 
 class Unit(Choice, what="unit"):
@@ -205,12 +209,24 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+Listener = Callable[[dict[str, object]], None]
+
+
+def progress_line(figures: Mapping[str, object]) -> str:
+    """One progress line: ``{"partial": figures}`` as JSON (what a listener of ``--progress-json`` prints)."""
+    return json.dumps({PARTIAL_KEY: dict(figures)}, allow_nan=False)
+
+
 class ReportBuilder:
     """Collects a run's numbers as they are measured; :meth:`report` freezes them (``partial`` when the
-    run was interrupted). Adding a metric twice replaces it (a later repeat's median)."""
+    run was interrupted). Adding a metric twice replaces it (a later repeat's median). ``listener``, when
+    given, is called with ``{name: value}`` for each metric as it is added, and with ``{"notes": [...]}``
+    (every note so far) for each new note: merged in order, the calls give the report's metrics and notes."""
 
-    def __init__(self, subcommand: str, command: Sequence[str], configuration: Mapping[str, object]):
+    def __init__(self, subcommand: str, command: Sequence[str], configuration: Mapping[str, object],
+                 listener: Listener | None = None):
         self.subcommand, self.command, self.configuration = subcommand, tuple(command), dict(configuration)
+        self.listener = listener
         self.environment: dict[str, object] = {}
         self.metrics: dict[str, Metric] = {}
         self.series: dict[str, Series] = {}
@@ -220,6 +236,8 @@ class ReportBuilder:
 
     def metric(self, name: str, value: float, unit: Unit | str, description: str = "") -> None:
         self.metrics[name] = Metric(float(value) if not isinstance(value, int) else value, unit, description)
+        if self.listener is not None:
+            self.listener({name: self.metrics[name].value})
 
     def ratio(self, name: str, numerator: str, denominator: str, description: str = "") -> None:
         """``name`` = metric ``numerator`` / metric ``denominator`` (same unit), when both are there."""
@@ -234,6 +252,8 @@ class ReportBuilder:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+            if self.listener is not None:
+                self.listener({"notes": list(self.notes)})
 
     def report(self, partial: bool = False) -> Report:
         return Report(self.subcommand, self.command, self.environment, self.configuration, dict(self.metrics),

@@ -5,7 +5,8 @@ threads send single-image requests back to back until ``--requests`` are answere
 next image of the selection (the digits test split by default; seeded random images of the model's
 input shape when the shipped data does not fit). Reported per level: answered requests/s, latency
 p50/p95/p99 of the answered requests, errors, draws per request and draws/s from the answers' ``draws``
-output, and from the server's ``/metrics`` (when it has densepure's) its draws/s and UNet rows per call.
+output, and from the server's ``/metrics`` (when it has densepure's) its draws/s and UNet rows per call,
+summed over the server's devices (its per-engine metrics carry a ``device`` label).
 
 A request that the server answers with an error (HTTP >= 400) or that gets no answer is an error: it is
 counted and reported, and never enters the latencies or the rates. ``--scenario single-stream|server|
@@ -20,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from densepure.bench.common import percentiles, progress_bar
-from densepure.bench.oip import Answer, OipClient
+from densepure.bench.common import progress_bar
+from densepure.bench.oip import OipClient
 from densepure.bench.options import BenchRun, Scenario
 from densepure.bench.report import ReportBuilder, Unit
+from densepure.bench.sweep import Outcome, add_sweep_series, closed_loop, level_numbers, record_level
 
-DRAWS, UNET_ROWS, UNET_CALLS = ("densepure_draws_total", "densepure_denoiser_rows_total",
-                                'densepure_batch_rows_count{model="denoiser"}')
+DEFAULT_CONCURRENCY = (1, 4, 16)
 
 
 def server_images(run: BenchRun, shape: tuple[int, ...], builder: ReportBuilder) -> list[np.ndarray]:
@@ -73,107 +74,41 @@ def _client(run: BenchRun, model: str) -> OipClient:
     return client
 
 
-def closed_loop(run: BenchRun, model: str, images, clients: int, requests: int, bar):
-    """``clients`` threads send ``requests`` requests back to back: [(latency_s, Answer)] and the wall time."""
-    params, lock, results, next_i = run.target.parameters(), threading.Lock(), [], [0]
-
-    def worker() -> None:
-        with _client(run, model) as client:
-            while True:
-                with lock:
-                    i = next_i[0]
-                    if i >= requests:
-                        return
-                    next_i[0] += 1
-                start = time.perf_counter()
-                answer = client.infer(images[i % len(images)], params)
-                with lock:
-                    results.append((time.perf_counter() - start, answer))
-                bar.update(1)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-    start = time.perf_counter()
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-    finally:
-        wall = time.perf_counter() - start
-    with lock:
-        return list(results), wall
-
-
 def sweep(run: BenchRun, builder: ReportBuilder, model: str, images) -> None:
-    """The closed-loop levels in turn; every level's numbers are in the report as soon as it ends."""
+    """The closed-loop levels in turn (:mod:`densepure.bench.sweep`); every level's numbers are in the report
+    as soon as it ends. Each client thread keeps one HTTP connection."""
+    params, local, clients_open = run.target.parameters(), threading.local(), []
+    lock = threading.Lock()
+
+    def send(i: int) -> Outcome:
+        if not hasattr(local, "client"):
+            local.client = _client(run, model)
+            with lock:
+                clients_open.append(local.client)
+        start = time.perf_counter()
+        answer = local.client.infer(images[i % len(images)], params)
+        return Outcome(time.perf_counter() - start, answer.draws, answer.error, answer.status)
+
     levels, per_request = [], []
-    total_errors = 0
     try:
         with _client(run, model) as probe:
-            for clients, requests in zip(run.target.concurrency, run.target.request_counts(), strict=True):
+            for clients, requests in run.load.levels(DEFAULT_CONCURRENCY):
                 before = probe.metrics()
                 bar = progress_bar(requests, f"{clients} client(s)", unit="req")
                 try:
-                    results, wall = closed_loop(run, model, images, clients, requests, bar)
+                    results, wall = closed_loop(send, clients, requests, lambda bar=bar: bar.update(1))
                 finally:
                     bar.close()
-                after = probe.metrics()
-                level = level_numbers(clients, results, wall, before, after)
+                    while clients_open:  # the level's connections (the next level's threads open their own)
+                        clients_open.pop().__exit__()
+                level = level_numbers(clients, results, wall, before, probe.metrics())
                 levels.append(level)
-                total_errors += level["errors"]
-                per_request += [(clients, lat if a.ok else None, a.draws, a.status) for lat, a in results]
-                for key, (value, unit, what) in level_metrics(level).items():
-                    builder.metric(f"c{clients}.{key}", value, unit, what)
-                _first_error(builder, clients, results)
+                per_request += [(clients, r.latency_s if r.ok else None, r.draws, r.status) for r in results]
+                record_level(builder, level, results)
     finally:
-        builder.metric("errors", total_errors, Unit.COUNT, "requests answered with an error or not at all")
-        builder.add_series("concurrency", [(k, u) for k, u in SWEEP_COLUMNS],
-                           [[level.get(k) for k, _ in SWEEP_COLUMNS] for level in levels])
-        builder.add_series("requests", [("clients", Unit.COUNT), ("latency_s", Unit.SECONDS), ("draws", Unit.DRAWS),
-                                        ("status", Unit.COUNT)], per_request)
-
-
-SWEEP_COLUMNS = (("clients", Unit.COUNT), ("requests", Unit.COUNT), ("errors", Unit.COUNT),
-                 ("requests_per_s", Unit.REQUESTS_PER_S), ("p50_s", Unit.SECONDS), ("p95_s", Unit.SECONDS),
-                 ("p99_s", Unit.SECONDS), ("draws_per_request", Unit.DRAWS), ("draws_per_s", Unit.DRAWS_PER_S),
-                 ("server_draws_per_s", Unit.DRAWS_PER_S), ("server_unet_rows_per_call", Unit.ROWS_PER_CALL))
-
-
-def level_numbers(clients: int, results: list[tuple[float, Answer]], wall: float, before, after) -> dict:
-    """One level's numbers; latencies and rates over the answered requests only."""
-    good = [(lat, a) for lat, a in results if a.ok]
-    out: dict[str, float | None] = {"clients": clients, "requests": len(results), "errors": len(results) - len(good),
-                                    "requests_per_s": len(good) / wall if wall > 0 else None}
-    if good:
-        pct = percentiles([lat for lat, _ in good], (50, 95, 99))
-        out.update(p50_s=pct[50], p95_s=pct[95], p99_s=pct[99])
-        draws = [a.draws for _, a in good if a.draws is not None]
-        if draws:
-            out.update(draws_per_request=float(np.mean(draws)), draws_per_s=float(np.sum(draws)) / wall)
-    if before and after and DRAWS in after:
-        out["server_draws_per_s"] = (after[DRAWS] - before.get(DRAWS, 0.0)) / wall
-        calls = after.get(UNET_CALLS, 0.0) - before.get(UNET_CALLS, 0.0)
-        if calls > 0:
-            out["server_unet_rows_per_call"] = (after.get(UNET_ROWS, 0.0) - before.get(UNET_ROWS, 0.0)) / calls
-    return out
-
-
-def level_metrics(level: dict) -> dict[str, tuple[float, Unit, str]]:
-    what = {"requests_per_s": "answered requests per second", "errors": "requests answered with an error",
-            "p50_s": "median latency of the answered requests", "p95_s": "95th percentile latency",
-            "p99_s": "99th percentile latency", "draws_per_request": "mean draws per answered request",
-            "draws_per_s": "draws of the answered requests per second (their draws output)",
-            "server_draws_per_s": "draws per second by the server's /metrics (densepure_draws_total)",
-            "server_unet_rows_per_call": "UNet rows per call by the server's /metrics"}
-    units = dict(SWEEP_COLUMNS)
-    return {k: (level[k], units[k], text) for k, text in what.items() if level.get(k) is not None}
-
-
-def _first_error(builder: ReportBuilder, clients: int, results) -> None:
-    errors = [a for _, a in results if not a.ok]
-    if errors:
-        builder.note(f"{clients} client(s): {len(errors)} error(s), the first: {errors[0].error}")
+        builder.metric("errors", sum(level["errors"] for level in levels), Unit.COUNT,
+                       "requests answered with an error or not at all")
+        add_sweep_series(builder, levels, per_request)
 
 
 def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> None:
@@ -199,7 +134,7 @@ def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> 
         else:
             test.fail(query, RuntimeError(answer.error))
 
-    pool = ThreadPoolExecutor(max_workers=max(64, *run.target.concurrency))
+    pool = ThreadPoolExecutor(max_workers=max(64, *(run.load.concurrency or DEFAULT_CONCURRENCY)))
     try:
         for qps in rates:
             label = run_label(scenario, qps)

@@ -2,12 +2,17 @@
 
 The engine is the one ``densepure certify`` builds for the same flags (models, backend, precision,
 kernels, batch), fed through the same runner; each image's noise is keyed by (seed, its dataset index).
-Reported per side (``engine.``, ``official.``): images/hour, draws/s, UNet and classifier rows/s, rows per
-draw and per call, the achieved model TFLOP/s and on CUDA the MFU against the precision's peak, peak
-memory; and ``ratio.``: engine / official. ``--baseline official`` runs the published loop
-(:mod:`densepure.bench.official`) on the same images with the same seed in the same process, after the
-engine in each of ``--repeats`` alternating rounds (a drift in the machine's speed hits both sides);
-medians are reported. One image runs once on each side before timing (warm-up, not counted).
+Reported per side (``engine.``, ``official.``): images/hour (and at the papers' N0=100, N=100,000 at the
+measured draw rate), draws/s, UNet and classifier rows/s, rows per draw and per call, the achieved model
+TFLOP/s and the MFU (:func:`~densepure.bench.common.mfu_metrics`: against the data sheet's peak of the
+side's precision on CUDA, and against the matmul rate of that precision measured here), peak memory; and
+``ratio.``: engine / official. ``--baseline official`` runs the published loop
+(:mod:`densepure.bench.official`, in ``--official-precision``, fp32 by default) on the same images with
+the same seed in the same process, after the engine in each of ``--repeats`` alternating rounds (a drift
+in the machine's speed hits both sides); medians are reported. The engine is activated once (CUDA graphs
+captured, compiled with ``--compile``): ``engine.capture_s``, never inside a timed round. One image runs
+once on each side before timing (warm-up, not counted). The configuration records what each side
+computed with: precision, TF32 inside the model calls, kernels, CUDA graphs, rows, the weights.
 ``--scenario offline`` drives the engine with LoadGen's Offline scenario instead.
 """
 
@@ -19,15 +24,15 @@ import torch
 
 from densepure.bench.common import (
     IndexedImages,
+    mfu_metrics,
     model_flops,
     now,
     peak_memory,
-    peak_tflops,
     progress_bar,
     reset_peak_memory,
     warm_up,
 )
-from densepure.bench.models import BenchImages, bench_engine, bench_images, torch_modules
+from densepure.bench.models import BenchImages, bench_engine, bench_images, torch_modules, weights_provenance
 from densepure.bench.official import OfficialLoop, official_batch_default
 from densepure.bench.options import BenchRun, Scenario
 from densepure.bench.report import ReportBuilder, Unit
@@ -35,7 +40,6 @@ from densepure.certify.runner import certify_images
 from densepure.certify.tasks import CertifyTask
 from densepure.engine.device import resolve_device
 from densepure.errors import ConfigError
-from densepure.precision import Precision
 
 
 @dataclass
@@ -92,20 +96,18 @@ def measure(run: BenchRun, builder: ReportBuilder, out) -> None:
     builder.environment = collect_environment(device)
     engine = bench_engine(run, images.shape, images.classes, image_slots=8)
     seed = run.job.sampling.seed if run.job.sampling.seed is not None else 0
-    builder.configuration.update(seed=seed, engine_rows_per_call=engine.config.unet_rows,
-                                 kernels_resolved=engine.kernels.name, images_selected=len(images.indices))
+    builder.configuration.update(seed=seed, images_selected=len(images.indices), **engine_record(run, engine))
     if run.load.scenario is Scenario.OFFLINE:
         from densepure.bench.local import loadgen_local
 
         return loadgen_local(run, builder, out, engine, images, seed)
-    official = None
-    if run.throughput.baseline is not None:
-        batch = run.throughput.official_batch or official_batch_default(run.job.models.preset)
-        unet, classifier = torch_modules(run, device)
-        official = OfficialLoop(unet, classifier, engine.smoothing, batch, device)
-        builder.configuration["official_batch_resolved"] = batch
+    official = _official(run, builder, engine, device)
     sides = {"engine": Side("engine")} | ({"official": Side("official")} if official is not None else {})
+    start = now(engine.device)
     with engine, torch.inference_mode():
+        builder.metric("engine.capture_s", now(engine.device) - start, Unit.SECONDS,
+                       "activating the engine once: CUDA graphs of every bucket captured (and compiled with "
+                       "--compile); in no timed round")
         _warm_up(engine, official, images, run, seed)
         for repeat in range(run.bench.repeats):
             try:
@@ -115,6 +117,30 @@ def measure(run: BenchRun, builder: ReportBuilder, out) -> None:
                                     f"official ({repeat + 1}/{run.bench.repeats})")
             finally:
                 report_sides(builder, sides, engine, run, images)
+
+
+def engine_record(run: BenchRun, engine) -> dict[str, object]:
+    """What the engine computes with, for the report's configuration."""
+    denoiser = engine.backends.denoiser
+    call = getattr(denoiser, "call", None) or getattr(engine.backends.classifier, "call", None)
+    precision = run.job.execution.precision
+    return {"engine_rows_per_call": engine.config.unet_rows, "kernels_resolved": engine.kernels.describe(),
+            "cuda_graphs_resolved": bool(call is not None and call.graphs), "weights": weights_provenance(run),
+            "tf32_in_model_calls": precision.tf32 and engine.device.type == "cuda"}
+
+
+def _official(run: BenchRun, builder: ReportBuilder, engine, device) -> OfficialLoop | None:
+    """The official loop over the job's models in ``--official-precision``, when ``--baseline official``."""
+    if run.throughput.baseline is None:
+        return None
+    batch = run.throughput.official_batch or official_batch_default(run.job.models.preset)
+    precision = run.throughput.official_precision
+    unet, classifier = torch_modules(run, device)
+    unet.set_precision(precision.dtype)
+    classifier.set_precision(precision.dtype)
+    builder.configuration.update(official_batch_resolved=batch,
+                                 official_tf32_in_model_calls=precision.tf32 and device.type == "cuda")
+    return OfficialLoop(unet, classifier, engine.smoothing, batch, device, precision)
 
 
 def _warm_up(engine, official, images: BenchImages, run: BenchRun, seed: int) -> None:
@@ -205,9 +231,9 @@ def report_sides(builder: ReportBuilder, sides: dict[str, Side], engine, run: Be
     _results_series(builder, sides, images)
     if any(r.partial for side in sides.values() for r in side.rounds):
         builder.note("a round was interrupted: its numbers count the images and draws done until then")
-    builder.note("the official loop is fp32 eager with the job's models, per the published protocol; the engine "
-                 "runs the job's precision, kernels and batch" if "official" in sides else
-                 "no baseline: add --baseline official to compare with the published loop")
+    builder.note(f"the official loop is eager with the job's models in {run.throughput.official_precision.value}, "
+                 "per the published protocol; the engine runs the job's precision, kernels and batch"
+                 if "official" in sides else "no baseline: add --baseline official to compare with the published loop")
 
 
 def side_metrics(builder: ReportBuilder, name: str, r: Round, rounds: int, flops) -> None:
@@ -216,6 +242,8 @@ def side_metrics(builder: ReportBuilder, name: str, r: Round, rounds: int, flops
     builder.metric(f"{name}.seconds", r.seconds, Unit.SECONDS, f"wall time for {r.images} image(s), {where}")
     builder.metric(f"{name}.images_per_hour", 3600 * r.images / s, Unit.IMAGES_PER_HOUR, "certified images per hour")
     builder.metric(f"{name}.draws_per_s", r.draws / s, Unit.DRAWS_PER_S, "base-classifier draws per second")
+    builder.metric(f"{name}.images_per_hour_at_n100k", 3600 * r.draws / s / 100_100, Unit.IMAGES_PER_HOUR,
+                   "certified images per hour at N0=100, N=100,000 (the papers' setting) at this draw rate")
     builder.metric(f"{name}.unet_rows_per_s", r.unet_rows / s, Unit.ROWS_PER_S, "UNet rows (chain steps) per second")
     builder.metric(f"{name}.classifier_rows_per_s", r.classifier_rows / s, Unit.ROWS_PER_S, "classifier rows per second")
     if r.draws:
@@ -244,20 +272,15 @@ def _mfu(builder: ReportBuilder, sides, engine, run: BenchRun, flops) -> None:
         builder.metric("model.unet_gflop_per_row", unet_flops / 1e9, Unit.GFLOP_PER_ROW, "UNet FLOPs per row")
     if clf_flops is not None:
         builder.metric("model.classifier_gflop_per_row", clf_flops / 1e9, Unit.GFLOP_PER_ROW,
-                       "classifier FLOPs per row")
-    if engine.device.type != "cuda":
-        return
-    name = torch.cuda.get_device_name(engine.device)
-    tf32 = bool(torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32)
-    precisions = {"engine": run.job.execution.precision, "official": Precision.FP32}
+                       "classifier FLOPs per row (analytic for the random ViT)")
+    precisions = {"engine": run.job.execution.precision, "official": run.throughput.official_precision}
     for side in sides:
         achieved = builder.metrics.get(f"{side}.model_tflops")
-        peak = run.throughput.peak_tflops or peak_tflops(name, precisions[side], tf32)
-        if achieved is None or peak is None:
-            builder.note(f"no MFU for {side}: {'pass --peak-tflops' if peak is None else 'model FLOPs unknown'}")
+        if achieved is None:
+            builder.note(f"no MFU for {side}: model FLOPs unknown (exported graphs)")
             continue
-        builder.metric(f"{side}.mfu", achieved.value / peak, Unit.FRACTION,
-                       f"model FLOP utilisation against {peak:g} TFLOP/s ({precisions[side].value})")
+        mfu_metrics(builder, side, achieved.value, precisions[side], engine.device, run.throughput.peak_tflops,
+                    f"{side} ({precisions[side].value})")
 
 
 def _results_series(builder: ReportBuilder, sides, images: BenchImages) -> None:

@@ -20,13 +20,19 @@ from densepure.precision import Precision
 
 _SCENARIOS = {"throughput": (Scenario.OFFLINE,), "latency": (Scenario.SINGLE_STREAM, Scenario.SERVER),
               "serve": tuple(Scenario)}
+_CONCURRENCY = {"latency": "closed-loop clients of one engine here, each certifying one image at a time (default: "
+                           "none, one image at a time)",
+                "serve": "closed-loop client counts (default: 1 4 16)"}
 _HELP = {
     "throughput": "images/hour, draws/s, rows per call, MFU of the engine; --baseline official: against the "
                   "published DensePure loop on the same images and seeds",
-    "latency": "one image at a time: latency percentiles and draws per image (certify_radius with --radius)",
+    "latency": "one image at a time: latency percentiles and draws per image (certify_radius with --radius); "
+               "--concurrency: closed-loop clients of one engine, as a server's engine loop",
     "serve": "an Open Inference Protocol v2 server under load: concurrency sweep or LoadGen scenarios",
     "sequential": "draws per decision of the sequential tests on a Bernoulli oracle (no model)",
-    "kernels": "each fused kernel against its torch reference (and torch.compile), on the preset's UNet shapes",
+    "kernels": "each fused kernel checked against its torch reference, then timed beside it (and torch.compile), "
+               "on the preset's UNet shapes",
+    "models": "each model alone at the engine's rows per call: rows/s with and without CUDA graphs, FLOPs, MFU",
     "scaling": "images/hour of a Ray run with 1, 2, ... workers",
 }
 
@@ -53,16 +59,25 @@ def add_parser(sub) -> None:
             add_scaling_arguments(q)
         if name in _SCENARIOS:
             add_load_arguments(q, _SCENARIOS[name])
+        if name in _CONCURRENCY:
+            add_concurrency_arguments(q, _CONCURRENCY[name])
     q = _subcommand(commands, "serve", timed=False)
     q.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
     add_data_arguments(q)
     add_serve_arguments(q)
     add_load_arguments(q, _SCENARIOS["serve"])
+    add_concurrency_arguments(q, _CONCURRENCY["serve"])
     q = _subcommand(commands, "sequential", timed=False)
     add_simulation_arguments(q)
     q = _subcommand(commands, "kernels")
     add_kernels_arguments(q)
     q.set_defaults(random_weights=True)  # the preset's architecture, never its checkpoint
+    q = _subcommand(commands, "models")
+    add_model_arguments(q)
+    add_execution_arguments(q)
+    g = q.add_argument_group("models and MFU")
+    add_random_weights(g)
+    add_peak_argument(g)
     q = commands.add_parser("compare", help="two reports side by side, with B / A for every metric")
     q.add_argument("reports", nargs=2, metavar="REPORT", help="report.json files (or the directories holding them)")
     q.set_defaults(_func=compare)
@@ -75,6 +90,9 @@ def _subcommand(commands, name: str, timed: bool = True) -> argparse.ArgumentPar
     g = q.add_argument_group("report")
     g.add_argument("--output", help="write report.json, report.md and plots into this directory")
     g.add_argument("--overwrite", action="store_true", help="replace a report already in --output")
+    g.add_argument("--progress-json", action="store_true",
+                   help='also print each figure on stdout as a JSON line {"partial": {NAME: VALUE}} the moment it is '
+                        "measured (a harness that stops the run keeps them)")
     if timed:
         g.add_argument("--repeats", type=int, help="measure this many times (alternating sides; medians) "
                                                    "(default: 1)")
@@ -95,9 +113,16 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the published DensePure loop (K passes, fp32 eager) on the same images and seed")
     g.add_argument("--official-batch", type=int, help="the official loop's draws per batch (default: 100; "
                                                       "imagenet256: 16, as published)")
-    g.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: known for H100, H200, A100, "
-                                                     "L4, L40S at the precision)")
+    g.add_argument("--official-precision", choices=[p.value for p in Precision if p.torch_compute],
+                   help="the official loop's precision (default: fp32, exact float32, as published)")
+    add_peak_argument(g)
     add_random_weights(g)
+
+
+def add_peak_argument(g) -> None:
+    g.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: the data sheet's for H100, "
+                                                     "H200, A100, L4, L40S at the precision; MFU against the matmul "
+                                                     "rate measured here is reported beside it)")
 
 
 def add_load_arguments(p: argparse.ArgumentParser, scenarios: tuple[Scenario, ...]) -> None:
@@ -125,9 +150,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="the model name on the server (default: digits)")
     g.add_argument("--param", dest="params", action="append",
                    help="a request parameter KEY=VALUE, repeatable: mode=certify n=1000, radius=0.25, ...")
-    g.add_argument("--concurrency", type=int, nargs="+", help="closed-loop client counts (default: 1 4 16)")
-    g.add_argument("--requests", type=int, nargs="+", help="requests per level (default: 2 per client, at least 4)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per request (default: 600)")
+
+
+def add_concurrency_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("closed-loop clients")
+    g.add_argument("--concurrency", type=int, nargs="+", help=what)
+    g.add_argument("--requests", type=int, nargs="+", help="requests per level (default: 2 per client, at least 4)")
 
 
 def add_simulation_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,6 +180,9 @@ def add_kernels_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=[p.value for p in Precision],
                    help="the UNet's precision (default: fp32)")
     g.add_argument("--compile", choices=[m.value for m in CompileMode], help="also time torch.compile in this mode")
+    g.add_argument("--check-scale", type=float,
+                   help="times the dtype's tolerance a kernel may differ from its torch reference before it is "
+                        "refused untimed (default: 4; whole UNet forwards: 10 times that)")
 
 
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     from densepure.bench.render import markdown
     from densepure.bench.session import run_bench
 
-    report, written = run_bench(args._bench, options_from_args(args), args._argv)
+    options = options_from_args(args)
+    listener = _print_progress if options.bench.progress_json else None
+    report, written = run_bench(args._bench, options, args._argv, listener)
     print(markdown(report))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
@@ -182,6 +216,12 @@ def run(args: argparse.Namespace) -> int:
             os._exit(130)
         return 130
     return 0
+
+
+def _print_progress(figures: dict) -> None:
+    from densepure.bench.report import progress_line
+
+    print(progress_line(figures), flush=True)
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -151,3 +151,53 @@ def test_a_refused_output_costs_no_measurement(tmp_path, capsys):
     ReportDirectory(tmp_path).write(_report())
     code = main(["bench", "latency", "--max", "1", "--n0", "10", "--n", "20", "--output", str(tmp_path)])
     assert code == 2 and "already holds a report" in capsys.readouterr().err
+
+
+def test_the_listener_hears_every_figure_as_it_is_measured():
+    """Merged in order, what the listener hears is the report's metrics and notes (what a harness keeps of a
+    killed run: ``--progress-json`` prints each as a {"partial": ...} line)."""
+    from densepure.bench.report import progress_line
+
+    heard: list[dict] = []
+    b = ReportBuilder("latency", ["densepure"], {}, listener=heard.append)
+    b.metric("a", 1.0, Unit.SECONDS)
+    b.note("first")
+    b.metric("a", 2.0, Unit.SECONDS)  # a later repeat's median replaces it
+    b.metric("b", 3, Unit.COUNT)
+    b.note("first")  # a repeated note is not news
+    b.note("second")
+    assert heard == [{"a": 1.0}, {"notes": ["first"]}, {"a": 2.0}, {"b": 3}, {"notes": ["first", "second"]}]
+    merged: dict = {}
+    for figures in heard:
+        merged.update(json.loads(progress_line(figures))["partial"])
+    report = b.report()
+    assert merged == {**{k: m.value for k, m in report.metrics.items()}, "notes": list(report.notes)}
+
+
+def test_a_failure_keeps_what_was_measured_as_a_partial_report(tmp_path, monkeypatch, capsys):
+    """A measurement that fails after measuring something writes it (partial, the failure its last note), prints
+    each figure with --progress-json, and then fails with its one-line error."""
+    import densepure.bench.sequential as sequential
+
+    def measure(run, builder, out):
+        builder.metric("cells", 3, Unit.COUNT, "done before the failure")
+        raise ConfigError("the oracle broke")
+
+    monkeypatch.setattr(sequential, "measure", measure)
+    assert main(["bench", "sequential", "--reps", "2", "--output", str(tmp_path / "r"), "--progress-json"]) == 2
+    captured = capsys.readouterr()
+    assert '{"partial": {"cells": 3}}' in captured.out.splitlines()
+    assert "the oracle broke" in captured.err
+    report = read_report(tmp_path / "r")
+    assert report.partial and report.metrics["cells"].value == 3 and "the oracle broke" in report.notes[-1]
+
+
+def test_a_failure_before_any_figure_writes_no_report(tmp_path, monkeypatch):
+    import densepure.bench.sequential as sequential
+
+    def measure(run, builder, out):
+        raise ConfigError("refused before measuring")
+
+    monkeypatch.setattr(sequential, "measure", measure)
+    assert main(["bench", "sequential", "--output", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r" / "report.json").exists()

@@ -20,8 +20,8 @@ META = {"name": "digits", "platform": "stub", "inputs": [{"name": "pixels", "dat
 class Stub:
     """A v2 server whose n-th infer request (from 0) fails when ``fails(n)``; records the bodies it got."""
 
-    def __init__(self, fails):
-        self.count, self.bodies, self.lock = itertools.count(), [], threading.Lock()
+    def __init__(self, fails, metrics: bool = False):
+        self.count, self.bodies, self.lock, self.answered = itertools.count(), [], threading.Lock(), 0
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +39,13 @@ class Stub:
             def do_GET(self):
                 if self.path == "/v2/models/digits":
                     return self._send(200, META)
+                if self.path == "/metrics" and metrics:
+                    data = stub.metrics_text().encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "text/plain; version=0.0.4")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
                 self._send(404, {"error": "no such route"})
 
             def do_POST(self):
@@ -48,6 +55,8 @@ class Stub:
                     stub.bodies.append(body)
                 if fails(n):
                     return self._send(503, {"error": "queue full"})
+                with stub.lock:
+                    stub.answered += 1
                 self._send(200, {"model_name": "digits", "outputs": [
                     {"name": "label", "datatype": "INT64", "shape": [1], "data": [3]},
                     {"name": "draws", "datatype": "INT64", "shape": [1], "data": [42]}]})
@@ -55,6 +64,19 @@ class Stub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def metrics_text(self) -> str:
+        """densepure's per-device samples: each answer's 42 draws split 30 + 12 over two engine loops, 70 + 28
+        UNet rows in one batch on each, and 5 classifier batches (not UNet calls)."""
+        with self.lock:
+            n = self.answered
+        lines = ["# TYPE densepure_draws_total counter"]
+        for device, draws, rows in (("cpu", 30, 70), ("cpu#1", 12, 28)):
+            lines += [f'densepure_draws_total{{device="{device}"}} {draws * n}.0',
+                      f'densepure_denoiser_rows_total{{device="{device}"}} {rows * n}.0',
+                      f'densepure_batch_rows_count{{device="{device}",model="denoiser"}} {n}.0',
+                      f'densepure_batch_rows_count{{device="{device}",model="classifier"}} {5 * n}.0']
+        return "\n".join(lines) + "\n"
 
     def __enter__(self):
         self.thread.start()
@@ -129,3 +151,27 @@ def test_an_unknown_model_is_one_line(capsys):
 def test_prometheus_samples():
     text = '# HELP x\n# TYPE x counter\nx_total 3.0\ny{model="denoiser"} 12\nbad line\n'
     assert parse_prometheus(text) == {"x_total": 3.0, 'y{model="denoiser"}': 12.0}
+
+
+def test_the_servers_metrics_are_summed_over_its_devices(tmp_path):
+    """densepure serve labels its per-engine metrics with ``device``: a server-wide figure sums every label set."""
+    pytest.importorskip("httpx")
+    out = tmp_path / "r"
+    with Stub(fails=lambda n: False, metrics=True) as stub:
+        assert main(["bench", "serve", stub.url, "--concurrency", "2", "--requests", "4", "--output", str(out)]) == 0
+    report, m = _report(out)
+    assert m["c2.server_unet_rows_per_call"] == pytest.approx((70 + 28) / 2)  # UNet batches only, both devices
+    assert m["c2.server_draws_per_s"] == pytest.approx(m["c2.draws_per_s"])  # 30 + 12 = the 42 the answers say
+    row = report["series"]["concurrency"]["rows"][0]
+    assert row[-1] == pytest.approx(49.0)
+
+
+def test_metric_totals():
+    from densepure.bench.sweep import metric_total
+
+    samples = parse_prometheus('a_total{device="cpu"} 1\na_total{device="cuda:0"} 2\n'
+                               'b_count{device="cpu",model="denoiser"} 3\nb_count{device="cpu",model="classifier"} 4\n'
+                               'a_total_other 9\n')
+    assert metric_total(samples, "a_total") == 3.0
+    assert metric_total(samples, "b_count", model="denoiser") == 3.0 and metric_total(samples, "b_count") == 7.0
+    assert metric_total(samples, "missing") is None and metric_total(None, "a_total") is None

@@ -42,7 +42,15 @@ def test_the_official_baseline_runs_the_published_model_calls(tmp_path):
         assert m[f"{side}.images_per_hour"] == pytest.approx(3600 * IMAGES / m[f"{side}.seconds"])
         assert m[f"{side}.model_tflops"] > 0
     assert m["process.peak_memory_bytes"] > 0 and m["model.unet_gflop_per_row"] > 0
-    assert report["partial"] is False and report["configuration"]["official_batch_resolved"] == BATCH
+    for side in ("engine", "official"):  # on the CPU: against the measured fp32 matmul rate only
+        assert m[f"{side}.mfu_of_matmul"] == pytest.approx(m[f"{side}.model_tflops"] / m["device.matmul_tflops.fp32"])
+        assert m[f"{side}.images_per_hour_at_n100k"] == pytest.approx(3600 * m[f"{side}.draws_per_s"] / 100_100)
+    assert m["engine.capture_s"] >= 0  # activating the engine, apart from every timed round
+    config = report["configuration"]
+    assert report["partial"] is False and config["official_batch_resolved"] == BATCH
+    assert config["official_precision"] == "fp32" and config["official_tf32_in_model_calls"] is False
+    assert config["tf32_in_model_calls"] is False and config["weights"].startswith("the shipped digits")
+    assert config["cuda_graphs_resolved"] is False and config["kernels_resolved"].startswith("torch")
     assert report["configuration"]["num_chains"] == K and report["environment"]["device"]["type"] == "cpu"
     images = report["series"]["images"]
     assert [c["name"] for c in images["columns"]] == ["index", "label", "engine_predict", "engine_radius",
@@ -71,6 +79,16 @@ def test_interrupted_rounds_leave_a_partial_report(tmp_path, monkeypatch):
     assert report["partial"] is True and any("interrupted" in note for note in report["notes"])
     assert m["engine.draws"] == 60 and m["official.draws"] == 30  # the second image never ran on the official side
     assert m["official.unet_rows"] == 3 * 2 * 30
+
+
+def test_the_official_loop_runs_in_the_precision_asked(tmp_path):
+    """--official-precision bf16: the same published model calls, the models in bf16."""
+    out = tmp_path / "r"
+    assert main(["bench", "throughput", "--max", "1", "--n0", "10", "--n", "10", "--K", "3", "--device", "cpu",
+                 "--baseline", "official", "--official-precision", "bf16", "--output", str(out)]) == 0
+    m, report = _metrics(out)
+    assert m["official.unet_rows"] == 3 * 2 * 20 and "device.matmul_tflops.bf16" in m
+    assert any("in bf16" in note for note in report["notes"])
 
 
 def test_majority_breaks_ties_by_the_earliest_pass():

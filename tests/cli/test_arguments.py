@@ -78,6 +78,9 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
     "--threads": (["2"], 2, []),
     "--baseline": (["official"], "official", []),
     "--official-batch": (["16"], 16, []),
+    "--official-precision": (["bf16"], "bf16", []),
+    "--progress-json": ([], True, []),
+    "--check-scale": (["8"], 8.0, []),
     "--peak-tflops": (["100"], 100.0, []),
     "--random-weights": ([], True, []),
     "--scenario": (["server"], "server", []),
@@ -114,7 +117,8 @@ VALUES: dict[str, tuple[list[str], object, list[str]]] = {
 }
 # a flag that means something else in a bench subcommand (scaling's --workers is a list of counts)
 BENCH_VALUES = {"--workers": (["1", "3"], (1, 3), [])}
-BENCH = ["bench throughput", "bench latency", "bench serve", "bench sequential", "bench kernels", "bench scaling"]
+BENCH = ["bench throughput", "bench latency", "bench serve", "bench sequential", "bench kernels", "bench models",
+         "bench scaling"]
 # what a flag means when the server runs (certify's defaults for the server's statistics are too big)
 SERVE_CONTEXT = ["--n", "1000", "--n0", "50"]
 
