@@ -44,8 +44,8 @@ def flags_on():
 def test_tf32_is_a_float32_math_mode_that_is_not_exported():
     assert Precision.parse("tf32") is Precision.TF32 and Precision.TF32.dtype is torch.float32
     assert Precision.TF32.tf32 and not any(p.tf32 for p in Precision if p is not Precision.TF32)
-    assert EXPORTED_PRECISIONS == (Precision.FP32, Precision.FP16)
-    with pytest.raises(ConfigError, match="fp32 or fp16 graphs, got precision tf32"):
+    assert EXPORTED_PRECISIONS == (Precision.FP32, Precision.FP16, Precision.INT8)
+    with pytest.raises(ConfigError, match="got precision tf32"):
         BackendChoice(BackendKind.ONNXRUNTIME, "artifacts", Precision.TF32)
 
 

@@ -252,7 +252,7 @@ def test_resume_refuses_to_mix_precisions(int8_export, tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--precision", "fp32"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "precision: 'int8' -> 'fp32'" in err and "cannot resume" in err
+    assert len(err.splitlines()) == 1 and "precision: 'int8' -> 'fp32'" in err and "holds another run" in err
     record = json.loads((tmp_path / "run.tsv.jsonl").read_text().splitlines()[0])
     assert "int8" in json.dumps(record)  # the sidecar says which precision made the counts
 
