@@ -23,7 +23,7 @@ from densepure.errors import InputError
 from densepure.noise.keys import BLOCK_BITS, MAX_NUMEL, WORDS, NoiseKeys, row_words
 from densepure.noise.philox import philox
 
-__all__ = ["gaussian", "gaussian_words", "uniform", "uniform_words"]
+__all__ = ["gaussian", "gaussian_words", "uniform", "uniform_words", "word_field"]
 
 # Rows x blocks processed at once: bounds the int64 temporaries (~2 MiB each) without changing
 # any value, since every value is a pure function of its key and index.
@@ -115,6 +115,21 @@ def gaussian(keys: NoiseKeys, shape: tuple[int, ...], device: torch.device,
     """:func:`gaussian_words` of the keys' row words: one ``(B, *shape)`` standard normal field per key."""
     _check_request(shape, device, dtype)
     return gaussian_words(_words(keys, device), shape, device, dtype)
+
+
+def word_field(words: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """The raw Philox words of each row's field, ``(B, numel)`` int64 in ``[0, 2**32)``: element ``i``
+    is word ``i % 4`` of block ``i // 4``, the word :func:`uniform_words` turns into its uniform."""
+    _check_request((numel,), device, torch.float32)
+    words = _check_words(words, device)
+    n_blocks = -(-numel // 4)
+    out = torch.empty((words.shape[0], n_blocks, 4), dtype=torch.int64, device=device)
+
+    def emit(rows, blocks, w):
+        out[rows, blocks] = torch.stack(w, dim=-1)
+
+    _bits(words, numel, emit)
+    return out.reshape(words.shape[0], n_blocks * 4)[:, :numel]
 
 
 def uniform_words(words: torch.Tensor, shape: tuple[int, ...], device: torch.device,
