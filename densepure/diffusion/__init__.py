@@ -18,7 +18,7 @@ from densepure.diffusion.step import (
     start_point,
     step_mean_std,
 )
-from densepure.diffusion.tstar import TStarRule, start_scale, t_star, validate_sigma
+from densepure.diffusion.tstar import TStarRule, dds_noise_sigma, start_scale, t_star, validate_sigma
 
 __all__ = [
     "GridTables",
@@ -34,6 +34,7 @@ __all__ = [
     "coarse_timesteps",
     "onestep_grid",
     "cosine_alpha_bar",
+    "dds_noise_sigma",
     "dds_forward_sample",
     "model_time_tensor",
     "noisy_input",

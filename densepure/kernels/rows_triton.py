@@ -218,7 +218,12 @@ def _launch_config(device: torch.device, numel: int) -> tuple[int, int, dict]:
 
 def start_rows(images: torch.Tensor, image_slot: torch.Tensor, words: torch.Tensor, rule: StartRule,
                out: torch.Tensor | None = None, out_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`densepure.kernels.rows.start_rows` in one launch (same arguments and result)."""
+    """:func:`densepure.kernels.rows.start_rows` in one launch (same arguments and result; sound rules:
+    :mod:`densepure.kernels.sound_triton`)."""
+    if isinstance(rule, StartRule) and rule.sound:
+        from densepure.kernels.sound_triton import sound_start_rows
+
+        return sound_start_rows(images, image_slot, words, rule, out, out_rows)
     images, image_slot, words, out, out_rows = check_start(images, image_slot, words, rule, out, out_rows)
     rows, numel = image_slot.shape[0], images[0].numel()
     result = out if out is not None else torch.empty((rows, *images.shape[1:]), device=images.device)
