@@ -5,7 +5,7 @@ This sub-package imports nothing else of densepure's except :mod:`densepure.erro
 
 from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, coarse_timesteps, onestep_grid
 from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind, cosine_alpha_bar
-from densepure.diffusion.smoothing import Mode, SmoothingConfig, StartKind
+from densepure.diffusion.smoothing import Mode, NoiseKind, SmoothingConfig, StartKind
 from densepure.diffusion.step import (
     GridTables,
     StepCoefficients,
@@ -23,6 +23,7 @@ from densepure.diffusion.tstar import TStarRule, dds_noise_sigma, start_scale, t
 __all__ = [
     "GridTables",
     "Mode",
+    "NoiseKind",
     "NoiseSchedule",
     "ReverseGrid",
     "ScheduleKind",

@@ -40,9 +40,11 @@ from densepure.noise.keys import STEP_BITS, NoiseKeys, row_words
 from densepure.noise.philox import philox
 from densepure.noise.sound_table import GUIDE_BITS, WORD_BITS, SoundTable
 
-__all__ = ["REFINE_LEVELS", "refined_words", "sound_steps", "sound_steps_words", "steps_from_words"]
+__all__ = ["GRID_TOLERANCE", "REFINE_LEVELS", "grid_indices", "refined_words", "sound_steps", "sound_steps_words",
+           "steps_from_words"]
 
 REFINE_LEVELS = (1, 2)  # the step-field values whose words are u1 and u2
+GRID_TOLERANCE = 2.0**-23  # |x - k / levels| allowed: the float32 storage of k / levels, with room to spare
 _STEP_MASK = (1 << STEP_BITS) - 1
 
 Refine = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -120,6 +122,27 @@ def sound_steps(keys: NoiseKeys, shape: Sequence[int], table: SoundTable, device
         raise InputError(f"keys must be NoiseKeys, got {type(keys).__name__}")
     _check_request(shape, device, torch.float32)
     return sound_steps_words(row_words(keys, device), shape, table, device)
+
+
+def grid_indices(x: torch.Tensor, levels: int, name: str = "image") -> torch.Tensor:
+    """The integer grid indices ``k`` of an image on the grid ``k / levels`` (same shape, float32).
+
+    Every value must lie within ``GRID_TOLERANCE`` (``2^-23``, four float32 units at 1.0) of a level
+    ``k / levels`` with ``0 <= k <= levels``: the float32 storage of the level, never a real
+    perturbation (a grid step is at least ``2^-16``). Otherwise :class:`InputError` names the grid and
+    the first value off it. The certificate is then the grid point's (docs/guarantees.md).
+    """
+    wide = x.detach().to(torch.float64)
+    k = torch.round(wide * levels)
+    off = (wide - k / levels).abs()
+    worst = int(off.flatten().argmax()) if off.numel() else 0
+    if off.numel() and (float(off.flatten()[worst]) > GRID_TOLERANCE or float(k.min()) < 0 or float(k.max()) > levels):
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), x.shape))
+        value = float(wide.flatten()[worst])
+        raise InputError(f"{name} is not on the grid k/{levels} (--levels {levels}): value {value:.6g} at {where} is "
+                         f"{abs(value * levels - round(value * levels)):.3g} grid steps from the nearest level; give "
+                         "the quantized image, or --noise float")
+    return k.to(torch.float32)
 
 
 def expected_ties(table: SoundTable) -> float:
