@@ -9,7 +9,7 @@ from pathlib import Path
 
 from densepure.certify.boundary import DEFAULT_METHOD
 from densepure.certify.sequential import SequentialMethod
-from densepure.diffusion import Mode, TStarRule
+from densepure.diffusion import Mode, NoiseKind, TStarRule
 from densepure.engine.backends.select import BackendKind
 from densepure.kernels import CompileMode, KernelChoice
 from densepure.models.classifiers import ResizeChoice
@@ -41,6 +41,13 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGro
     g.add_argument("--b", dest="steps", type=int, help="DensePure: reverse steps per chain (default: 2)")
     g.add_argument("--t-star", dest="t_star_rule", default="auto", choices=[r.value for r in TStarRule],
                    help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, dds")
+    g.add_argument("--noise", choices=[k.value for k in NoiseKind],
+                   help="sound: exact integer grid steps of the discretized Gaussian, the model input computed from "
+                        "the grid index (a certificate about the program that runs; images must lie on the grid "
+                        "k/levels); float: float32 Gaussian noise (the papers' practice; docs/guarantees.md) "
+                        "(default: sound where the grid is known: uint8 sources, the digits; float otherwise)")
+    g.add_argument("--levels", type=int, help="the grid k/LEVELS the images lie on, for the sound noise (default: the "
+                                              "data's: 255 for 8-bit sources, 16 for the digits)")
     return g
 
 
@@ -92,6 +99,9 @@ def add_job_arguments(p: argparse.ArgumentParser, predict: bool) -> None:
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability in (0, 0.5) (default: 0.001)")
     if not predict:
         g.add_argument("--radius", type=float, help="sequential mode: certify this L2 radius with as few draws as possible")
+        g.add_argument("--budget", type=int, help="the anytime radius: up to BUDGET estimation draws (replaces --n), "
+                                                  "the radius certified by a betting confidence sequence, valid at "
+                                                  "any stopping time (recorded as the image's radius)")
         g.add_argument("--sequential", default=DEFAULT_METHOD.value, choices=[m.value for m in SequentialMethod],
                        help="the test --radius runs: exact (exact-boundary test at fixed looks, the default), betting "
                             "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
@@ -141,6 +151,7 @@ def options_from_args(args: argparse.Namespace, predict: bool):
         kernels=KernelChoice(args.kernels), compile=CompileMode(args.compile) if args.compile else None,
         seed=args.seed, output=args.output, skip=args.skip, max=args.max,
         overwrite=args.overwrite, ray=args.ray, workers=args.workers, split_draws=args.split_draws,
+        noise=NoiseKind(args.noise) if args.noise else None, levels=args.levels, budget=getattr(args, "budget", None),
     )
 
 
@@ -191,13 +202,9 @@ class BarProgress:
 
 def _draws_per_image(task) -> int | None:
     """Draws one image takes under ``task`` when fixed in advance (None for sequential tasks)."""
-    from densepure.certify.tasks import CertifyTask, PredictTask
+    from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask
 
-    if isinstance(task, CertifyTask):
-        return task.n0 + task.n
-    if isinstance(task, PredictTask):
-        return task.n
-    return None
+    return task.max_draws() if isinstance(task, (CertifyTask, PredictTask, AnytimeTask)) else None
 
 
 def summarize_run(output: Path, plot: Path, radii=(0.0, 0.25, 0.5, 0.75, 1.0),

@@ -12,6 +12,7 @@ replaced at the same path cannot be mixed into a run.
 
 from __future__ import annotations
 
+import math
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -25,12 +26,13 @@ from densepure.certify.records import IfExists, ImageRecord, TsvKind
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
 from densepure.certify.writer import check_results, open_results
-from densepure.data.datasets import Dataset, open_dataset, select_indices
-from densepure.diffusion import Mode
+from densepure.data.datasets import Dataset, data_levels, open_dataset, select_indices
+from densepure.diffusion import Mode, NoiseKind
 from densepure.engine.backends.select import BackendKind
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
+from densepure.noise.sound import grid_indices
 
 __all__ = ["Job", "JobOptions", "build_engine", "prepare", "run"]
 
@@ -57,9 +59,11 @@ class Job:
         chains = f"K={s.num_chains} b={s.steps} " if s.mode is Mode.DENSEPURE else ""
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
+        stats += f" budget={o.budget} (anytime radius)" if o.budget is not None else ""
+        noise = f"noise={s.noise.value}" + (f" levels={s.levels}" if s.sound else "")
         resize = f" resize={o.resize.value}" if o.resize is not None else ""
         return (f"{command}: {len(self.indices)} images, preset={o.preset} classifier={o.classifier}{resize} "
-                f"mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
+                f"mode={s.mode.value} sigma={s.sigma} {noise} {chains}{stats} "
                 f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={o.backend.value} "
                 f"precision={o.precision.value} kernels={self.engine.kernels.name}")
 
@@ -84,8 +88,10 @@ def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
     from densepure.models.digits import load_digits_test_split
     from densepure.models.presets import digits_asset_path
 
+    from densepure.models.digits import PIXEL_LEVELS
+
     images, labels = load_digits_test_split()
-    dataset = ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10)
+    dataset = ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10, levels=PIXEL_LEVELS)
     return dataset, digits_asset_path("test_split.npz")
 
 
@@ -154,15 +160,34 @@ def prepare_draft(options: JobOptions) -> Job:
     indices = select_indices(len(dataset), options.skip, options.max)
     if not indices:
         raise ConfigError(f"--skip {options.skip} --max {options.max} select no image of {len(dataset)}")
-    _check_shape(options, dataset, source)
+    options = options.resolved(data_levels(dataset))
+    shape = _check_shape(options, dataset, source)
+    if options.noise is NoiseKind.SOUND:  # the first image now; the engine checks every image as it is submitted
+        grid_indices(dataset[indices[0]][0], options.levels, name=f"image {indices[0]} of {source}")
     kernels = options.kernels.value if options.ray is not None else \
         resolve_kernels(options.kernels, resolve_device(options.device)).name
-    record = {**options.record(), "kernels": kernels, "content": content_hashes(options, source)}
+    record = {**options.record(), **sound_accounting(options, shape), "kernels": kernels,
+              "content": content_hashes(options, source)}
     draft = Job(options, None, dataset, indices, options.task(), seed, record)  # type: ignore[arg-type]
     mode = IfExists.OVERWRITE if options.overwrite else IfExists.RESUME
     for path, config in draft.outputs():
         check_results(path, config, seed, mode, draft.tsv_kind)
     return draft
+
+
+def sound_accounting(options: JobOptions, shape: tuple[int, int, int]) -> dict[str, float]:
+    """Sound noise: ``effective_alpha``, the certificate's failure probability with the sampler's departure
+    from the exact discretized Gaussian added (docs/guarantees.md), for the most draws one image can take;
+    empty for float noise (whose departures are not accounted: docs/guarantees.md)."""
+    if options.noise is not NoiseKind.SOUND:
+        return {}
+    from densepure.models import get_preset
+    from densepure.noise import added_failure, sound_table
+
+    smoothing = options.smoothing(get_preset(options.preset).schedule)
+    added = added_failure(sound_table(options.levels, smoothing.noise_sigma()), math.prod(shape),
+                          options.task().max_draws())
+    return {"effective_alpha": math.nextafter(options.alpha + added, math.inf)}
 
 
 def _class_warnings(classes: int, dataset: Dataset) -> tuple[str, ...]:

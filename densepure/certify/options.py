@@ -11,14 +11,15 @@ its classifier for it (other presets need ``--classifier``), and the resize of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from densepure.certify.boundary import DEFAULT_METHOD
 from densepure.certify.sequential import SequentialMethod
 from densepure.certify.stats import validate_alpha
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
-from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask, SequentialTask, Task
+from densepure.diffusion import Mode, NoiseKind, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.diffusion.smoothing import MAX_LEVELS
 from densepure.engine.backends.select import BackendKind, check_backend_options, exported_models, same_classifier
 from densepure.errors import ConfigError
 from densepure.kernels import CompileMode, KernelChoice
@@ -87,9 +88,14 @@ class JobOptions:
     ray: str | None = None  # run on a Ray cluster: local | auto | ADDRESS (densepure.distributed runs it, not run())
     workers: int = 0  # --ray: how many workers (0: one per GPU of the cluster, or per CPU when it has none)
     split_draws: int = 1  # --ray: each image's draws go to this many workers in disjoint ranges (1: no split)
+    noise: NoiseKind | None = None  # None: sound where the grid is known (resolved(), by the job), float otherwise
+    levels: int | None = None  # the grid k / levels of the images; None: the data's (resolved())
+    budget: int | None = None  # certify: the anytime radius over this many estimation draws (replaces n)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        self._check_noise()
+        self._check_budget()
         object.__setattr__(self, "precision", Precision.parse(self.precision))
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
         check_backend_options(self.backend, self.artifacts, self.precision)
@@ -128,6 +134,39 @@ class JobOptions:
             raise ConfigError("--radius (sequential certification) and --predict exclude each other")
         self.task()  # n0, n, alpha, radius: checked now, before any model loads
         self._check_cluster()
+
+    def _check_noise(self) -> None:
+        if self.noise is not None:
+            object.__setattr__(self, "noise", NoiseKind.parse(self.noise))
+        if self.levels is not None and (isinstance(self.levels, bool) or not isinstance(self.levels, int)
+                                        or not 1 <= self.levels <= MAX_LEVELS):
+            raise ConfigError(f"--levels (the grid k / levels of the images) must be an integer in [1, {MAX_LEVELS}], "
+                              f"got {self.levels!r}")
+        if self.noise is NoiseKind.FLOAT and self.levels is not None:
+            raise ConfigError("--levels declares the grid of the sound noise; --noise float reads none: drop one")
+
+    def _check_budget(self) -> None:
+        if self.budget is None:
+            return
+        if self.predict or self.radius is not None or self.also_chains:
+            raise ConfigError("--budget (the anytime radius) is a certify task of its own: not with --predict, "
+                              "--radius or --also-K")
+        if self.n is not None and self.n != self.budget:
+            raise ConfigError(f"--budget replaces --n (the estimation draws), got --n {self.n} and --budget {self.budget}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise ConfigError(f"--budget must be an integer >= 1, got {self.budget!r}")
+        object.__setattr__(self, "n", self.budget)
+
+    def resolved(self, data_levels: int | None) -> JobOptions:
+        """These options with the noise decided: ``levels`` (given, else the data's grid ``data_levels``) and
+        ``noise`` (given, else sound where a grid is known, float otherwise). Sound noise without a grid is
+        a :class:`ConfigError` naming the way out."""
+        levels = self.levels if self.levels is not None else data_levels
+        noise = self.noise or (NoiseKind.SOUND if levels is not None else NoiseKind.FLOAT)
+        if noise is NoiseKind.SOUND and levels is None:
+            raise ConfigError("--noise sound needs the grid of the images, and this data declares none (uint8 "
+                              "sources and the digits do): give --levels N (values k / N), or --noise float")
+        return replace(self, noise=noise, levels=levels if noise is NoiseKind.SOUND else None)
 
     def _check_cluster(self) -> None:
         for name, low in (("workers", 0), ("split_draws", 1)):
@@ -180,6 +219,8 @@ class JobOptions:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
         if self.predict:
             return PredictTask(self.n, self.alpha)
+        if self.budget is not None:
+            return AnytimeTask(self.n0, self.budget, self.alpha)
         if self.radius is not None:
             return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n, method=self.sequential)
         return CertifyTask(self.n0, self.n, self.alpha)
@@ -189,7 +230,8 @@ class JobOptions:
         chains = self.num_chains if self.mode is Mode.DENSEPURE else 1
         steps = self.steps if self.mode is Mode.DENSEPURE else 1
         return SmoothingConfig(self.mode, self.sigma, chains, steps, self.t_star_rule,
-                               schedule if self.mode is not Mode.GAUSSIAN else None)
+                               schedule if self.mode is not Mode.GAUSSIAN else None,
+                               noise=self.noise or NoiseKind.FLOAT, levels=self.levels)
 
     def record(self) -> dict:
         """The configuration written to the sidecar and compared on resume (``resize`` only when the
@@ -197,6 +239,12 @@ class JobOptions:
         record = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items() if k not in _NOT_RECORDED}
         if record["resize"] is None:
             del record["resize"]
+        # float noise and fixed N are recorded as absent: the records of runs made before the sound noise
+        # and the anytime radius, which they are (a resume with another noise is refused: noise differs)
+        if self.noise is not NoiseKind.SOUND:
+            del record["noise"], record["levels"]
+        if record["budget"] is None:
+            del record["budget"]
         return record
 
     def prefix_record(self, k: int) -> dict:

@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from densepure.certify.boundary import AnyPlan
+from densepure.certify.confseq import AnytimeCertificate, AnytimeRadius
 from densepure.certify.sequential import SequentialDecision, SequentialResult
-from densepure.engine.policy import DrawRequest, Policy
+from densepure.engine.policy import DrawRequest, FixedPolicy, Policy
 from densepure.noise import NoisePhase
 
 LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
@@ -108,3 +109,68 @@ class SequentialPolicy(Policy):
     @property
     def max_draws(self) -> int:
         return max(self.n0, self.plan.n_max)
+
+
+def anytime_looks(budget: int) -> tuple[int, ...]:
+    """Where the anytime radius is updated: ``ceil(budget / 2^(k/4))`` for k = 0, 1, ... down to 1, in
+    increasing order (about 4 log2(budget) looks, the last at the budget). Any set of looks is valid:
+    the confidence sequence holds at every n at once."""
+    looks = [budget]
+    for k in range(1, 4 * budget.bit_length() + 1):
+        n = math.ceil(budget / 2 ** (k / 4))
+        if n >= looks[-1]:  # the ratio no longer moves the integer: stop
+            break
+        looks.append(n)
+    return tuple(reversed(looks))
+
+
+class AnytimePolicy(FixedPolicy):
+    """``n0`` selection draws, then ``budget`` estimation draws, with the anytime-valid radius
+    (:class:`~densepure.certify.confseq.AnytimeRadius`) updated as they arrive: :attr:`certificate` is
+    the largest radius certified so far, valid whenever sampling stops (a deadline, a client leaving).
+
+    As in :class:`SequentialPolicy`, estimation labels are kept by draw index and the radius is updated
+    at a look only once the selection is complete and every draw below the look has its label, in look
+    order: the updates read prefixes of the i.i.d. label sequence, whatever the batching.
+    """
+
+    def __init__(self, num_classes: int, n0: int, budget: int, sigma: float, alpha: float):
+        super().__init__(num_classes, {NoisePhase.SELECTION: n0, NoisePhase.ESTIMATION: budget})
+        self.n0, self.budget, self.sigma, self.alpha = int(n0), int(budget), sigma, alpha
+        self.labels = np.full(self.budget, -1, dtype=np.int32)  # estimation labels by draw index
+        self.looks, self.next_look = anytime_looks(self.budget), 0
+        self.done_sel = self.hits = self.evaluated = 0
+        self.selected = -1
+        self.radius: AnytimeRadius | None = None
+
+    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
+        super().record(request, label, prefix_labels)
+        if request.phase is NoisePhase.ESTIMATION:
+            self.labels[request.draw] = label
+        else:
+            self.done_sel += 1
+            if self.done_sel == self.n0:
+                self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
+                self.radius = AnytimeRadius(self.sigma, self.alpha, self.selected)
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.radius is not None and self.next_look < len(self.looks):
+            look = self.looks[self.next_look]
+            arrived = self.labels[self.evaluated:look]
+            if (arrived < 0).any():
+                return
+            self.hits += int(np.count_nonzero(arrived == self.selected))
+            self.evaluated = look
+            self.radius.update(self.hits, look)
+            self.next_look += 1
+
+    @property
+    def certificate(self) -> AnytimeCertificate | None:
+        """The answer so far (None before the selection is complete)."""
+        return self.radius.certificate if self.radius is not None else None
+
+    @property
+    def result(self) -> AnytimeCertificate | None:
+        """The final answer, at the budget (None until every look is evaluated)."""
+        return self.certificate if self.next_look == len(self.looks) else None

@@ -11,6 +11,9 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
   whether the requested radius is certified (:mod:`densepure.certify.sequential`).
+* :class:`AnytimeTask` - ``n0`` selection draws, then a budget of estimation draws; the radius is the
+  anytime-valid one (:class:`~densepure.certify.confseq.AnytimeRadius`), reported as it grows and valid
+  whenever sampling stops.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from densepure.certify.boundary import DEFAULT_METHOD, AnyPlan, build_plan
-from densepure.certify.policies import SequentialPolicy
+from densepure.certify.confseq import AnytimeCertificate
+from densepure.certify.policies import AnytimePolicy, SequentialPolicy
 from densepure.certify.records import ImageRecord, ResultRow
 from densepure.certify.sequential import SequentialMethod, SequentialResult
 from densepure.certify.stats import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
@@ -53,6 +57,10 @@ class PredictTask:
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
 
+    def max_draws(self) -> int:
+        """The most draws one image takes."""
+        return self.n
+
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return FixedPolicy(num_classes, {NoisePhase.PREDICT: self.n})
 
@@ -75,6 +83,10 @@ class CertifyTask:
         validate_sample_count("n0", self.n0)
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
+
+    def max_draws(self) -> int:
+        """The most draws one image takes."""
+        return self.n0 + self.n
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return FixedPolicy(num_classes, {NoisePhase.SELECTION: self.n0, NoisePhase.ESTIMATION: self.n})
@@ -112,6 +124,10 @@ class SequentialTask:
         """The looks and boundaries, fixed before sampling, for the engine's ``sigma``."""
         return build_plan(self.method, self.radius, sigma, self.alpha, n_max=self.n_max)
 
+    def max_draws(self) -> int:
+        """The most draws one image takes."""
+        return self.n0 + self.n_max
+
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return SequentialPolicy(num_classes, self.n0, self.plan(sigma))
 
@@ -127,4 +143,36 @@ class SequentialTask:
                            estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]), extra=extra)
 
 
-Task = PredictTask | CertifyTask | SequentialTask
+@dataclass(frozen=True)
+class AnytimeTask:
+    """``n0`` selection draws, ``budget`` estimation draws, failure probability ``alpha``; the radius is the
+    largest one the betting confidence sequence certified (valid at any stopping time, slightly below
+    CERTIFY's at the same n: :class:`~densepure.certify.confseq.AnytimeRadius`)."""
+
+    n0: int
+    budget: int
+    alpha: float = 0.001
+
+    def __post_init__(self) -> None:
+        validate_sample_count("n0", self.n0)
+        validate_sample_count("budget", self.budget)
+        validate_alpha(self.alpha)
+
+    def max_draws(self) -> int:
+        """The most draws one image takes."""
+        return self.n0 + self.budget
+
+    def policy(self, num_classes: int, sigma: float) -> Policy:
+        return AnytimePolicy(num_classes, self.n0, self.budget, sigma, self.alpha)
+
+    def record(self, idx: int, label: int, seconds: float, counts: Counts, sigma: float,
+               result: AnytimeCertificate | None = None) -> ImageRecord:
+        if not isinstance(result, AnytimeCertificate):
+            raise ConfigError("an anytime record needs the policy's final certificate")
+        return ImageRecord(row=_row(idx, label, result.label, result.radius, seconds), n0=self.n0, n=result.n,
+                           selection_counts=_tuple(counts[NoisePhase.SELECTION]),
+                           estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]),
+                           extra={"p_a_lower": result.p_a_lower, "anytime": True})
+
+
+Task = PredictTask | CertifyTask | SequentialTask | AnytimeTask

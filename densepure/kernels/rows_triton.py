@@ -2,7 +2,7 @@
 
 One launch per call; program ``(r, j)`` handles elements ``j*BLOCK .. (j+1)*BLOCK - 1`` of row ``r``.
 The noise is :func:`densepure.noise.gaussian_words` re-derived in registers, not ``tl.randn``
-(``tl.randn`` clamps its uniforms at 1e-7, so it never returns ``|z| > 5.68``; ours reach 6.77):
+(``tl.randn`` clamps its uniforms at 1e-7, so it never returns ``|z| > 5.68``; ours reach 6.76):
 Philox4x32-10 on uint32 words of the counter ``(c0 | block, c1, c2, c3)`` under ``(k0, k1)``, element
 ``i`` taking word ``i % 4`` of block ``i // 4``; ``u = (w + 0.5) 2^-32`` and Box-Muller on the word
 pairs (0, 1), (2, 3) in float64, rounded once to float32.

@@ -6,7 +6,7 @@ under the key ``(k0, k1)``, and element ``i`` of the field uses word ``i % 4`` o
 
 Conversion: a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
 ``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64 on the word pairs (0, 1) and (2, 3),
-``r = sqrt(-2 ln u_a)``, ``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The
+``r = sqrt(-2 ln u_a)``, ``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.76``. The
 float64 result is rounded once to float32; every other requested dtype is a cast of that float32 field.
 The integer words are exact on every device; CPU and CUDA normals may differ by one float32 ulp where
 their float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`` test).
@@ -90,7 +90,7 @@ def gaussian_words(words: torch.Tensor, shape: tuple[int, ...], device: torch.de
 
     Row ``r`` is a pure function of ``words[r]`` and the flat (C-order) element index: the same words
     give the same values in any batch, at any row position, and a field of ``n`` values is the prefix
-    of any longer field of the same words. ``|z| <= 6.77``, never inf or NaN (module docstring).
+    of any longer field of the same words. ``|z| <= 6.76``, never inf or NaN (module docstring).
     """
     numel = _check_request(shape, device, dtype)
     words = _check_words(words, device)

@@ -37,7 +37,7 @@ keys each submitted image by its own seed, :func:`key_table`).
 
 Conversion (:mod:`densepure.noise.fields`): a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
 ``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64, ``r = sqrt(-2 ln u_a)``,
-``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The float64 result is
+``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.76``. The float64 result is
 rounded once to float32; every other requested dtype is a cast of that float32 field. The integer
 words are exact on every device; CPU and CUDA normals may differ by one float32 ulp where their
 float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`` test).
