@@ -104,7 +104,8 @@ class ClusterJob:
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
         split = f", draws split {o.split_draws} ways" if o.split_draws > 1 else ""
-        return (f"{command} on Ray ({o.ray}{split}): {len(self.indices)} images, mode={o.mode.value} sigma={o.sigma} "
+        noise = f" noise={o.noise.value}" + (f" levels={o.levels}" if o.levels is not None else "") if o.noise else ""
+        return (f"{command} on Ray ({o.ray}{split}): {len(self.indices)} images, mode={o.mode.value} sigma={o.sigma}{noise} "
                 f"{chains}{stats} alpha={o.alpha} seed={o.seed} device={o.device} backend={o.backend.value} "
                 f"precision={o.precision.value}")
 

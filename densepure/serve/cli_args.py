@@ -49,7 +49,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
     """The server's options from the parsed flags (models, smoothing and execution as certify's)."""
     from densepure.certify.job import JobOptions
-    from densepure.diffusion import Mode, TStarRule
+    from densepure.diffusion import Mode, NoiseKind, TStarRule
     from densepure.engine.backends.select import BackendKind
     from densepure.precision import Precision
 
@@ -58,7 +58,8 @@ def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
                      steps=args.steps, t_star_rule=TStarRule(args.t_star_rule), batch_size=args.batch_size,
                      device=args.device, precision=Precision(args.precision), backend=BackendKind(args.backend),
                      artifacts=args.artifacts, cache_dir=args.cache_dir, cuda_graphs=args.cuda_graphs,
-                     lookahead=args.lookahead)
+                     lookahead=args.lookahead, noise=NoiseKind(args.noise) if args.noise else None,
+                     levels=args.levels)
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_n0=args.max_n0,
                           max_n=args.max_n, max_queue=args.max_queue, max_queued_draws=args.max_queued_draws,
                           image_slots=args.image_slots, max_jobs=args.max_jobs, job_ttl_s=args.job_ttl,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from densepure.certify.tasks import PredictTask, Task
+from densepure.certify.tasks import AnytimeTask, PredictTask, Task
 from densepure.engine.engine import Engine, ImageRequest
 from densepure.engine.policy import Policy
 from densepure.errors import DensePureError, InputError, ModelOutputError
@@ -223,6 +223,18 @@ class EngineLoop:
         with self._cond:
             work = self._works.get(work_id)
             return None if work is None else (work.admitted is not None, work.draws_done)
+
+    def anytime(self, work_id: str) -> list[dict | None] | None:
+        """The anytime certificates so far of an unresolved anytime work, one per image (None for an image
+        whose selection is not complete), or None. The certificates are immutable values the loop thread
+        replaces as the radius grows."""
+        with self._cond:
+            work = self._works.get(work_id)
+        if work is None or not isinstance(work.task, AnytimeTask):
+            return None
+        certificates = [getattr(policy, "certificate", None) for policy in work.policies]
+        return [None if c is None else {"label": c.label, "radius": c.radius, "p_a_lower": c.p_a_lower, "n": c.n}
+                for c in certificates]
 
     def _retry_after(self, excess_draws: int) -> int:
         rate = self._rate if self._rate > 0 else 100.0

@@ -3,7 +3,8 @@
 OIP v2 request ``parameters`` (all optional):
 
 * ``mode``: ``certify_radius`` (default; is the requested ``radius`` certified, sequential test),
-  ``certify`` (Cohen's CERTIFY) or ``predict`` (Cohen's PREDICT);
+  ``certify`` (Cohen's CERTIFY), ``certify_anytime`` (the anytime-valid radius over ``n`` estimation
+  draws: a job streams it as it grows) or ``predict`` (Cohen's PREDICT);
 * ``alpha`` (at most the server's), ``n0`` (certify modes), ``n`` (CERTIFY/PREDICT draws, or the
   sequential test's largest n), ``radius`` (certify_radius; default sigma);
 * ``deadline_ms`` (infer only; ``timeout`` is Triton's reserved name);
@@ -23,7 +24,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
+from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask, SequentialTask, Task
 from densepure.errors import InputError
 from densepure.noise import IMAGE_BITS, SEED_BITS
 
@@ -35,6 +36,7 @@ class ServeMode(enum.Enum):
 
     CERTIFY_RADIUS = "certify_radius"
     CERTIFY = "certify"
+    CERTIFY_ANYTIME = "certify_anytime"
     PREDICT = "predict"
 
 
@@ -70,7 +72,7 @@ class RequestParams:
 
 _COMMON = {"mode", "alpha", "n", "seed", "noise_id", "binary_data_output"}
 _ALLOWED = {ServeMode.CERTIFY_RADIUS: _COMMON | {"n0", "radius"}, ServeMode.CERTIFY: _COMMON | {"n0"},
-            ServeMode.PREDICT: set(_COMMON)}
+            ServeMode.CERTIFY_ANYTIME: _COMMON | {"n0"}, ServeMode.PREDICT: set(_COMMON)}
 
 
 def _int(name: str, value: object, low: int, high: int, cap: str = "") -> int:
@@ -142,6 +144,8 @@ def task_for(params: RequestParams) -> Task:
         return PredictTask(params.n, params.alpha)
     if params.mode is ServeMode.CERTIFY:
         return CertifyTask(params.n0, params.n, params.alpha)
+    if params.mode is ServeMode.CERTIFY_ANYTIME:
+        return AnytimeTask(params.n0, params.n, params.alpha)
     return SequentialTask(params.n0, params.radius, params.alpha, n_max=params.n)
 
 
@@ -149,13 +153,10 @@ def method_of(task: Task) -> str:
     """A short name of the statistical procedure, echoed in responses (a task may name its own)."""
     if isinstance(task, SequentialTask):
         return f"sequential_{task.method.value}"  # e.g. sequential_exact: the exact-boundary test
-    return {PredictTask: "cohen_predict", CertifyTask: "cohen_certify"}.get(type(task), type(task).__name__)
+    return {PredictTask: "cohen_predict", CertifyTask: "cohen_certify", AnytimeTask: "anytime_betting"}.get(
+        type(task), type(task).__name__)
 
 
 def draw_bound(task: Task) -> int:
     """The most draws one image of ``task`` can take (the queued-draws cap counts these)."""
-    if isinstance(task, PredictTask):
-        return task.n
-    if isinstance(task, CertifyTask):
-        return task.n0 + task.n
-    return task.n0 + task.n_max
+    return task.max_draws()

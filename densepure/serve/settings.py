@@ -64,8 +64,12 @@ class ServeOptions:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        if self.job.predict or self.job.radius is not None or self.job.also_chains:
-            raise ConfigError("a server takes its mode per request: leave predict, radius and also_chains unset")
+        from densepure.models import get_preset
+
+        # the noise: sound on the preset's grid (its data: 8-bit images, the digits) unless told otherwise
+        object.__setattr__(self, "job", self.job.resolved(get_preset(self.job.preset).levels))
+        if self.job.predict or self.job.radius is not None or self.job.also_chains or self.job.budget is not None:
+            raise ConfigError("a server takes its mode per request: leave predict, radius, budget and also_chains unset")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in [0, 65535], got {self.port!r}")
         if self.job.n0 > self.limits.max_n0 or self.job.n > self.limits.max_n:
