@@ -126,7 +126,9 @@ def word_field(words: torch.Tensor, numel: int, device: torch.device) -> torch.T
     out = torch.empty((words.shape[0], n_blocks, 4), dtype=torch.int64, device=device)
 
     def emit(rows, blocks, w):
-        out[rows, blocks] = torch.stack(w, dim=-1)
+        dst = out[rows, blocks]  # a view: each lane is written in place, no stacked temporary
+        for lane in range(4):
+            dst[..., lane].copy_(w[lane])
 
     _bits(words, numel, emit)
     return out.reshape(words.shape[0], n_blocks * 4)[:, :numel]
