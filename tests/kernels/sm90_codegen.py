@@ -16,7 +16,6 @@ from triton.compiler import ASTSource
 
 from densepure.kernels import groupnorm_triton as gn
 from densepure.kernels import rows_triton as rows
-from densepure.kernels import sound_triton as sound
 
 H200 = GPUTarget("cuda", 90, 32)
 F32, I64 = "*fp32", "*i64"
@@ -45,7 +44,7 @@ def variants() -> dict[str, tuple]:
     sound_start = dict(img_ptr=F32, img_stride="i32", slot_ptr=I64, words_ptr=I64, out_ptr=F32, out_stride="i32",
                        out_rows_ptr=I64, numel="i32", high_ptr=I64, mid_ptr=I64, low_ptr=I64, k="i32",
                        scale="fp32", step="fp32", HAS_OUT_ROWS="constexpr", BLOCK="constexpr", STEPS="constexpr")
-    out["sound_start"] = (sound._sound_start_kernel, sound_start, dict(HAS_OUT_ROWS=True, BLOCK=1024, STEPS=11))
+    out["sound_start"] = (rows._sound_start_kernel, sound_start, dict(HAS_OUT_ROWS=True, BLOCK=1024, STEPS=11))
     out["keep"] = (rows._keep_kernel, keep, lib)
     out["advance"] = (rows._advance_kernel, advance, lib)
     for dtype in ("fp32", "fp16", "bf16"):
