@@ -74,3 +74,15 @@ def test_serve_benchmark_reports_both_servers_and_their_ratio():
     shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
     assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
     assert "| server | clients |" in stdout
+
+
+@pytest.mark.slow
+def test_sound_benchmark_reports_both_samplers_and_their_ratio():
+    stdout = run_script("sound.py", "--repeats", "1", "--e2e-repeats", "0")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["sampler"]) == {"digits", "cifar10", "imagenet"}
+    for row in result["sampler"].values():
+        ns = row["ns_per_value"]
+        assert set(ns) == {"float_noise", "sound_noise", "float_start", "sound_start"} and min(ns.values()) > 0
+        assert row["noise_ratio"] == pytest.approx(ns["sound_noise"] / ns["float_noise"])
+    assert "sound/float" in stdout
