@@ -231,7 +231,8 @@ class JobOptions:
         steps = self.steps if self.mode is Mode.DENSEPURE else 1
         return SmoothingConfig(self.mode, self.sigma, chains, steps, self.t_star_rule,
                                schedule if self.mode is not Mode.GAUSSIAN else None,
-                               noise=self.noise or NoiseKind.FLOAT, levels=self.levels)
+                               noise=self.noise or (NoiseKind.SOUND if self.levels else NoiseKind.FLOAT),
+                               levels=self.levels)  # unresolved options: as resolved() with no data grid
 
     def record(self) -> dict:
         """The configuration written to the sidecar and compared on resume (``resize`` only when the
