@@ -29,6 +29,10 @@ chain < 2**16, step < 2**16, at most 4 * 2**24 = 67,108,864 values per row; the 
 64-bit unsigned integer. Within one seed, distinct (stream, image, phase, draw, chain, step,
 block) tuples map to distinct (key, counter) pairs, so no two values share a Philox output word.
 
+The sound noise (:mod:`densepure.noise.sound`) reads, besides a DELTA or FORWARD row's own words, the
+words of the same identity with ``step`` 1 and 2 (the lower words of its 96-bit uniforms): those rows
+have step 0 by convention, so the identities stay distinct.
+
 Row words: a batch's identities become one ``(B, 6)`` int64 tensor ``[c0, c1, c2, c3, k0, k1]``
 (:func:`row_words`; ``c0`` without its block bits). That tensor is the whole contract between the
 identities and the generators: :mod:`densepure.noise.fields` (torch) and the fused kernels of
