@@ -239,7 +239,8 @@ def _sound_start(x_int: torch.Tensor, words: torch.Tensor, rule: StartRule) -> t
     """``scale * (2 (x_int + j) step - 1)`` in float32 (:meth:`StartRule.grid_constants`)."""
     j = sound_steps_words(words, tuple(x_int.shape[1:]), rule.table, x_int.device)
     scale, step = rule.grid_constants()
-    return scale * (2.0 * ((x_int + j.to(torch.float32)) * step) - 1.0)
+    y = (x_int + j.to(torch.float32)).mul_(step).mul_(2.0).sub_(1.0)
+    return y if scale == 1.0 else y.mul_(scale)  # times 1.0 would change no bit
 
 
 def spawn_rows(mean: torch.Tensor, std: torch.Tensor, draw_slot: torch.Tensor, words: torch.Tensor,

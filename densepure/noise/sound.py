@@ -35,10 +35,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from densepure.errors import InputError
-from densepure.noise.fields import _check_request, _check_words, word_field
+from densepure.noise.fields import _bits, _check_request, _check_words
 from densepure.noise.keys import STEP_BITS, NoiseKeys, row_words
 from densepure.noise.philox import philox
-from densepure.noise.sound_table import GUIDE_BITS, WORD_BITS, SoundTable
+from densepure.noise.sound_table import CROWDED, FIRST_BITS, GUIDE_BITS, WORD_BITS, SoundTable
 
 __all__ = ["GRID_TOLERANCE", "REFINE_LEVELS", "grid_indices", "refined_words", "sound_steps", "sound_steps_words",
            "steps_from_words"]
@@ -84,23 +84,26 @@ def _exact_counts(u0: torch.Tensor, rows: torch.Tensor, elements: torch.Tensor, 
     return below
 
 
+def _lane_counts(u0: torch.Tensor, tensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fast path on flat first words ``u0`` (int64): ``(#{high < u0}, slow)``, exact where ``slow`` is
+    False (``slow``: a crowded bucket, or ``u0`` equal to a high word)."""
+    packed = tensors.guide.index_select(0, u0 >> (WORD_BITS - GUIDE_BITS))  # index_select: the fastest gather
+    below = (packed >> FIRST_BITS).sub_(u0)  # the bucket's lowest high word minus u0
+    count = packed.bitwise_and_(CROWDED).sub_(below >> 63)  # + 1 where that high word is below u0
+    return count, (count >= CROWDED).logical_or_(below == 0)
+
+
 def steps_from_words(u0: torch.Tensor, table: SoundTable, refine: Refine) -> torch.Tensor:
-    """Grid steps ``j`` ``(B, n)`` int64 in ``[-k, k]`` from the first words ``u0`` ``(B, n)`` (int64 in
+    """Grid steps ``j`` ``(B, n)`` int64 in ``[-k, k]`` from the first words ``u0`` (``(B, n)`` int64 in
     ``[0, 2^32)``); ``refine(rows, elements, level)`` gives the words ``u1``, ``u2`` of the values it is
     asked for (module docstring). Exactly ``#{T <= (u0, u1, u2)} - k`` for every value."""
-    t = table.tensors(u0.device)
     flat = u0.reshape(-1)
-    bucket = flat >> (WORD_BITS - GUIDE_BITS)
-    first = t.first.index_select(0, bucket)  # index_select: the fastest gather on the CPU
-    below = t.high.index_select(0, first).sub_(flat)  # the lowest high word at or above the bucket, minus u0
-    slow = t.crowded.index_select(0, bucket).logical_or_(below == 0)
-    count = first.sub_(below.bitwise_right_shift_(63))  # + 1 where that high word is below u0
+    count, slow = _lane_counts(flat, table.tensors(u0.device))
     slow = torch.nonzero(slow).flatten()
     if slow.numel():
         rows, elements = slow // u0.shape[1], slow % u0.shape[1]
         count[slow] = _exact_counts(flat[slow], rows, elements, table, refine)
-    count = count.reshape(u0.shape)
-    return count - table.k
+    return count.reshape(u0.shape) - table.k
 
 
 def sound_steps_words(words: torch.Tensor, shape: Sequence[int], table: SoundTable,
@@ -112,8 +115,25 @@ def sound_steps_words(words: torch.Tensor, shape: Sequence[int], table: SoundTab
         raise InputError(f"table must be a SoundTable, got {type(table).__name__}")
     numel = _check_request(shape, device, torch.float32)
     words = _check_words(words, device)
-    u0 = word_field(words, numel, device)
-    return steps_from_words(u0, table, _philox_refine(words)).reshape(words.shape[0], *shape)
+    tensors, n_blocks = table.tensors(device), -(-numel // 4)
+    out = torch.empty((words.shape[0], n_blocks, 4), dtype=torch.int64, device=device)
+    slow_parts = []
+
+    def emit(rows, blocks, w):  # the fast path lane by lane, as the words come: no field of words is kept
+        dst = out[rows, blocks]
+        for lane in range(4):
+            count, slow = _lane_counts(w[lane].reshape(-1), tensors)
+            dst[..., lane].copy_(count.view(w[lane].shape))
+            if bool(slow.any()):
+                at = torch.nonzero(slow.view(w[lane].shape))
+                slow_parts.append((at[:, 0] + rows.start, (at[:, 1] + blocks.start) * 4 + lane,
+                                   w[lane][at[:, 0], at[:, 1]]))
+
+    _bits(words, numel, emit)
+    field = out.reshape(words.shape[0], n_blocks * 4)
+    for rows, elements, u0 in slow_parts:
+        field[rows, elements] = _exact_counts(u0, rows, elements, table, _philox_refine(words))
+    return (field[:, :numel] - table.k).reshape(words.shape[0], *shape)
 
 
 def sound_steps(keys: NoiseKeys, shape: Sequence[int], table: SoundTable, device: torch.device) -> torch.Tensor:

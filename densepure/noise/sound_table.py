@@ -32,7 +32,8 @@ import torch
 
 from densepure.errors import ConfigError
 
-__all__ = ["BITS", "GUIDE_BITS", "MAX_LEVELS", "SoundTable", "SoundTensors", "added_failure", "sound_table"]
+__all__ = ["BITS", "CROWDED", "GUIDE_BITS", "MAX_LEVELS", "SoundTable", "SoundTensors", "added_failure",
+           "sound_table"]
 
 BITS = 96  # U: one 32-bit Philox word per value, two more only where the first ties with a threshold
 WORD_BITS = 32
@@ -40,6 +41,8 @@ GUIDE_BITS = 16  # the guide table of the fast path: one entry per value of U's 
 PRECISION = 256  # bits of mpmath arithmetic: a threshold is off by < 2^(BITS + 8 - PRECISION) before rounding
 MAX_LEVELS = 1 << 16
 _TIE_MARGIN = 2.0**-64  # a value this close to a rounding tie would be refused (never seen: checked at build)
+FIRST_BITS = 20  # the guide packs a bucket's first threshold index in 20 bits ...
+CROWDED = (1 << FIRST_BITS) - 1  # ... and marks a crowded bucket with this index (2k is always below it)
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,17 @@ class SoundTensors:
     ``high``, ``mid``, ``low``: ``(P + 1,)`` the 32-bit words of ``T_i`` (bits 64..95, 32..63, 0..31),
     padded from ``2k`` to ``P + 1`` entries (``P`` the next power of two >= ``2k``) with
     ``high = 2^32``, larger than any word, so a binary search of ``log2(P)`` steps never counts the
-    padding. ``first``: ``(2^GUIDE_BITS,)`` the number of thresholds whose high word lies below the
-    bucket ``h`` (high words ``h * 2^16 ..``); ``crowded``: ``(2^GUIDE_BITS,)`` bool, buckets holding
-    two or more high words (the fast path sends their values to the exact search).
+    padding. ``guide``: ``(2^GUIDE_BITS,)`` per bucket ``h`` (the values whose high 16 bits are ``h``),
+    ``(c << FIRST_BITS) | f``: ``f`` the number of thresholds whose high word lies below the bucket and
+    ``c`` the lowest high word at or above the bucket's start (``2^32`` if none), so a value ``u0`` of a
+    bucket holding at most one high word has ``#{high < u0} = f + (c < u0)``; a crowded bucket (two or
+    more high words) has ``f = CROWDED`` and ``c = 2^33``, which the fast path sends to the exact search.
     """
 
     high: torch.Tensor
     mid: torch.Tensor
     low: torch.Tensor
-    first: torch.Tensor
-    crowded: torch.Tensor
+    guide: torch.Tensor
     search_steps: int
 
 
@@ -103,8 +107,10 @@ def _device_tensors(thresholds: tuple[int, ...], device: torch.device) -> SoundT
     buckets = torch.arange(1 << GUIDE_BITS, dtype=torch.int64)
     first = torch.searchsorted(high_words, buckets << shift)
     crowded = torch.searchsorted(high_words, (buckets + 1) << shift) - first >= 2
+    lowest = torch.tensor(high, dtype=torch.int64)[first]
+    guide = torch.where(crowded, ((1 << (WORD_BITS + 1)) << FIRST_BITS) | CROWDED, (lowest << FIRST_BITS) | first)
     as_tensor = functools.partial(torch.tensor, dtype=torch.int64, device=device)
-    return SoundTensors(as_tensor(high), as_tensor(mid), as_tensor(low), first.to(device), crowded.to(device), steps)
+    return SoundTensors(as_tensor(high), as_tensor(mid), as_tensor(low), guide.to(device), steps)
 
 
 def _check_request(levels: object, sigma: object) -> tuple[int, float]:
@@ -183,7 +189,7 @@ def sound_table(levels: int, sigma: float) -> SoundTable:
 
 def _check_table(thresholds: tuple[int, ...], k: int) -> None:
     """Non-decreasing, inside ``[0, 2^BITS)``, symmetric, and the centre cell carries mass."""
-    if len(thresholds) != 2 * k or thresholds[0] < 0 or thresholds[-1] >= 1 << BITS:
+    if len(thresholds) != 2 * k or thresholds[0] < 0 or thresholds[-1] >= 1 << BITS or 2 * k >= CROWDED:
         raise ArithmeticError(f"sound-noise table out of range: {len(thresholds)} thresholds for k={k}")
     if any(b < a for a, b in zip(thresholds, thresholds[1:])):
         raise ArithmeticError("sound-noise thresholds are not monotone")

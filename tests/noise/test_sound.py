@@ -16,7 +16,7 @@ from densepure.errors import ConfigError, InputError
 from densepure.noise import NoiseKeys, gaussian_words, row_words, sound_steps, sound_steps_words, sound_table
 from densepure.noise.fields import word_field
 from densepure.noise.sound import refined_words, steps_from_words
-from densepure.noise.sound_table import BITS, added_failure
+from densepure.noise.sound_table import BITS, CROWDED, added_failure
 
 CPU = torch.device("cpu")
 TABLES = [(16, 0.25), (16, 0.5), (16, 1.0), (255, 0.25), (255, 0.5), (7, 0.013)]
@@ -78,12 +78,20 @@ def _reference_steps(words: torch.Tensor, numel: int, table) -> torch.Tensor:
     return torch.tensor([bisect.bisect_right(table.thresholds, x) - table.k for x in full]).reshape(-1, numel)
 
 
-@pytest.mark.parametrize(("levels", "sigma"), [(16, 0.25), (255, 0.5)])
-def test_fast_path_equals_the_96_bit_rule_on_keyed_words(levels, sigma):
-    table, words = sound_table(levels, sigma), _words(40)
-    got = sound_steps_words(words, (3, 5, 7), table, CPU)
-    assert got.dtype == torch.int64 and got.shape == (40, 3, 5, 7)
-    assert torch.equal(got.reshape(40, -1), _reference_steps(words, 105, table))
+@pytest.mark.parametrize(("levels", "sigma", "rows", "shape"), [(16, 0.25, 40, (3, 5, 7)), (255, 0.5, 40, (3, 5, 7)),
+                                                               (16, 0.25, 64, (4, 64, 16))])
+def test_fast_path_equals_the_96_bit_rule_on_keyed_words(levels, sigma, rows, shape):
+    """The fused lane-by-lane path against the definition; the large case (262,144 values of the digits' table)
+    lands in its crowded buckets, whose values take the exact path."""
+    table, words = sound_table(levels, sigma), _words(rows)
+    numel = math.prod(shape)
+    got = sound_steps_words(words, shape, table, CPU)
+    assert got.dtype == torch.int64 and got.shape == (rows, *shape)
+    assert torch.equal(got.reshape(rows, -1), _reference_steps(words, numel, table))
+    if numel == 4096:
+        guide = table.tensors(CPU).guide
+        buckets = word_field(words, numel, CPU) >> 16
+        assert int(((guide[buckets] & CROWDED) == CROWDED).sum()) >= 3, "no value took the exact path"
 
 
 @pytest.mark.parametrize(("levels", "sigma"), [(16, 0.25), (255, 1.0), (7, 0.013)])
