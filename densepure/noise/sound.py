@@ -19,11 +19,13 @@ So distinct values use distinct Philox words, and under the usual assumption tha
 independent uniform bits, every ``j`` is an independent exact draw from the table's law ``Q``.
 
 Fast path (torch): ``u0``'s top ``GUIDE_BITS`` bits index a guide table (Chen and Asau's method) that
-holds the number of thresholds below the bucket; a bucket holds at most one threshold's high word for
-all but the far tails, so one comparison finishes the count. Values in crowded buckets (two or more
-high words), and values that tie with a high word, take the exact path: a binary search of the high
-words, then a comparison of all 96 bits with Python integers for the ties. The exact path reads the
-device's values on the host (one synchronization on CUDA, where the Triton kernel is the fast one).
+holds, packed in one int64, the number of thresholds below the bucket and the bucket's lowest high word;
+a bucket holds at most one threshold's high word for all but the far tails, so one gather and one
+comparison finish the count. The words are consumed lane by lane as Philox produces them (no field of
+words is kept). Values in crowded buckets (two or more high words), and values that tie with a high
+word, take the exact path: a binary search of the high words, then a comparison of all 96 bits with
+Python integers for the ties. The exact path reads the device's values on the host (one
+synchronization on CUDA, where the Triton kernel is the fast one).
 """
 
 from __future__ import annotations
