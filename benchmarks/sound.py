@@ -10,7 +10,8 @@
 2. End to end: ``densepure certify``'s main job on the digits (its defaults: DensePure K=10, b=2, sigma
    0.25, n0=50, n=1000, 20 images) with ``--noise float`` and ``--noise sound``, alternately
    ``--e2e-repeats`` times each (models loaded once per run, as the command does); the best wall time and
-   the best CPU time of the process for each, and their ratios.
+   the best CPU time of the process for each, their ratios, and the UNet and classifier rows each ran:
+   the two noises draw different samples, so the vote's early exit runs a different number of chains.
 
 Usage: python benchmarks/sound.py [--repeats 15] [--e2e-repeats 2] [--e2e-images 20]
 The last line printed is a JSON object with every number.
@@ -74,18 +75,21 @@ def end_to_end(repeats: int, images: int) -> dict:
     from densepure.certify.job import JobOptions, prepare, run
 
     wall = {"float": float("inf"), "sound": float("inf")}
-    cpu = dict(wall)
+    cpu, rows = dict(wall), {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             for noise in ("float", "sound"):
                 options = JobOptions(noise=noise, seed=1, max=images, device="cpu", overwrite=True,
                                      output=str(Path(tmp) / f"{noise}{rep}.tsv"))
                 start, start_cpu = time.perf_counter(), time.process_time()
-                run(prepare(options))
+                job = prepare(options)
+                run(job)
                 wall[noise] = min(wall[noise], time.perf_counter() - start)
                 cpu[noise] = min(cpu[noise], time.process_time() - start_cpu)
+                rows[noise] = {"unet_rows": job.engine.stats.unet_rows, "classifier_rows": job.engine.stats.classifier_rows}
     return {"wall_s": wall, "cpu_s": cpu, "wall_ratio": wall["sound"] / wall["float"],
-            "cpu_ratio": cpu["sound"] / cpu["float"], "images": images}
+            "cpu_ratio": cpu["sound"] / cpu["float"], "images": images, "model_rows": rows,
+            "cpu_s_per_unet_row": {k: cpu[k] / rows[k]["unet_rows"] for k in cpu}}
 
 
 def main() -> None:
@@ -108,7 +112,9 @@ def main() -> None:
         w, c = e2e["wall_s"], e2e["cpu_s"]
         print(f"densepure certify, digits main job ({e2e['images']} images): wall float {w['float']:.1f} s, sound "
               f"{w['sound']:.1f} s ({e2e['wall_ratio']:.3f}x); CPU float {c['float']:.1f} s, sound {c['sound']:.1f} s "
-              f"({e2e['cpu_ratio']:.3f}x)", flush=True)
+              f"({e2e['cpu_ratio']:.3f}x); UNet rows float {e2e['model_rows']['float']['unet_rows']:,}, sound "
+              f"{e2e['model_rows']['sound']['unet_rows']:,} (the draws differ, and so does the vote's early exit)",
+              flush=True)
     print(json.dumps(result))
 
 

@@ -80,3 +80,16 @@ def test_the_budget_runs_the_anytime_radius(tmp_path, capsys):
     records = read_sidecar(output).records
     assert len(records) == 2 and all(r.extra["anytime"] and r.n == 40 for r in records)
     assert "budget=40 (anytime radius)" in capsys.readouterr().err
+
+
+def test_a_sound_run_resumed_with_more_images_equals_one_run(tmp_path):
+    """Each image's grid steps are keyed by (seed, image): a run extended by resuming (--max 1, then 2) writes
+    exactly the rows and counts of one run over both images."""
+    from cluster_helpers import certificates
+
+    resumed = options(tmp_path, max=1)
+    run(prepare(resumed))
+    run(prepare(JobOptions(**{**SMALL, "max": 2}, output=resumed.output)))
+    whole = JobOptions(**{**SMALL, "max": 2}, output=str(tmp_path / "whole.tsv"))
+    run(prepare(whole))
+    assert certificates(resumed.output) == certificates(whole.output) and len(certificates(whole.output)) == 2
