@@ -1,184 +1,95 @@
-"""Latency and throughput of `densepure serve` against concurrency: one shared engine vs one request at a time.
+"""`densepure serve` in several configurations under the same closed-loop load, compared: a thin entry point
+over `densepure bench serve`, which does the measuring; this script starts each server in turn on
+127.0.0.1, points `bench serve` at it, and sets the reports side by side (`densepure bench compare`).
 
-Two servers are started in turn on 127.0.0.1 with the same models and settings: ``shared`` (the default,
-``--image-slots 64``: every client's images share every UNet and classifier batch) and ``serial``
-(``--image-slots 1``: the engine holds one image at a time, so requests are served one after another, as
-by a server without step-level batching). For each concurrency c, c client threads send single-image
-certify_radius requests (r = sigma by default) back to back, a closed loop, until ``--requests`` are
-answered; each request is a different digits test image, the same sequence for both servers. Reported:
-throughput (requests/s), latency p50/p95/p99 from sending to the answer, mean draws per request, and from
-the server's own metrics the mean UNet rows per call and UNet rows/s: sharing fills the batches, and how
-much more a fuller batch runs per second is the device's, which bounds what sharing can gain.
-Loopback only; bounded by ``--requests`` per level and ``--timeout`` per request.
+Configurations (``--configs``, each a server's extra flags):
 
-Usage: python benchmarks/serve.py [--concurrency 1 4 16] [--requests 8 16 32] [--threads 1]
-       [--server-args "--K 10 --b 2"] [--radius R]
-The last line printed is a JSON object with every number.
+* ``shared`` (``--image-slots 64``: every client's images share every UNet and classifier batch) and
+  ``serial`` (``--image-slots 1``: one image at a time, as a server without step-level batching);
+* ``one`` / ``two`` (``--devices cpu`` / ``cpu,cpu``, one torch thread per engine loop, each loop pinned to a
+  core of its own) and ``one-free`` / ``two-free`` (the same, placed by the OS); or a device list such as
+  ``cuda:0,cuda:1`` (``--devices LIST``).
+
+Every other flag goes to `densepure bench serve` (``--concurrency 1 4 16``, ``--requests``, ``--param``,
+``--timeout``, ...); the requests default to single-image certify_radius at the server's sigma
+(``--param mode=certify_radius``). What is measured, and how errors are kept out of the latencies: see
+``densepure bench serve --help`` and :mod:`densepure.bench.serve`. With ``--out DIR`` each configuration's
+report is written to DIR/NAME (report.json, report.md, plots).
+
+Usage: python benchmarks/serve.py [--configs shared serial] [--server-args "--K 10 --b 2"] [--threads 1]
+       [--out DIR] [bench serve flags]
+The last line printed is a JSON object: every configuration's metrics and each one's ratios to the first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
-from typing import Self
 
-import numpy as np
-import torch
-from common import machine
+from common import LocalServer, machine
 
-from densepure.models.digits import load_digits_test_split
-from densepure.serve.client import Client
-
-ROOT = Path(__file__).resolve().parents[1]
-SERVERS = {"shared": ("--image-slots", "64"), "serial": ("--image-slots", "1")}
-UNET_ROWS, UNET_CALLS = "densepure_denoiser_rows_total", 'densepure_batch_rows_count{model="denoiser"}'
+CONFIGS = {"shared": ("--image-slots", "64"), "serial": ("--image-slots", "1"),
+           "one": ("--devices", "cpu", "--device-threads", "1", "--pin-cores"),
+           "two": ("--devices", "cpu,cpu", "--device-threads", "1", "--pin-cores"),
+           "one-free": ("--devices", "cpu", "--device-threads", "1"),
+           "two-free": ("--devices", "cpu,cpu", "--device-threads", "1")}
+RATIOS = ("requests_per_s", "p50_s", "p95_s", "draws_per_s", "server_unet_rows_per_call")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, args: list[str], threads: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "densepure.cli", "serve", "--port", str(self.port),
-                                      "--no-access-log", "--log-level", "warning", *args], env=env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def __enter__(self) -> Self:
-        with Client(self.url) as client:
-            client.wait_ready(timeout=300)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def closed_loop(url: str, images: np.ndarray, clients: int, requests: int, params: dict, timeout: float) -> dict:
-    """``clients`` threads send ``requests`` single-image requests back to back; latencies and wall time."""
-    lock, latencies, draws, certified = threading.Lock(), [], [], []
-    next_index = [0]
-
-    def worker() -> None:
-        with Client(url, timeout=timeout) as client:
-            while True:
-                with lock:
-                    i = next_index[0]
-                    if i >= requests:
-                        return
-                    next_index[0] += 1
-                start = time.perf_counter()
-                result = client.infer(images[i % len(images)], **params)
-                elapsed = time.perf_counter() - start
-                with lock:
-                    latencies.append(elapsed)
-                    draws.append(int(result.draws[0]))
-                    certified.append(bool(result.certified[0]) if result.certified is not None else False)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    with Client(url) as client:
-        before = client.metrics()
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    with Client(url) as client:
-        after = client.metrics()
-    unet_rows = after[UNET_ROWS] - before[UNET_ROWS]
-    unet_calls = after[UNET_CALLS] - before[UNET_CALLS]
-    lat = np.array(latencies)
-    return {"clients": clients, "requests": len(lat), "wall_s": wall, "throughput_rps": len(lat) / wall,
-            "unet_rows_per_call": unet_rows / max(unet_calls, 1), "unet_rows_per_s": unet_rows / wall,
-            "draws_per_s": float(np.sum(draws)) / wall,
-            "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
-            "p99_s": float(np.percentile(lat, 99)), "mean_draws": float(np.mean(draws)),
-            "certified": float(np.mean(certified))}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, nargs="+", default=None,
-                    help="requests per concurrency level (default: 2 per client, at least 4)")
-    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
-    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS)")
+def parser(default_configs: list[str]) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Any other flag is passed to `densepure bench serve`.")
+    ap.add_argument("--configs", nargs="+", default=default_configs,
+                    help=f"{', '.join(CONFIGS)}, or device lists such as cuda:0,cuda:1 (each: --devices LIST)")
     ap.add_argument("--server-args", default="", help="more `densepure serve` flags (models, K, b, n0, n, device)")
-    ap.add_argument("--radius", type=float, default=None, help="certify_radius radius (default: the server's sigma)")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request at most")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)  # machine() reports the server's thread count
-    counts = args.requests or [max(4, 2 * c) for c in args.concurrency]
-    if len(counts) != len(args.concurrency):
-        ap.error("give one --requests count per --concurrency level")
-    images = load_digits_test_split()[0].numpy()
-    params = {"mode": "certify_radius", **({"radius": args.radius} if args.radius is not None else {})}
-    extra = shlex.split(args.server_args)
-    results: dict[str, list[dict]] = {}
-    for name in args.servers:
-        with Server([*extra, *SERVERS[name]], args.threads) as server:
-            with Client(server.url) as client:
-                client.infer(images[-1], **params)  # one request first: the first batches of each size
-                meta = client.model_metadata()["parameters"]
-            results[name] = []
-            for clients, requests in zip(args.concurrency, counts):
-                row = closed_loop(server.url, images, clients, requests, params, args.timeout)
-                results[name].append(row)
-                print(f"{name:6s} c={clients:3d} {row['requests']:4d} req {row['throughput_rps']:7.3f} req/s "
-                      f"{row['draws_per_s']:7.1f} draws/s  "
-                      f"p50 {row['p50_s']:7.2f} s  p95 {row['p95_s']:7.2f} s  p99 {row['p99_s']:7.2f} s  "
-                      f"draws/req {row['mean_draws']:7.1f}  certified {row['certified']:.2f}  "
-                      f"UNet {row['unet_rows_per_call']:6.1f} rows/call {row['unet_rows_per_s']:7.1f} rows/s",
-                      flush=True)
-    smoothing = meta["smoothing"]
-    print(f"\ndigits, {smoothing['smoothing']} K={smoothing['K']} b={smoothing['b']} sigma={smoothing['sigma']}, "
-          f"certify_radius r={params.get('radius', smoothing['sigma'])}, n0={meta['defaults']['n0']} "
-          f"n_max={meta['defaults']['n']}; {machine()}")
-    print("| server | clients | requests | req/s | draws/s | p50 s | p95 s | p99 s | draws/req | UNet rows/call "
-          "| UNet rows/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rows in results.items():
-        for r in rows:
-            print(f"| {name} | {r['clients']} | {r['requests']} | {r['throughput_rps']:.3f} | {r['draws_per_s']:.1f} | "
-                  f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['p99_s']:.2f} | {r['mean_draws']:.0f} | "
-                  f"{r['unet_rows_per_call']:.1f} | {r['unet_rows_per_s']:.0f} |")
-    summary = {"machine": machine(), "server_args": extra, "threads": args.threads, "smoothing": smoothing,
-               "params": params, "results": results}
-    if {"shared", "serial"} <= set(results):
-        top = max(args.concurrency)
-        shared = next(r for r in results["shared"] if r["clients"] == top)
-        serial = next(r for r in results["serial"] if r["clients"] == top)
-        ratio = shared["throughput_rps"] / serial["throughput_rps"]
-        fill = shared["unet_rows_per_call"] / serial["unet_rows_per_call"]
-        rate = shared["unet_rows_per_s"] / serial["unet_rows_per_s"]
-        summary["ratio"] = {"clients": top, "throughput": ratio, "draws_per_s": shared["draws_per_s"] /
-                            serial["draws_per_s"], "p50_shared_s": shared["p50_s"], "p50_serial_s": serial["p50_s"],
-                            "unet_rows_per_call": fill, "unet_rows_per_s": rate}
-        print(f"\n{top} clients: shared / serial throughput {ratio:.2f}x requests/s, "
-              f"{summary['ratio']['draws_per_s']:.2f}x draws/s; p50 {shared['p50_s']:.2f} s shared vs "
-              f"{serial['p50_s']:.2f} s serial")
-        print(f"UNet batches {fill:.2f}x fuller shared ({shared['unet_rows_per_call']:.1f} vs "
-              f"{serial['unet_rows_per_call']:.1f} rows/call); the device ran {rate:.2f}x the UNet rows/s with them")
-    print(json.dumps(summary))
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS)")
+    ap.add_argument("--out", help="write each configuration's report to OUT/NAME")
+    return ap
+
+
+def measure(url: str, bench_args: list[str], output: str | None):
+    """`densepure bench serve URL BENCH_ARGS` in this process (the CLI's own parser and options): its report."""
+    from densepure.bench.session import run_bench
+    from densepure.cli import build_parser
+    from densepure.cli.arguments import options_from_args
+
+    params = [] if "--param" in bench_args else ["--param", "mode=certify_radius"]
+    argv = ["bench", "serve", url, *params, *bench_args, *(["--output", output, "--overwrite"] if output else [])]
+    report, _ = run_bench("serve", options_from_args(build_parser().parse_args(argv)), ["densepure", *argv])
+    return report
+
+
+def main(default_configs: list[str] | None = None, more_server_args: tuple[str, ...] = (),
+         pairs: tuple[tuple[str, str], ...] | None = None) -> None:
+    """Measure each configuration; ``pairs`` (a, b): compare b with a (default: each with the first)."""
+    from densepure.bench.render import compare, markdown
+
+    args, bench_args = parser(default_configs or ["shared", "serial"]).parse_known_args()
+    reports = {}
+    for name in args.configs:
+        flags = CONFIGS.get(name, ("--devices", name))
+        server_args = [*shlex.split(args.server_args), *flags, *more_server_args]
+        with LocalServer(server_args, args.threads) as server:
+            print(f"== {name}: densepure serve {shlex.join(server_args)}", file=sys.stderr, flush=True)
+            reports[name] = measure(server.url, bench_args, f"{args.out}/{name}" if args.out else None)
+        print(markdown(reports[name]))
+    first = next(iter(reports))
+    pairs = [(a, b) for a, b in (pairs or [(first, name) for name in list(reports)[1:]]) if {a, b} <= set(reports)]
+    for a, b in pairs:
+        print(compare(reports[a], reports[b], a, b))
+    print(f"servers: {args.threads} torch thread(s) each; client: {machine()}")
+    print(json.dumps(summary(reports, pairs)))
+
+
+def summary(reports: dict, pairs: list[tuple[str, str]]) -> dict:
+    """Every configuration's metrics, and per pair (a, b) the ratios b / a of each level's requests/s,
+    latencies, draws/s and rows per call."""
+    values = {name: {k: m.value for k, m in report.metrics.items()} for name, report in reports.items()}
+    ratios = {f"{b}/{a}": {k: values[b][k] / values[a][k] for k in values[a]
+                           if k.split(".")[-1] in RATIOS and values[a][k] and k in values[b]} for a, b in pairs}
+    return {"configs": values, "ratios": ratios}
 
 
 if __name__ == "__main__":

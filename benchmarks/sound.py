@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from common import machine
 
-from densepure.kernels import StartForm, StartRule, resolve_kernels
+from densepure.diffusion import StartKind
+from densepure.kernels import StartRule, resolve_kernels
 from densepure.noise import NoiseKeys, gaussian_words, row_words, sound_steps_words, sound_table
 
 SIZES = {"digits": ((1, 8, 8), 16, 4096), "cifar10": ((3, 32, 32), 255, 128), "imagenet": ((3, 256, 256), 255, 2)}
@@ -47,21 +48,27 @@ def _best(fns: dict, repeats: int, clock=time.thread_time) -> dict[str, float]:
     return best
 
 
+def _calls(kernels, words, shape, table, images, levels, slots, float_rule, sound_rule) -> dict:
+    """The four timed calls of one size: the float and sound noise alone, and the start rows of each."""
+    cpu = torch.device("cpu")
+    return {"float_noise": lambda: gaussian_words(words, shape, cpu),
+            "sound_noise": lambda: sound_steps_words(words, shape, table, cpu),
+            "float_start": lambda: kernels.start_rows(images / levels, slots, words, float_rule),
+            "sound_start": lambda: kernels.start_rows(images, slots, words, sound_rule)}
+
+
 def sampler(repeats: int) -> dict:
     torch_kernels = resolve_kernels("torch", "cpu")
     out = {}
     for name, (shape, levels, rows) in SIZES.items():
         keys = NoiseKeys.from_arrays(7, image=3, phase=1, draw=torch.arange(rows), chain=0, step=0, stream=0)
-        words, cpu = row_words(keys, "cpu"), torch.device("cpu")
+        words = row_words(keys, "cpu")
         table = sound_table(levels, SIGMA)
         images = torch.randint(0, levels + 1, (1, *shape)).to(torch.float32)
-        float_rule = StartRule(StartForm.DENSEPURE, sigma=SIGMA)
-        sound_rule = StartRule(StartForm.DENSEPURE, sigma=SIGMA, table=table)
+        float_rule = StartRule(StartKind.DENSEPURE, sigma=SIGMA)
+        sound_rule = StartRule(StartKind.DENSEPURE, sigma=SIGMA, table=table)
         slots = torch.zeros(rows, dtype=torch.int64)
-        fns = {"float_noise": lambda: gaussian_words(words, shape, cpu),
-               "sound_noise": lambda: sound_steps_words(words, shape, table, cpu),
-               "float_start": lambda: torch_kernels.start_rows(images / levels, slots, words, float_rule),
-               "sound_start": lambda: torch_kernels.start_rows(images, slots, words, sound_rule)}
+        fns = _calls(torch_kernels, words, shape, table, images, levels, slots, float_rule, sound_rule)
         best = _best(fns, repeats)
         values = rows * images[0].numel()
         ns = {k: v / values * 1e9 for k, v in best.items()}
@@ -79,8 +86,8 @@ def end_to_end(repeats: int, images: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             for noise in ("float", "sound"):
-                options = JobOptions(noise=noise, seed=1, max=images, device="cpu", overwrite=True,
-                                     output=str(Path(tmp) / f"{noise}{rep}.tsv"))
+                options = JobOptions.build(noise=noise, seed=1, max=images, device="cpu", overwrite=True,
+                                           output=str(Path(tmp) / f"{noise}{rep}.tsv"))
                 start, start_cpu = time.perf_counter(), time.process_time()
                 job = prepare(options)
                 run(job)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import machine
 
-from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
+from densepure.results.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
 
 HERE = Path(__file__).resolve().parent
 ROWS = {"onestep": "onestep", "densepure_K10_b2": "densepure K=10 b=2", "densepure_K3_b2": "densepure K=3 b=2",
@@ -35,7 +35,7 @@ def _pair(sigma: float, tag: str, name: str) -> tuple[Run, Run] | None:
     if not shared:
         return None
     return tuple(Run(f"{name}, {noise}", sorted((r for r in run.rows if r.idx in shared), key=lambda r: r.idx))
-                 for run, noise in zip(runs, ("float", "sound")))
+                 for run, noise in zip(runs, ("float", "sound"), strict=True))
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         if pair is None:
             continue
         float_run, sound_run = pair
-        differ = sum(a.predict != b.predict for a, b in zip(float_run.rows, sound_run.rows))
+        differ = sum(a.predict != b.predict for a, b in zip(float_run.rows, sound_run.rows, strict=True))
         lines += [f"## {name}, sigma = {args.sigma:g} ({len(float_run.rows)} images)", "",
                   markdown_table([summarize(run, DEFAULT_RADII) for run in pair]),
                   paired_markdown(float_run, [sound_run]),

@@ -40,16 +40,16 @@ import numpy as np
 import torch
 from common import machine
 
-from densepure.certify.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
-from densepure.certify.records import IfExists
 from densepure.certify.tasks import CertifyTask
-from densepure.certify.writer import open_results
 from densepure.diffusion import Mode, NoiseKind, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.models.digits import PIXEL_LEVELS, load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset
+from densepure.results.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
+from densepure.results.records import IfExists
+from densepure.results.writer import open_results
 
 HERE = Path(__file__).resolve().parent
 PREFIXES = (1, 3)  # K = 1 and K = 3 read from the K = 10 runs
@@ -179,7 +179,7 @@ def _plot(runs_by_sigma: dict[float, list[Run]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from densepure.certify.analyze import accuracy_curve
+    from densepure.results.analyze import accuracy_curve
 
     figure = Figure(figsize=(6.0 * len(runs_by_sigma), 4.2), dpi=100)
     canvas = FigureCanvasAgg(figure)

@@ -33,3 +33,10 @@ class ArtifactError(BackendError):
 
 class ModelOutputError(DensePureError):
     """A model returned something no certificate may be built on: NaN or inf outputs or logits."""
+
+
+def install_hint(extra: str) -> str:
+    """How to install the optional dependencies ``extra`` (a ``pyproject.toml`` extra), for error messages.
+    densepure is not on a package index: it installs from a clone, or from a wheel built there (README,
+    "Install"), so ``pip install 'densepure[extra]'`` would find nothing."""
+    return f"from a densepure clone: pip install -e '.[{extra}]'"

@@ -10,12 +10,15 @@ import hashlib
 import os
 from pathlib import Path
 
+from densepure.paths import check_input
+
 _CHUNK = 1 << 20
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = _CHUNK) -> str:
     """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
     h = hashlib.sha256()
+    check_input(path, "file to hash")  # never open a FIFO or a device: it would block or never end
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

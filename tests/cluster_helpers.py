@@ -15,8 +15,18 @@ ALSO = {"also_chains": (1, 3)}  # the default case: also the K=1 and K=3 files, 
 SEQUENTIAL = {**COMMON, "mode": "onestep", "num_chains": None, "steps": None, "n": 500, "radius": 0.25}  # looks 32..500
 
 
+UNCOMPARED = ("time", "prev_sha256", "header_sha256")  # the wall time, and the chain over it (completion order)
+
+
+def tsv_without_time(path: Path) -> list[str]:
+    """The TSV's lines in file order, each without its time column: byte-identical runs give equal lists."""
+    header, *lines = Path(path).read_text().split("\n")
+    keep = [i for i, name in enumerate(header.split("\t")) if name != "time"]
+    return [header] + ["\t".join(line.split("\t")[i] for i in keep) if line else line for line in lines]
+
+
 def job_options(path: Path, **overrides) -> JobOptions:
-    return JobOptions(**{**COMMON, **overrides}, output=str(path))
+    return JobOptions.build(**{**COMMON, **overrides}, output=str(path))
 
 
 def certificates(path: Path) -> dict[int, tuple]:
@@ -34,7 +44,7 @@ def certificates(path: Path) -> dict[int, tuple]:
         record = json.loads(line)
         if record["record"] == "image":
             assert record["idx"] not in records, f"image {record['idx']} twice in {path}.jsonl"
-            records[record["idx"]] = json.dumps({k: v for k, v in record.items() if k != "time"}, sort_keys=True)
+            records[record["idx"]] = json.dumps({k: v for k, v in record.items() if k not in UNCOMPARED}, sort_keys=True)
     assert rows.keys() == records.keys()
     return {idx: (rows[idx], records[idx]) for idx in rows}
 

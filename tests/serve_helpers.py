@@ -58,11 +58,9 @@ class ServerProcess:
         return self.log_path.read_text()
 
     def metric(self, name: str, labels: str = "") -> float:
-        """The value of one sample of ``/metrics`` (0 if absent)."""
-        text = self.http.get("/metrics").text
-        pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" (\S+)"
-        match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        """The sum of the samples ``name`` of ``/metrics`` whose labels include ``labels`` (``'model="denoiser"'``):
+        over every ``device`` unless one is named (0 if absent)."""
+        return metric_sum(self.http.get("/metrics").text, name, labels)
 
     def wait_metric(self, name: str, value: float, labels: str = "", timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -86,3 +84,17 @@ class ServerProcess:
 def infer_json(images: np.ndarray, **parameters) -> dict:
     return {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape),
                         "data": images.reshape(-1).tolist()}], "parameters": parameters}
+
+
+def metric_sum(text: str, name: str, labels: str = "") -> float:
+    """The sum of the samples ``name`` in a Prometheus text whose labels include ``labels``."""
+    want = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if match is None or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(have.get(k) == v for k, v in want.items()):
+            total += float(match.group(3))
+    return total

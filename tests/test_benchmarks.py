@@ -37,43 +37,35 @@ def test_table1_runs_resumes_and_reports(tmp_path):
     assert "images," not in again
 
 
-@pytest.mark.slow
-def test_throughput_prints_both_rates_and_their_ratio():
-    stdout = run_script("throughput.py", "--images", "1", "--n0", "10", "--n", "20", "--K", "3", "--threads", "1",
-                        "--device", "cpu", "--precision", "fp32", "bf16", "--repeats", "1")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert set(result["engine"]) == {"fp32", "bf16"} and result["official_draws_per_s"] > 0
-    for row in result["engine"].values():
-        assert row["speedup"] == pytest.approx(row["draws_per_s"] / result["official_draws_per_s"])
-        assert 3 <= row["unet_rows_per_draw"] <= 4  # shared first step + 2 or 3 chains (early exit), 1 step each
-    assert "torch" in result["device"]
-    assert "official protocol" in stdout and "ratio engine / official" in stdout
-
-
-@pytest.mark.slow
-def test_kernels_benchmark_smoke_compares_torch_and_triton():
-    pytest.importorskip("triton")
-    stdout = run_script("kernels.py", "--device", "cpu", "--arch", "tiny", "--rows", "2", "--repeats", "1",
-                        env={"TRITON_INTERPRET": "1"})  # the script's CPU run uses Triton's interpreter
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["kernels"].startswith("triton") and result["compile"] is False
-    for table in ("row_kernels", "norms"):
-        for row in result[table].values():
-            assert set(row) == {"torch", "triton"} and row["triton"]["us"] > 0
-            assert row["triton"]["speedup_vs_eager"] == pytest.approx(row["torch"]["us"] / row["triton"]["us"])
-    assert set(result["unet"]) == {"modules", "fused norms"} and result["unet"]["modules"]["draws_vs_modules"] == 1.0
-    assert "torch/triton" in stdout and "draws/s" in stdout
-def test_serve_benchmark_reports_both_servers_and_their_ratio():
+def test_serve_benchmark_measures_each_server_with_bench_serve_and_compares_them(tmp_path):
+    """benchmarks/serve.py starts each configuration's server and runs `densepure bench serve` against it."""
     stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
-                        "--K 3 --n0 10 --n 100")
+                        "--K 3 --n0 10 --n 100", "--out", str(tmp_path))
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert set(result["results"]) == {"shared", "serial"}
-    for rows in result["results"].values():
-        assert [r["clients"] for r in rows] == [1, 2] and all(r["requests"] == 2 for r in rows)
-        assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] and r["throughput_rps"] > 0 for r in rows)
-    shared, serial = result["results"]["shared"][1], result["results"]["serial"][1]
-    assert result["ratio"]["throughput"] == pytest.approx(shared["throughput_rps"] / serial["throughput_rps"])
-    assert "| server | clients |" in stdout
+    assert set(result["configs"]) == {"shared", "serial"}
+    for name, metrics in result["configs"].items():
+        assert metrics["errors"] == 0 and metrics["c1.requests_per_s"] > 0 and metrics["c2.server_unet_rows_per_call"] > 0
+        assert 0 < metrics["c2.p50_s"] <= metrics["c2.p95_s"] <= metrics["c2.p99_s"]
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["subcommand"] == "serve" and report["configuration"]["params"] == ["mode=certify_radius"]
+    shared, serial = result["configs"]["shared"], result["configs"]["serial"]
+    ratio = result["ratios"]["serial/shared"]
+    assert ratio["c2.requests_per_s"] == pytest.approx(serial["c2.requests_per_s"] / shared["c2.requests_per_s"])
+    assert "| metric | A | B | B / A | unit |" in stdout
+
+
+def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
+    stdout = run_script("serve_devices.py", "--concurrency", "1", "2", "--requests", "2", "2", "--configs", "one",
+                        "two", "--server-args", "--K 3 --n0 10 --n 100")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["configs"]) == {"one", "two"} and set(result["ratios"]) == {"two/one"}
+    for metrics in result["configs"].values():
+        assert all(metrics[f"c{c}.requests_per_s"] > 0 and metrics[f"c{c}.server_unet_rows_per_call"] > 0
+                   and 0 < metrics[f"c{c}.p50_s"] <= metrics[f"c{c}.p95_s"] for c in (1, 2))
+    one, two = result["configs"]["one"], result["configs"]["two"]
+    assert result["ratios"]["two/one"]["c2.requests_per_s"] == pytest.approx(
+        two["c2.requests_per_s"] / one["c2.requests_per_s"])
+
 
 
 @pytest.mark.slow
@@ -86,3 +78,13 @@ def test_sound_benchmark_reports_both_samplers_and_their_ratio():
         assert set(ns) == {"float_noise", "sound_noise", "float_start", "sound_start"} and min(ns.values()) > 0
         assert row["noise_ratio"] == pytest.approx(ns["sound_noise"] / ns["float_noise"])
     assert "sound/float" in stdout
+
+
+def test_flops_prints_the_table_of_docs_performance():
+    """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
+    pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
+    table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]
+    doc = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
+    start = doc.index(table[0])
+    assert doc[start:start + len(table)] == table

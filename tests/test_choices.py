@@ -2,13 +2,13 @@
 
 import pytest
 
-from densepure.certify.sequential import SequentialMethod
 from densepure.diffusion.smoothing import Mode
 from densepure.engine.backends.select import BackendKind
 from densepure.errors import ConfigError
 from densepure.kernels import CompileMode, KernelChoice
 from densepure.models.classifiers import ResizeChoice
 from densepure.precision import Precision
+from densepure.stats.sequential import SequentialMethod
 
 CHOICES = [(Mode, "mode"), (BackendKind, "backend"), (Precision, "precision"), (ResizeChoice, "resize"),
            (KernelChoice, "kernels"), (CompileMode, "compile mode"), (SequentialMethod, "sequential method")]

@@ -13,8 +13,12 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--sigma", "0"], "sigma must be > 0"),
-    (["--sigma", "-0.25"], "sigma must be > 0"),
+    (["--sigma", "0"], "sigma must be a finite number > 0"),
+    (["--sigma", "-0.25"], "sigma must be a finite number > 0"),
+    (["--sigma", "nan"], "sigma must be a finite number > 0, got nan"),  # issue 25, item 6
+    (["--sigma", "inf"], "sigma must be a finite number > 0, got inf"),
+    (["--radius", "inf"], "radius must be a finite number >= 0, got inf"),
+    (["--preset", "nosuch"], "unknown preset 'nosuch'; available: cifar10, digits, imagenet256"),
     (["--alpha", "0.7"], "alpha must be in (0, 0.5)"),
     (["--alpha", "0"], "alpha must be in (0, 0.5)"),
     (["--n0", "0"], "n0"),
@@ -79,7 +83,7 @@ def test_export_writes_checked_onnx_for_digits(capsys, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--opset", "99"], "opset must be in 21.."),
     (["--opset", "20"], "opset must be in 21.."),
-    (["--out", "FILE"], "--out must be a directory"),
+    (["--out", "FILE"], "is a regular file: expected a directory"),
     (["--out", "FILE/sub"], "cannot create the export directory"),
 ])
 def test_export_errors_are_one_line_and_write_nothing(capsys, tmp_path, argv, message):
@@ -102,7 +106,7 @@ def test_build_without_tensorrt_is_one_line(capsys, tmp_path):
 
 
 def test_analyze_paired(capsys, tmp_path):
-    from densepure.certify.records import TSV_HEADER
+    from densepure.results.records import TSV_HEADER
 
     first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
     first.write_text(TSV_HEADER + "\n0\t1\t1\t0.5000\t1\t1.0\n1\t2\t2\t0.2000\t1\t1.0\n2\t3\t-1\t0.0000\t0\t1.0\n")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from densepure.certify.results import read_results, read_sidecar
 from densepure.cli import main
+from densepure.results.files import read_results, read_sidecar
 
 COMMON = ["--max", "3", "--skip", "150", "--n0", "10", "--n", "40", "--sigma", "0.5", "--b", "2", "--seed", "11"]
 

@@ -109,7 +109,7 @@ def _edit_manifest(directory, name, **source):
 @pytest.mark.parametrize("setup,argv,message", [
     (None, ("--backend", "onnxruntime"), "needs --artifacts DIR"),
     (None, ("--backend", "onnxruntime", "--artifacts", "/nonexistent/artifacts"), "not found"),
-    ("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32 or fp16 graphs"),
+    ("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32, fp16 or int8 graphs"),
     ("copy", ("--backend", "torch"), "--artifacts is read by the onnxruntime and tensorrt backends only"),
     ("copy", ("--backend", "onnxruntime", "--precision", "fp16"), "no fp16 classifier ONNX graph"),
     ("preset", ("--backend", "onnxruntime"), "exported for preset 'cifar10'"),

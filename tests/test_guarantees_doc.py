@@ -141,7 +141,7 @@ def test_the_float32_interval_gap_and_bfloat16_spacing(doc):
 def test_the_documented_rounding_margins_are_the_code_s(doc):
     import importlib
 
-    from densepure.certify import stats
+    from densepure.stats import cohen as stats
 
     sound = importlib.import_module("densepure.noise.sound")
     tables = importlib.import_module("densepure.noise.sound_table")  # the package's attribute is the function

@@ -34,9 +34,11 @@ from densepure.artifacts.manifest import (
     onnx_sha256,
     verify_onnx,
 )
+from densepure.artifacts.quantized import CalibrationInfo, calibration_mismatch, calibration_overlap
 
 __all__ = [
     "ENGINE_FILE", "ArtifactFormat", "ArtifactKind", "ArtifactManifest", "BatchProfile", "CacheEntry", "CacheLookup",
+    "CalibrationInfo", "calibration_mismatch", "calibration_overlap",
     "EngineCache", "EngineInfo", "MachineInfo", "SourceInfo", "TensorSpec", "TypingMode", "bucket_profiles",
     "bucket_sizes", "cache_key", "engine_file", "exported_artifacts", "find_onnx", "import_tensorrt",
     "machine_info", "manifest_path_for", "normalize_buckets", "onnx_sha256", "pick_bucket", "plan_chunks",

@@ -45,7 +45,7 @@ def bucket_sizes(max_rows: int, smallest: int = 8) -> tuple[int, ...]:
 def bucket_profiles(buckets: Iterable[object]) -> tuple[BatchProfile, ...]:
     """One TensorRT profile per bucket: ``min`` = previous bucket + 1, ``opt`` = ``max`` = bucket."""
     values = normalize_buckets(buckets)
-    return tuple(BatchProfile(prev + 1, b, b) for prev, b in zip((0, *values), values))
+    return tuple(BatchProfile(prev + 1, b, b) for prev, b in zip((0, *values), values, strict=False))
 
 
 def pick_bucket(buckets: Sequence[int], rows: int) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from densepure.artifacts.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest
 from densepure.errors import ArtifactError
+from densepure.paths import check_input
 from densepure.precision import Precision
 
 MANIFEST_SUFFIX = ".onnx.manifest.json"
@@ -28,8 +29,9 @@ def exported_artifacts(onnx_dir: str | os.PathLike, kinds: Sequence[ArtifactKind
                        precisions: Sequence[Precision] | None = None) -> list[tuple[Path, ArtifactManifest]]:
     """The ONNX artifacts of an export directory, by their manifests, optionally filtered."""
     base = Path(onnx_dir)
-    if not base.is_dir():
+    if not os.path.lexists(base):
         raise ArtifactError(f"export directory not found: {base} (run `densepure export --out {base}` first)")
+    check_input(base, "the export directory", file=False, directory=True)
     found = []
     for mpath in sorted(base.glob(f"*{MANIFEST_SUFFIX}")):
         manifest = ArtifactManifest.read(mpath)

@@ -11,14 +11,14 @@ import platform
 import torch
 
 from densepure.artifacts.manifest import MachineInfo
-from densepure.errors import BackendError
+from densepure.errors import BackendError, install_hint
 
 
 def import_tensorrt():
     try:
         import tensorrt
     except ImportError as exc:
-        raise BackendError("TensorRT is not installed: pip install 'densepure[tensorrt]' (needs an NVIDIA GPU; "
+        raise BackendError(f"TensorRT is not installed: {install_hint('tensorrt')} (needs an NVIDIA GPU; "
                            "on Jetson it comes with JetPack)") from exc
     return tensorrt
 

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from densepure.errors import ArtifactError
+from densepure.artifacts.quantized import CalibrationInfo
+from densepure.errors import ArtifactError, install_hint
+from densepure.paths import replace_file
 from densepure.precision import Precision
 
 FORMAT_VERSION = 1
@@ -184,12 +186,17 @@ class ArtifactManifest:
     format_version: int = FORMAT_VERSION
     notes: tuple[str, ...] = field(default=())
     export_key: str | None = None  # sha256 of what the ONNX graph was made from (weights, precision, exporter)
+    calibration: CalibrationInfo | None = None  # INT8 only: what the Q/DQ scales were computed from
 
     def __post_init__(self) -> None:
         for name, enum_type in (("kind", ArtifactKind), ("format", ArtifactFormat), ("precision", Precision)):
             object.__setattr__(self, name, enum_type(getattr(self, name)))
         if not self.precision.exportable:
-            raise ArtifactError(f"artifacts are fp32 or fp16, got precision {self.precision.value}")
+            raise ArtifactError(f"artifacts are fp32, fp16 or int8, got precision {self.precision.value}")
+        if self.precision.quantized != (self.calibration is not None):
+            need = "need a" if self.precision.quantized else "have no"
+            raise ArtifactError(f"{self.precision.value} artifacts {need} calibration record: export it again "
+                                "(`densepure export ...`)")
         for name in ("inputs", "outputs", "external_data", "notes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.opset < 1:
@@ -214,13 +221,19 @@ class ArtifactManifest:
         raise ArtifactError(f"{self.kind.value} artifact has no input {name!r}; inputs: {names}")
 
     def to_json(self) -> str:
-        return json.dumps(_encode(asdict(self)), indent=2, sort_keys=True) + "\n"
+        record = asdict(self)
+        if record["calibration"] is None:  # float artifacts: the same bytes as before INT8 existed
+            del record["calibration"]
+        return json.dumps(_encode(record), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest") -> "ArtifactManifest":
         try:
             raw = json.loads(text)
             engine = raw.pop("engine", None)
+            calibration = raw.pop("calibration", None)
+            if calibration is not None:
+                calibration = CalibrationInfo(**calibration)
             if engine is not None:
                 engine = EngineInfo(
                     machine=MachineInfo(**engine.pop("machine")),
@@ -228,17 +241,17 @@ class ArtifactManifest:
             return cls(
                 inputs=tuple(TensorSpec(**s) for s in raw.pop("inputs")),
                 outputs=tuple(TensorSpec(**s) for s in raw.pop("outputs")),
-                source=SourceInfo(**raw.pop("source")), engine=engine, **raw)
+                source=SourceInfo(**raw.pop("source")), engine=engine, calibration=calibration, **raw)
         except ArtifactError as exc:
             raise ArtifactError(f"{source}: {exc}") from exc
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ArtifactError(f"{source} is not a valid densepure manifest ({type(exc).__name__}: {exc})") from exc
 
     def write(self, path: str | Path) -> Path:
+        """Write the manifest at ``path``: a new file beside it renamed over it (a reader never sees half a
+        manifest; a link at the path, or at any temporary name, is never written through)."""
         p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(p)  # atomic: a reader never sees half a manifest
+        replace_file(p, self.to_json().encode("utf-8"))
         return p
 
     @classmethod
@@ -305,7 +318,7 @@ def verify_graph_signature(path: str | Path, manifest: "ArtifactManifest") -> No
     try:
         import onnx
     except ImportError as exc:
-        raise ArtifactError("reading exported graphs needs 'onnx': pip install 'densepure[onnx]'") from exc
+        raise ArtifactError(f"reading exported graphs needs 'onnx': {install_hint('onnx')}") from exc
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors
@@ -322,10 +335,10 @@ def verify_graph_signature(path: str | Path, manifest: "ArtifactManifest") -> No
 def _signature_problem(kind: str, got, want) -> str | None:
     if [g.name for g in got] != [w.name for w in want]:
         return f"{kind} {[g.name for g in got]} instead of {[w.name for w in want]}"
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         tensor = g.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else BATCH for d in tensor.shape.dim]
-        if len(dims) != len(w.shape) or any(a != b for a, b in zip(dims[1:], w.shape[1:])):
+        if len(dims) != len(w.shape) or any(a != b for a, b in zip(dims[1:], w.shape[1:], strict=False)):
             return f"{g.name} has shape {dims}, the manifest says {list(w.shape)}"
         if tensor.elem_type != _ONNX_FLOAT:
             return f"{g.name} is not float32"

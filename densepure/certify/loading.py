@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 
 from densepure.certify.options import JobOptions
-from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, exported_models
+from densepure.engine.backends.select import BackendChoice, BackendKind, ModelIdentity, Pipeline, exported_models
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine, EngineConfig
 from densepure.engine.memory import rows_that_fit
 from densepure.errors import ConfigError
-from densepure.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -31,50 +30,59 @@ class _Models:
 
 
 def build_engine(options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None = None,
-                 image_slots: int = 8) -> Engine:
+                 image_slots: int = 8, modules: tuple | None = None) -> Engine:
     """The engine for ``options``' models, backend, precision, kernels and device, for images of ``image_shape``.
 
     ``num_classes`` is used when the classifier does not say (a dataset's class count). ``image_slots``:
     images in flight at once (a server admits many clients' images). Shared by the dataset job, the
-    server and cluster workers, so all of them run exactly the same models.
+    server and cluster workers, so all of them run exactly the same models. ``modules``: (UNet,
+    classifier) torch modules on the device to run instead of loading the job's (torch backend; the
+    benchmarks' random-weight models of the real architectures), cast to the job's precision here.
     """
     from densepure.kernels import resolve_kernels
     from densepure.models import get_preset
     from densepure.models.sources import ClassifierSpec, load_classifier
 
-    preset = get_preset(options.preset)
-    smoothing = options.smoothing(preset.schedule)
-    device = resolve_device(options.device)
-    kernels = resolve_kernels(options.kernels, device)
-    torch_backend = options.backend is BackendKind.TORCH
+    run = options.execution
+    preset = get_preset(options.models.preset)
+    smoothing = options.smoothing_config(preset.schedule)
+    device = resolve_device(run.device)
+    kernels = resolve_kernels(run.kernels, device)
+    torch_backend = run.backend is BackendKind.TORCH
     classifier, own_classes = None, None
+    if modules is not None and not torch_backend:
+        raise ConfigError("modules run on the torch backend only")
     if torch_backend:
-        classifier = load_classifier(ClassifierSpec.parse(options.classifier), device, resize=options.resize)
+        classifier = modules[1] if modules is not None else load_classifier(
+            ClassifierSpec.parse(options.models.classifier), device, resize=options.models.resize)
         own_classes = classifier.num_classes
-        if options.precision is not Precision.FP32:
-            classifier.set_precision(options.precision.dtype)  # most of the work for ViT-sized models
+        if run.precision.dtype is not torch.float32:  # tf32 keeps float32 weights
+            classifier.set_precision(run.precision.dtype)  # most of the work for ViT-sized models
     else:  # the graphs are the models: the classifier itself need not be on this machine
-        own_classes = exported_models(options.artifacts, options.precision).num_classes
+        own_classes = exported_models(run.artifacts, run.precision).num_classes
     classes = own_classes or num_classes
     if classes is None:
         raise ConfigError("cannot tell the number of classes from the classifier or the data")
     if num_classes is not None and own_classes is not None and own_classes < num_classes:
         raise ConfigError(f"the classifier has {own_classes} classes but the data has {num_classes}: "
                           "its labels could never be predicted")
-    denoiser, checkpoint = _denoiser(options, preset, smoothing.needs_denoiser, device, kernels)
+    if modules is not None:
+        denoiser, checkpoint = _given_denoiser(modules[0], options, smoothing.needs_denoiser, device, kernels), None
+    else:
+        denoiser, checkpoint = _denoiser(options, preset, smoothing.needs_denoiser, device, kernels)
     models = _Models(denoiser, classifier, checkpoint, classes)
     shape = tuple(int(d) for d in image_shape)
     slot_bytes = 2 * (smoothing.chains + 2) * math.prod(shape) * 4  # draw pools: 2 draws per row (EngineConfig)
     if torch_backend:
-        rows = rows_that_fit(_module_probes(models, shape, device), device, options.batch_size, slot_bytes)
+        rows = rows_that_fit(_module_probes(models, shape, device), device, run.batch_size, slot_bytes)
         backends = _backends(options, models, preset=preset, shape=shape, rows=rows, device=device,
-                             needs_denoiser=smoothing.needs_denoiser)
+                             smoothing=smoothing)
     else:  # the graphs' runtime is measured through the backends themselves
-        backends = _backends(options, models, preset=preset, shape=shape, rows=options.batch_size, device=device,
-                             needs_denoiser=smoothing.needs_denoiser)
-        rows = rows_that_fit(_backend_probes(backends, shape, device), device, options.batch_size, slot_bytes)
+        backends = _backends(options, models, preset=preset, shape=shape, rows=run.batch_size, device=device,
+                             smoothing=smoothing)
+        rows = rows_that_fit(_backend_probes(backends, shape, device), device, run.batch_size, slot_bytes)
     config = EngineConfig(unet_rows=rows, classifier_rows=rows, draw_capacity=2 * rows, image_slots=image_slots,
-                          chain_prefixes=options.also_chains, lookahead=options.lookahead)
+                          chain_prefixes=options.sampling.also_chains, lookahead=run.lookahead)
     return Engine(smoothing, backends, shape, device, config, kernels)
 
 
@@ -85,13 +93,23 @@ def _denoiser(options: JobOptions, preset, needed: bool, device: torch.device, k
 
     if not needed:
         return None, None
-    if options.backend is not BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
+    if options.execution.backend is not BackendKind.TORCH:  # exported backends run the graphs, not the checkpoint
         return None, _checkpoint_to_compare(options, preset)
-    checkpoint = resolve_checkpoint(preset, options.checkpoint)
-    unet = build_unet(preset, checkpoint, device, options.precision.dtype)
+    checkpoint = resolve_checkpoint(preset, options.models.checkpoint)
+    unet = build_unet(preset, checkpoint, device, options.execution.precision.dtype)
     if kernels.name == "triton" and device.type == "cuda":
         unet.set_kernels(kernels)
     return unet, checkpoint
+
+
+def _given_denoiser(unet, options: JobOptions, needed: bool, device: torch.device, kernels):
+    """A UNet module given to :func:`build_engine`, at the job's precision (kernels as :func:`_denoiser`)."""
+    if not needed:
+        return None
+    unet = unet.set_precision(options.execution.precision.dtype)
+    if kernels.name == "triton" and device.type == "cuda":
+        unet.set_kernels(kernels)
+    return unet
 
 
 def _checkpoint_to_compare(options: JobOptions, preset) -> Path | None:
@@ -100,23 +118,23 @@ def _checkpoint_to_compare(options: JobOptions, preset) -> Path | None:
     from densepure.models import resolve_checkpoint
 
     try:
-        return resolve_checkpoint(preset, options.checkpoint)
+        return resolve_checkpoint(preset, options.models.checkpoint)
     except ConfigError:
         return None
 
 
-def _backends(options: JobOptions, models: _Models, *, preset, shape, rows: int, device: torch.device,
-              needs_denoiser: bool):
+def _backends(options: JobOptions, models: _Models, *, preset, shape, rows: int, device: torch.device, smoothing):
     from densepure.engine.backends.select import make_backends
     from densepure.hashing import file_sha256
 
-    exported = options.backend is not BackendKind.TORCH
+    run = options.execution
+    exported = run.backend is not BackendKind.TORCH
     identity = ModelIdentity(preset.name, shape, models.classes,
                              file_sha256(models.checkpoint) if exported and models.checkpoint is not None else None,
-                             options.classifier)
-    choice = BackendChoice(options.backend, options.artifacts, options.precision, options.cache_dir,
-                           torch.get_num_threads(), rows, options.cuda_graphs, options.compile)
-    return make_backends(choice, identity, device, needs_denoiser=needs_denoiser, unet=models.denoiser,
+                             options.models.classifier, Pipeline.of(smoothing))
+    choice = BackendChoice(run.backend, run.artifacts, run.precision, run.cache_dir, torch.get_num_threads(), rows,
+                           run.cuda_graphs, run.compile)
+    return make_backends(choice, identity, device, needs_denoiser=smoothing.needs_denoiser, unet=models.denoiser,
                          classifier=models.classifier)
 
 

@@ -4,22 +4,23 @@ policy is, :mod:`densepure.engine.policy`; certification implements the ones tha
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.boundary import AnyPlan
-from densepure.certify.confseq import AnytimeCertificate, AnytimeRadius
-from densepure.certify.sequential import SequentialDecision, SequentialResult
 from densepure.engine.policy import DrawRequest, FixedPolicy, Policy
 from densepure.noise import NoisePhase
+from densepure.stats.boundary import AnyPlan
+from densepure.stats.confseq import AnytimeCertificate, AnytimeRadius, anytime_looks
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
 MIN_LOOKAHEAD = 16
 
 
 class SequentialPolicy(Policy):
-    """Sequential certification at ``plan.radius`` (see :mod:`densepure.certify.sequential` and
-    :mod:`densepure.certify.boundary`): ``n0`` selection draws, then estimation draws until the plan's
+    """Sequential certification at ``plan.radius`` (see :mod:`densepure.stats.sequential` and
+    :mod:`densepure.stats.boundary`): ``n0`` selection draws, then estimation draws until the plan's
     test decides.
 
     Validity with the engine's batching: the test sees only the counts at its planned looks, and the
@@ -29,13 +30,13 @@ class SequentialPolicy(Policy):
     function of the i.i.d. label sequence and the plan alone, as the plans' guarantees require, and are
     identical for every batch size and pool size.
 
-    Look-ahead, for latency: when the caller lets it speculate (``take(..., speculate=True)``),
+    Look-ahead, for latency: when the caller lets it look ahead (``take(..., lookahead=True)``),
     estimation draws are handed out up to ``LOOKAHEAD`` (50 %) beyond the next look (at least
     ``MIN_LOOKAHEAD`` draws, never beyond the plan's ``n_max``), so a dense look schedule does not cost a
     round trip per look; otherwise only up to the next look. Draws beyond the stopping look are computed
     but ignored: the result and the recorded estimation counts are those of draws ``0..n_used-1``. Those
     extra draws change neither which samples the test reads nor when it stops, only the compute spent
-    (the engine speculates only into room its batches would otherwise leave empty, see the scheduler).
+    (the engine looks ahead only into room its batches would otherwise leave empty, see the scheduler).
     """
 
     def __init__(self, num_classes: int, n0: int, plan: AnyPlan):
@@ -50,18 +51,18 @@ class SequentialPolicy(Policy):
         self._counts(NoisePhase.SELECTION)
         self._counts(NoisePhase.ESTIMATION)
 
-    def _horizon(self, speculate: bool) -> int:
+    def _horizon(self, lookahead: bool) -> int:
         look = self.test.next_look if self.test is not None else self.plan.looks[0]
-        ahead = max(MIN_LOOKAHEAD, math.ceil(LOOKAHEAD * look)) if speculate else 0
+        ahead = max(MIN_LOOKAHEAD, math.ceil(LOOKAHEAD * look)) if lookahead else 0
         return min(self.plan.n_max, look + ahead)
 
-    def _take(self, limit: int, speculate: bool) -> list[DrawRequest]:
+    def _take(self, limit: int, lookahead: bool) -> list[DrawRequest]:
         if self.result is not None:
             return []
         sel = min(self.n0, self.issued_sel + limit) - self.issued_sel
         out = [DrawRequest(NoisePhase.SELECTION, d) for d in range(self.issued_sel, self.issued_sel + sel)]
         self.issued_sel += sel
-        stop = min(self._horizon(speculate), self.issued_est + limit - len(out))
+        stop = min(self._horizon(lookahead), self.issued_est + limit - len(out))
         out += [DrawRequest(NoisePhase.ESTIMATION, d) for d in range(self.issued_est, stop)]
         self.issued_est = max(self.issued_est, stop)
         return out
@@ -111,22 +112,18 @@ class SequentialPolicy(Policy):
         return max(self.n0, self.plan.n_max)
 
 
-def anytime_looks(budget: int) -> tuple[int, ...]:
-    """Where the anytime radius is updated: ``ceil(budget / 2^(k/4))`` for k = 0, 1, ... down to 1, in
-    increasing order (about 4 log2(budget) looks, the last at the budget). Any set of looks is valid:
-    the confidence sequence holds at every n at once."""
-    looks = [budget]
-    for k in range(1, 4 * budget.bit_length() + 1):
-        n = math.ceil(budget / 2 ** (k / 4))
-        if n >= looks[-1]:  # the ratio no longer moves the integer: stop
-            break
-        looks.append(n)
-    return tuple(reversed(looks))
+@dataclass(frozen=True)
+class AnytimeResult:
+    """An image's final anytime certificate and the cumulative hits of c_hat at each look of
+    :func:`~densepure.stats.confseq.anytime_looks` (recorded, so that a verifier replays the sequence)."""
+
+    certificate: AnytimeCertificate
+    look_hits: tuple[int, ...]
 
 
 class AnytimePolicy(FixedPolicy):
     """``n0`` selection draws, then ``budget`` estimation draws, with the anytime-valid radius
-    (:class:`~densepure.certify.confseq.AnytimeRadius`) updated as they arrive: :attr:`certificate` is
+    (:class:`~densepure.stats.confseq.AnytimeRadius`) updated as they arrive: :attr:`certificate` is
     the largest radius certified so far, valid whenever sampling stops (a deadline, a client leaving).
 
     As in :class:`SequentialPolicy`, estimation labels are kept by draw index and the radius is updated
@@ -142,6 +139,7 @@ class AnytimePolicy(FixedPolicy):
         self.done_sel = self.hits = self.evaluated = 0
         self.selected = -1
         self.radius: AnytimeRadius | None = None
+        self.look_hits: list[int] = []
 
     def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
         super().record(request, label, prefix_labels)
@@ -163,6 +161,7 @@ class AnytimePolicy(FixedPolicy):
             self.hits += int(np.count_nonzero(arrived == self.selected))
             self.evaluated = look
             self.radius.update(self.hits, look)
+            self.look_hits.append(self.hits)
             self.next_look += 1
 
     @property
@@ -171,6 +170,8 @@ class AnytimePolicy(FixedPolicy):
         return self.radius.certificate if self.radius is not None else None
 
     @property
-    def result(self) -> AnytimeCertificate | None:
-        """The final answer, at the budget (None until every look is evaluated)."""
-        return self.certificate if self.next_look == len(self.looks) else None
+    def result(self) -> AnytimeResult | None:
+        """The final answer, at the budget, with the hits at each look (None until every look is evaluated)."""
+        if self.next_look < len(self.looks):
+            return None
+        return AnytimeResult(self.certificate, tuple(self.look_hits))

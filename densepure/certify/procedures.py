@@ -17,11 +17,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from densepure.certify.sequential import SequentialDecision, SequentialResult
-from densepure.certify.stats import Certificate, Prediction, certify_from_counts, predict_from_counts
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.diffusion import SmoothingConfig
 from densepure.noise import NoisePhase
+from densepure.stats.cohen import Certificate, Prediction, certify_from_counts, predict_from_counts
+from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 
 class LabelCounter(Protocol):
@@ -72,7 +72,7 @@ def predict(counter: LabelCounter, x: torch.Tensor, image: int, task: PredictTas
 def certify_sequential(counter: LabelCounter, x: torch.Tensor, image: int, task: SequentialTask) -> SequentialOutcome:
     """Is the smoothed classifier robust at ``task.radius``? Stops at the first decisive look.
 
-    Validity (see :mod:`densepure.certify.sequential`): looks and levels are fixed by the plan before
+    Validity (see :mod:`densepure.stats.sequential`): looks and levels are fixed by the plan before
     any draw; the selection uses independent draws (phase SELECTION); the estimation draws are the
     prefix ``0..n_i-1`` of one fixed i.i.d. sequence, so the counts at look i are exactly those a
     fixed-n_i CERTIFY would see.

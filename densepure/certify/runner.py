@@ -1,19 +1,18 @@
 """Certify or predict a selection of dataset images through the engine, one result line per image,
-resumable (result files: :mod:`densepure.certify.results`)."""
+resumable (result files: :mod:`densepure.results.files`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from densepure.certify.records import ImageRecord
-from densepure.certify.tasks import Task
-from densepure.certify.writer import ResultWriter
+from densepure.certify.tasks import ImageResult, Task
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.engine.engine import Engine, EngineStats, ImageRequest
 from densepure.errors import InputError
+from densepure.results.records import ImageRecord
+from densepure.results.writer import ResultWriter
 
 StepHook = Callable[[EngineStats], None]
 
@@ -27,16 +26,6 @@ class Progress(Protocol):
     def image(self, record: ImageRecord, draws: int) -> None: ...
 
     def step(self, stats: EngineStats) -> None: ...
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One decided image: its main record, the records of its first ``k`` chains (``prefixes[k]``) and
-    the draws it took."""
-
-    record: ImageRecord
-    prefixes: Mapping[int, ImageRecord]
-    draws: int
 
 
 def certify_images(engine: Engine, dataset: Dataset, indices: Iterable[int], task: Task, seed: int,
@@ -64,12 +53,7 @@ def certify_images(engine: Engine, dataset: Dataset, indices: Iterable[int], tas
             yield ImageRequest(idx, x, task.policy(engine.num_classes, sigma), seed, noise_id=idx)
 
     for request in engine.run(requests(), on_step):
-        idx, policy = request.key, request.policy
-        label, seconds = labels.pop(idx), policy.seconds
-        result = getattr(policy, "result", None)
-        record = task.record(idx, label, seconds, policy.counts, sigma, result)
-        extra = {k: task.record(idx, label, seconds, policy.prefix_counts[k], sigma, result) for k in prefixes}
-        yield ImageResult(record, extra, policy.total_draws)
+        yield task.image_result(request.key, labels.pop(request.key), request.policy, sigma, tuple(prefixes))
 
 
 def run_dataset(engine: Engine, dataset: Dataset, indices: Sequence[int], task: Task, seed: int,

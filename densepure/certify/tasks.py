@@ -1,7 +1,11 @@
 """What is computed per image: Cohen's PREDICT, Cohen's CERTIFY, or sequential certification of a radius.
 
-Each task is a frozen, validated value with two duties: the engine policy that samples what it needs
-(:meth:`policy`), and the result record made from the counts that policy collected (:meth:`record`).
+Each task is a frozen, validated value that owns an image's whole lifecycle: the engine policy that
+samples what it needs (:meth:`policy`), the result record made from the counts that policy collected
+(:meth:`record`), and, once the policy decided, everything written for the image (:meth:`image_result`:
+the record and the records of each draw's first ``k`` chains), the one call the dataset runner, the
+cluster driver and the server make. It also says what it is to the outside: :attr:`procedure` (its
+name, echoed by the server) and :attr:`max_draws` (the most draws one image may take).
 Neither takes a sigma of its own: the noise level of the radius is the one the engine drew with
 (``engine.smoothing``), passed in by the runner, so a certificate cannot be computed for another noise.
 
@@ -10,9 +14,9 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
 * :class:`CertifyTask` - ``n0`` selection draws pick the class, ``n`` fresh estimation draws bound its
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
-  whether the requested radius is certified (:mod:`densepure.certify.sequential`).
+  whether the requested radius is certified (:mod:`densepure.stats.sequential`).
 * :class:`AnytimeTask` - ``n0`` selection draws, then a budget of estimation draws; the radius is the
-  anytime-valid one (:class:`~densepure.certify.confseq.AnytimeRadius`), reported as it grows and valid
+  anytime-valid one (:class:`~densepure.stats.confseq.AnytimeRadius`), reported as it grows and valid
   whenever sampling stops.
 """
 
@@ -23,15 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.boundary import DEFAULT_METHOD, AnyPlan, build_plan
-from densepure.certify.confseq import AnytimeCertificate
-from densepure.certify.policies import AnytimePolicy, SequentialPolicy
-from densepure.certify.records import ImageRecord, ResultRow
-from densepure.certify.sequential import SequentialMethod, SequentialResult
-from densepure.certify.stats import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.certify.policies import AnytimePolicy, AnytimeResult, SequentialPolicy
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
+from densepure.results.records import ImageRecord, ResultRow
+from densepure.stats.boundary import DEFAULT_METHOD, AnyPlan, build_plan
+from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.stats.sequential import SequentialMethod, SequentialResult
 
 Counts = Mapping[NoisePhase, np.ndarray]
 
@@ -47,18 +50,46 @@ def _row(idx: int, label: int, predicted: int, radius: float | None, seconds: fl
 
 
 @dataclass(frozen=True)
-class PredictTask:
+class ImageResult:
+    """One decided image: its main record, the records of its first ``k`` chains (``prefixes[k]``) and
+    the draws it took."""
+
+    record: ImageRecord
+    prefixes: Mapping[int, ImageRecord]
+    draws: int
+
+
+class _Lifecycle:
+    """What every task does with a decided policy (the tasks below supply ``record``)."""
+
+    def image_result(self, idx: int, label: int, policy: Policy, sigma: float, prefixes: tuple[int, ...] = (),
+                     seconds: float | None = None) -> ImageResult:
+        """The records of a decided image: ``label`` its true label (-1: unknown), ``sigma`` the noise the
+        engine drew with, ``prefixes`` the chain counts k whose records are wanted too (the policy must
+        have counted them), ``seconds`` its time (default: the policy's own)."""
+        result = getattr(policy, "result", None)
+        seconds = policy.seconds if seconds is None else seconds
+        record = self.record(idx, label, seconds, policy.counts, sigma, result)  # type: ignore[attr-defined]
+        extra = {k: self.record(idx, label, seconds, policy.prefix_counts[k], sigma, result)  # type: ignore[attr-defined]
+                 for k in prefixes}
+        return ImageResult(record, extra, policy.total_draws)
+
+
+@dataclass(frozen=True)
+class PredictTask(_Lifecycle):
     """Cohen's PREDICT: ``n`` draws, failure probability ``alpha``."""
 
     n: int
     alpha: float = 0.001
 
+    procedure = "cohen_predict"
+
     def __post_init__(self) -> None:
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
 
+    @property
     def max_draws(self) -> int:
-        """The most draws one image takes."""
         return self.n
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
@@ -72,20 +103,22 @@ class PredictTask:
 
 
 @dataclass(frozen=True)
-class CertifyTask:
+class CertifyTask(_Lifecycle):
     """Cohen's CERTIFY: ``n0`` selection draws, ``n`` estimation draws, failure probability ``alpha``."""
 
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
 
+    procedure = "cohen_certify"
+
     def __post_init__(self) -> None:
         validate_sample_count("n0", self.n0)
         validate_sample_count("n", self.n)
         validate_alpha(self.alpha)
 
+    @property
     def max_draws(self) -> int:
-        """The most draws one image takes."""
         return self.n0 + self.n
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
@@ -101,9 +134,9 @@ class CertifyTask:
 
 
 @dataclass(frozen=True)
-class SequentialTask:
+class SequentialTask(_Lifecycle):
     """Sequential certification of ``radius``: ``n0`` selection draws, at most ``n_max`` estimation draws,
-    decided by ``method``'s test (:mod:`densepure.certify.boundary`; ``GEOMETRIC`` reproduces runs made
+    decided by ``method``'s test (:mod:`densepure.stats.boundary`; ``GEOMETRIC`` reproduces runs made
     before the exact boundary test became the default)."""
 
     n0: int
@@ -120,13 +153,17 @@ class SequentialTask:
             raise ConfigError(f"radius must be a number >= 0, got {self.radius!r}")
         object.__setattr__(self, "method", SequentialMethod.parse(self.method))
 
+    @property
+    def procedure(self) -> str:
+        return f"sequential_{self.method.value}"  # e.g. sequential_exact: the exact-boundary test
+
+    @property
+    def max_draws(self) -> int:
+        return self.n0 + self.n_max
+
     def plan(self, sigma: float) -> AnyPlan:
         """The looks and boundaries, fixed before sampling, for the engine's ``sigma``."""
         return build_plan(self.method, self.radius, sigma, self.alpha, n_max=self.n_max)
-
-    def max_draws(self) -> int:
-        """The most draws one image takes."""
-        return self.n0 + self.n_max
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return SequentialPolicy(num_classes, self.n0, self.plan(sigma))
@@ -143,36 +180,42 @@ class SequentialTask:
                            estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]), extra=extra)
 
 
+
 @dataclass(frozen=True)
-class AnytimeTask:
+class AnytimeTask(_Lifecycle):
     """``n0`` selection draws, ``budget`` estimation draws, failure probability ``alpha``; the radius is the
     largest one the betting confidence sequence certified (valid at any stopping time, slightly below
-    CERTIFY's at the same n: :class:`~densepure.certify.confseq.AnytimeRadius`)."""
+    CERTIFY's at the same n: :class:`~densepure.stats.confseq.AnytimeRadius`)."""
 
     n0: int
     budget: int
     alpha: float = 0.001
+
+    procedure = "anytime_betting"
 
     def __post_init__(self) -> None:
         validate_sample_count("n0", self.n0)
         validate_sample_count("budget", self.budget)
         validate_alpha(self.alpha)
 
+    @property
     def max_draws(self) -> int:
-        """The most draws one image takes."""
         return self.n0 + self.budget
 
     def policy(self, num_classes: int, sigma: float) -> Policy:
         return AnytimePolicy(num_classes, self.n0, self.budget, sigma, self.alpha)
 
     def record(self, idx: int, label: int, seconds: float, counts: Counts, sigma: float,
-               result: AnytimeCertificate | None = None) -> ImageRecord:
-        if not isinstance(result, AnytimeCertificate):
-            raise ConfigError("an anytime record needs the policy's final certificate")
-        return ImageRecord(row=_row(idx, label, result.label, result.radius, seconds), n0=self.n0, n=result.n,
+               result: AnytimeResult | None = None) -> ImageRecord:
+        """The image's record; ``look_hits`` (the cumulative hits at each look) lets a verifier replay the
+        confidence sequence (:mod:`densepure.results.verify`)."""
+        if not isinstance(result, AnytimeResult):
+            raise ConfigError("an anytime record needs the policy's final result")
+        cert = result.certificate
+        return ImageRecord(row=_row(idx, label, cert.label, cert.radius, seconds), n0=self.n0, n=cert.n,
                            selection_counts=_tuple(counts[NoisePhase.SELECTION]),
                            estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]),
-                           extra={"p_a_lower": result.p_a_lower, "anytime": True})
+                           extra={"p_a_lower": cert.p_a_lower, "anytime": True, "look_hits": list(result.look_hits)})
 
 
 Task = PredictTask | CertifyTask | SequentialTask | AnytimeTask

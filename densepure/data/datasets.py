@@ -22,6 +22,7 @@ from densepure.data.cifar import Cifar10Dataset, archive_test_batch, find_batch,
 from densepure.data.folders import ImageFolderDataset, SingleImageDataset, find_classes, is_image_file
 from densepure.data.images import IMAGE_EXTENSIONS, NO_TRANSFORM, ImageTransform
 from densepure.errors import ConfigError, InputError
+from densepure.paths import check_input
 
 
 @runtime_checkable
@@ -107,8 +108,7 @@ def detect_kind(path: Path) -> DatasetKind:
     """The reader for ``path``: a CIFAR batch (or a directory holding ``test_batch``, or the archive
     ``cifar-10-python.tar.gz``) -> CIFAR10, a directory of class folders -> IMAGEFOLDER, ``*.npz`` -> NPZ,
     an image file -> IMAGE."""
-    if not path.exists():
-        raise InputError(f"dataset path {str(path)!r} does not exist")
+    check_input(path, "dataset path", directory=True)
     if find_batch(path) is not None:
         return DatasetKind.CIFAR10
     if path.is_file() and is_archive(path):
@@ -136,8 +136,7 @@ def open_dataset(spec: DatasetSpec | str | Path) -> Dataset:
     """Open the dataset described by ``spec`` (a path means ``DatasetSpec(path)``)."""
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec(Path(spec))
-    if not spec.path.exists():
-        raise InputError(f"dataset path {str(spec.path)!r} does not exist")
+    check_input(spec.path, "dataset path", directory=True)  # a FIFO or device is refused before anything opens it
     kind = detect_kind(spec.path) if spec.kind is DatasetKind.AUTO else spec.kind
     if spec.label is not None and kind is not DatasetKind.IMAGE:
         raise ConfigError(f"label can be given for a single image only, but {str(spec.path)!r} "

@@ -34,7 +34,8 @@ def find_classes(root: Path) -> tuple[str, ...]:
 def _class_images(class_dir: Path) -> list[Path]:
     found = []
     for folder, _, names in sorted(os.walk(class_dir, followlinks=True)):
-        found.extend(Path(folder) / name for name in sorted(names) if is_image_file(name))
+        found.extend(Path(folder) / name for name in sorted(names)  # regular files only: a FIFO would block
+                     if is_image_file(name) and os.path.isfile(os.path.join(folder, name)))
     return found
 
 

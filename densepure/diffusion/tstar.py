@@ -15,6 +15,7 @@ import numpy as np
 
 from densepure.diffusion.schedules import COSINE_OFFSET, NoiseSchedule, ScheduleKind
 from densepure.errors import ConfigError
+from densepure.validation import validate_sigma
 
 
 class TStarRule(enum.Enum):
@@ -30,15 +31,6 @@ class TStarRule(enum.Enum):
     CLOSED_FORM = "closed-form"
     NEAREST = "nearest"
     DDS = "dds"
-
-
-def validate_sigma(sigma: float) -> float:
-    """Return ``sigma`` as float if it is a real number (not bool or str), finite and > 0, else raise ConfigError."""
-    if isinstance(sigma, (bool, str)) or not isinstance(sigma, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"sigma must be a number > 0, got {sigma!r}")
-    if not math.isfinite(sigma) or sigma <= 0:
-        raise ConfigError(f"sigma must be > 0, got {sigma!r}")
-    return float(sigma)
 
 
 def start_scale(sigma: float) -> float:

@@ -4,7 +4,7 @@ The driver (:mod:`~densepure.distributed.driver`) fixes the seed, reads the imag
 file; workers (:mod:`~densepure.distributed.worker`, Ray actors from :mod:`~densepure.distributed.cluster`)
 each load the models once and sample the chunks the work queue (:mod:`~densepure.distributed.work`) hands
 out. Certificates equal a single process's: noise is keyed by (seed, image, draw), never by worker.
-``ray`` is imported only when a run starts (the ``ray`` extra: ``pip install 'densepure[ray]'``).
+``ray`` is imported only when a run starts (the ``ray`` extra: ``pip install -e '.[ray]'`` in a clone).
 """
 
 from densepure.distributed.cluster import ClusterError, connect, plan_workers

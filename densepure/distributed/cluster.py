@@ -18,16 +18,17 @@ import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from densepure.certify.job import JobOptions
+from densepure.distributed.reaper import start_reaper
 from densepure.distributed.work import Chunk
 from densepure.distributed.worker import CertifyWorker, WorkerInfo
-from densepure.errors import DensePureError
+from densepure.errors import DensePureError, install_hint
 
 LOCAL = "local"
-INSTALL_HINT = "pip install 'densepure[ray]' (or pip install ray)"
+INSTALL_HINT = f"{install_hint('ray')} (or pip install ray)"
 # Ray (checked with 2.60) resolves 127.0.0.1 to the host's outward address on Linux, so a local instance's
 # servers listen on every interface; with this variable off it keeps the loopback address and binds there.
 # It can go once Ray binds local instances to loopback by default.
@@ -61,25 +62,34 @@ def connect(address: str, *, num_cpus: int | None = None, num_gpus: int | None =
     the loopback address; no dashboard; token authentication as Ray sets it up, ~/.ray/auth_token on Ray
     >= 2.59) and stops it afterwards. ``auto`` joins the cluster this machine belongs to (``ray start``,
     KubeRay, Slurm); any other value is its address (``host:6379`` or ``ray://host:10001``). If this process
-    is already connected, that connection is used and left open.
+    is already connected, that connection is used and left open. A local instance is watched by a reaper
+    process (:mod:`densepure.distributed.reaper`): if this process dies, even by SIGKILL, no process of the
+    instance outlives it by more than a second or so.
     """
     with _loopback_only(address == LOCAL):
         ray = require_ray()
         if ray.is_initialized():
             yield ray
             return
+        # a local instance dies with this process, even by SIGKILL (densepure.distributed.reaper)
+        reaper = start_reaper(os.path.dirname(ray.__file__)) if address == LOCAL else None
         try:
-            if address == LOCAL:
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                         object_store_memory=int(object_store_mb) * 2**20, logging_level=logging.WARNING)
-            else:
-                ray.init(address=address, logging_level=logging.WARNING)
-        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
-            raise ClusterError(_connect_message(ray, address, exc)) from exc
-        try:
-            yield ray
+            try:
+                if address == LOCAL:
+                    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+                             include_dashboard=False, object_store_memory=int(object_store_mb) * 2**20,
+                             logging_level=logging.WARNING)
+                else:
+                    ray.init(address=address, logging_level=logging.WARNING)
+            except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
+                raise ClusterError(_connect_message(ray, address, exc)) from exc
+            try:
+                yield ray
+            finally:
+                ray.shutdown()
         finally:
-            ray.shutdown()
+            if reaper is not None:
+                reaper.close()
 
 
 @contextmanager
@@ -163,9 +173,9 @@ class RayPool:
               threads: int | None = None, timeout_s: float = 600.0) -> RayPool:
         """Start ``options.workers`` workers (each loads the models once) and wait until all are ready."""
         available = ray.available_resources()
-        plan = plan_workers(options.device, options.workers, available.get("CPU", 0.0), available.get("GPU", 0.0),
+        plan = plan_workers(options.execution.device, options.cluster.workers, available.get("CPU", 0.0), available.get("GPU", 0.0),
                             threads)
-        worker_options = replace(options, device=plan.device)
+        worker_options = options.replace(device=plan.device)
         actor_class = ray.remote(CertifyWorker)
         tag = secrets.token_hex(4)
         actors = [actor_class.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0,

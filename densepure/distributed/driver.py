@@ -2,9 +2,13 @@
 
 Loop (:func:`drive`): every live worker holds up to ``depth`` chunks (so it starts the next one the moment
 it returns one); the driver waits for any chunk to return, writes its finished images through the same
-:class:`~densepure.certify.results.ResultWriter` a single process uses (sidecar record, then TSV line,
+:class:`~densepure.results.files.ResultWriter` a single process uses (sidecar record, then TSV line,
 each flushed), and refills. Images already in the result file are skipped, so a driver killed at any
 moment resumes with no image lost or written twice: an image is in the file whole or not at all.
+
+Order: rows are appended as images are decided; when every image of the run is in the file, the TSV is
+put in image order (:meth:`~densepure.results.writer.ResultWriter.sort_rows`), as a single process does, so
+a completed cluster run's TSV is the single-process one (times aside).
 
 Faults: a worker that dies (or becomes unreachable) with chunks in flight is dropped and its chunks go
 back to the front of the queue for the other workers; results are keyed by image (and draw range), so
@@ -26,14 +30,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from densepure.certify.job import Job, JobOptions, prepare_draft
-from densepure.certify.records import IfExists, ImageRecord
-from densepure.certify.runner import ImageResult
-from densepure.certify.writer import ResultWriter, open_results
+from densepure.certify.tasks import ImageResult
 from densepure.data.datasets import Dataset
 from densepure.data.images import validate_image
 from densepure.distributed.cluster import ClusterError, RayPool, WorkerLost, connect, require_ray
 from densepure.distributed.work import DrawSplits, ImageChunks, auto_chunk_size, chunk_draws
 from densepure.distributed.worker import WorkerInfo
+from densepure.results.records import IfExists, ImageRecord
+from densepure.results.writer import ResultWriter, open_results
 
 MAX_ATTEMPTS = 3  # a chunk that took down this many workers is not sent again
 DEPTH = 2  # chunks queued per worker: it starts the next one as soon as it returns one
@@ -99,20 +103,20 @@ class ClusterJob:
     draft: Job
 
     def describe(self, command: str = "certify") -> str:
-        o = self.options
-        chains = f"K={o.num_chains} b={o.steps} " if o.mode.value == "densepure" else ""
+        s, o, x, c = self.options.smoothing, self.options.sampling, self.options.execution, self.options.cluster
+        chains = f"K={s.num_chains} b={s.steps} " if s.mode.value == "densepure" else ""
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
-        split = f", draws split {o.split_draws} ways" if o.split_draws > 1 else ""
-        noise = f" noise={o.noise.value}" + (f" levels={o.levels}" if o.levels is not None else "") if o.noise else ""
-        return (f"{command} on Ray ({o.ray}{split}): {len(self.indices)} images, mode={o.mode.value} sigma={o.sigma}{noise} "
-                f"{chains}{stats} alpha={o.alpha} seed={o.seed} device={o.device} backend={o.backend.value} "
-                f"precision={o.precision.value}")
+        split = f", draws split {c.split_draws} ways" if c.split_draws > 1 else ""
+        noise = f" noise={s.noise.value}" + (f" levels={s.levels}" if s.levels is not None else "") if s.noise else ""
+        return (f"{command} on Ray ({c.ray}{split}): {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma}"
+                f"{noise} {chains}{stats} alpha={o.alpha} seed={o.seed} device={x.device} backend={x.backend.value} "
+                f"precision={x.precision.value}")
 
 
 def prepare_cluster_job(options: JobOptions) -> ClusterJob:
     """Fix the seed (drawn once, here, or resumed) and select the images; load no model."""
-    if options.ray is None:
+    if options.cluster.ray is None:
         raise ClusterError("prepare_cluster_job needs options.ray (local, auto or a cluster address)")
     require_ray()  # before anything is written
     draft = prepare_draft(options)
@@ -133,7 +137,7 @@ def run_cluster_job(job: ClusterJob, observer: RunObserver | None = None, *, thr
     opts = job.options
 
     def start(stack: ExitStack, image_shape: tuple[int, int, int]) -> RayPool:
-        ray = stack.enter_context(connect(opts.ray, num_cpus=local_cpus))
+        ray = stack.enter_context(connect(opts.cluster.ray, num_cpus=local_cpus))
         pool = RayPool.start(ray, opts, image_shape, job.dataset.num_classes, threads, start_timeout_s)
         stack.callback(pool.close)
         return pool
@@ -147,24 +151,45 @@ def execute(job: ClusterJob, start_pool: Callable[[ExitStack, tuple[int, int, in
     """Open the result files (resume: skip what they hold), then, if any image is left, start the workers
     (``start_pool(stack, image_shape)``, closed with ``stack``) and :func:`drive` them."""
     opts, observer = job.options, observer or _Silent()
-    mode = IfExists.OVERWRITE if opts.overwrite else IfExists.RESUME
+    sampling, output = opts.sampling, Path(opts.results.output)
+    mode = IfExists.OVERWRITE if opts.results.overwrite else IfExists.RESUME
     with ExitStack() as stack:
-        writers = [stack.enter_context(open_results(path, config, opts.seed, mode, job.draft.tsv_kind))
+        writers = [stack.enter_context(open_results(path, config, sampling.seed, mode, job.draft.tsv_kind,
+                                                    job.draft.read_old))
                    for path, config in job.draft.outputs()]
-        writer, extra = writers[0], dict(zip(opts.also_chains, writers[1:]))
+        writer, extra = writers[0], dict(zip(sampling.also_chains, writers[1:], strict=True))
         todo = [idx for idx in job.indices if not all(idx in w.finished for w in writers)]
         if not todo:
-            return Path(opts.output), []
+            _sort(writers)
+            return output, []
         pool = start_pool(stack, tuple(job.dataset[todo[0]][0].shape))
+        _check_devices(pool, job.draft.record.get("device"))
         observer.started(len(todo), pool.describe(), list(pool.infos.values()))
         info, load = next(iter(pool.infos.values())), _loader(job.dataset)
-        if opts.split_draws > 1:
-            queue = DrawSplits(todo, load, opts.task(), info.num_classes, info.sigma, opts.also_chains,
-                               opts.split_draws, open_limit=DEPTH * len(pool.live), lookahead=opts.lookahead)
+        if opts.cluster.split_draws > 1:
+            queue = DrawSplits(todo, load, opts.task(), info.num_classes, info.sigma, sampling.also_chains,
+                               opts.cluster.split_draws, open_limit=DEPTH * len(pool.live),
+                               lookahead=opts.execution.lookahead)
         else:
             queue = ImageChunks(todo, load, chunk_size or auto_chunk_size(len(todo), len(pool.live)))
-        records = drive(pool, queue, writer, extra, observer, opts.output, timeout_s)
-    return Path(opts.output), records
+        records = drive(pool, queue, writer, extra, observer, output, timeout_s)
+        _sort(writers)  # complete: image order, as one process writes it
+    return output, records
+
+
+def _sort(writers: Sequence[ResultWriter]) -> None:
+    for writer in writers:
+        writer.sort_rows()
+
+
+def _check_devices(pool: Pool, recorded: str | None) -> None:
+    """The workers must compute on the device type the result file records (``densepure.certify.job.device_type``):
+    CPU and CUDA counts may differ, so a file holds one of them. Checked before any image runs."""
+    found = sorted({info.device.split(":")[0] for info in pool.infos.values()})
+    if recorded is not None and found != [recorded]:
+        raise ClusterError(f"the workers run on {', '.join(found)} but this run records device {recorded!r} (what "
+                           "--device gives on this driver): pass --device cpu or --device cuda to say which the "
+                           "cluster should use")
 
 
 def _loader(dataset: Dataset):
@@ -177,7 +202,7 @@ def _loader(dataset: Dataset):
 
 
 def drive(pool: Pool, queue: ImageChunks | DrawSplits, writer: ResultWriter, extra: Mapping[int, ResultWriter],
-          observer: RunObserver, output: str, timeout_s: float | None = None, poll_s: float = 1.0) -> list[ImageRecord]:
+          observer: RunObserver, output: Path | str, timeout_s: float | None = None, poll_s: float = 1.0) -> list[ImageRecord]:
     """Keep every live worker busy until ``queue`` is done; write each finished image once (module docstring)."""
     deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
     in_flight: dict[Any, tuple[int, Any]] = {}

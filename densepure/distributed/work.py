@@ -6,7 +6,7 @@ path to it and the images of a chunk weigh little against minutes of sampling):
 
 * :class:`ImageChunks` - a chunk is a few whole images. The worker certifies them with
   :func:`~densepure.certify.runner.certify_images`, exactly the single-process code, and returns their
-  :class:`~densepure.certify.runner.ImageResult`. Noise is keyed by (run seed, dataset index), so a result
+  :class:`~densepure.certify.tasks.ImageResult`. Noise is keyed by (run seed, dataset index), so a result
   does not depend on which worker ran it, with which other images, or in which order.
 * :class:`DrawSplits` (``--split-draws S``) - the driver holds each open image's sampling policy (the
   same ``task.policy`` a single process runs) and asks it for the draws it needs now: all of them for
@@ -30,9 +30,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from densepure.certify.runner import ImageResult
-from densepure.certify.tasks import Task
-from densepure.engine.policy import DrawRequest, Policy
+from densepure.certify.tasks import ImageResult, Task
+from densepure.engine.policy import DrawRequest, FixedPolicy, Policy
 from densepure.noise import NoisePhase
 
 ImageLoader = Callable[[int], tuple[np.ndarray, int]]  # dataset index -> ((C, H, W) float32 in [0, 1], label)
@@ -199,7 +198,7 @@ class DrawSplits:
             state = self._open.get(part.idx)
             if state is None or part.key not in state.pending:
                 continue  # a duplicate of a part already counted
-            _record(state.policy, part, by_key[part.key], self._prefixes)
+            record_part(state.policy, part.ranges, by_key[part.key], self._prefixes)
             state.seconds += by_key[part.key].seconds
             state.pending.discard(part.key)
             if state.policy.done:  # parts still out (a policy's look-ahead draws) are ignored when they return
@@ -230,12 +229,8 @@ class DrawSplits:
 
     def _finish(self, state: _OpenImage) -> ImageResult:
         del self._open[state.idx]
-        policy, task, sigma, seconds = state.policy, self._task, self._sigma, state.seconds
-        result = getattr(policy, "result", None)
-        record = task.record(state.idx, state.label, seconds, policy.counts, sigma, result)
-        extra = {k: task.record(state.idx, state.label, seconds, policy.prefix_counts[k], sigma, result)
-                 for k in self._prefixes}
-        return ImageResult(record, extra, policy.total_draws)
+        return self._task.image_result(state.idx, state.label, state.policy, self._sigma, self._prefixes,
+                                       seconds=state.seconds)
 
 
 def split_draws(requests: Sequence[DrawRequest], parts: int) -> list[tuple[tuple[NoisePhase, int, int], ...]]:
@@ -259,12 +254,42 @@ def split_draws(requests: Sequence[DrawRequest], parts: int) -> list[tuple[tuple
     return shares
 
 
-def _record(policy: Policy, part: DrawPart, labels: PartLabels, prefixes: Sequence[int]) -> None:
-    """Record a part's labels into the policy that handed out its draws (draw order within each phase)."""
-    for phase, start, stop in part.ranges:
+Ranges = tuple[tuple[NoisePhase, int, int], ...]  # (phase, start, stop) of each phase a share covers
+
+
+def record_part(policy: Policy, ranges: Ranges, labels: PartLabels, prefixes: Sequence[int]) -> None:
+    """Record a share's labels into the policy that handed out its draws (draw order within each phase)."""
+    for phase, start, stop in ranges:
         phase_labels = labels.labels[phase]
         prefix = {k: labels.prefix_labels[k][phase] for k in prefixes}
         if len(phase_labels) != stop - start or any(len(p) != stop - start for p in prefix.values()):
-            raise RuntimeError(f"part {part.key}: expected {stop - start} labels of phase {phase.name}")
+            raise RuntimeError(f"part {labels.key}: expected {stop - start} labels of phase {phase.name}")
         for i, draw in enumerate(range(start, stop)):
             policy.record(DrawRequest(phase, draw), int(phase_labels[i]), {k: int(p[i]) for k, p in prefix.items()})
+
+
+class RangeLabels(FixedPolicy):
+    """A :class:`FixedPolicy` over one share's ``ranges`` that also keeps each draw's label (and, per chain
+    prefix ``k``, the label of its first ``k`` chains): what a worker, or a server's device, returns for a
+    share of an image's draws."""
+
+    def __init__(self, num_classes: int, ranges: Ranges, prefixes: Sequence[int] = ()):
+        super().__init__(num_classes, {phase: range(start, stop) for phase, start, stop in ranges})
+        self.labels = {phase: np.full(len(r), -1, dtype=np.int32) for phase, r in self.ranges.items()}
+        self.prefix_labels = {k: {phase: np.full(len(r), -1, dtype=np.int32) for phase, r in self.ranges.items()}
+                              for k in prefixes}
+
+    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
+        super().record(request, label, prefix_labels)
+        at = request.draw - self.ranges[request.phase].start
+        self.labels[request.phase][at] = label
+        for k, lab in (prefix_labels or {}).items():
+            self.prefix_labels[k][request.phase][at] = lab
+
+    def labelled(self, key: tuple[int, int, int], seconds: float) -> PartLabels:
+        missing = [phase.name for phase, labels in self.labels.items() if (labels < 0).any()]
+        missing += [f"{phase.name} (first {k} chains)" for k, by_phase in self.prefix_labels.items()
+                    for phase, labels in by_phase.items() if (labels < 0).any()]
+        if missing:
+            raise RuntimeError(f"part {key}: draws without a label in {missing}")
+        return PartLabels(key, self.labels, self.prefix_labels, seconds)

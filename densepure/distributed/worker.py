@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from densepure.certify.job import JobOptions, build_engine
-from densepure.certify.runner import ImageResult, certify_images
-from densepure.distributed.work import DrawPart, PartLabels, WholeImage
+from densepure.certify.runner import certify_images
+from densepure.certify.tasks import ImageResult
+from densepure.distributed.work import DrawPart, PartLabels, RangeLabels, WholeImage
 from densepure.engine.engine import ImageRequest
-from densepure.engine.policy import DrawRequest, FixedPolicy
 from densepure.errors import DensePureError
 
 
@@ -42,7 +42,7 @@ class WorkerInfo:
 class CertifyWorker:
     """Certifies whole images (:meth:`certify`) or samples draw ranges (:meth:`sample`) with one engine.
 
-    ``options.device`` is the worker's own device (the driver replaces ``--device``: "cuda" is the GPU
+    ``options.execution.device`` is the worker's own device (the driver replaces ``--device``: "cuda" is the GPU
     Ray assigned to this worker). A user error while loading the models (a missing checkpoint on this
     node, say) is kept and raised by :meth:`info`, so the driver reports it as one line.
     """
@@ -50,7 +50,7 @@ class CertifyWorker:
     def __init__(self, options: JobOptions, image_shape: tuple[int, int, int], num_classes: int | None,
                  threads: int):
         torch.set_num_threads(max(1, int(threads)))
-        self._task, self._seed, self._prefixes = options.task(), int(options.seed), tuple(options.also_chains)
+        self._task, self._seed, self._prefixes = options.task(), int(options.sampling.seed), options.sampling.also_chains
         self._error: DensePureError | None = None
         self._engine = None
         try:
@@ -78,7 +78,7 @@ class CertifyWorker:
         """The label of every draw of each part's ranges (and of its chain prefixes)."""
         self.info()
         engine = self._engine
-        requests = [ImageRequest(n, _tensor(part.image), _RangeLabels(engine.num_classes, part, self._prefixes),
+        requests = [ImageRequest(n, _tensor(part.image), RangeLabels(engine.num_classes, part.ranges, self._prefixes),
                                  self._seed, noise_id=part.idx) for n, part in enumerate(parts)]
         start = time.perf_counter()
         with torch.inference_mode():
@@ -90,31 +90,6 @@ class CertifyWorker:
         if self._engine is not None:
             self._engine.__exit__(None, None, None)
             self._engine = None
-
-
-class _RangeLabels(FixedPolicy):
-    """A :class:`FixedPolicy` over a part's ranges that also keeps each draw's label."""
-
-    def __init__(self, num_classes: int, part: DrawPart, prefixes: Sequence[int]):
-        super().__init__(num_classes, {phase: range(start, stop) for phase, start, stop in part.ranges})
-        self.labels = {phase: np.full(len(r), -1, dtype=np.int32) for phase, r in self.ranges.items()}
-        self.prefix_labels = {k: {phase: np.full(len(r), -1, dtype=np.int32) for phase, r in self.ranges.items()}
-                              for k in prefixes}
-
-    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
-        super().record(request, label, prefix_labels)
-        at = request.draw - self.ranges[request.phase].start
-        self.labels[request.phase][at] = label
-        for k, lab in (prefix_labels or {}).items():
-            self.prefix_labels[k][request.phase][at] = lab
-
-    def labelled(self, key: tuple[int, int, int], seconds: float) -> PartLabels:
-        missing = [phase.name for phase, labels in self.labels.items() if (labels < 0).any()]
-        missing += [f"{phase.name} (first {k} chains)" for k, by_phase in self.prefix_labels.items()
-                    for phase, labels in by_phase.items() if (labels < 0).any()]
-        if missing:
-            raise RuntimeError(f"part {key}: draws without a label in {missing}")
-        return PartLabels(key, self.labels, self.prefix_labels, seconds)
 
 
 class _ShippedImages:

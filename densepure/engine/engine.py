@@ -112,7 +112,7 @@ class Engine:
         self.scheduler = Scheduler(steps, smoothing.chains, self.num_classes, config.draw_capacity,
                                    uses_unet=smoothing.needs_denoiser, early_exit=config.early_exit,
                                    prefixes=config.chain_prefixes,
-                                   speculate=config.lookahead)
+                                   lookahead=config.lookahead)
         self._waiting: deque[ImageRequest] = deque()
         self._free = list(range(config.image_slots))[::-1]
         self._by_slot: dict[int, ImageRequest] = {}

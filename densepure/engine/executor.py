@@ -28,7 +28,7 @@ from densepure.engine.backends.base import Backends
 from densepure.engine.scheduler import RowKind, Rows
 from densepure.engine.transfer import SyncCounter, Uploader
 from densepure.errors import ModelOutputError
-from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartForm, StartRule, resolve_kernels
+from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartRule, resolve_kernels
 from densepure.noise import NoiseStream, counter_words, key_table, sound_table
 from densepure.noise.sound import grid_indices
 
@@ -40,9 +40,8 @@ def start_rule(smoothing: SmoothingConfig, grid) -> StartRule:
     sound noise: with the table of the grid and the start's noise level (built once per process)."""
     table = sound_table(smoothing.levels, smoothing.noise_sigma()) if smoothing.sound else None
     if smoothing.start is StartKind.DDS:
-        return StartRule(StartForm.DDS, alpha_bar=float(grid.alphas_cumprod[0]), table=table)
-    form = StartForm.GAUSSIAN if smoothing.start is StartKind.GAUSSIAN else StartForm.DENSEPURE
-    return StartRule(form, sigma=smoothing.sigma, table=table)
+        return StartRule(StartKind.DDS, alpha_bar=float(grid.alphas_cumprod[0]), table=table)
+    return StartRule(smoothing.start, sigma=smoothing.sigma, table=table)
 
 
 class Executor:
@@ -79,11 +78,13 @@ class Executor:
         self.upload = Uploader(self.device, self.syncs)
 
     def put_image(self, slot: int, x: torch.Tensor, seed: int, noise_id: int) -> None:
-        """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``; with
-        sound noise the slot holds its integer grid indices (the engine checked it is on the grid)."""
+        """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``: one
+        asynchronous copy (a host image is staged in pinned memory; a pageable copy would wait for the
+        whole queue of the main stream, once per admitted image). With sound noise the slot holds the
+        image's integer grid indices (the engine checked it is on the grid)."""
         if self.smoothing.sound:
             x = grid_indices(x, self.smoothing.levels)
-        self.images[slot].copy_(x.to(self.device, torch.float32), non_blocking=True)
+        self.upload.copy_into(self.images[slot], x)
         self.slot_keys[slot] = key_table(seed).numpy()
         self.slot_noise_id[slot] = noise_id
 
@@ -94,8 +95,13 @@ class Executor:
         if need <= have:
             return
         size = min(self.draw_capacity, max(need, 2 * have, 8))
+        old = self.state
         grown = torch.zeros((size * self.chains, *self.shape), device=self.device)
-        grown[: self.state.shape[0]] = self.state
+        grown[: old.shape[0]] = old
+        if self.side is not None and old.numel():
+            # a classifier batch queued on the side stream may still read the old pool: without this the
+            # caching allocator could hand its block to the next main-stream allocation before that read
+            old.record_stream(self.side)
         self.state = grown
         if self.shared:
             self.mean, self.std = (torch.cat([t, t.new_zeros((size - have, *self.shape))]) for t in (self.mean, self.std))

@@ -47,12 +47,12 @@ class Policy(abc.ABC):
             self.counts[phase] = np.zeros(self.num_classes, dtype=np.int64)
         return self.counts[phase]
 
-    def take(self, limit: int, speculate: bool = True) -> list[DrawRequest]:
-        """Up to ``limit`` draws that may be issued now. ``speculate=False`` hands out only draws the policy
+    def take(self, limit: int, lookahead: bool = True) -> list[DrawRequest]:
+        """Up to ``limit`` draws that may be issued now. ``lookahead=False`` hands out only draws the policy
         will read unless it is cancelled (a sequential test: those up to its next look); True may add draws
         it reads only if it does not stop first (the test's look-ahead). Which draws are read, and so every
         decision, never depends on it: only the compute spent and the round trips."""
-        out = self._take(limit, speculate)
+        out = self._take(limit, lookahead)
         self.outstanding += len(out)
         return out
 
@@ -72,7 +72,7 @@ class Policy(abc.ABC):
         return int(sum(int(c.sum()) for c in self.counts.values()))
 
     @abc.abstractmethod
-    def _take(self, limit: int, speculate: bool) -> list[DrawRequest]: ...
+    def _take(self, limit: int, lookahead: bool) -> list[DrawRequest]: ...
 
     def _recorded(self, request: DrawRequest) -> None:
         """Hook after a label is counted (sequential tests decide here)."""
@@ -103,7 +103,7 @@ class FixedPolicy(Policy):
         for phase in self.ranges:
             self._counts(phase)
 
-    def _take(self, limit: int, speculate: bool) -> list[DrawRequest]:  # every draw is read: none is speculative
+    def _take(self, limit: int, lookahead: bool) -> list[DrawRequest]:  # every draw is read: none is look-ahead
         out: list[DrawRequest] = []
         for phase, draws in self.ranges.items():
             start = self.issued[phase]

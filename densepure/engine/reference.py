@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,14 +28,11 @@ from densepure.diffusion import (
     start_point,
     start_scale,
 )
+from densepure.engine.backends.base import Denoiser, LogitsModel
 from densepure.engine.vote import majority_vote
 from densepure.errors import ConfigError
 from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian, sound_steps, sound_table
 from densepure.noise.sound import grid_indices
-
-
-class Denoiser(Protocol):
-    def eps_and_var(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @torch.no_grad()
@@ -77,13 +73,13 @@ class ReferenceSampler:
     engine's base classifier, which the engine must reproduce count for count.
 
     ``smoothing`` says what is sampled (its ``sigma`` and grid, as the engine derives them);
-    ``classifier`` maps ``(B,C,H,W)`` images in [-1,1] to logits; ``denoiser`` offers
-    ``eps_and_var(x, t_model)``. Noise is keyed by ``(seed, image, phase, draw, chain, step, stream)``
+    ``classifier`` offers ``logits(x)`` for ``(B,C,H,W)`` images in [-1,1] and ``denoiser``
+    ``eps_and_var(x, t_model)`` (the seam of :mod:`densepure.engine.backends.base`). Noise is keyed by ``(seed, image, phase, draw, chain, step, stream)``
     (:mod:`densepure.noise`), so the labels of a draw do not depend on ``batch_size`` (rows per model
     call) or on which draws share a batch.
     """
 
-    def __init__(self, smoothing: SmoothingConfig, classifier: torch.nn.Module, num_classes: int, *,
+    def __init__(self, smoothing: SmoothingConfig, classifier: LogitsModel, num_classes: int, *,
                  denoiser: Denoiser | None = None, seed: int = 0, device: torch.device | str = "cpu",
                  batch_size: int = 256):
         if smoothing.needs_denoiser and denoiser is None:
@@ -145,7 +141,7 @@ class ReferenceSampler:
             return self._onestep(dds_forward_sample(xs, eps, abar))
         delta = self.delta(x, image, phase, draws)
         if mode is Mode.GAUSSIAN:
-            return self.classifier(noisy_input(xs, delta)).argmax(dim=1)
+            return self.classifier.logits(noisy_input(xs, delta)).argmax(dim=1)
         y = start_point(xs, delta, self.smoothing.sigma)
         if mode is Mode.ONESTEP:
             return self._onestep(y)
@@ -154,7 +150,7 @@ class ReferenceSampler:
     def _onestep(self, y: torch.Tensor) -> torch.Tensor:
         """The clipped ``x0_hat`` of ``y`` read as a forward sample at the grid's one timestep."""
         tau = int(self.grid.taus[0])
-        return self.classifier(onestep_x0(self.denoiser, y, self.smoothing.schedule, tau)).argmax(dim=1)
+        return self.classifier.logits(onestep_x0(self.denoiser, y, self.smoothing.schedule, tau)).argmax(dim=1)
 
     def _densepure(self, y: torch.Tensor, image: int, phase: NoisePhase, draws: torch.Tensor) -> torch.Tensor:
         k, d = self.smoothing.chains, len(draws)
@@ -169,7 +165,7 @@ class ReferenceSampler:
                 keys = self._keys(image, phase, row_draws, row_chains, i, NoiseStream.CHAIN)
                 z = self._normal(keys, tuple(y.shape[1:]))
             y, _ = reverse_step(y, eps, v, c, z)
-        chain_labels = self.classifier(y).argmax(dim=1).reshape(d, k)
+        chain_labels = self.classifier.logits(y).argmax(dim=1).reshape(d, k)
         return majority_vote(chain_labels, self.num_classes)
 
     def count(self, x: torch.Tensor, image: int, phase: NoisePhase, start: int, stop: int) -> np.ndarray:

@@ -22,8 +22,8 @@ Savings, each exact:
   prefixes up to that size are always complete.
 
 Look-ahead only into empty room: new draws are issued in two passes. First every draw a policy will
-read (``take(..., speculate=False)``: all of a fixed policy's, a sequential test's up to its next look);
-then, only with ``speculate`` and only as many as the coming batch has rows left beyond the work already
+read (``take(..., lookahead=False)``: all of a fixed policy's, a sequential test's up to its next look);
+then, only with ``lookahead`` and only as many as the coming batch has rows left beyond the work already
 queued, the draws a policy reads only if it does not stop first (its look-ahead). Under load the batches
 are full of draws that will be read and nothing is computed to be thrown away; when they are not, the
 look-ahead fills rows that would run empty and saves the round trip of a look. Which draws a policy reads,
@@ -91,17 +91,17 @@ class Scheduler:
     ``steps`` (b) and ``chains`` (K) describe the base classifier; ``uses_unet`` is False for
     Gaussian smoothing (draws go straight to the classifier). ``draw_capacity`` bounds the draws in
     flight (the executor allocates that many draw slots and ``draw_capacity * K`` chain slots).
-    ``speculate``: issue policies' look-ahead draws into a batch's empty rows (module docstring).
+    ``lookahead``: issue policies' look-ahead draws into a batch's empty rows (module docstring).
     """
 
     def __init__(self, steps: int, chains: int, num_classes: int, draw_capacity: int,
                  uses_unet: bool = True, early_exit: bool = True, prefixes: tuple[int, ...] = (),
-                 speculate: bool = True):
+                 lookahead: bool = True):
         self.steps, self.num_classes = int(steps), int(num_classes)
         self.prefixes = check_prefixes(prefixes, int(chains), early_exit)
         self.chains = int(chains) if steps >= 2 else 1  # b = 1: the chains are identical
         self.shared = self.steps >= 2
-        self.uses_unet, self.early_exit, self.speculate = uses_unet, early_exit, bool(speculate)
+        self.uses_unet, self.early_exit, self.lookahead = uses_unet, early_exit, bool(lookahead)
         self.draw_capacity = int(draw_capacity)
         self.free_slots = list(range(self.draw_capacity))  # a min-heap: the lowest free slot first
         self.images: dict[int, Policy] = {}
@@ -149,13 +149,13 @@ class Scheduler:
     def _fill(self, max_rows: int | None = None) -> None:
         """Issue new draws while draw slots are free: every draw a policy will read, then look-ahead draws
         into the rows a batch of ``max_rows`` has left beyond the queued work (module docstring)."""
-        self._issue(len(self.free_slots), speculate=False)
-        if self.speculate and max_rows is not None:
+        self._issue(len(self.free_slots), lookahead=False)
+        if self.lookahead and max_rows is not None:
             queued = len(self.unet_ready) + len(self.starts) if self.uses_unet else len(self.cls_ready)
             if max_rows > queued:
-                self._issue(max_rows - queued, speculate=True)
+                self._issue(max_rows - queued, lookahead=True)
 
-    def _issue(self, budget: int, speculate: bool) -> None:
+    def _issue(self, budget: int, lookahead: bool) -> None:
         """Up to ``budget`` new draws, round-robin over images, while draw slots are free."""
         progress, issued = True, 0
         while self.free_slots and self._order and progress and issued < budget:
@@ -165,7 +165,7 @@ class Scheduler:
                 limit = min(share, len(self.free_slots), budget - issued)
                 if limit <= 0:
                     break
-                for request in self.images[image].take(limit, speculate):
+                for request in self.images[image].take(limit, lookahead):
                     draw = _Draw(image, request, heapq.heappop(self.free_slots))
                     self._by_slot[draw.slot] = draw
                     (self.starts if self.uses_unet else self.cls_ready).append(

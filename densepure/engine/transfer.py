@@ -7,6 +7,9 @@ all of a batch's arrays travel as one flat int64 buffer: packed on the host, sta
 copied with ``non_blocking=True`` and split into views on the device. PyTorch's pinned-memory allocator
 keeps a staging buffer alive until its copy has completed, so a buffer is never overwritten in flight.
 
+An admitted image takes the same road (:meth:`Uploader.copy_into`): staged in pinned memory and
+copied asynchronously into its slot, counted as an upload.
+
 The only host synchronisation left in an engine step is the wait for a classifier batch's labels,
 read one step late (:mod:`densepure.engine.engine`). :class:`SyncCounter` counts both, so a test can
 hold the step loop to that budget.
@@ -48,7 +51,17 @@ class Uploader:
         else:
             moved = host
         out, offset = {}, 0
-        for name, part in zip(arrays, parts):
+        for name, part in zip(arrays, parts, strict=True):
             out[name] = moved[offset:offset + part.size].view(part.shape)
             offset += part.size
         return out
+
+    def copy_into(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """``dst.copy_(src)`` (cast to ``dst``'s dtype) without a host wait: a host ``src`` bound for a CUDA
+        ``dst`` is staged in pinned memory first (counted as an upload)."""
+        self.counter.uploads += 1
+        if dst.device.type == "cuda" and src.device.type == "cpu":
+            staged = torch.empty(src.shape, dtype=dst.dtype, pin_memory=True)
+            staged.copy_(src)
+            src = staged
+        dst.copy_(src, non_blocking=True)

@@ -7,6 +7,8 @@ Layout of an export directory (``out_dir``)::
     unet-fp16.onnx        unet-fp16.onnx.manifest.json
     classifier-fp32.onnx  classifier-fp32.onnx.manifest.json
     classifier-fp16.onnx  classifier-fp16.onnx.manifest.json
+    unet-int8.onnx        unet-int8.onnx.manifest.json        (Q/DQ graphs; the manifest records the calibration)
+    classifier-int8.onnx  classifier-int8.onnx.manifest.json
 
 Engines go to the content-addressed cache (``<cache_dir>/engines/<key>/engine.plan`` + manifest).
 """
@@ -23,7 +25,10 @@ import torch
 from densepure.artifacts.cache import EngineCache
 from densepure.artifacts.directory import exported_artifacts
 from densepure.artifacts.manifest import ArtifactKind, SourceInfo
+from densepure.diffusion import Mode
 from densepure.errors import ArtifactError, ConfigError
+from densepure.export.calibration import CalibrationPlan, int8_specs
+from densepure.export.int8 import QuantizeSettings
 from densepure.export.onnx_export import (
     DEFAULT_OPSET,
     EXTERNAL_DATA_THRESHOLD,
@@ -37,6 +42,7 @@ from densepure.hashing import file_sha256
 from densepure.models.classifiers import Classifier, ResizeChoice
 from densepure.models.presets import DiffusionPreset, build_unet, get_preset, resolve_checkpoint
 from densepure.models.sources import ClassifierSpec, check_resize, default_resize, load_classifier
+from densepure.paths import check_input
 from densepure.precision import Precision
 
 
@@ -44,7 +50,9 @@ def _numerics(r: ExportResult) -> str:
     n, m = r.numerics, r.manifest
     if n.status is CheckStatus.SKIPPED:
         return f"numerics skipped ({n.skipped_reason})"
-    against = "torch fp32" if m.precision is Precision.FP16 else "torch"
+    against = "torch" if m.precision is Precision.FP32 else "torch fp32"
+    if m.calibration is not None:
+        against += f" on held-out pipeline rows ({m.calibration.describe()})"
     return f"onnxruntime vs {against}: max rel err {n.max_rel_error:.2e} (tol {n.tolerance:g})"
 
 
@@ -112,17 +120,28 @@ def _check_opset(opset: int) -> None:
                           f"this onnx {onnx.__version__} knows), got {opset!r}")
 
 
-def _output_directory(out_dir: str | os.PathLike) -> Path:
-    """``out_dir``, created if needed, or a ConfigError (a file, an unwritable place) before any work."""
+def _check_output_directory(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` if an export can write there (an existing directory, or one that can be created: the first
+    existing parent is a writable directory), else a one-line error; nothing is created."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out must be a directory, got the file {str(out)!r}")
+    if os.path.lexists(out):
+        check_input(out, "--out", file=False, directory=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"the export directory {str(out)!r} is not writable")
+        return out
+    parent = next((a for a in out.parents if os.path.lexists(a)), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the export directory {str(out)!r}: {str(parent)!r} is not a writable "
+                          "directory")
+    return out
+
+
+def _output_directory(out: Path) -> Path:
+    """Create the (checked) export directory."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the export directory {str(out)!r}: {exc.strerror or exc}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"the export directory {str(out)!r} is not writable")
     return out
 
 
@@ -131,7 +150,8 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
                    classifier: Classifier | str | None = None, classifier_label: str = "", unet: bool = True,
                    opset: int = DEFAULT_OPSET, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
                    reuse: bool = True, resize: ResizeChoice | str | None = None,
-                   progress: ExportProgress | None = None) -> ExportReport:
+                   progress: ExportProgress | None = None, calibration: CalibrationPlan | None = None,
+                   quantize: QuantizeSettings = QuantizeSettings()) -> ExportReport:
     """Export the preset's UNet (weights from ``checkpoint``) and, if given, ``classifier`` (a module, or a
     classifier spec such as ``digits`` or ``hf:DIR``, loaded here on the CPU; for the preset's image shape)
     at each precision into ``out_dir``, each checked (see :mod:`densepure.export.onnx_export`). Raises
@@ -141,13 +161,21 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
     default of :func:`~densepure.models.sources.default_resize` (the papers' bicubic for their presets);
     for a module, None keeps its preprocessing as it is. ``progress`` is called as each model starts and
     ends (:class:`ExportEvent`); the float32 reference of a model is computed once for all precisions.
+
+    ``Precision.INT8`` needs ``calibration`` (images never certified, and the sigma and grid the graphs
+    will run): the pipeline is run once in float32 torch to record what each model sees, and each graph
+    is quantized with ``quantize`` (:mod:`densepure.export.int8`).
     """
     spec = get_preset(preset) if isinstance(preset, str) else preset
     if not precisions:
         raise ConfigError("at least one precision is needed")
     bad = [p.value for p in precisions if not Precision.parse(p).exportable]
     if bad:
-        raise ConfigError(f"graphs are exported in fp32 or fp16, got {', '.join(bad)}")
+        raise ConfigError(f"graphs are exported in fp32, fp16 or int8, got {', '.join(bad)}")
+    int8 = Precision.INT8 in [Precision.parse(p) for p in precisions]
+    if int8 and calibration is None:
+        raise ConfigError("int8 graphs need calibration images that are never certified, and the sigma and grid "
+                          "they will run (CalibrationPlan; the CLI: --calibration-data, --sigma, --b)")
     if not unet and classifier is None:
         raise ConfigError("nothing to export: the UNet is excluded and no classifier was given")
     _check_opset(opset)
@@ -158,19 +186,28 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
         raise ConfigError("--resize applies to the classifier, which this export leaves out")
     elif resize is not None:
         resize = ResizeChoice.parse(resize)
-    out = _output_directory(out_dir)
+    ckpt = resolve_checkpoint(spec, checkpoint) if unet else None  # before anything is created: one line if unusable
+    out = _check_output_directory(out_dir)
     if isinstance(classifier, str):
         classifier_label = classifier_label or classifier
         classifier = load_classifier(classifier_spec, torch.device("cpu"), resize=resize)
     elif classifier is not None and resize is not None:
         classifier = Classifier(classifier.network, resize.apply(classifier.preprocess), classifier.num_classes)
+    out = _output_directory(out)  # every input is usable: now the directory may be created
     cfg = spec.unet_config
     plan = [(ArtifactKind.UNET, Precision(p)) for p in precisions if unet]
     plan += [(ArtifactKind.CLASSIFIER, Precision(p)) for p in precisions if classifier is not None]
-    results, references = [], {}
+    results, references, specs = [], {}, {}
     common = {"opset": opset, "external_data_threshold": external_data_threshold, "reuse": reuse,
               "reference_cache": references}
-    model = ckpt = None
+    model = None
+    if int8:  # one float32 run of the pipeline calibrates both graphs (module doc of export.calibration)
+        kinds = tuple(dict.fromkeys(k for k, p in plan if p is Precision.INT8))
+        if calibration.mode is not Mode.GAUSSIAN:  # the UNet makes the denoised images the classifier sees
+            ckpt = ckpt or resolve_checkpoint(spec, checkpoint)
+            model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
+            unet_source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
+        specs = int8_specs(calibration, quantize, model, spec.schedule, kinds)
     for index, (kind, precision) in enumerate(plan, start=1):
         path = out / f"{kind.value}-{precision.value}.onnx"
         event = ExportEvent(index, len(plan), kind, precision, path)
@@ -178,14 +215,15 @@ def export_command(preset: str | DiffusionPreset, checkpoint: str | os.PathLike 
             progress(event)
         if kind is ArtifactKind.UNET:
             if model is None:
-                ckpt = resolve_checkpoint(spec, checkpoint)
                 model = build_unet(spec, ckpt, device="cpu", dtype=torch.float32)
                 unet_source = SourceInfo(spec.name, file_sha256(ckpt), f"checkpoint {ckpt.name}")
-            result = export_unet(model, path, precision, source=unet_source, **common)
+            result = export_unet(model, path, precision, source=unet_source, int8=specs.get(kind) if
+                                 precision is Precision.INT8 else None, **common)
         else:
             source = SourceInfo(spec.name, None, classifier_label, resize=None if resize is None else resize.value)
             result = export_classifier(classifier, (cfg.in_channels, cfg.image_size, cfg.image_size), path, precision,
-                                       source=source, **common)
+                                       source=source, int8=specs.get(kind) if precision is Precision.INT8 else None,
+                                       **common)
         results.append(result)
         if progress is not None:
             progress(replace(event, result=result))

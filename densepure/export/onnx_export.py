@@ -56,7 +56,8 @@ from densepure.artifacts.manifest import (
     manifest_path_for,
     onnx_sha256,
 )
-from densepure.errors import ArtifactError, ConfigError
+from densepure.errors import ArtifactError, ConfigError, install_hint
+from densepure.export.int8 import Int8Spec
 from densepure.export.onnx_files import EXTERNAL_DATA_THRESHOLD, export_lock, fresh_staging_dir, install, save_onnx
 from densepure.export.onnx_passes import drop_noop_antialias, rewrite_einsum_as_matmul
 from densepure.export.onnx_typing import TYPING_POLICIES, OpTyping, keep_in_float32, op_typing, typing_violations
@@ -116,6 +117,7 @@ class _Job:
     threshold: int
     settings: str  # what the module tree does not show: UNet config flags, classifier preprocessing
     expected_groupnorms: int | None = None
+    int8: Int8Spec | None = None  # INT8: calibration feeds and settings (the traced graph is the float32 one)
 
     def model_digest(self) -> str:
         """sha256 of the float32 model: architecture, settings and weights (the same at every precision)."""
@@ -131,9 +133,11 @@ class _Job:
 
     def key(self) -> str:
         """sha256 of everything the graph depends on: weights, architecture, precision, exporter."""
-        return hashlib.sha256(repr((self.kind.value, self.precision.value, self.opset, self.threshold,
-                                    torch.__version__, self.inputs, self.outputs, self.settings,
-                                    self.model_digest())).encode()).hexdigest()
+        parts = (self.kind.value, self.precision.value, self.opset, self.threshold, torch.__version__, self.inputs,
+                 self.outputs, self.settings, self.model_digest())
+        if self.int8 is not None:  # float keys stay what they were: up-to-date float exports are kept
+            parts += (self.int8.digest,)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
 
     def reference_key(self) -> str:
         """sha256 of the float32 model and the verification inputs: what its reference outputs depend on."""
@@ -146,8 +150,10 @@ class _Job:
 def export_unet(model: UNetModel, path: str | Path, precision: Precision = Precision.FP32, *,
                 source: SourceInfo = SourceInfo(), opset: int = DEFAULT_OPSET, verify_batch: int = 1,
                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, reuse: bool = True,
-                seed: int = 0, reference_cache: ReferenceCache | None = None) -> ExportResult:
+                seed: int = 0, reference_cache: ReferenceCache | None = None,
+                int8: Int8Spec | None = None) -> ExportResult:
     """Export ``model`` (left unchanged; a CPU copy is traced) to ``path`` and check it (module doc).
+    ``int8`` (required for ``Precision.INT8``): calibration feeds and settings, see :mod:`densepure.export.int8`.
 
     With ``reuse``, an artifact already at ``path`` whose manifest records the same export key (weights,
     architecture, precision, opset, torch version) and whose bytes still hash to the recorded sha256 is
@@ -157,18 +163,20 @@ def export_unet(model: UNetModel, path: str | Path, precision: Precision = Preci
     cfg = model.config
     if not cfg.learn_sigma:
         raise ConfigError("only learn_sigma UNets (output [eps, v]) can be exported for the engine")
+    _check_int8(precision, int8)
     ref32 = copy.deepcopy(model).cpu().eval().float().set_precision(torch.float32)
-    graph = ref32 if precision is Precision.FP32 else copy.deepcopy(ref32).set_precision(torch.float16)
+    graph = ref32 if precision is not Precision.FP16 else copy.deepcopy(ref32).set_precision(torch.float16)
     c, s = cfg.in_channels, cfg.image_size
     gen = torch.Generator().manual_seed(seed)
     feeds = (torch.randn(verify_batch, c, s, s, generator=gen), torch.rand(verify_batch, generator=gen) * 1000.0)
+    feeds = feeds if int8 is None else int8.check_feeds  # held-out pipeline rows: what the scales are for
     image = (BATCH, c, s, s)
     wrapped32 = _DenoiserGraph(ref32)
     job = _Job(wrapped32 if graph is ref32 else _DenoiserGraph(graph), wrapped32, feeds, ArtifactKind.UNET, precision,
                (TensorSpec("x", "float32", image), TensorSpec("t", "float32", (BATCH,))),
                (TensorSpec("eps", "float32", image), TensorSpec("v", "float32", image)), Path(path), source, opset,
                external_data_threshold, repr((cfg, sorted(cfg.extra.items()))),
-               sum(isinstance(m, nn.GroupNorm) for m in ref32.modules()))
+               sum(isinstance(m, nn.GroupNorm) for m in ref32.modules()), int8)
     return _export(job, reuse, reference_cache)
 
 
@@ -176,9 +184,11 @@ def export_classifier(classifier: Classifier, image_shape: Sequence[int], path: 
                       precision: Precision = Precision.FP32, *, source: SourceInfo = SourceInfo(),
                       opset: int = DEFAULT_OPSET, verify_batch: int = 1,
                       external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, reuse: bool = True,
-                      seed: int = 0, reference_cache: ReferenceCache | None = None) -> ExportResult:
+                      seed: int = 0, reference_cache: ReferenceCache | None = None,
+                      int8: Int8Spec | None = None) -> ExportResult:
     """Export ``classifier`` with its :class:`Preprocess` inside the graph, for images ``(C, H, W)``
-    (``reuse``, ``reference_cache``: as :func:`export_unet`)."""
+    (``reuse``, ``reference_cache``, ``int8``: as :func:`export_unet`)."""
+    _check_int8(precision, int8)
     if not isinstance(classifier, Classifier):
         raise ConfigError(f"export_classifier needs a densepure Classifier (network + Preprocess), got "
                           f"{type(classifier).__name__}: wrap it as Classifier(net, Preprocess(...))")
@@ -192,6 +202,7 @@ def export_classifier(classifier: Classifier, image_shape: Sequence[int], path: 
         graph.compute_dtype = torch.float16
     gen = torch.Generator().manual_seed(seed)
     feeds = (torch.rand(verify_batch, c, h, w, generator=gen) * 2.0 - 1.0,)
+    feeds = feeds if int8 is None else int8.check_feeds
     classes = ref32.num_classes
     if classes is None:
         with torch.no_grad():
@@ -199,8 +210,13 @@ def export_classifier(classifier: Classifier, image_shape: Sequence[int], path: 
     job = _Job(graph, ref32, feeds, ArtifactKind.CLASSIFIER, precision, (TensorSpec("x", "float32", (BATCH, c, h, w)),),
                (TensorSpec("logits", "float32", (BATCH, classes)),), Path(path),
                dataclasses.replace(source, description=source.description or f"preprocess {ref32.preprocess}"),
-               opset, external_data_threshold, repr(ref32.preprocess))
+               opset, external_data_threshold, repr(ref32.preprocess), int8=int8)
     return _export(job, reuse, reference_cache)
+
+
+def _check_int8(precision: Precision, int8: Int8Spec | None) -> None:
+    if (precision is Precision.INT8) != (int8 is not None):
+        raise ConfigError("an int8 export needs its calibration (int8=Int8Spec), and only an int8 export takes one")
 
 
 def _reusable(job: _Job, key: str) -> ArtifactManifest | None:
@@ -278,7 +294,8 @@ def _manifest(job: _Job, key: str, path: Path, external: tuple[str, ...], notes:
         notes = [*notes, numerics.skipped_reason]
     return ArtifactManifest(job.kind, ArtifactFormat.ONNX, job.precision, job.opset, onnx_sha256(path, external),
                             job.inputs, job.outputs, dataclasses.replace(job.source, torch_version=torch.__version__),
-                            job.path.name, external, notes=tuple(notes), export_key=key)
+                            job.path.name, external, notes=tuple(notes), export_key=key,
+                            calibration=None if job.int8 is None else job.int8.calibration)
 
 
 def _write_graph(job: _Job, path: Path) -> tuple[list[str], tuple[str, ...]]:
@@ -294,6 +311,9 @@ def _write_graph(job: _Job, path: Path) -> tuple[list[str], tuple[str, ...]]:
     if job.kind is ArtifactKind.CLASSIFIER and job.precision is Precision.FP16:
         wrapped = keep_in_float32(proto, sorted(TYPING_POLICIES[job.kind].float32_ops))
         notes.append(f"{wrapped} normalisation/softmax nodes kept in float32")
+    if job.int8 is not None:
+        proto, report = job.int8.quantize(proto, job.kind)
+        notes.append(report.note())
     if job.precision is Precision.FP16 and (bad := typing_violations(proto, job.kind)):
         raise ArtifactError(f"fp16 {job.kind.value} graph breaks the typing contract: {'; '.join(bad[:5])}"
                             + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
@@ -311,7 +331,7 @@ def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; fail with a clear message instead)
     except ImportError as exc:
-        raise ArtifactError("ONNX export needs 'onnx' and 'onnxscript': pip install 'densepure[onnx]'") from exc
+        raise ArtifactError(f"ONNX export needs 'onnx' and 'onnxscript': {install_hint('onnx')}") from exc
     batch = torch.export.Dim("batch", min=1)
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_logs():
@@ -378,5 +398,5 @@ def _compare(job: _Job, path: Path, reference_cache: ReferenceCache) -> NumericC
     Never a torch float16 forward: on a CPU it is two to three orders of magnitude slower than float32.
     """
     want32 = _reference(job, reference_cache)
-    feeds = {spec.name: f.numpy() for spec, f in zip(job.inputs, job.feeds)}
-    return numeric_check(path, job.precision, feeds, [(s.name, w) for s, w in zip(job.outputs, want32)], want32)
+    feeds = {spec.name: f.numpy() for spec, f in zip(job.inputs, job.feeds, strict=True)}
+    return numeric_check(path, job.precision, feeds, [(s.name, w) for s, w in zip(job.outputs, want32, strict=True)], want32)

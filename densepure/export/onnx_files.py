@@ -57,6 +57,8 @@ def staging_dir(path: Path) -> Path:
 def fresh_staging_dir(path: Path) -> Path:
     """An empty staging directory for ``path`` (what an interrupted export left there is removed)."""
     staged = staging_dir(path)
+    if os.path.islink(staged) or (os.path.lexists(staged) and not staged.is_dir()):
+        staged.unlink()  # a link or a file at the staging name: removed, never followed
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir()
     return staged

@@ -78,7 +78,7 @@ def drop_noop_antialias(model) -> int:
         src, dst = dims(node.input[0]), dims(node.output[0])
         if len(src) < 3 or len(src) != len(dst):
             continue
-        if all(a is not None and b is not None and b >= a for a, b in zip(src[2:], dst[2:])):
+        if all(a is not None and b is not None and b >= a for a, b in zip(src[2:], dst[2:], strict=True)):
             aa.i = 0
             changed += 1
             if any(a.name == "mode" and a.s == b"linear" for a in node.attribute):

@@ -9,7 +9,11 @@
 * One optimization profile per batch bucket: ``min`` = previous bucket + 1, ``opt`` = ``max`` = bucket
   (the runtime pads each call up to its bucket, so every launch runs at an ``opt`` shape).
 * A workspace cap (``MemoryPoolType.WORKSPACE``) for devices with little or unified memory (Jetson).
+* ``BuilderFlag.TF32`` cleared (TensorRT sets it by default): float32 layers compute in float32, as the
+  torch backend's ``fp32`` does (part of the cache key).
 * A timing cache per machine, loaded before and saved after each build.
+* INT8: the Q/DQ graphs of ``densepure export --precision int8`` are built strongly typed like fp16 ones
+  (explicit quantization needs no precision flag); ``WEAK_FP16`` is refused for them.
 
 ``import tensorrt`` happens only inside functions; everything else here is importable anywhere.
 """
@@ -39,6 +43,7 @@ from densepure.artifacts.manifest import (
     verify_onnx,
 )
 from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.paths import replace_file
 from densepure.precision import Precision
 
 MIN_WORKSPACE = 1 << 20
@@ -68,7 +73,7 @@ class BuildSettings:
     def key_fields(self) -> dict[str, object]:
         """What the cache key covers (everything that changes the engine)."""
         return {"profiles": [dataclasses.astuple(p) for p in self.profiles], "workspace_bytes": self.workspace_bytes,
-                "typing": self.typing.value, "optimization_level": self.optimization_level}
+                "typing": self.typing.value, "optimization_level": self.optimization_level, "tf32": False}
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,12 @@ def _build_serialized(path: Path, manifest: ArtifactManifest, settings: BuildSet
     if settings.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     config.builder_optimization_level = settings.optimization_level
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32 is not None:  # on by default: float32 layers (fp32 graphs, fp16 graphs' islands) stay float32
+        config.clear_flag(tf32)
+    # layer names, types and precisions kept in the plan: `trtexec --loadEngine --dumpLayerInfo` shows which
+    # layers of an int8 engine run in int8 (docs/jetson.md); costs a few KB per engine
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if settings.typing is TypingMode.WEAK_FP16:
         config.set_flag(trt.BuilderFlag.FP16)
     for profile in settings.profiles:
@@ -245,6 +256,4 @@ def _build_serialized(path: Path, manifest: ArtifactManifest, settings: BuildSet
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    replace_file(path, data)  # a fresh file beside it, renamed over it: never through a link

@@ -12,9 +12,9 @@ Importing this package does not import triton; only the ``*_triton`` modules do.
 
 from densepure.kernels.compile import CompileMode, compile_module
 from densepure.kernels.registry import MIN_TRITON, KernelChoice, Kernels, TritonStatus, resolve_kernels, triton_status
-from densepure.kernels.rows import AdvanceRows, KeepRows, StartForm, StartRule
+from densepure.kernels.rows import AdvanceRows, KeepRows, StartRule
 
 __all__ = [
-    "MIN_TRITON", "AdvanceRows", "CompileMode", "KeepRows", "KernelChoice", "Kernels", "StartForm", "StartRule",
+    "MIN_TRITON", "AdvanceRows", "CompileMode", "KeepRows", "KernelChoice", "Kernels", "StartRule",
     "TritonStatus", "compile_module", "resolve_kernels", "triton_status",
 ]  # fmt: skip

@@ -27,7 +27,7 @@ def _describe(t: object) -> str:
 def row_layout(t: torch.Tensor) -> bool:
     """True if every row ``t[i]`` is C-contiguous (any stride between rows)."""
     expected = 1
-    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:]), strict=False):
         if size != 1 and stride != expected:
             return False
         expected *= size

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from densepure.choices import Choice
-from densepure.errors import BackendError
+from densepure.errors import BackendError, install_hint
 
 __all__ = ["MIN_TRITON", "KernelChoice", "Kernels", "TritonStatus", "resolve_kernels", "triton_status"]
 
@@ -62,7 +62,7 @@ def triton_status(device: torch.device | str | None = None) -> TritonStatus:
         triton = importlib.import_module("triton")
     except Exception as exc:  # noqa: BLE001 - any import failure is the answer to "why not"
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return TritonStatus(False, f"triton is not importable ({why}); pip install 'densepure[kernels]'")
+        return TritonStatus(False, f"triton is not importable ({why}); {install_hint('kernels')}")
     version = str(getattr(triton, "__version__", "0"))
     if _version_tuple(version) < MIN_TRITON_CUDA:
         need = ".".join(map(str, MIN_TRITON_CUDA))

@@ -8,7 +8,7 @@ checks of :func:`check_start`, :func:`check_spawn` and :func:`check_step`.
 Row kinds (ALGORITHM.md §3-§6; ``shape = (C, H, W)``, every image tensor float32, ``z`` the standard
 normal field of a row's words, :func:`densepure.noise.gaussian_words`):
 
-* start (:func:`start_rows`): ``x = images[image_slot]`` and, by :class:`StartForm`,
+* start (:func:`start_rows`): ``x = images[image_slot]`` and, by :class:`StartKind`,
   DENSEPURE ``y = sqrt(a) (2 (x + sigma z) - 1)`` with ``a = 1/(1 + 4 sigma^2)``,
   GAUSSIAN ``y = 2 (x + sigma z) - 1``, DDS ``y = sqrt(abar) (2x - 1) + sqrt(1 - abar) z``.
   With a sound table (:attr:`StartRule.table`) the images hold integer grid indices ``x_int`` and the
@@ -29,13 +29,13 @@ for a Python scalar times a float32 tensor.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import torch
 
 from densepure.diffusion import (
+    StartKind,
     StepCoefficients,
     dds_forward_sample,
     dds_noise_sigma,
@@ -48,16 +48,8 @@ from densepure.errors import ConfigError, InputError
 from densepure.kernels.checks import check_index, check_words, float_rows, writable_rows
 from densepure.noise import SoundTable, gaussian_words, sound_steps_words
 
-__all__ = ["AdvanceRows", "KeepRows", "StartForm", "StartRule", "check_spawn", "check_start", "check_step",
+__all__ = ["AdvanceRows", "KeepRows", "StartRule", "check_spawn", "check_start", "check_step",
            "spawn_rows", "start_rows", "step_rows"]
-
-
-class StartForm(enum.Enum):
-    """How a draw's start is made from its clean image (the module docstring gives the equations)."""
-
-    DENSEPURE = "densepure"
-    GAUSSIAN = "gaussian"
-    DDS = "dds"
 
 
 @dataclass(frozen=True)
@@ -66,16 +58,16 @@ class StartRule:
     (in (0, 1)) for DDS, the other left None. ``table``: the sound noise's table (its ``sigma`` the
     rule's, or for DDS the effective ``sqrt((1 - abar) / abar) / 2`` or more); None for float noise."""
 
-    form: StartForm
+    form: StartKind
     sigma: float | None = None
     alpha_bar: float | None = None
     table: SoundTable | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "form", StartForm(self.form))
+        object.__setattr__(self, "form", StartKind(self.form))
         if self.table is not None and not isinstance(self.table, SoundTable):
             raise ConfigError(f"table must be a SoundTable or None, got {type(self.table).__name__}")
-        if self.form is StartForm.DDS:
+        if self.form is StartKind.DDS:
             if self.sigma is not None or self.alpha_bar is None:
                 raise ConfigError(f"a DDS start takes alpha_bar and no sigma, got sigma={self.sigma!r}, "
                                   f"alpha_bar={self.alpha_bar!r}")
@@ -89,7 +81,7 @@ class StartRule:
                                   f"sigma={self.sigma!r}, alpha_bar={self.alpha_bar!r}")
             object.__setattr__(self, "sigma", validate_sigma(self.sigma))
         if self.table is not None:
-            want = dds_noise_sigma(self.alpha_bar) if self.form is StartForm.DDS else self.sigma
+            want = dds_noise_sigma(self.alpha_bar) if self.form is StartKind.DDS else self.sigma
             if self.table.sigma != want:
                 raise ConfigError(f"a sound {self.form.value} start needs the table of sigma {want!r}, got "
                                   f"{self.table.sigma!r}")
@@ -97,9 +89,9 @@ class StartRule:
     def constants(self) -> tuple[float, float]:
         """``(a, b)`` as Python floats: DENSEPURE ``(sqrt(1/(1+4 sigma^2)), sigma)``, GAUSSIAN
         ``(1, sigma)``, DDS ``(sqrt(abar), sqrt(1 - abar))``; each is rounded to float32 where used."""
-        if self.form is StartForm.DDS:
+        if self.form is StartKind.DDS:
             return math.sqrt(self.alpha_bar), math.sqrt(1.0 - self.alpha_bar)
-        if self.form is StartForm.GAUSSIAN:
+        if self.form is StartKind.GAUSSIAN:
             return 1.0, self.sigma
         return math.sqrt(start_scale(self.sigma)), self.sigma
 
@@ -227,10 +219,10 @@ def start_rows(images: torch.Tensor, image_slot: torch.Tensor, words: torch.Tens
     if rule.sound:
         return _scatter(out, out_rows, _sound_start(x, words, rule))
     z = gaussian_words(words, tuple(images.shape[1:]), images.device)
-    if rule.form is StartForm.DDS:
+    if rule.form is StartKind.DDS:
         return _scatter(out, out_rows, dds_forward_sample(x, z, rule.alpha_bar))
     delta = rule.sigma * z
-    if rule.form is StartForm.GAUSSIAN:
+    if rule.form is StartKind.GAUSSIAN:
         return _scatter(out, out_rows, 2.0 * (x + delta) - 1.0)
     return _scatter(out, out_rows, start_point(x, delta, rule.sigma))
 

@@ -44,12 +44,11 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from densepure.diffusion import StepCoefficients
+from densepure.diffusion import StartKind, StepCoefficients
 from densepure.errors import InputError
 from densepure.kernels.rows import (
     AdvanceRows,
     KeepRows,
-    StartForm,
     StartRule,
     check_spawn,
     check_start,
@@ -58,7 +57,7 @@ from densepure.kernels.rows import (
 
 __all__ = ["INTERPRETED", "spawn_rows", "start_rows", "step_rows"]
 
-_FORMS = {StartForm.DENSEPURE: 0, StartForm.GAUSSIAN: 1, StartForm.DDS: 2}
+_FORMS = {StartKind.DENSEPURE: 0, StartKind.GAUSSIAN: 1, StartKind.DDS: 2}
 _MAX_CHUNKS = 65535  # CUDA grid dimension y
 
 

@@ -7,6 +7,7 @@ unexpected and mismatched keys (and their counts) instead of torch's long traceb
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from densepure.errors import CheckpointError
+from densepure.paths import check_output, replace_file
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "ema", "net")
 _SHOWN = 4
@@ -70,16 +72,20 @@ def unsafe_pickle_message(path: os.PathLike | str, exc: BaseException) -> str:
 
 
 def save_state_dict(path: str | os.PathLike, state: Mapping[str, torch.Tensor]) -> None:
-    """Write a plain state dict (loadable with ``weights_only=True``); ``.safetensors`` by suffix."""
-    p = Path(path)
+    """Write a plain state dict (loadable with ``weights_only=True``); ``.safetensors`` by suffix. The file is
+    written beside ``path`` and renamed over it (:func:`densepure.paths.replace_file`), never through a link."""
+    p = check_output(path, "the checkpoint", may_exist=True)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if p.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(tensors, str(p))
+        data = save(tensors)
     else:
-        torch.save(tensors, p)
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        data = buffer.getvalue()
+    replace_file(p, data)
 
 
 def _listing(title: str, names: list[str]) -> str:

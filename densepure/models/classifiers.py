@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from densepure.choices import Choice
-from densepure.errors import CheckpointError, ConfigError
+from densepure.errors import CheckpointError, ConfigError, install_hint
 from densepure.models.checkpoint import unsafe_pickle_message
+from densepure.paths import check_input
 
 
 class InputRange(enum.Enum):
@@ -158,7 +159,8 @@ _HF_CONFIG = "preprocessor_config.json"
 def _hf_file(location: str, filename: str) -> Path | None:
     """``filename`` in a local model directory, or in a hub id's snapshot in the local HF cache (no download)."""
     local = Path(location)
-    if local.is_dir():
+    if os.path.lexists(local):  # a local path (not a hub id): a directory, or a one-line error
+        check_input(local, "the hf: classifier", file=False, directory=True)
         return local / filename if (local / filename).is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
@@ -248,7 +250,7 @@ def from_transformers(path: str | os.PathLike, preprocess: Preprocess | None = N
         from transformers import AutoModelForImageClassification
     except ImportError as exc:
         raise ConfigError(f"Hugging Face classifiers need 'transformers' ({_first_line(exc)}): "
-                          "pip install 'densepure[transformers]'") from exc
+                          f"{install_hint('transformers')}") from exc
     location = str(path)
     if _hf_file(location, "config.json") is None:
         raise CheckpointError(f"no config.json for {location}: not a saved model directory nor a model in the local "
@@ -296,7 +298,7 @@ def _import_timm() -> ModuleType:
     try:
         import timm
     except ImportError as exc:
-        raise ConfigError(f"timm classifiers need 'timm' ({_first_line(exc)}): pip install 'densepure[timm]'") from exc
+        raise ConfigError(f"timm classifiers need 'timm' ({_first_line(exc)}): {install_hint('timm')}") from exc
     except RuntimeError as exc:  # e.g. "operator torchvision::nms does not exist": a CUDA torchvision on a CPU torch
         raise ConfigError(f"timm cannot be imported ({_first_line(exc)}): its torchvision must be built for "
                           f"torch {torch.__version__}") from exc

@@ -10,6 +10,8 @@ records the command, seeds, split, data hash, losses and accuracies):
   in [0, 1], output 10 logits;
 * ``test_split.npz`` - the held-out images as ``pixels`` (uint8 0..16, the dataset's own levels,
   ``(N, 1, 8, 8)``), ``labels`` (int64) and ``indices`` (rows of ``load_digits()``);
+* ``calibration_split.npz`` - 270 training images in the same form, what INT8 exports calibrate on
+  (``scripts/make_digits_calibration.py``);
 * ``manifest.json``.
 
 Importing this module loads nothing; the ``load_*`` functions read the files on each call.
@@ -75,13 +77,24 @@ def load_digits_classifier(device: torch.device | str = "cpu") -> nn.Module:
 
 def load_digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``: float32 ``(N, 1, 8, 8)`` in [0, 1] (pixels / 16) and int64 ``(N,)``."""
-    path = digits_asset_path("test_split.npz")
+    images, labels, _ = _load_split("test_split.npz", "test split")
+    return images, labels
+
+
+def load_digits_calibration_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images, labels, indices)`` of the INT8 calibration split: 270 training images (every 5th of the
+    training split, never a test image; ``scripts/make_digits_calibration.py``), as the test split."""
+    return _load_split("calibration_split.npz", "calibration split")
+
+
+def _load_split(name: str, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    path = digits_asset_path(name)
     if not path.is_file():
-        raise CheckpointError(f"the digits test split is missing: {path}")
+        raise CheckpointError(f"the digits {what} is missing: {path}")
     with np.load(path, allow_pickle=False) as data:
-        pixels, labels = data["pixels"], data["labels"]
+        pixels, labels, indices = data["pixels"], data["labels"], data["indices"]
     images = torch.from_numpy(pixels.astype(np.float32) / PIXEL_LEVELS)
-    return images, torch.from_numpy(labels.astype(np.int64))
+    return images, torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(indices.astype(np.int64))
 
 
 def digits_manifest() -> dict[str, Any]:

@@ -156,7 +156,7 @@ def hybrid_loss(model: nn.Module, tables: TrainingTables, x0: torch.Tensor, t: t
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """``target <- decay target + (1 - decay) source`` for parameters; buffers are copied."""
-    for pt, ps in zip(target.parameters(), source.parameters()):
+    for pt, ps in zip(target.parameters(), source.parameters(), strict=True):
         pt.lerp_(ps, 1.0 - decay)
-    for bt, bs in zip(target.buffers(), source.buffers()):
+    for bt, bs in zip(target.buffers(), source.buffers(), strict=True):
         bt.copy_(bs)

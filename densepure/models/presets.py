@@ -2,6 +2,8 @@
 
 Flags are those of the official ``create_model_and_diffusion`` calls (ALGORITHM §8). Building a
 preset on the ``meta`` device costs no memory; :func:`build_unet` then loads a checkpoint into it.
+The presets themselves need no torch (``densepure presets`` lists them without it): the functions that
+build or check a UNet import it.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
-from densepure.diffusion import NoiseSchedule, ScheduleKind
+from densepure.diffusion.schedules import NoiseSchedule, ScheduleKind
 from densepure.errors import CheckpointError, ConfigError
-from densepure.models.checkpoint import describe_mismatch, load_into, read_state_dict
-from densepure.models.unet import UNetModel
 from densepure.models.unet_config import UNetConfig
+from densepure.paths import check_input
+
+if TYPE_CHECKING:
+    import torch
+
+    from densepure.models.unet import UNetModel
 
 CIFAR10_FLAGS: Mapping[str, Any] = {
     "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "num_heads": 4, "num_heads_upsample": -1,
@@ -109,13 +113,19 @@ def build_unet(
     config: UNetConfig | DiffusionPreset | str,
     checkpoint: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> UNetModel:
-    """Build the UNet (in eval mode), optionally loading ``checkpoint`` into it, on ``device`` in ``dtype``.
+    """Build the UNet (in eval mode), optionally loading ``checkpoint`` into it, on ``device`` in ``dtype``
+    (default float32).
 
     With ``device="meta"`` nothing is allocated (useful to inspect keys and shapes of the real models).
     A checkpoint that does not fit a preset but fits another is a CheckpointError naming that preset.
     """
+    import torch
+
+    from densepure.models.checkpoint import load_into, read_state_dict
+    from densepure.models.unet import UNetModel
+
     if isinstance(config, str):
         config = get_preset(config)
     preset = config if isinstance(config, DiffusionPreset) else None
@@ -136,13 +146,18 @@ def build_unet(
             raise
     if str(device) != "meta":
         model = model.to(device)
-        model.set_precision(dtype)
+        model.set_precision(torch.float32 if dtype is None else dtype)
     return model.eval()
 
 
 def presets_fitting(state: Mapping[str, torch.Tensor], exclude: str | None = None) -> list[str]:
     """The presets whose UNet has exactly the keys and shapes of ``state`` (checked on the meta device:
     no memory is allocated), by name; ``exclude`` is not tried."""
+    import torch
+
+    from densepure.models.checkpoint import describe_mismatch
+    from densepure.models.unet import UNetModel
+
     fits = []
     for name, preset in sorted(PRESETS.items()):
         if name == exclude:
@@ -157,8 +172,8 @@ def presets_fitting(state: Mapping[str, torch.Tensor], exclude: str | None = Non
 def resolve_checkpoint(preset: DiffusionPreset | str, checkpoint: str | os.PathLike | None) -> Path:
     """The diffusion checkpoint to load: the given one, the packaged one for shipped presets, else an error."""
     spec = get_preset(preset) if isinstance(preset, str) else preset
-    if checkpoint is not None:
-        return Path(checkpoint)
+    if checkpoint is not None:  # checked here, before anything hashes or loads it: a FIFO would block
+        return check_input(checkpoint, "--checkpoint")
     shipped = Path(spec.checkpoint_file)  # presets shipped with the package name an absolute file
     if shipped.is_absolute() and shipped.is_file():
         return shipped

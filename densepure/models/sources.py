@@ -19,6 +19,7 @@ import torch
 
 from densepure.errors import ConfigError
 from densepure.models.classifiers import Classifier, InputRange, Preprocess, ResizeChoice, ResizeMode
+from densepure.paths import check_input
 
 
 class ClassifierSource(enum.Enum):
@@ -63,6 +64,9 @@ def required_classifier(preset: str) -> str:
     ``--classifier`` (ConfigError naming the papers' classifier for the papers' presets)."""
     if preset == "digits":
         return "digits"
+    from densepure.models.presets import get_preset
+
+    get_preset(preset)  # an unknown preset is named as such, not as one that needs --classifier
     papers = PAPERS_CLASSIFIERS.get(preset)
     example = f" (the papers': --classifier {papers}, from the local Hugging Face cache)" if papers else ""
     raise ConfigError(f"preset {preset!r} needs --classifier{example}")
@@ -127,7 +131,7 @@ def classifier_source_path(spec: ClassifierSpec) -> Path:
                               "local Hugging Face cache (nothing is downloaded)")
         return config.parent
     if spec.checkpoint is not None:
-        return Path(spec.checkpoint)
+        return check_input(spec.checkpoint, "the timm checkpoint")
     return classifiers._timm_weights(classifiers._import_timm(), spec.location)
 
 

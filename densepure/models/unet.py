@@ -11,10 +11,12 @@ overflows fp16 above |x| = 256; sinusoid arguments reach ~1000 rad where fp16 sp
 Kernels (:meth:`UNetModel.set_kernels`): every GroupNorm -> [scale-shift ->] SiLU chain (ResBlocks and
 the output head) can run as one fused kernel of :mod:`densepure.kernels`; module names, parameters and
 ``state_dict()`` keys do not change, and with no kernels set the modules run exactly as before.
-Attention runs through ``F.scaled_dot_product_attention`` on CUDA (flash / memory-efficient kernels).
+Attention runs through ``F.scaled_dot_product_attention`` on CUDA, on 4-D contiguous ``(B, heads, T, ch)``
+tensors so that its fused kernels can run (flash, memory-efficient, cuDNN: 3-D inputs fall back to the
+math kernel, which materialises the ``T x T`` scores).
 On the CPU, and while exporting to ONNX, it keeps the explicit two-matmul form: the exporters need it,
-and on the CPU it is the form every earlier result was computed with (CPU SDPA gives its exact bits
-only with 64 channels per head, as the official checkpoints have; the digits UNet has 8).
+and on the CPU it is the form every earlier result was computed with (SDPA's fused kernels sum in
+another order: equal to float32 rounding, not bit for bit).
 
 Input ``x``: ``(B, C, H, W)`` in the model's [-1, 1] space; ``timesteps``: ``(B,)`` float32 as the
 checkpoint expects them (already rescaled). Output: ``(B, 2C, H, W)`` = ``[eps, v]`` when
@@ -186,20 +188,34 @@ class AttentionBlock(nn.Module):
         q, k, v = qkv.chunk(3, dim=1)
         return tuple(t.reshape(b * self.num_heads, ch, length) for t in (q, k, v))  # type: ignore[return-value]
 
+    def heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """``qkv`` ``(B, 3C, T)`` -> q, k, v stacked as one contiguous ``(3, B, heads, T, ch)`` tensor
+        (one copy), in the head layout of :meth:`_split_heads`: the 4-D, last-dim-contiguous inputs the
+        fused attention kernels (flash, memory-efficient, cuDNN) require."""
+        b, width, length = qkv.shape
+        ch = width // (3 * self.num_heads)
+        if self.legacy_order:  # channel h*3ch + s*ch + c holds part s (q, k, v) of head h
+            stacked = qkv.reshape(b, self.num_heads, 3, ch, length).permute(2, 0, 1, 4, 3)
+        else:  # channel s*C + h*ch + c
+            stacked = qkv.reshape(b, 3, self.num_heads, ch, length).permute(1, 0, 2, 4, 3)
+        return stacked.contiguous()
+
+    def attend_fused(self, qkv: torch.Tensor) -> torch.Tensor:
+        """``(B, 3C, T)`` -> ``(B, C, T)`` through ``F.scaled_dot_product_attention`` on 4-D
+        ``(B, heads, T, ch)`` tensors (softmax in float32 inside the fused kernels)."""
+        q, k, v = self.heads(qkv)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, ch)
+        return h.transpose(-1, -2).reshape(qkv.shape[0], -1, qkv.shape[-1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         flat = x.reshape(b, c, -1)
-        q, k, v = self._split_heads(self.qkv(self.norm(flat)))
-        fused = x.is_cuda and not torch.onnx.is_in_onnx_export()
-        h = _attention_sdpa(q, k, v) if fused else _attention_matmuls(q, k, v)
-        return (flat + self.proj_out(h.reshape(b, c, -1))).reshape(b, c, *spatial)
-
-
-def _attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same attention through ``F.scaled_dot_product_attention`` (softmax in float32 inside the
-    fused kernels); ``(B*heads, ch, T)`` in and out."""
-    h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return h.transpose(1, 2)
+        qkv = self.qkv(self.norm(flat))
+        if x.is_cuda and not torch.onnx.is_in_onnx_export():
+            h = self.attend_fused(qkv)
+        else:
+            h = _attention_matmuls(*self._split_heads(qkv)).reshape(b, c, -1)
+        return (flat + self.proj_out(h)).reshape(b, c, *spatial)
 
 
 def _attention_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from densepure.noise.keys import (
     NoiseStream,
     counter_words,
     derive_key,
+    draw_seed,
     key_table,
     row_words,
 )
@@ -37,7 +38,7 @@ from densepure.noise.sound_table import SoundTable, added_failure, sound_table
 
 __all__ = [
     "BLOCK_BITS", "CHAIN_BITS", "DRAW_BITS", "IMAGE_BITS", "MAX_NUMEL", "PHASE_BITS", "SEED_BITS", "STEP_BITS",
-    "WORDS", "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream", "counter_words", "derive_key", "gaussian",
+    "WORDS", "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream", "counter_words", "derive_key", "draw_seed", "gaussian",
     "gaussian_words", "key_table", "philox4x32", "row_words", "uniform", "uniform_words",
     "SoundTable", "added_failure", "sound_steps", "sound_steps_words", "sound_table",
 ]  # fmt: skip

@@ -50,6 +50,7 @@ float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ from densepure.noise.philox import MASK32 as _MASK32
 __all__ = [
     "BLOCK_BITS", "CHAIN_BITS", "DRAW_BITS", "IMAGE_BITS", "MAX_NUMEL", "PHASE_BITS", "STEP_BITS",
     "WORDS", "NoiseKey", "NoiseKeys", "NoisePhase", "NoiseStream",
-    "counter_words", "derive_key", "key_table", "row_words",
+    "counter_words", "derive_key", "draw_seed", "key_table", "row_words",
 ]  # fmt: skip
 
 IMAGE_BITS = 24
@@ -94,6 +95,13 @@ class NoiseStream(enum.IntEnum):
     DELTA = 0  # the smoothing noise added to the image
     CHAIN = 1  # the reverse-step noise z of a chain
     FORWARD = 2  # the DDS forward-process noise
+
+
+def draw_seed() -> int:
+    """A fresh seed from the OS CSPRNG, uniform over all ``SEED_BITS`` bits: the one place densepure
+    draws a seed (an unset ``--seed``, every server request). Unpredictable on purpose: a known seed lets
+    an attacker search for a perturbation the fixed noise misses."""
+    return secrets.randbits(SEED_BITS)
 
 
 _FIELD_LIMITS = {"image": IMAGE_BITS, "phase": PHASE_BITS, "draw": DRAW_BITS,
@@ -225,7 +233,7 @@ class NoiseKeys:
         except RuntimeError as err:
             lengths = {n: tuple(t.shape) for n, t in columns.items()}
             raise InputError(f"NoiseKeys fields must have equal lengths, got {lengths}") from err
-        return cls(seed=seed, **{n: t.contiguous() for n, t in zip(columns, broadcast)})
+        return cls(seed=seed, **{n: t.contiguous() for n, t in zip(columns, broadcast, strict=True)})
 
     def __len__(self) -> int:
         return int(self.image.shape[0])

@@ -80,7 +80,7 @@ def _exact_counts(u0: torch.Tensor, rows: torch.Tensor, elements: torch.Tensor, 
     if tied.numel():
         u1 = refine(rows[tied], elements[tied], 1).tolist()
         u2 = refine(rows[tied], elements[tied], 2).tolist()
-        full = [(a << 64) | (b << 32) | c for a, b, c in zip(u0[tied].tolist(), u1, u2)]
+        full = [(a << 64) | (b << 32) | c for a, b, c in zip(u0[tied].tolist(), u1, u2, strict=True)]
         below[tied] = torch.tensor([bisect.bisect_right(table.thresholds, u) for u in full],
                                    dtype=torch.int64, device=u0.device)
     return below

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch
 
@@ -191,7 +192,7 @@ def _check_table(thresholds: tuple[int, ...], k: int) -> None:
     """Non-decreasing, inside ``[0, 2^BITS)``, symmetric, and the centre cell carries mass."""
     if len(thresholds) != 2 * k or thresholds[0] < 0 or thresholds[-1] >= 1 << BITS or 2 * k >= CROWDED:
         raise ArithmeticError(f"sound-noise table out of range: {len(thresholds)} thresholds for k={k}")
-    if any(b < a for a, b in zip(thresholds, thresholds[1:])):
+    if any(b < a for a, b in pairwise(thresholds)):
         raise ArithmeticError("sound-noise thresholds are not monotone")
     if any(thresholds[i] + thresholds[2 * k - 1 - i] != 1 << BITS for i in range(k)):
         raise ArithmeticError("sound-noise thresholds are not symmetric")

@@ -1,22 +1,26 @@
 """The HTTP routes: Open Inference Protocol v2, the jobs API, metrics and docs, over one :class:`Runtime`.
 
 Every error is JSON ``{"error": "..."}`` with a status that says whose problem it is: 400 (a malformed
-request, named), 404 (unknown model, job or path), 405, 413 (body over ``--max-body-bytes``), 503 with
-Retry-After (queue full, loading, draining), 504 (``deadline_ms`` passed), 500 only for the server's own
-failures (a model's NaN, a bug), never with a traceback. A client that disconnects is logged as 499
-and its work is cancelled.
+request, named), 404 (unknown model, job or path), 405, 408 (the body did not arrive within
+``--read-timeout``), 413 (body over ``--max-body-bytes``, before or after decompression), 415 (an
+unknown Content-Encoding), 503 with Retry-After (queue full, loading, draining), 504 (the deadline
+passed), 500 only for the server's own failures (a model's NaN, a bug), never with a traceback. A
+client that disconnects is logged as 499 and its work is cancelled. While the server drains (SIGTERM)
+every answer carries ``Connection: close``. Below the routes, :mod:`densepure.serve.http11` answers
+what never reaches them (malformed HTTP, slow requests, too many connections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,30 +29,31 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from densepure.errors import DensePureError
+from densepure.serve.api import ApiError, error_response
+from densepure.serve.body import read_body
+from densepure.serve.docs import add_docs_routes
+from densepure.serve.extensions import add_triton_routes
 from densepure.serve.jobs import Job
 from densepure.serve.loop import FailKind, LoopState, NotAccepting, QueueFull, WorkFailed
 from densepure.serve.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_infer_request, response_object
 from densepure.serve.runtime import Prepared, Runtime, state_message
-from densepure.serve.schemas import DOC_MODELS, ErrorResponse, InferenceResponse, JobState
+from densepure.serve.schemas import ErrorResponse, InferenceResponse, JobState
 
 access_log = logging.getLogger("densepure.serve.access")
 log = logging.getLogger("densepure.serve")
 
 _FAIL_STATUS = {FailKind.BAD_INPUT: 400, FailKind.SHUTDOWN: 503, FailKind.CANCELLED: 503,
-                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500}
+                FailKind.MODEL_ERROR: 500, FailKind.INTERNAL: 500, FailKind.UNAVAILABLE: 503}
 _ENDPOINTS = [(m, re.compile(p), name) for m, p, name in (
     ("GET", r"/v2/health/live", "health_live"), ("GET", r"/v2/health/ready", "health_ready"),
-    ("GET", r"/v2", "server_metadata"), ("GET", r"/v2/models/[^/]+(/versions/[^/]+)?", "model_metadata"),
+    ("GET", r"/v2", "server_metadata"), ("GET", r"/v2/models(/[^/]+(/versions/[^/]+)?)?/stats", "model_stats"),
+    ("GET", r"/v2/models/[^/]+(/versions/[^/]+)?/config", "model_config"),
+    ("GET", r"/v2/models/[^/]+(/versions/[^/]+)?", "model_metadata"),
     ("GET", r"/v2/models/[^/]+(/versions/[^/]+)?/ready", "model_ready"),
-    ("POST", r"/v2/models/[^/]+(/versions/[^/]+)?/infer", "infer"), ("POST", r"/v1/jobs", "job_create"),
-    ("GET", r"/v1/jobs/[^/]+", "job_get"), ("DELETE", r"/v1/jobs/[^/]+", "job_delete"),
-    ("GET", r"/metrics", "metrics"), ("GET", r"/docs|/docs/oauth2-redirect|/redoc|/openapi\.json", "docs"))]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.retry_after = status, message, retry_after
+    ("POST", r"/v2/models/[^/]+(/versions/[^/]+)?/infer", "infer"), ("POST", r"/v2/repository/.*", "repository"),
+    ("POST", r"/v1/jobs", "job_create"), ("GET", r"/v1/jobs/[^/]+", "job_get"),
+    ("DELETE", r"/v1/jobs/[^/]+", "job_delete"), ("GET", r"/metrics", "metrics"),
+    ("GET", r"/docs(/[^/]+)?|/openapi\.json", "docs"))]
 
 
 def endpoint_of(method: str, path: str) -> str:
@@ -68,14 +73,9 @@ def outcome_of(status: int) -> str:
                                                                  "server_error")
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 class AccessLog:
     """ASGI middleware: a request id (``X-Request-ID``, the client's or new), one JSON access-log line per
-    request, and the request metrics."""
+    request, the request metrics, and ``Connection: close`` on every answer while draining."""
 
     def __init__(self, app, runtime: Runtime):
         self.app, self.runtime = app, runtime
@@ -91,8 +91,15 @@ class AccessLog:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                   (b"x-request-id", request_id.encode("latin-1"))]}
+                headers = list(message.get("headers", []))
+                if self.runtime.replica is None:
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                else:  # on Ray Serve: which replica answered (the proxy adds X-Request-ID, the id passed on here)
+                    headers.append((b"x-densepure-replica", self.runtime.replica.encode("latin-1")))
+                draining = self.runtime.loop.state is not LoopState.READY and self.runtime.loop.loaded
+                if draining and all(k.lower() != b"connection" for k, _ in headers):
+                    headers.append((b"connection", b"close"))  # the client should reconnect elsewhere
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -106,25 +113,11 @@ class AccessLog:
         self.runtime.metrics.request(endpoint, outcome, seconds)
         if self.runtime.options.access_log:
             client = scope.get("client")
-            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
+            line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id,
                     "client": f"{client[0]}:{client[1]}" if client else None, "method": method, "path": path,
                     "status": status, "endpoint": endpoint, "outcome": outcome, "duration_s": round(seconds, 6),
                     **scope["state"].get("log", {})}
             access_log.info(json.dumps(line, separators=(",", ":")))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the request body is {int(declared)} bytes; the limit is {limit} (--max-body-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes (--max-body-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _disconnected(request: Request) -> None:
@@ -140,27 +133,33 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         rt.loop.start()
+        await rt.jobs.start()
         try:
             yield
         finally:
             rt.loop.drain()
-            rt.jobs.cancel_all()
+            await rt.jobs.close(rt.limits.grace_s)
             await run_in_threadpool(rt.loop.stop)
 
     app = FastAPI(title="densepure", version=rt.server_metadata()["version"], lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Certified predictions (randomized smoothing with diffusion purification) over the "
-                              "Open Inference Protocol v2, and a jobs API for long certifications.")
+                              "Open Inference Protocol v2, and a jobs API for long certifications. Every error is "
+                              '`{"error": "..."}`.')
     app.add_middleware(AccessLog, runtime=rt)
     _add_error_handlers(app)
+    # before the OIP routes: /v2/models/stats is not the metadata of a model named "stats"
+    add_triton_routes(app, rt, lambda request: _read(rt, request),
+                      lambda name, version: _check_model(rt, name, version))
     _add_oip_routes(app, rt)
     _add_job_routes(app, rt)
+    add_docs_routes(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         body, content_type = rt.metrics.render()
         return Response(body, media_type=content_type)
 
-    app.openapi = lambda: _openapi(app)
     return app
 
 
@@ -169,13 +168,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError):
         if exc.status == 499:
             return Response(status_code=499)  # nobody is listening
-        return _error(exc.status, exc.message, exc.retry_after)
+        return error_response(exc.status, exc.message, exc.retry_after, exc.close)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed on "
                    f"{request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return _error(exc.status_code, message)
+        return error_response(exc.status_code, message)
 
     @app.exception_handler(ClientDisconnect)
     async def disconnect(request: Request, exc: ClientDisconnect):
@@ -185,7 +184,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def internal(request: Request, exc: Exception):
         request_id = request.scope.get("state", {}).get("request_id")
         log.error("internal error in request %s", request_id, exc_info=exc)
-        return _error(500, f"internal error (request id {request_id}); the server log has the details")
+        return error_response(500, f"internal error (request id {request_id}); the server log has the details")
 
 
 def _check_model(rt: Runtime, name: str, version: str | None = None) -> None:
@@ -200,8 +199,12 @@ def _check_ready(rt: Runtime) -> None:
         raise ApiError(503, state_message(rt.loop.state, rt.loop.load_error), retry_after=1)
 
 
+def _read(rt: Runtime, request: Request):
+    return read_body(request, rt.limits.max_body_bytes, rt.limits.read_timeout_s)
+
+
 async def _parse(rt: Runtime, request: Request, job: bool):
-    body = await read_body(request, rt.limits.max_body_bytes)
+    body = await _read(rt, request)
     try:
         parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH),
                                          rt.image_shape, rt.limits.max_batch, job)
@@ -216,9 +219,11 @@ async def _parse(rt: Runtime, request: Request, job: bool):
     return prepared, policies
 
 
-def _submit(rt: Runtime, work) -> None:
+async def _submit(rt: Runtime, work) -> None:
+    """Queue ``work`` (in a worker thread: splitting a large request across devices takes the policies' draws
+    one by one, which must not hold up the event loop)."""
     try:
-        rt.loop.submit(work)
+        await run_in_threadpool(rt.loop.submit, work)
     except QueueFull as exc:
         raise ApiError(503, str(exc), retry_after=exc.retry_after) from None
     except NotAccepting:
@@ -235,7 +240,7 @@ async def _run(rt: Runtime, request: Request, prepared: Prepared, policies, star
             future.set_result(outcome)
 
     work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(settle, outcome))
-    _submit(rt, work)
+    await _submit(rt, work)
     deadline = prepared.params.deadline_ms
     timeout = None if deadline is None else max(0.0, deadline / 1000 - (time.monotonic() - started))
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -256,15 +261,16 @@ async def _run(rt: Runtime, request: Request, prepared: Prepared, policies, star
 
 
 def _add_oip_routes(app: FastAPI, rt: Runtime) -> None:
-    errors = {s: {"model": ErrorResponse} for s in (400, 404, 413, 503, 504)}
+    errors = {s: {"model": ErrorResponse} for s in (400, 404, 408, 413, 415, 503, 504)}
+    unready = {503: {"model": ErrorResponse}}
 
-    @app.get("/v2/health/live", tags=["health"])
+    @app.get("/v2/health/live", tags=["health"], responses=unready)
     async def live():
         if rt.loop.state is LoopState.FAILED:
             raise ApiError(503, state_message(rt.loop.state, rt.loop.load_error))
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"])
+    @app.get("/v2/health/ready", tags=["health"], responses=unready)
     async def ready():
         _check_ready(rt)
         return {"ready": True}
@@ -273,14 +279,14 @@ def _add_oip_routes(app: FastAPI, rt: Runtime) -> None:
     async def server_metadata():
         return rt.server_metadata()
 
-    @app.get("/v2/models/{name}", tags=["metadata"])
-    @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"])
+    @app.get("/v2/models/{name}", tags=["metadata"], responses={404: errors[404]})
+    @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], responses={404: errors[404]})
     async def model_metadata(name: str, version: str | None = None):
         _check_model(rt, name, version)
         return rt.model_metadata()
 
-    @app.get("/v2/models/{name}/ready", tags=["health"])
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])
+    @app.get("/v2/models/{name}/ready", tags=["health"], responses={404: errors[404], **unready})
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"], responses={404: errors[404], **unready})
     async def model_ready(name: str, version: str | None = None):
         _check_model(rt, name, version)
         _check_ready(rt)
@@ -296,23 +302,33 @@ def _add_oip_routes(app: FastAPI, rt: Runtime) -> None:
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], openapi_extra=infer_doc,
               responses={200: {"model": InferenceResponse}, **errors})
     async def infer(name: str, request: Request, version: str | None = None):
-        """Certify or predict a batch of images (parameters: mode, alpha, n0, n, radius, deadline_ms)."""
-        started = time.monotonic()
+        """Certify or predict a batch of images (parameters: mode, alpha, n0, n, radius, deadline_ms or timeout,
+        priority)."""
+        started, t0 = time.monotonic(), time.perf_counter_ns()
         _check_model(rt, name, version)
-        _check_ready(rt)
-        prepared, policies = await _parse(rt, request, job=False)
-        outcome = await _run(rt, request, prepared, policies, started)
-        if isinstance(outcome, WorkFailed):
-            raise ApiError(_FAIL_STATUS[outcome.kind], outcome.message)
-        body, tensors = rt.response(prepared, outcome)
-        request.scope["state"]["log"].update(draws=int(sum(o.draws for o in outcome.images)),
-                                             queue_wait_s=round(outcome.queue_wait_s, 6))
-        content, headers = encode_response(body, tensors, {n for n, binary in prepared.outputs.items() if binary})
+        try:
+            _check_ready(rt)
+            prepared, policies = await _parse(rt, request, job=False)
+            t1 = time.perf_counter_ns()
+            outcome = await _run(rt, request, prepared, policies, started)
+            t2 = time.perf_counter_ns()
+            if isinstance(outcome, WorkFailed):
+                status = _FAIL_STATUS[outcome.kind]
+                raise ApiError(status, outcome.message, retry_after=1 if outcome.kind is FailKind.UNAVAILABLE else None)
+            body, tensors = rt.response(prepared, outcome)
+            request.scope["state"]["log"].update(draws=int(sum(o.draws for o in outcome.images)),
+                                                 queue_wait_s=round(outcome.queue_wait_s, 6))
+            content, headers = encode_response(body, tensors, {n for n, binary in prepared.outputs.items() if binary})
+        except BaseException:
+            rt.stats.fail(time.perf_counter_ns() - t0)
+            raise
+        t3, queue_ns = time.perf_counter_ns(), int(outcome.queue_wait_s * 1e9)
+        rt.stats.success(len(outcome.images), t3 - t0, queue_ns, t1 - t0, t2 - t1 - queue_ns, t3 - t2)
         return Response(content, headers=headers)
 
 
 def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
-    errors = {s: {"model": ErrorResponse} for s in (400, 404, 413, 503)}
+    errors = {s: {"model": ErrorResponse} for s in (400, 404, 408, 413, 415, 503)}
     job_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
 
@@ -321,22 +337,28 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     async def create_job(request: Request):
         """Start a long certification (an inference request; optional "model"); poll GET /v1/jobs/{id}."""
         _check_ready(rt)
-        if len(rt.jobs) >= rt.limits.max_jobs:
-            raise ApiError(503, f"{len(rt.jobs)} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
+        retained = await _maybe(rt.jobs.count())
+        if retained >= rt.limits.max_jobs:
+            raise ApiError(503, f"{retained} jobs are retained (--max-jobs {rt.limits.max_jobs}): fetch or "
                                 "delete finished ones", retry_after=10)
         prepared, policies = await _parse(rt, request, job=True)
         loop, job_id = asyncio.get_running_loop(), rt.jobs.new_id()
         work = rt.work(prepared, policies, lambda outcome: loop.call_soon_threadsafe(rt.jobs.finish, job_id, outcome))
-        _submit(rt, work)
         job = Job(job_id, work.id, len(policies), render=lambda result: response_object(*rt.response(prepared, result)))
-        rt.jobs.add(job)
+        await _maybe(rt.jobs.add(job))  # before the work is queued: its outcome may come back at once
+        accepted = rt.jobs.peek(job_id)
+        try:
+            await _submit(rt, work)
+        except BaseException:
+            rt.jobs.discard(job_id)
+            raise
         request.scope["state"]["log"]["job"] = job_id
-        return JSONResponse(rt.jobs.peek(job_id), status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
+        return JSONResponse(accepted, status_code=202, headers={"location": f"/v1/jobs/{job_id}"})
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def get_job(job_id: str):
         """A job's state; a final result is returned once, then forgotten."""
-        view = rt.jobs.view(job_id)
+        view = await _maybe(rt.jobs.view(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
@@ -344,22 +366,12 @@ def _add_job_routes(app: FastAPI, rt: Runtime) -> None:
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobState}, 404: errors[404]})
     async def delete_job(job_id: str):
         """Cancel a job (its engine slots are freed) and forget it."""
-        view = rt.jobs.delete(job_id)
+        view = await _maybe(rt.jobs.delete(job_id))
         if view is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, already fetched, or expired)")
         return view
 
 
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema, plus the protocol's request and response models (parsed by hand, so FastAPI does not
-    collect them itself)."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-        from pydantic.json_schema import models_json_schema
-
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, defs = models_json_schema([(m, "validation") for m in DOC_MODELS],
-                                     ref_template="#/components/schemas/{model}")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-        app.openapi_schema = schema
-    return app.openapi_schema
+async def _maybe(value):
+    """``value``, awaited if it is awaitable (a Ray replica's job store answers through the job board)."""
+    return await value if inspect.isawaitable(value) else value

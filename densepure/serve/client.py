@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Self
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class Client:
         self._http = httpx.Client(base_url=url, timeout=timeout)
         self.model = model
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from densepure.serve.loop import EngineLoop, FailKind, Outcome, WorkFailed, WorkResult
 
@@ -43,7 +43,7 @@ class Job:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 class JobStore:
@@ -62,6 +62,10 @@ class JobStore:
 
     def add(self, job: Job) -> None:
         self._jobs[job.id] = job
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job whose work was never queued."""
+        self._jobs.pop(job_id, None)
 
     def finish(self, job_id: str, outcome: Outcome) -> None:
         """Record a job's outcome (on the event loop)."""
@@ -92,17 +96,9 @@ class JobStore:
         job = self._jobs.get(job_id)
         if job is None:
             return None
-        out = self.peek(job_id)
         if job.finished is None:
-            progress = self.loop.progress(job.work_id)
-            if progress is not None:
-                admitted, draws = progress
-                job.status = JobStatus.RUNNING if admitted else JobStatus.QUEUED
-                out.update(status=job.status.value, draws=draws)
-            anytime = self.loop.anytime(job.work_id)
-            if anytime is not None:  # certify_anytime: the radius so far, per image, valid if the job stops now
-                out["anytime"] = anytime
-            return out
+            return self.progress_view(job_id)
+        out = self.peek(job_id)
         del self._jobs[job_id]
         if job.result is not None:
             out["result"] = job.result
@@ -125,3 +121,36 @@ class JobStore:
         for job in self._jobs.values():
             if job.finished is None:
                 self.loop.cancel(job.work_id)
+
+    def running(self) -> list[str]:
+        """The jobs not finished yet."""
+        return [job.id for job in self._jobs.values() if job.finished is None]
+
+    def work_of(self, job_id: str) -> str:
+        return self._jobs[job_id].work_id
+
+    def progress_view(self, job_id: str) -> dict:
+        """A running job's state and draws so far, and for ``certify_anytime`` each image's anytime
+        certificate so far (nothing is handed over)."""
+        job = self._jobs[job_id]
+        out = self.peek(job_id)
+        progress = self.loop.progress(job.work_id)
+        if progress is not None:
+            admitted, draws = progress
+            job.status = JobStatus.RUNNING if admitted else JobStatus.QUEUED
+            out.update(status=job.status.value, draws=draws)
+        anytime = self.loop.anytime(job.work_id)
+        if anytime is not None:  # certify_anytime: the radius so far, per image, valid if the job stops now
+            out["anytime"] = anytime
+        return out
+
+    # -- the server's lifecycle (a Ray replica's store shares its jobs: densepure.serve.ray_jobs) --------
+    async def start(self) -> None:
+        pass
+
+    async def close(self, wait_s: float) -> None:
+        """At shutdown: a server's jobs are cancelled (``wait_s`` is for a Ray replica's drain)."""
+        self.cancel_all()
+
+    def count(self) -> int:
+        return len(self)

@@ -1,14 +1,19 @@
 """The engine loop: the one thread that owns the engine, fed by every client's requests.
 
-Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a
-:class:`Work` (a request's images, one policy per image and its task); it goes on a bounded queue, or
-is refused with :class:`QueueFull` (the queue's request count or the worst-case draws of everything
-accepted would pass their caps). The loop thread builds the engine, warms it up, then repeats: apply
-cancellations, admit queued images into free engine slots, run one ``engine.step()`` (one UNet and one
-classifier batch mixing rows of every image in flight), and collect the images whose policy decided.
-A work whose images are all decided gets its :class:`WorkResult` through its ``on_done`` callback,
-called on the loop thread (a handler turns it into ``loop.call_soon_threadsafe``). When there is
-nothing to do the thread sleeps on a condition variable; submit, cancel and stop wake it.
+Request handlers (on the event loop, or any thread) call :meth:`EngineLoop.submit` with a :class:`Work` (a
+request's images, one policy per image and its task); it goes on a bounded queue, ordered by the work's
+priority (1 first; first come first served within a priority), or is refused with :class:`QueueFull` (the
+queue's request count or the worst-case draws of everything accepted would pass their caps). The loop thread
+builds the engine, warms it up, then repeats: apply cancellations, admit queued images into free engine
+slots, run one ``engine.step()`` (one UNet and one classifier batch mixing rows of every image in flight),
+and collect the images whose policy decided. A work whose images are all decided gets its
+:class:`WorkResult` through its ``on_done`` callback, called on the loop thread (a handler turns it into
+``loop.call_soon_threadsafe``). When there is nothing to do the thread sleeps on a condition variable;
+submit, cancel and stop wake it. A server with several devices runs one loop per device
+(:mod:`densepure.serve.devices`).
+
+A device that fails (a model's NaN, or :data:`MAX_STEP_FAILURES` engine steps in a row that raise) puts
+its loop in ``FAILED``: what it held is answered ``MODEL_ERROR`` and it takes no more work.
 
 Isolation: every image is keyed by ``(work id, index)`` and carries its own policy, seed and noise id;
 the engine's counts are per image, so no request sees another's draws.
@@ -16,101 +21,40 @@ the engine's counts are per image, so no request sees another's draws.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import logging
-import secrets
 import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from densepure.certify.tasks import AnytimeTask, PredictTask, Task
+from densepure.certify.tasks import PredictTask
 from densepure.engine.engine import Engine, ImageRequest
-from densepure.engine.policy import Policy
 from densepure.errors import DensePureError, InputError, ModelOutputError
-from densepure.noise import SEED_BITS, NoisePhase
+from densepure.noise import draw_seed
+from densepure.serve.work import (
+    FailKind,
+    ImageOutcome,
+    NotAccepting,
+    Outcome,
+    QueueFull,
+    Work,
+    WorkFailed,
+    WorkResult,
+    anytime_view,
+    image_outcome,
+    share_outcome,
+)
 
 log = logging.getLogger("densepure.serve")
+MAX_STEP_FAILURES = 3  # engine steps in a row that raise before a device is taken for failed
 
-
-class QueueFull(DensePureError):
-    """The server is at a backpressure bound; ``retry_after`` is a whole number of seconds to wait."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class NotAccepting(DensePureError):
-    """The loop is not taking work: still loading, draining for shutdown, or failed to load."""
-
-
-class FailKind(enum.Enum):
-    CANCELLED = "cancelled"  # the client went away, its deadline passed, or DELETE
-    BAD_INPUT = "bad_input"  # the engine refused an image (the protocol checks come first)
-    MODEL_ERROR = "model_error"  # a model returned NaN/inf for a batch this work had rows in
-    SHUTDOWN = "shutdown"
-    INTERNAL = "internal"
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    """One decided image: ``label`` (-1 abstains), ``radius`` (certify: Cohen's; certify_radius: the
-    requested radius when certified, else 0; predict: 0), ``draws`` (all phases), and the counts."""
-
-    label: int
-    radius: float
-    draws: int
-    selection_counts: np.ndarray
-    estimation_counts: np.ndarray
-
-
-@dataclass(frozen=True)
-class WorkResult:
-    images: tuple[ImageOutcome, ...]
-    queue_wait_s: float
-
-
-@dataclass(frozen=True)
-class WorkFailed:
-    kind: FailKind
-    message: str
-
-
-Outcome = WorkResult | WorkFailed
-
-
-@dataclass(eq=False)
-class Work:
-    """A request's images ``(B, C, H, W)`` float32 in [0, 1], one policy each, and how to answer it.
-
-    ``seed`` None draws a secret seed from the OS; image ``j`` has noise identity ``(seed, noise_id + j)``.
-    ``on_done`` is called exactly once, on the loop thread, with the :data:`Outcome`.
-    """
-
-    images: torch.Tensor
-    policies: Sequence[Policy]
-    task: Task
-    on_done: Callable[[Outcome], None]
-    draw_bound: int
-    seed: int | None = None
-    noise_id: int = 0
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # progress, written by the loop thread only
-    enqueued: float = 0.0
-    admitted: float | None = None
-    submitted: int = 0
-    outcomes: dict[int, ImageOutcome] = field(default_factory=dict)
-    draws_done: int = 0
-
-    def __post_init__(self) -> None:
-        if self.seed is None:
-            self.seed = secrets.randbits(SEED_BITS)
+__all__ = ["EngineLoop", "FailKind", "ImageOutcome", "LoopState", "NotAccepting", "Outcome", "QueueFull", "Work",
+           "WorkFailed", "WorkResult", "image_outcome"]
 
 
 class LoopState(enum.Enum):
@@ -126,15 +70,20 @@ class EngineLoop:
 
     ``metrics`` (optional) receives ``step(unet_rows, classifier_rows)``, ``queue_wait(seconds)``,
     ``image_done(draws)``, ``work_done(draws)`` and ``in_flight(images)``; ``on_fatal`` is called (loop
-    thread) if the engine cannot be built or warmed up.
+    thread) if the engine cannot be built or warmed up. ``setup`` runs first on the loop's thread (a CPU
+    device's thread count and cores); ``name`` names the device in the thread's name and the log.
     """
 
     def __init__(self, factory: Callable[[], Engine], max_queue: int, max_queued_draws: int, metrics=None,
-                 on_fatal: Callable[[BaseException], None] | None = None):
-        self._factory, self._metrics, self._on_fatal = factory, metrics, on_fatal
+                 on_fatal: Callable[[BaseException], None] | None = None, setup: Callable[[], None] | None = None,
+                 name: str | None = None):
+        self._factory, self._metrics, self._on_fatal, self._setup = factory, metrics, on_fatal, setup
+        self.name = name
         self.max_queue, self.max_queued_draws = int(max_queue), int(max_queued_draws)
         self._cond = threading.Condition()
-        self._queue: deque[Work] = deque()  # waiting for engine slots (the head may be partly admitted)
+        # waiting for engine slots, by (priority, arrival); the head may be partly admitted
+        self._queue: list[Work] = []
+        self._arrivals = itertools.count()
         self._works: dict[str, Work] = {}  # every accepted, unresolved work
         self._cancelled: list[Work] = []  # taken off the books by cancel(); the loop frees their slots
         self._pending_draws = 0
@@ -144,7 +93,8 @@ class EngineLoop:
         self.loaded = False  # the engine was built and warmed up
         self.engine: Engine | None = None
         self._rate = 0.0  # draws/s, smoothed: for Retry-After
-        self._thread = threading.Thread(target=self._main, name="densepure-engine", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="densepure-engine" + (f"-{name}" if name else ""),
+                                        daemon=True)
 
     # -- any thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,25 +111,33 @@ class EngineLoop:
                 self._cond.wait(left)
             return self.state is LoopState.READY
 
-    def submit(self, work: Work) -> None:
-        """Queue ``work`` or raise :class:`QueueFull` / :class:`NotAccepting` (nothing is queued then)."""
+    def submit(self, work: Work, force: bool = False) -> None:
+        """Queue ``work`` or raise :class:`QueueFull` / :class:`NotAccepting` (nothing is queued then).
+        ``force``: the work belongs to a request accepted already (a split request's next round, a work moved
+        off a failed device): the caps do not apply and it goes ahead of new works of its priority."""
         with self._cond:
             if self.state is not LoopState.READY:
                 raise NotAccepting(f"the server is {self.state.value}")
-            waiting = sum(1 for w in self._queue if w.admitted is None)
-            if waiting >= self.max_queue:
-                raise QueueFull(f"the queue is full ({waiting} requests waiting, --max-queue {self.max_queue})",
-                                self._retry_after(self._pending_draws))
             need = work.draw_bound * len(work.policies)
-            if self._pending_draws + need > self.max_queued_draws:
-                raise QueueFull(f"the server has {self._pending_draws} draws queued; this request may take {need} "
-                                f"(--max-queued-draws {self.max_queued_draws})",
-                                self._retry_after(self._pending_draws + need - self.max_queued_draws))
+            if not force:
+                self._check_room(need)
             work.enqueued = time.monotonic()
-            self._queue.append(work)
+            work.arrival = -1 if force else next(self._arrivals)
+            bisect.insort(self._queue, work, key=lambda w: (w.priority, w.arrival))
             self._works[work.id] = work
             self._pending_draws += need
             self._cond.notify()
+
+    def _check_room(self, need: int) -> None:
+        """Raise :class:`QueueFull` if a work of ``need`` draws would pass a cap (the lock is held)."""
+        waiting = sum(1 for w in self._queue if w.admitted is None)
+        if waiting >= self.max_queue:
+            raise QueueFull(f"the queue is full ({waiting} requests waiting, --max-queue {self.max_queue})",
+                            self._retry_after(self._pending_draws))
+        if self._pending_draws + need > self.max_queued_draws:
+            raise QueueFull(f"the server has {self._pending_draws} draws queued; this request may take {need} "
+                            f"(--max-queued-draws {self.max_queued_draws})",
+                            self._retry_after(self._pending_draws + need - self.max_queued_draws))
 
     def cancel(self, work_id: str) -> None:
         """Drop a work, queued or in flight: its draws leave the queue's count now, its engine slots are freed
@@ -225,16 +183,11 @@ class EngineLoop:
             return None if work is None else (work.admitted is not None, work.draws_done)
 
     def anytime(self, work_id: str) -> list[dict | None] | None:
-        """The anytime certificates so far of an unresolved anytime work, one per image (None for an image
-        whose selection is not complete), or None. The certificates are immutable values the loop thread
-        replaces as the radius grows."""
+        """The anytime certificates so far of an unresolved ``certify_anytime`` work (:func:`anytime_view`),
+        or None."""
         with self._cond:
             work = self._works.get(work_id)
-        if work is None or not isinstance(work.task, AnytimeTask):
-            return None
-        certificates = [getattr(policy, "certificate", None) for policy in work.policies]
-        return [None if c is None else {"label": c.label, "radius": c.radius, "p_a_lower": c.p_a_lower, "n": c.n}
-                for c in certificates]
+        return None if work is None else anytime_view(work.task, work.policies)
 
     def _retry_after(self, excess_draws: int) -> int:
         rate = self._rate if self._rate > 0 else 100.0
@@ -242,7 +195,10 @@ class EngineLoop:
 
     # -- the loop thread ----------------------------------------------------------------------
     def _main(self) -> None:
+        started = time.monotonic()
         try:
+            if self._setup is not None:
+                self._setup()
             engine = self._factory()
         except Exception as exc:  # noqa: BLE001  (a model that will not load: _fail_load reports it, the server exits)
             self._fail_load(exc)
@@ -250,12 +206,15 @@ class EngineLoop:
         self.engine = engine
         try:
             with engine, torch.inference_mode():
+                built = time.monotonic()
                 self._warm_up(engine)
                 with self._cond:
                     self.loaded = True
                     if self.state is LoopState.LOADING:
                         self.state = LoopState.DRAINING if self._draining else LoopState.READY
                     self._cond.notify_all()
+                log.info("ready%s: the models were built in %.1f s and warmed up in %.1f s",
+                         f" on {self.name}" if self.name else "", built - started, time.monotonic() - built)
                 self._serve(engine)
         except BaseException as exc:
             if self.state is LoopState.LOADING:
@@ -285,13 +244,13 @@ class EngineLoop:
         """A few draws of a mid-grey image through both models (on CUDA: allocations, kernels, graphs)."""
         policy = PredictTask(n=8).policy(engine.num_classes, engine.smoothing.sigma)
         engine.submit(ImageRequest("warm-up", torch.full(engine.image_shape, 0.5), policy,
-                                   seed=secrets.randbits(SEED_BITS)))
+                                   seed=draw_seed()))
         while not engine.idle:
             engine.step()
         engine.collect()
 
     def _serve(self, engine: Engine) -> None:
-        last = engine.stats
+        last, failures = engine.stats, 0
         while True:
             with self._cond:
                 while not (self._stop or self._cancelled or self._queue) and engine.idle:
@@ -306,16 +265,20 @@ class EngineLoop:
                 started = time.monotonic()
                 try:
                     engine.step()
+                    failures = 0
                 except ModelOutputError as exc:
                     # no certificate may come from a model that returned NaN/inf (and the executor's flag
                     # stays set): fail what is in flight, stop accepting, report unready and unlive
-                    log.error("model output error, the server stops serving: %s", exc)
-                    self._fail_in_flight(engine, WorkFailed(FailKind.MODEL_ERROR, str(exc)))
-                    with self._cond:
-                        self.state, self.load_error = LoopState.FAILED, exc
+                    log.error("model output error%s, it stops serving: %s", self._where, exc)
+                    self._fail(engine, exc)
                     return
-                except Exception:  # a bug: fail what is in flight, keep serving, keep the traceback in the log
-                    log.exception("engine step failed")
+                except Exception as exc:  # a bug: fail what is in flight, keep serving, keep the traceback in the log
+                    failures += 1
+                    log.exception("engine step failed%s", self._where)
+                    if failures >= MAX_STEP_FAILURES:  # not one request's bad luck: the device is failing
+                        log.error("%d engine steps in a row failed%s, it stops serving", failures, self._where)
+                        self._fail(engine, exc)
+                        return
                     self._fail_in_flight(engine, WorkFailed(FailKind.INTERNAL, "internal error in the engine"))
                 now = engine.stats
                 self._account(now.unet_rows - last.unet_rows, now.classifier_rows - last.classifier_rows,
@@ -326,6 +289,18 @@ class EngineLoop:
             if self._metrics is not None:
                 self._metrics.in_flight(sum(w.submitted - len(w.outcomes) for w in self._snapshot()))
 
+    @property
+    def _where(self) -> str:
+        return f" on {self.name}" if self.name else ""
+
+    def _fail(self, engine: Engine, exc: BaseException) -> None:
+        """The device failed: what is in flight is answered MODEL_ERROR (the state says FAILED first, so that a
+        device group knows why), the queued works when the loop ends."""
+        with self._cond:
+            self.state, self.load_error = LoopState.FAILED, exc
+            self._cond.notify_all()
+        self._fail_in_flight(engine, WorkFailed(FailKind.MODEL_ERROR, str(exc) or type(exc).__name__))
+
     def _admit(self, engine: Engine) -> None:
         """Move queued images into free engine slots, first come first served."""
         while engine.free_slots > 0:
@@ -334,7 +309,7 @@ class EngineLoop:
                     return
                 work = self._queue[0]
                 if work.submitted + 1 >= len(work.policies):
-                    self._queue.popleft()
+                    self._queue.pop(0)
             j = work.submitted
             try:
                 engine.submit(ImageRequest((work.id, j), work.images[j], work.policies[j], work.seed,
@@ -353,7 +328,9 @@ class EngineLoop:
         work = self._works.get(work_id)
         if work is None:
             return
-        outcome = image_outcome(work.task, request.policy, engine.smoothing.sigma, j)
+        policy = request.policy
+        outcome = (share_outcome(policy) if work.partial else
+                   image_outcome(work.task, policy, engine.smoothing.sigma, j))
         work.outcomes[j] = outcome
         if self._metrics is not None:
             self._metrics.image_done(outcome.draws)
@@ -373,7 +350,7 @@ class EngineLoop:
             for j in range(work.submitted):
                 if j not in work.outcomes:
                     engine.cancel((work.id, j))
-        if self._metrics is not None and isinstance(outcome, WorkResult):
+        if self._metrics is not None and isinstance(outcome, WorkResult) and not work.partial:
             self._metrics.work_done(sum(image.draws for image in outcome.images))
         try:
             work.on_done(outcome)
@@ -411,14 +388,3 @@ class EngineLoop:
             self._rate = 0.8 * self._rate + 0.2 * draws / seconds if self._rate else draws / seconds
         if self._metrics is not None:
             self._metrics.step(unet_rows, classifier_rows)
-
-
-def image_outcome(task: Task, policy: Policy, sigma: float, index: int) -> ImageOutcome:
-    """The answer for one decided image, through the task's own record (so its statistics are the
-    certify command's): label, radius, draws and the counts."""
-    record = task.record(index, -1, 0.0, policy.counts, sigma, getattr(policy, "result", None))
-    classes = policy.num_classes
-    selection = policy.counts.get(NoisePhase.SELECTION, np.zeros(classes, dtype=np.int64))
-    estimation = policy.counts.get(NoisePhase.ESTIMATION, policy.counts.get(NoisePhase.PREDICT))
-    return ImageOutcome(record.row.predict, record.row.radius, policy.total_draws, selection.copy(),
-                        estimation.copy())

@@ -7,7 +7,11 @@ OIP v2 request ``parameters`` (all optional):
   draws: a job streams it as it grows) or ``predict`` (Cohen's PREDICT);
 * ``alpha`` (at most the server's), ``n0`` (certify modes), ``n`` (CERTIFY/PREDICT draws, or the
   sequential test's largest n), ``radius`` (certify_radius; default sigma);
-* ``deadline_ms`` (infer only; ``timeout`` is Triton's reserved name);
+* ``deadline_ms`` (infer only), or Triton's ``timeout`` in microseconds (the same deadline; 0 is none);
+* ``priority`` (Triton's schedule policy): 1 (first) to :data:`PRIORITY_LEVELS` (last); 0 or absent is
+  :data:`DEFAULT_PRIORITY`. Queued requests enter the engine by priority, first come first served within
+  one; images already in the engine keep their slots. A client may choose any priority: it orders
+  cooperating clients, it is no access control;
 * ``seed`` and ``noise_id`` (only with ``--allow-client-seed``): image ``j`` of the request is drawn
   with the noise identity ``(seed, noise_id + j)``, exactly as ``densepure certify --seed`` keys
   dataset image ``noise_id + j``;
@@ -29,6 +33,8 @@ from densepure.errors import InputError
 from densepure.noise import IMAGE_BITS, SEED_BITS
 
 MAX_DEADLINE_MS = 24 * 3600 * 1000
+PRIORITY_LEVELS = 9
+DEFAULT_PRIORITY = 5
 
 
 class ServeMode(enum.Enum):
@@ -68,9 +74,11 @@ class RequestParams:
     seed: int | None  # the client's, only with --allow-client-seed
     noise_id: int
     binary_output: bool
+    priority: int = DEFAULT_PRIORITY  # 1 enters the engine first
 
 
-_COMMON = {"mode", "alpha", "n", "seed", "noise_id", "binary_data_output"}
+_COMMON = {"mode", "alpha", "n", "seed", "noise_id", "binary_data_output", "priority"}
+_DEADLINES = {"deadline_ms", "timeout"}
 _ALLOWED = {ServeMode.CERTIFY_RADIUS: _COMMON | {"n0", "radius"}, ServeMode.CERTIFY: _COMMON | {"n0"},
             ServeMode.CERTIFY_ANYTIME: _COMMON | {"n0"}, ServeMode.PREDICT: set(_COMMON)}
 
@@ -94,19 +102,17 @@ def parse_params(raw: Mapping[str, object], server: ServerDefaults, batch: int, 
     the problem (an unknown or misplaced parameter, a wrong type, a value over a cap)."""
     if not isinstance(raw, Mapping):
         raise InputError(f"parameters must be a JSON object, got {type(raw).__name__}")
-    if "timeout" in raw:
-        raise InputError("parameter timeout is reserved by Triton: use deadline_ms")
     mode_value = raw.get("mode", ServeMode.CERTIFY_RADIUS.value)
     try:
         mode = ServeMode(mode_value)
     except ValueError:
         raise InputError(f"parameter mode must be one of {', '.join(m.value for m in ServeMode)}, "
                          f"got {mode_value!r}") from None
-    allowed = _ALLOWED[mode] | (set() if job else {"deadline_ms"})
+    allowed = _ALLOWED[mode] | (set() if job else _DEADLINES)
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise InputError(f"unknown parameter {unknown[0]!r} for mode {mode.value}"
-                         f"{' (jobs take no deadline_ms)' if job and unknown[0] == 'deadline_ms' else ''}; "
+                         f"{f' (jobs take no {unknown[0]})' if job and unknown[0] in _DEADLINES else ''}; "
                          f"allowed: {', '.join(sorted(allowed))}")
     alpha = _real("alpha", raw.get("alpha", server.alpha))
     if not 0 < alpha <= server.alpha:
@@ -119,11 +125,8 @@ def parse_params(raw: Mapping[str, object], server: ServerDefaults, batch: int, 
         radius = _real("radius", raw.get("radius", server.sigma))
         if radius < 0:
             raise InputError(f"parameter radius must be >= 0, got {radius}")
-    deadline = raw.get("deadline_ms")
-    if deadline is not None:
-        deadline = _real("deadline_ms", deadline)
-        if not 0 < deadline <= MAX_DEADLINE_MS:
-            raise InputError(f"parameter deadline_ms must be in (0, {MAX_DEADLINE_MS}], got {deadline}")
+    deadline = _deadline(raw)
+    priority = _int("priority", raw.get("priority", 0), 0, PRIORITY_LEVELS, " (0: the default)") or DEFAULT_PRIORITY
     seed, noise_id = raw.get("seed"), raw.get("noise_id", 0)
     if ("seed" in raw or "noise_id" in raw) and not server.allow_client_seed:
         raise InputError("parameters seed and noise_id are accepted only when the server runs with "
@@ -134,7 +137,22 @@ def parse_params(raw: Mapping[str, object], server: ServerDefaults, batch: int, 
     binary = raw.get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise InputError(f"parameter binary_data_output must be true or false, got {binary!r}")
-    return RequestParams(mode, alpha, n0, n, radius, deadline, seed, noise_id, binary)
+    return RequestParams(mode, alpha, n0, n, radius, deadline, seed, noise_id, binary, priority)
+
+
+def _deadline(raw: Mapping[str, object]) -> float | None:
+    """``deadline_ms``, or Triton's ``timeout`` (microseconds, 0: none) in milliseconds; None: no deadline."""
+    if "deadline_ms" in raw and "timeout" in raw:
+        raise InputError("parameters deadline_ms and timeout are the same deadline: give one")
+    if "timeout" in raw:
+        timeout = _int("timeout", raw["timeout"], 0, MAX_DEADLINE_MS * 1000, " microseconds (0: none)")
+        return timeout / 1000 if timeout else None
+    deadline = raw.get("deadline_ms")
+    if deadline is not None:
+        deadline = _real("deadline_ms", deadline)
+        if not 0 < deadline <= MAX_DEADLINE_MS:
+            raise InputError(f"parameter deadline_ms must be in (0, {MAX_DEADLINE_MS}], got {deadline}")
+    return deadline
 
 
 def task_for(params: RequestParams) -> Task:
@@ -147,16 +165,3 @@ def task_for(params: RequestParams) -> Task:
     if params.mode is ServeMode.CERTIFY_ANYTIME:
         return AnytimeTask(params.n0, params.n, params.alpha)
     return SequentialTask(params.n0, params.radius, params.alpha, n_max=params.n)
-
-
-def method_of(task: Task) -> str:
-    """A short name of the statistical procedure, echoed in responses (a task may name its own)."""
-    if isinstance(task, SequentialTask):
-        return f"sequential_{task.method.value}"  # e.g. sequential_exact: the exact-boundary test
-    return {PredictTask: "cohen_predict", CertifyTask: "cohen_certify", AnytimeTask: "anytime_betting"}.get(
-        type(task), type(task).__name__)
-
-
-def draw_bound(task: Task) -> int:
-    """The most draws one image of ``task`` can take (the queued-draws cap counts these)."""
-    return task.max_draws()

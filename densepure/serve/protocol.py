@@ -9,7 +9,11 @@ Request (``POST /v2/models/{name}/infer``)::
 ``data`` is row-major, flat or nested; FP32 values in [0, 1], UINT8 values 0..255 (divided by 255).
 Binary tensor data extension: the body is the JSON header followed by the raw little-endian tensor
 bytes, the header's length in the ``Inference-Header-Content-Length`` HTTP header, and each input
-that is sent in binary says ``"parameters": {"binary_data_size": N}`` instead of ``data``. Outputs
+that is sent in binary says ``"parameters": {"binary_data_size": N}`` instead of ``data``. The
+payload cannot say its byte order: FP32 data sent big-endian is refused when a value reads as NaN, inf,
+outside [0, 1] (a byte-swapped 0.1 reads as -4.3e8) or a subnormal number (a byte-swapped 0.5 reads as
+8.8e-44; no real pixel lies in (0, 1.2e-38)). Of the 256 values k/255 of an 8-bit image, every one but
+0 is caught that way, so only an all-black image passes byte-swapped. UINT8 has no byte order. Outputs
 come back in binary when an output asks ``binary_data: true`` or the request parameter
 ``binary_data_output`` is true (BOOL as one byte per element).
 
@@ -158,6 +162,8 @@ def _parse_image(tensor: dict, binary: bytes, image_shape: tuple[int, int, int],
         if "data" in tensor:
             raise ProtocolError(f"input {INPUT_NAME} has both data and binary_data_size")
         values, used = _binary_values(params["binary_data_size"], binary, DTYPES[datatype], count)
+        if datatype == "FP32":
+            _check_byte_order(values)
     else:
         if "data" not in tensor:
             raise ProtocolError(f"input {INPUT_NAME} has no data (JSON data or binary_data_size)")
@@ -174,6 +180,15 @@ def _binary_values(size: object, binary: bytes, dtype: np.dtype, count: int) -> 
         raise ProtocolError(f"binary_data_size is {size} bytes but only {len(binary)} binary bytes follow the "
                             "JSON header (is Inference-Header-Content-Length right?)")
     return np.frombuffer(binary[:size], dtype=dtype), size
+
+
+def _check_byte_order(values: np.ndarray) -> None:
+    """Refuse FP32 pixels that are subnormal: a [0, 1] image sent big-endian (the range check catches the rest)."""
+    tiny = np.finfo(np.float32).tiny
+    subnormal = (values != 0) & (np.abs(values) < tiny)
+    if subnormal.any():
+        raise ProtocolError(f"input {INPUT_NAME} holds subnormal FP32 values (e.g. {float(values[subnormal][0]):.3g}): "
+                            "binary tensor data is little-endian; was it sent big-endian?")
 
 
 def _json_values(data: object, datatype: str, count: int) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""A server's state, independent of HTTP: options, the engine loop, metrics, jobs, and the answers they make.
+"""A server's state, independent of HTTP: options, the engine loops, metrics, jobs, and the answers they make.
 
-:class:`Runtime` turns a parsed request into a :class:`~densepure.serve.loop.Work` and a decided work into
-the output tensors and the response body; the routes (:mod:`densepure.serve.app`) only move bytes.
+:class:`Runtime` turns a parsed request into a :class:`~densepure.serve.work.Work` and a decided work into
+the output tensors and the response body; the routes (:mod:`densepure.serve.app`) only move bytes. Its
+``loop`` is a :class:`~densepure.serve.devices.DeviceGroup`: one engine loop per device (one, by default).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from densepure.engine.engine import Engine
 from densepure.errors import DensePureError, InputError
 from densepure.noise import added_failure, sound_table
 from densepure.noise.sound import grid_indices
+from densepure.serve.devices import DeviceGroup, cpu_threads, device_labels, resolve_devices
 from densepure.serve.jobs import JobStore
 from densepure.serve.loop import EngineLoop, LoopState, Work, WorkResult
 from densepure.serve.metrics import ServeMetrics
@@ -28,13 +30,12 @@ from densepure.serve.params import (
     RequestParams,
     ServeMode,
     ServerDefaults,
-    draw_bound,
-    method_of,
     parse_params,
     task_for,
 )
 from densepure.serve.protocol import OUTPUTS, InferRequest, OutputRequest, Tensor
 from densepure.serve.settings import ServeOptions
+from densepure.serve.stats import ModelStats
 
 MODEL_VERSION = "1"
 DEFAULT_OUTPUTS = {ServeMode.PREDICT: ("label", "draws"), ServeMode.CERTIFY: ("label", "radius", "draws"),
@@ -53,27 +54,53 @@ class Prepared:
 
 
 class Runtime:
-    """Everything a server holds; ``engine_factory`` (default: :func:`build_engine` of the options) is called
-    on the engine loop's thread."""
+    """Everything a server holds; ``engine_factory(device)`` (default: :func:`build_engine` of the options on
+    that device) is called on each device's engine loop thread. ``build`` adds labels to
+    ``densepure_build_info`` (a Ray replica's name)."""
 
-    def __init__(self, options: ServeOptions, engine_factory: Callable[[], Engine] | None = None):
+    def __init__(self, options: ServeOptions, engine_factory: Callable[[str], Engine] | None = None,
+                 build: dict[str, str] | None = None):
         from densepure.models import get_preset
 
         self.options, self.limits = options, options.limits
+        self.replica = (build or {}).get("replica")
         self.image_shape = options.image_shape()
-        self.smoothing = options.job.smoothing(get_preset(options.job.preset).schedule)
         job = options.job
-        self.defaults = ServerDefaults(job.n0, job.n, job.alpha, self.smoothing.sigma, self.limits.max_n0,
+        self.smoothing = job.smoothing_config(get_preset(job.models.preset).schedule)
+        sampling, run = job.sampling, job.execution
+        self.defaults = ServerDefaults(sampling.n0, sampling.n, sampling.alpha, self.smoothing.sigma, self.limits.max_n0,
                                        self.limits.max_n, self.limits.max_batch, self.limits.allow_client_seed)
+        self.devices = resolve_devices(options.placement.devices, run.device)
         self.metrics = ServeMetrics({"version": __version__, "torch": torch.__version__, "model": self.model_name,
-                                     "mode": self.smoothing.mode.value, "backend": job.backend.value,
-                                     "precision": job.precision.value, "device": job.device})
-        factory = engine_factory or (lambda: build_engine(options.job, self.image_shape, options.num_classes,
-                                                          image_slots=self.limits.image_slots))
+                                     "mode": self.smoothing.mode.value, "backend": run.backend.value,
+                                     "precision": run.precision.value, "device": ",".join(self.devices),
+                                     **(build or {})})
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.loop = EngineLoop(factory, self.limits.max_queue, self.limits.max_queued_draws, self.metrics,
-                               on_fatal=self._fatal)
+        self.loop = self._device_group(engine_factory or self._build_engine)
         self.jobs = JobStore(self.loop, self.limits.max_jobs, self.limits.job_ttl_s)
+        self.stats = ModelStats()
+
+    def _build_engine(self, device: str) -> Engine:
+        job = self.options.job
+        if self.options.placement.devices:  # else the job's own --device, as given
+            job = job.replace(device=device)
+        return build_engine(job, self.image_shape, self.options.num_classes, image_slots=self.limits.image_slots)
+
+    def _device_group(self, factory: Callable[[str], Engine]) -> DeviceGroup:
+        """One engine loop per device, with its metrics, behind one :class:`DeviceGroup`."""
+        labels, several = device_labels(self.devices), len(self.devices) > 1
+        loops = []
+        placement = self.options.placement
+        setups = cpu_threads(self.devices, placement.device_threads, placement.pin_cores)
+        for device, label, setup in zip(self.devices, labels, setups, strict=True):
+            loop = EngineLoop(lambda device=device: factory(device), self.limits.max_queue,
+                              self.limits.max_queued_draws, self.metrics.device(label), on_fatal=self._fatal,
+                              setup=setup, name=label if several else None)
+            self.metrics.device(label, queued=loop.queued_draws,
+                                up=lambda loop=loop: float(loop.state is LoopState.READY))
+            loops.append(loop)
+        return DeviceGroup(loops, labels, self.options.placement.split_min_draws, self.options.job.execution.lookahead,
+                           self.metrics)
 
     def _fatal(self, exc: BaseException) -> None:
         if self.on_fatal is not None:
@@ -101,8 +128,8 @@ class Runtime:
         if job and params.binary_output:
             raise InputError("jobs return JSON: binary_data_output applies to infer only")
         task = task_for(params)
-        if batch * draw_bound(task) > self.limits.max_queued_draws:
-            raise InputError(f"this request may take {batch * draw_bound(task)} draws ({batch} image(s)); the "
+        if batch * task.max_draws > self.limits.max_queued_draws:
+            raise InputError(f"this request may take {batch * task.max_draws} draws ({batch} image(s)); the "
                              f"server's cap on queued draws is {self.limits.max_queued_draws}")
         outputs = self._outputs(params, request.outputs, job)
         if self.smoothing.sound:  # an image off the grid is the client's error: 400, naming the grid
@@ -125,8 +152,8 @@ class Runtime:
 
     def work(self, prepared: Prepared, policies: list, on_done) -> Work:
         images = torch.from_numpy(np.ascontiguousarray(prepared.request.images))
-        return Work(images, policies, prepared.task, on_done, draw_bound(prepared.task), seed=prepared.params.seed,
-                    noise_id=prepared.params.noise_id)
+        return Work(images, policies, prepared.task, on_done, prepared.task.max_draws, seed=prepared.params.seed,
+                    noise_id=prepared.params.noise_id, priority=prepared.params.priority)
 
     def response(self, prepared: Prepared, result: WorkResult) -> tuple[dict, list[Tensor]]:
         """The response body (without outputs) and the output tensors of a decided request."""
@@ -148,7 +175,7 @@ class Runtime:
     def echo(self, params: RequestParams, task: Task) -> dict:
         """Response parameters: the smoothing configuration, the statistics and the method."""
         out = {"mode": params.mode.value, **self.smoothing_parameters(), "alpha": params.alpha,
-               "method": method_of(task), "n": params.n}
+               "method": task.procedure, "n": params.n}
         if params.n0 is not None:
             out["n0"] = params.n0
         if params.radius is not None:
@@ -162,7 +189,7 @@ class Runtime:
     def effective_alpha(self, alpha: float, task: Task) -> float:
         """``alpha`` plus what the sound noise's sampler adds for one image of ``task`` (docs/guarantees.md)."""
         table = sound_table(self.smoothing.levels, self.smoothing.noise_sigma())
-        return math.nextafter(alpha + added_failure(table, math.prod(self.image_shape), task.max_draws()), math.inf)
+        return math.nextafter(alpha + added_failure(table, math.prod(self.image_shape), task.max_draws), math.inf)
 
     def smoothing_parameters(self) -> dict:
         s = self.smoothing
@@ -177,7 +204,9 @@ class Runtime:
 
     # -- metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "densepure", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+        return {"name": "densepure", "version": __version__,
+                "extensions": ["binary_tensor_data", "parameters", "schedule_policy", "model_configuration",
+                               "statistics", "model_repository"]}
 
     def model_metadata(self) -> dict:
         c, h, w = self.image_shape

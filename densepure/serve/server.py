@@ -4,19 +4,26 @@ Startup: uvicorn listens at once (``/v2/health/live`` answers), the engine loop 
 models (``/v2/health/ready`` turns 200). If they cannot be loaded the server stops and :func:`run_server`
 raises the loading error (the CLI prints it on one line, exit 2).
 
-SIGTERM or SIGINT: the engine loop stops accepting work (new requests: 503), uvicorn closes the
-listening socket and waits up to ``grace_s`` for the requests in flight, which the engine keeps
-running; past it their handlers are cancelled (their work with them). Jobs are cancelled, the engine
+SIGTERM or SIGINT: the engine loop stops accepting work and the server drains. It keeps listening
+while requests are in flight, up to ``grace_s``: new requests (and ``/v2/health/ready``) are
+answered 503 with Retry-After, every answer says ``Connection: close``, and the engine keeps running
+the requests it accepted. When none is left, or the grace period is over, uvicorn closes the
+listening socket and cancels what is still running (a 503 for each). Jobs are cancelled, the engine
 loop ends, and :func:`run_server` returns 0. A second SIGINT forces the exit.
+
+The HTTP layer (:mod:`densepure.serve.http11`) bounds connections, read time and keep-alive, and answers
+malformed HTTP with the same JSON errors as the routes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
 import socket
 import sys
+import time
 
 from densepure.errors import ConfigError, DensePureError
 from densepure.serve import require_extra
@@ -77,16 +84,23 @@ def _server(options: ServeOptions, runtime):
     import uvicorn
 
     from densepure.serve.app import create_app
+    from densepure.serve.http11 import protocol_class
+
+    grace = options.limits.grace_s
 
     class Server(uvicorn.Server):
+        drain_started: float | None = None
+
         @contextlib.contextmanager
         def capture_signals(self):
             # uvicorn's own re-raises the signal after shutdown (exit status 143); a drained SIGTERM exits 0
             def handle(sig, frame):
                 if self.should_exit and sig == signal.SIGINT:
                     self.force_exit = True
-                log.info("signal %s: draining (grace period %.0f s)", signal.Signals(sig).name, options.limits.grace_s)
+                log.info("signal %s: draining (grace period %.0f s)", signal.Signals(sig).name, grace)
                 runtime.loop.drain()
+                if self.drain_started is None:
+                    self.drain_started = time.monotonic()
                 self.should_exit = True
 
             previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -96,9 +110,20 @@ def _server(options: ServeOptions, runtime):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+        async def shutdown(self, sockets=None):
+            """Still listening, answer 503 until the requests in flight are done or the grace period is over;
+            then uvicorn's shutdown (closes the socket, cancels what is left) with the time that remains."""
+            started = self.drain_started or time.monotonic()
+            while self.server_state.tasks and not self.force_exit and time.monotonic() - started < grace:
+                await asyncio.sleep(0.05)
+            self.config.timeout_graceful_shutdown = max(0.1, grace - (time.monotonic() - started))
+            await super().shutdown(sockets)
+
+    limits = options.limits
+    http = protocol_class(limits.max_connections, limits.read_timeout_s, runtime.metrics.http_refused)
     config = uvicorn.Config(create_app(runtime), host=options.host, port=options.port, access_log=False,
-                            log_config=_logging(options.log_level), timeout_graceful_shutdown=options.limits.grace_s,
-                            lifespan="on", server_header=False)
+                            log_config=_logging(options.log_level), timeout_graceful_shutdown=grace,
+                            timeout_keep_alive=limits.keep_alive_s, http=http, lifespan="on", server_header=False)
     server = Server(config)
 
     def fatal(exc: BaseException) -> None:

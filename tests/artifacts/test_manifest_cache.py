@@ -132,7 +132,7 @@ def test_built_from_lists_engines_of_one_graph_by_manifest(tmp_path):
     cache = EngineCache(tmp_path)
     assert cache.built_from(SHA) == []
     keys = [cache_key(SHA, BuildSettings().key_fields(), m) for m in (H100, ORIN)]
-    entries = [cache.store(k, b"plan", engine_manifest(b"plan", k, m)) for k, m in zip(keys, (H100, ORIN))]
+    entries = [cache.store(k, b"plan", engine_manifest(b"plan", k, m)) for k, m in zip(keys, (H100, ORIN), strict=True)]
     other = hashlib.sha256(b"other graph").hexdigest()
     okey = cache_key(other, BuildSettings().key_fields(), H100)
     cache.store(okey, b"plan", dataclasses.replace(engine_manifest(b"plan", okey), onnx_sha256=other))

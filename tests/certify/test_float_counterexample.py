@@ -27,7 +27,6 @@ import torch
 from scipy import stats
 from torch import nn
 
-from densepure.certify.stats import certify_from_counts, predict_from_counts
 from densepure.diffusion import Mode, NoiseKind, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
@@ -35,6 +34,7 @@ from densepure.engine.policy import FixedPolicy
 from densepure.errors import InputError
 from densepure.models.classifiers import Classifier, Preprocess
 from densepure.noise import NoisePhase
+from densepure.stats.cohen import certify_from_counts, predict_from_counts
 
 SHAPE, SIGMA, ALPHA, LEVELS = (1, 64, 64), 1.0, 0.001, 255
 N0, N = 10, 100

@@ -6,11 +6,11 @@ import torch
 from scipy.stats import beta, norm
 
 from densepure.certify.procedures import certify, certify_sequential, predict
-from densepure.certify.sequential import SequentialDecision
 from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
+from densepure.stats.sequential import SequentialDecision
 
 
 class BernoulliCounter:
@@ -60,7 +60,7 @@ def test_sequential_stops_early_on_a_confident_input_and_reads_prefixes():
     assert out.result.decision is SequentialDecision.CERTIFIED
     assert out.result.n_used < 1000 and out.draws == 10 + out.result.n_used
     est = [c for c in counter.calls if c[0] is NoisePhase.ESTIMATION]
-    assert est[0][1] == 0 and all(a[2] == b[1] for a, b in zip(est, est[1:]))  # contiguous prefix
+    assert est[0][1] == 0 and all(a[2] == b[1] for a, b in zip(est, est[1:], strict=False))  # contiguous prefix
 
 
 def test_sequential_gives_up_early_when_hopeless():

@@ -12,12 +12,12 @@ import os
 import pytest
 
 from densepure.certify import job as job_module
-from densepure.certify.analyze import Run, load_run, summarize_predictions
-from densepure.certify.records import PREDICT_HEADER, TSV_HEADER, IfExists, ImageRecord, ResultRow, TsvKind
-from densepure.certify.results import read_results, read_sidecar, sidecar_path
-from densepure.certify.writer import check_results, open_results
 from densepure.cli import main
 from densepure.errors import InputError
+from densepure.results.analyze import Run, load_run, summarize_predictions
+from densepure.results.files import read_results, read_sidecar, sidecar_path
+from densepure.results.records import PREDICT_HEADER, TSV_HEADER, IfExists, ImageRecord, ResultRow, TsvKind
+from densepure.results.writer import check_results, open_results
 
 CONFIG = {"mode": "densepure", "sigma": 0.25}
 
@@ -210,4 +210,5 @@ def test_a_changed_configuration_names_overwrite(capsys, tmp_path):
     code, _, err = run_cli(capsys, *base, "--sigma", "0.5")
     assert code == 2 and err.count("\n") == 1 and "sigma: 0.25 -> 0.5" in err
     assert "start this one again with --overwrite" in err
+    assert err.index("--output") < err.index("--overwrite") < err.index("sigma: 0.25")  # the fix before the hashes
     assert run_cli(capsys, *base, "--sigma", "0.5", "--overwrite")[0] == 0

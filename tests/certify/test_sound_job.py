@@ -9,34 +9,34 @@ import numpy as np
 import pytest
 
 from densepure.certify.job import JobOptions, prepare, prepare_draft, run
-from densepure.certify.results import read_sidecar
 from densepure.certify.tasks import AnytimeTask
 from densepure.cli import main
 from densepure.diffusion import NoiseKind
 from densepure.errors import ConfigError, InputError
 from densepure.noise import added_failure, sound_table
+from densepure.results.files import read_sidecar
 
 SMALL = {"n0": 5, "n": 12, "num_chains": 3, "max": 1, "seed": 3, "device": "cpu"}
 
 
 def options(tmp_path, **overrides) -> JobOptions:
-    return JobOptions(**{**SMALL, **overrides}, output=str(tmp_path / "r.tsv"))
+    return JobOptions.build(**{**SMALL, **overrides}, output=str(tmp_path / "r.tsv"))
 
 
 def test_the_digits_run_sound_noise_and_record_it_with_the_effective_alpha(tmp_path):
     draft = prepare_draft(options(tmp_path))
-    assert draft.options.noise is NoiseKind.SOUND and draft.options.levels == 16
+    assert draft.options.smoothing.noise is NoiseKind.SOUND and draft.options.smoothing.levels == 16
     added = added_failure(sound_table(16, 0.25), 64, 5 + 12)
     assert draft.record["noise"] == "sound" and draft.record["levels"] == 16
     assert draft.record["effective_alpha"] == math.nextafter(0.001 + added, math.inf) > 0.001
     floats = prepare_draft(options(tmp_path, noise="float"))
-    assert floats.options.levels is None  # float runs record no noise: the records of earlier runs
+    assert floats.options.smoothing.levels is None  # float runs record no noise: the records of earlier runs
     assert not {"noise", "levels", "effective_alpha"} & set(floats.record)
 
 
 def test_a_resume_with_the_other_noise_is_refused(tmp_path):
     run(prepare(options(tmp_path)))
-    with pytest.raises(ConfigError, match=r"cannot resume .*noise"):
+    with pytest.raises(ConfigError, match=r"holds another run.*noise"):
         prepare_draft(options(tmp_path, noise="float"))
     header = read_sidecar(tmp_path / "r.tsv").header
     assert header.config["noise"] == "sound" and header.config["levels"] == 16
@@ -52,14 +52,14 @@ def _npz(tmp_path, images: np.ndarray):
 def test_the_grid_comes_from_the_data_or_levels(tmp_path):
     rng = np.random.default_rng(0)
     floats = _npz(tmp_path, rng.random((2, 1, 8, 8)).astype(np.float32))
-    assert prepare_draft(options(tmp_path, data=floats)).options.noise is NoiseKind.FLOAT  # no grid declared
+    assert prepare_draft(options(tmp_path, data=floats)).options.smoothing.noise is NoiseKind.FLOAT  # no grid declared
     with pytest.raises(ConfigError, match="give --levels N"):
         prepare_draft(options(tmp_path, data=floats, noise="sound"))
     with pytest.raises(InputError, match=r"image 0 of .* is not on the grid k/255 \(--levels 255\)"):
         prepare_draft(options(tmp_path, data=floats, levels=255))
     pixels = _npz(tmp_path, rng.integers(0, 256, (2, 1, 8, 8), dtype=np.uint8))
     draft = prepare_draft(options(tmp_path, data=pixels, overwrite=True))
-    assert draft.options.noise is NoiseKind.SOUND and draft.options.levels == 255  # uint8 declares k/255
+    assert draft.options.smoothing.noise is NoiseKind.SOUND and draft.options.smoothing.levels == 255  # uint8 declares k/255
     with pytest.raises(ConfigError, match="--noise float reads none"):
         options(tmp_path, noise="float", levels=16)
     with pytest.raises(ConfigError, match="levels"):
@@ -68,7 +68,7 @@ def test_the_grid_comes_from_the_data_or_levels(tmp_path):
 
 def test_the_budget_runs_the_anytime_radius(tmp_path, capsys):
     opts = options(tmp_path, n=None, budget=40)
-    assert opts.task() == AnytimeTask(5, 40, 0.001) and opts.n == 40 and opts.record()["budget"] == 40
+    assert opts.task() == AnytimeTask(5, 40, 0.001) and opts.sampling.n == 40 and opts.record()["budget"] == 40
     for bad, match in (({"n": 30}, "replaces --n"), ({"predict": True, "n0": None}, "not with --predict"),
                        ({"radius": 0.25}, "not with --predict, --radius")):
         with pytest.raises(ConfigError, match=match):
@@ -89,7 +89,7 @@ def test_a_sound_run_resumed_with_more_images_equals_one_run(tmp_path):
 
     resumed = options(tmp_path, max=1)
     run(prepare(resumed))
-    run(prepare(JobOptions(**{**SMALL, "max": 2}, output=resumed.output)))
-    whole = JobOptions(**{**SMALL, "max": 2}, output=str(tmp_path / "whole.tsv"))
+    run(prepare(JobOptions.build(**{**SMALL, "max": 2}, output=resumed.results.output)))
+    whole = JobOptions.build(**{**SMALL, "max": 2}, output=str(tmp_path / "whole.tsv"))
     run(prepare(whole))
-    assert certificates(resumed.output) == certificates(whole.output) and len(certificates(whole.output)) == 2
+    assert certificates(resumed.results.output) == certificates(whole.results.output) and len(certificates(whole.results.output)) == 2

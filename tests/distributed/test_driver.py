@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_helpers import ALSO, COMMON, SEQUENTIAL, assert_same_certificates, certificates, job_options
+from cluster_helpers import (
+    ALSO,
+    COMMON,
+    SEQUENTIAL,
+    assert_same_certificates,
+    certificates,
+    job_options,
+    tsv_without_time,
+)
 
 from densepure.cli import main
 from densepure.distributed.cluster import ClusterError, WorkerLost, plan_workers
@@ -95,7 +103,8 @@ def make_workers():
     cache: dict[tuple, list[CertifyWorker]] = {}
 
     def workers(options, count: int) -> list[CertifyWorker]:
-        key = (options.task(), options.also_chains, options.seed, options.mode, options.noise, options.levels)
+        key = (options.task(), options.sampling.also_chains, options.sampling.seed, options.smoothing.mode,
+               options.smoothing.noise, options.smoothing.levels)
         while len(cache.setdefault(key, [])) < count:
             cache[key].append(CertifyWorker(options, (1, 8, 8), 10, threads=1))
         return cache[key][:count]
@@ -103,9 +112,17 @@ def make_workers():
     return workers
 
 
-def cluster_run(path, make_workers, workers=2, lose_at=None, observer=None, chunk_size=None, **overrides):
+class LastFirstPool(InProcessPool):
+    """Chunks come back last-sent-first: images are decided out of image order."""
+
+    def wait(self, handles, timeout_s):
+        return handles[-1:]
+
+
+def cluster_run(path, make_workers, workers=2, lose_at=None, observer=None, chunk_size=None, pool_type=InProcessPool,
+                **overrides):
     job = prepare_cluster_job(job_options(path, ray="local", **overrides))
-    pool = InProcessPool(make_workers(job.options, workers), lose_at)
+    pool = pool_type(make_workers(job.options, workers), lose_at)
     _, records = execute(job, lambda stack, shape: pool, observer or Recorder(), chunk_size=chunk_size)
     return pool, records
 
@@ -115,6 +132,19 @@ CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
 CASES["sequential-no-lookahead"] = {**CASES["sequential"], "lookahead": False}  # rounds end at the next look
 CASES["certify-float"] = {**ALSO, "noise": "float"}  # the digits' default is the sound noise: float too
 CASES["anytime"] = {"budget": 60}  # the anytime radius (n = budget = 60)
+
+
+def test_a_completed_cluster_run_writes_the_single_process_tsv(tmp_path, make_workers, single_process):
+    """Issue 26: images decided out of order on the cluster; the completed TSV is the single-process one line for
+    line, the time column aside (the --also-K files too)."""
+    path = tmp_path / "r.tsv"
+    pool, _ = cluster_run(path, make_workers, chunk_size=1, pool_type=LastFirstPool, **ALSO)
+    decided = [json.loads(line)["idx"] for line in Path(f"{path}.jsonl").read_text().splitlines()[1:]]
+    assert decided != sorted(decided)  # the sidecar keeps completion order: the images did come out of order
+    reference = single_process(**ALSO)
+    for k in (None, *ALSO["also_chains"]):
+        got, want = (p if k is None else p.with_name(f"{p.stem}.K{k}{p.suffix}") for p in (path, reference))
+        assert tsv_without_time(got) == tsv_without_time(want)
 
 
 @pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), pytest.param("predict", 2, marks=pytest.mark.slow),
@@ -219,7 +249,7 @@ def test_ray_missing_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatc
     out = tmp_path / "r.tsv"
     code = main(["certify", "--ray", "local", "--workers", "2", "--max", "2", "--output", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "pip install 'densepure[ray]'" in err
+    assert code == 2 and err.count("\n") == 1 and "pip install -e '.[ray]'" in err
     assert not out.exists()
 
 
@@ -227,4 +257,4 @@ def test_help_documents_the_cluster_flags(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "--help"])
     out = capsys.readouterr().out
-    assert all(flag in out for flag in ("--ray", "--workers", "--split-draws", "'densepure[ray]'"))
+    assert all(flag in out for flag in ("--ray", "--workers", "--split-draws", "'.[ray]'"))

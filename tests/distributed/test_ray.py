@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from cluster_helpers import ALSO, SEQUENTIAL, assert_same_certificates, certificates, job_options
+from cluster_helpers import ALSO, SEQUENTIAL, assert_same_certificates, certificates, job_options, tsv_without_time
 
 from densepure.cli import main
 from densepure.distributed import ClusterError, connect, prepare_cluster_job, run_cluster_job
@@ -71,6 +71,7 @@ def test_two_workers_equal_one_process(cluster, tmp_path, single_process):
     _, records = ray_run(path, observer, workers=2, **ALSO)
     assert len(records) == 6 and len(set(observer.pids)) == 2
     assert_same_certificates(path, single_process(**ALSO), ALSO["also_chains"])
+    assert tsv_without_time(path) == tsv_without_time(single_process(**ALSO))  # issue 26: in image order too
 
 
 def test_the_local_instance_is_on_loopback_with_token_authentication(cluster):

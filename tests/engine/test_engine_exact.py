@@ -57,7 +57,7 @@ def test_fixed_n_counts_equal_plain_path(parts, mode, k, b):
     for early in (True, False):
         eng = engine(unet, clf, mode, k, b, early)
         phases = {NoisePhase.SELECTION: n0, NoisePhase.ESTIMATION: n}
-        got = {r.key: r.policy for r in eng.run(requests(images, lambda: FixedPolicy(CLASSES, phases)))}
+        got = {r.key: r.policy for r in eng.run(requests(images, lambda phases=phases: FixedPolicy(CLASSES, phases)))}
         for i in range(3):
             assert np.array_equal(got[i].counts[NoisePhase.SELECTION], expected[i][0])
             assert np.array_equal(got[i].counts[NoisePhase.ESTIMATION], expected[i][1])
@@ -85,7 +85,7 @@ def test_chain_prefix_counts_equal_separate_runs(parts, k, b, prefixes):
     n0, n = 5, 20
     phases = {NoisePhase.SELECTION: n0, NoisePhase.ESTIMATION: n}
     eng = engine(unet, clf, Mode.DENSEPURE, k, b, prefixes=prefixes)
-    got = {r.key: r.policy for r in eng.run(requests(images, lambda: FixedPolicy(CLASSES, phases)))}
+    got = {r.key: r.policy for r in eng.run(requests(images, lambda phases=phases: FixedPolicy(CLASSES, phases)))}
     varied = 0
     for kp in prefixes:
         ref = plain(unet, clf, Mode.DENSEPURE, kp, b)
@@ -123,7 +123,7 @@ def test_batching_and_slots_do_not_change_counts(parts):
     for cfg in ({}, {"unet_rows": 3, "classifier_rows": 2, "draw_capacity": 2, "image_slots": 1},
                 {"unet_rows": 200, "classifier_rows": 200, "draw_capacity": 64, "image_slots": 3}):
         eng = engine(unet, clf, Mode.DENSEPURE, 5, 2, **cfg)
-        got = {r.key: r.policy for r in eng.run(requests(images, lambda: FixedPolicy(CLASSES, phases)))}
+        got = {r.key: r.policy for r in eng.run(requests(images, lambda phases=phases: FixedPolicy(CLASSES, phases)))}
         runs.append({i: got[i].counts[NoisePhase.ESTIMATION].tolist() for i in range(3)})
     assert runs[0] == runs[1] == runs[2]
 

@@ -70,7 +70,7 @@ def test_io_binding_writes_into_preallocated_outputs(exported):
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3.0, 900.0])
     bound = active(OnnxRuntimeDenoiser(exported[0], io_mode=IoMode.BINDING)).eps_and_var(x, t)
     copied = active(OnnxRuntimeDenoiser(exported[0], io_mode=IoMode.COPY)).eps_and_var(x, t)
-    assert all(torch.equal(a, b) for a, b in zip(bound, copied))
+    assert all(torch.equal(a, b) for a, b in zip(bound, copied, strict=True))
     noncontig = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
     again = active(OnnxRuntimeDenoiser(exported[0])).eps_and_var(noncontig, t)
     assert torch.equal(again[0], bound[0])
@@ -81,7 +81,7 @@ def test_classifier_matches_torch_backend(exported):
     backend = active(OnnxRuntimeClassifier(exported[1]))
     assert backend.num_classes == 7 and backend.image_shape == (3, 32, 32)
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    got = backend(x)
+    got = backend.logits(x)
     assert got.dtype == torch.float32 and got.shape == (6, 7)
     assert _rel(got, active(TorchClassifier(clf, 7, (3, 32, 32))).logits(x)) < 1e-4
 
@@ -124,6 +124,7 @@ def test_provider_selection():
     assert select_providers([OrtProvider.CPU], everything, cpu) == [("CPUExecutionProvider", {})]
     chosen = dict(select_providers([OrtProvider.TENSORRT, OrtProvider.CUDA], everything, cuda, "/c"))
     assert chosen["CUDAExecutionProvider"]["device_id"] == "1"
+    assert chosen["CUDAExecutionProvider"]["use_tf32"] == "0"  # fp32 graphs compute in fp32 (its default is TF32)
     assert chosen["TensorrtExecutionProvider"]["trt_engine_cache_path"] == "/c"
     with pytest.raises(BackendError, match="available: CPUExecutionProvider"):
         select_providers([OrtProvider.CUDA], ["CPUExecutionProvider"], cuda)
@@ -141,9 +142,9 @@ def test_unavailable_provider_names_the_available_ones(exported):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs a CUDA device and onnxruntime-gpu")  # a decorator: no export just to skip
 def test_cuda_io_binding_matches_cpu(exported):
-    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("needs a CUDA device and onnxruntime-gpu")
     x, t = torch.randn(4, 3, 32, 32), torch.rand(4) * 1000
     want = active(OnnxRuntimeDenoiser(exported[0])).eps_and_var(x, t)
     with OnnxRuntimeDenoiser(exported[0], device="cuda") as gpu:

@@ -27,7 +27,6 @@ import pytest
 import torch
 
 from densepure.artifacts import ArtifactKind
-from densepure.certify.stats import certify_from_counts
 from densepure.certify.tasks import CertifyTask
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, ClassifierBackend, TorchClassifier, TorchDenoiser
@@ -39,6 +38,7 @@ from densepure.models.digits import load_digits_test_split, load_digits_unet
 from densepure.models.sources import ClassifierSpec, load_classifier
 from densepure.noise import NoisePhase
 from densepure.precision import Precision
+from densepure.stats.cohen import certify_from_counts
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")

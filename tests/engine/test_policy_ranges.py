@@ -41,7 +41,7 @@ def test_bad_draws_are_config_errors(draws):
 def test_counts_of_disjoint_ranges_add_up_to_the_whole(tmp_path):
     """On the shipped digits models: three workers' shares of 40 draws (and the K=1 prefix) sum exactly."""
     torch.set_num_threads(1)
-    options = JobOptions(sigma=0.5, n0=8, n=40, num_chains=5, steps=2, device="cpu", also_chains=(1,), seed=3,
+    options = JobOptions.build(sigma=0.5, n0=8, n=40, num_chains=5, steps=2, device="cpu", also_chains=(1,), seed=3,
                          output=str(tmp_path / "r.tsv"))
     engine = build_engine(options, (1, 8, 8), 10)
     images, _ = load_digits_test_split()

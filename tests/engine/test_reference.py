@@ -93,7 +93,7 @@ def test_count_sums_to_draws(improved_tiny, image):
 
 
 def test_config_validation(improved_tiny):
-    with pytest.raises(ConfigError, match="sigma must be > 0"):
+    with pytest.raises(ConfigError, match="sigma must be a finite number > 0"):
         SmoothingConfig(Mode.GAUSSIAN, -0.25)
     with pytest.raises(ConfigError, match="num_chains"):
         SmoothingConfig(Mode.DENSEPURE, 0.25, 0, 2, schedule=SCHEDULE)

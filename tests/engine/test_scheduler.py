@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from densepure.certify.policies import SequentialPolicy
-from densepure.certify.sequential import SequentialPlan
 from densepure.engine.policy import FixedPolicy
 from densepure.engine.scheduler import RowKind, Scheduler
 from densepure.noise import NoisePhase
+from densepure.stats.sequential import SequentialPlan
 
 CLASSES = 3
 
@@ -118,7 +118,7 @@ def test_sequential_policy_reads_prefixes_and_stops_at_a_look():
 
 
 class TakeProbe:
-    """Logs every ``take`` of the policies it wraps as (speculate, draws handed out), and checks around each
+    """Logs every ``take`` of the policies it wraps as (lookahead, draws handed out), and checks around each
     UNet batch that look-ahead draws took no more rows than the batch had left beyond the queued work."""
 
     def __init__(self, max_rows: int):
@@ -127,9 +127,9 @@ class TakeProbe:
     def wrap(self, policy):
         take = policy.take
 
-        def logged(limit, speculate=True):
-            out = take(limit, speculate)
-            self.log.append((speculate, len(out)))
+        def logged(limit, lookahead=True):
+            out = take(limit, lookahead)
+            self.log.append((lookahead, len(out)))
             return out
 
         policy.take = logged
@@ -141,18 +141,18 @@ class TakeProbe:
     def after(self) -> None:
         new = self.log[self.mark:]
         needed = sum(n for spec, n in new if not spec)
-        speculative = sum(n for spec, n in new if spec)
-        self.batches.append((self.queued + needed, speculative))
-        assert speculative <= max(0, self.max_rows - self.queued - needed), self.batches[-1]
+        ahead = sum(n for spec, n in new if spec)
+        self.batches.append((self.queued + needed, ahead))
+        assert ahead <= max(0, self.max_rows - self.queued - needed), self.batches[-1]
 
     @property
-    def speculative(self) -> int:
+    def ahead(self) -> int:
         return sum(n for spec, n in self.log if spec)
 
 
-def _sequential_run(speculate: bool, images: dict, unet_rows: int, capacity: int):
+def _sequential_run(lookahead: bool, images: dict, unet_rows: int, capacity: int):
     plan = SequentialPlan.geometric(0.25, 0.25, 0.001, n_max=2_000)
-    sched = Scheduler(steps=2, chains=4, num_classes=CLASSES, draw_capacity=capacity, speculate=speculate)
+    sched = Scheduler(steps=2, chains=4, num_classes=CLASSES, draw_capacity=capacity, lookahead=lookahead)
     probe = TakeProbe(unet_rows)
     policies = {slot: probe.wrap(SequentialPolicy(CLASSES, 10, plan)) for slot in images}
     for slot, policy in policies.items():
@@ -163,16 +163,16 @@ def _sequential_run(speculate: bool, images: dict, unet_rows: int, capacity: int
 
 
 def test_lookahead_only_fills_empty_rows_and_never_changes_a_decision():
-    """Without speculation no draw past a stopping look is ever issued; with it, look-ahead draws fill
+    """Without look-ahead no draw past a stopping look is ever issued; with it, look-ahead draws fill
     empty rows of a lightly loaded batch (so a look costs no round trip), never more rows than the batch
     has left beyond the queued work (checked at every batch by the probe), and every count and decision
     is the same."""
     light = {0: (3, 1000)}
     exact, probe, _ = _sequential_run(False, light, 64, 256)
-    assert probe.speculative == 0 and exact[0].result.certified
+    assert probe.ahead == 0 and exact[0].result.certified
     assert exact[0].issued_est == exact[0].result.n_used  # nothing computed to be thrown away
     spec, probe, _ = _sequential_run(True, light, 64, 256)
-    assert probe.speculative > 0 and spec[0].issued_est > spec[0].result.n_used  # look-ahead in empty rows
+    assert probe.ahead > 0 and spec[0].issued_est > spec[0].result.n_used  # look-ahead in empty rows
     assert spec[0].result == exact[0].result
     assert np.array_equal(spec[0].counts[NoisePhase.ESTIMATION], exact[0].counts[NoisePhase.ESTIMATION])
 

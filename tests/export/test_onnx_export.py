@@ -142,7 +142,7 @@ def test_groupnorm_decomposition_for_old_tensorrt(which, request, tmp_path):
              "t": np.array([5.0, 700.0], np.float32)}
     tol = 1e-5 if result.manifest.precision is Precision.FP32 else 5e-3  # fp16 trunk: an ulp flip is 1e-3
     for got, want in zip(run_onnxruntime_cpu(tmp_path / "decomposed.onnx", feeds),
-                         run_onnxruntime_cpu(result.onnx_path, feeds)):
+                         run_onnxruntime_cpu(result.onnx_path, feeds), strict=True):
         assert _rel(got, want) < tol
 
 

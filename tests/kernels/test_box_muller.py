@@ -44,7 +44,7 @@ def test_extreme_words_reach_the_reference_tail(device, triton_kernels, gen):
     libdevice = device.type == "cuda" and not triton.knobs.runtime.interpret
     _pairs_kernel[(1,)](wa.to(device), wb.to(device), out[0], out[1], N=128, LIBDEVICE=libdevice)
     want = _reference(wa, wb)
-    for got, ref in zip(out, want):
+    for got, ref in zip(out, want, strict=True):
         assert torch.equal(got.cpu(), ref)
     assert float(out[0][0]) > 6.76  # word 0: u = 2^-33, r = sqrt(66 ln 2); tl.randn stops at 5.68
     assert float(out[0].abs().max()) == pytest.approx(math.sqrt(66 * math.log(2)), rel=1e-6)

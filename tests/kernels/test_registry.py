@@ -52,7 +52,7 @@ def test_not_importable_says_why(monkeypatch):
 
     monkeypatch.setattr(registry.importlib, "import_module", fail)
     status = triton_status("cuda")
-    assert not status.available and "not importable" in status.reason and "densepure[kernels]" in status.reason
+    assert not status.available and "not importable" in status.reason and "pip install -e '.[kernels]'" in status.reason
     with pytest.raises(BackendError, match="not importable"):
         resolve_kernels("triton", "cuda")
     assert resolve_kernels("auto", "cuda").name == "torch"

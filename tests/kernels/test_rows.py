@@ -12,17 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from densepure.diffusion import GridTables, NoiseSchedule, build_reverse_grid, step_mean_std, t_star
+from densepure.diffusion import GridTables, NoiseSchedule, StartKind, build_reverse_grid, step_mean_std, t_star
 from densepure.errors import InputError
-from densepure.kernels import AdvanceRows, KeepRows, StartForm, StartRule, resolve_kernels
+from densepure.kernels import AdvanceRows, KeepRows, StartRule, resolve_kernels
 from densepure.noise import NoiseKeys, gaussian_words, row_words
 
 # (row shape, rows): 105 values (not a multiple of 4), 16 values with one row, 1122 values in two
 # chunks (the second partial) with an odd number of rows
 CASES = [((3, 5, 7), 5), ((1, 4, 4), 1), ((2, 33, 17), 3)]
-RULES = {StartForm.DENSEPURE: StartRule(StartForm.DENSEPURE, sigma=0.25),
-         StartForm.GAUSSIAN: StartRule(StartForm.GAUSSIAN, sigma=0.5),
-         StartForm.DDS: StartRule(StartForm.DDS, alpha_bar=0.37)}  # fmt: skip
+RULES = {StartKind.DENSEPURE: StartRule(StartKind.DENSEPURE, sigma=0.25),
+         StartKind.GAUSSIAN: StartRule(StartKind.GAUSSIAN, sigma=0.5),
+         StartKind.DDS: StartRule(StartKind.DDS, alpha_bar=0.37)}  # fmt: skip
 TORCH = resolve_kernels("torch", "cpu")
 
 
@@ -67,7 +67,7 @@ def _scatter_target(gen, n_out: int, rows: int, device):
     return torch.randperm(n_out, generator=gen)[:rows].to(device)
 
 
-@pytest.mark.parametrize("form", list(StartForm))
+@pytest.mark.parametrize("form", list(StartKind))
 @pytest.mark.parametrize("shape,rows", CASES)
 def test_start_rows_bit_identical(form, shape, rows, device, triton_kernels, gen):
     images = torch.rand((4, *shape), generator=gen).to(device)
@@ -153,7 +153,7 @@ def test_step_rows_bit_identical_with_the_same_exp(shape, rows, device, triton_k
     if device.type == "cpu":  # the interpreter's exp is correctly rounded: give the reference the same
         monkeypatch.setattr(torch, "exp", _rounded_exp(torch.exp))
     want = _run_step(TORCH, *case, device)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_same_bits(g, w)
     untouched = [int(torch.isnan(p).all(dim=tuple(range(1, len(shape) + 1))).sum()) for p in got]
     assert untouched == [rows + 2, rows + 2, 4]  # pools of rows + 4: 2 kept rows, rows advancing
@@ -188,7 +188,7 @@ def test_empty_batches_write_nothing(impl, device, triton_kernels):
     none = torch.zeros(0, dtype=torch.int64, device=device)
     images = torch.rand(2, 1, 3, 3, device=device)
     words = torch.zeros(0, 6, dtype=torch.int64, device=device)
-    assert kernels.start_rows(images, none, words, RULES[StartForm.GAUSSIAN]).shape == (0, 1, 3, 3)
+    assert kernels.start_rows(images, none, words, RULES[StartKind.GAUSSIAN]).shape == (0, 1, 3, 3)
     assert kernels.spawn_rows(images, images, none, words).shape == (0, 1, 3, 3)
 
 
@@ -198,7 +198,7 @@ def test_both_implementations_reject_the_same_calls(impl, device, triton_kernels
     images = torch.rand(2, 1, 3, 3, device=device)
     slot = torch.zeros(2, dtype=torch.int64, device=device)
     words = torch.zeros(2, 6, dtype=torch.int64, device=device)
-    rule = RULES[StartForm.DENSEPURE]
+    rule = RULES[StartKind.DENSEPURE]
     with pytest.raises(InputError, match="row words"):
         kernels.start_rows(images, slot, words[:1], rule)
     with pytest.raises(InputError, match="images"):
@@ -222,12 +222,12 @@ def test_both_implementations_reject_the_same_calls(impl, device, triton_kernels
 def test_start_rule_validation():
     from densepure.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="sigma must be > 0"):
-        StartRule(StartForm.DENSEPURE, sigma=-0.25)
+    with pytest.raises(ConfigError, match="sigma must be a finite number > 0"):
+        StartRule(StartKind.DENSEPURE, sigma=-0.25)
     with pytest.raises(ConfigError, match="alpha_bar"):
-        StartRule(StartForm.DDS, alpha_bar=1.0)
+        StartRule(StartKind.DDS, alpha_bar=1.0)
     with pytest.raises(ConfigError, match="takes sigma"):
-        StartRule(StartForm.GAUSSIAN, sigma=0.5, alpha_bar=0.3)
+        StartRule(StartKind.GAUSSIAN, sigma=0.5, alpha_bar=0.3)
     assert StartRule("dds", alpha_bar=0.25).constants() == (0.5, 0.75**0.5)
 
 

@@ -16,13 +16,14 @@ import torch
 from densepure.diffusion import (
     GridTables,
     NoiseSchedule,
+    StartKind,
     build_reverse_grid,
     dds_forward_sample,
     start_scale,
     step_mean_std,
     t_star,
 )
-from densepure.kernels import AdvanceRows, KeepRows, StartForm, StartRule, resolve_kernels
+from densepure.kernels import AdvanceRows, KeepRows, StartRule, resolve_kernels
 from densepure.noise import NoiseKeys, NoiseStream, gaussian, row_words
 
 TORCH = resolve_kernels("torch", "cpu")
@@ -41,21 +42,21 @@ def _identities(gen, n):
     return keys
 
 
-@pytest.mark.parametrize("form", list(StartForm))
+@pytest.mark.parametrize("form", list(StartKind))
 def test_start_rows_is_the_executor_start(form, gen):
     sigma, abar, n = 0.5, float(build_reverse_grid(NoiseSchedule("cosine", 4000), 300.0, 2).alphas_cumprod[0]), 7
     images = torch.rand((4, *SHAPE), generator=gen)
     slots = torch.randint(0, 4, (n,), generator=gen)
-    stream = NoiseStream.FORWARD if form is StartForm.DDS else NoiseStream.DELTA
+    stream = NoiseStream.FORWARD if form is StartKind.DDS else NoiseStream.DELTA
     keys = _identities(gen, n)(torch.arange(n), stream, 0, 0)
     x = images[slots]  # executor.start_points, verbatim
-    if form is StartForm.DDS:
+    if form is StartKind.DDS:
         want = dds_forward_sample(x, gaussian(keys, SHAPE, torch.device("cpu")), abar)
     else:
         delta = sigma * gaussian(keys, SHAPE, torch.device("cpu"))
-        want = 2.0 * (x + delta) - 1.0 if form is StartForm.GAUSSIAN else \
+        want = 2.0 * (x + delta) - 1.0 if form is StartKind.GAUSSIAN else \
             math.sqrt(start_scale(sigma)) * (2.0 * (x + delta) - 1.0)
-    rule = StartRule(form, alpha_bar=abar) if form is StartForm.DDS else StartRule(form, sigma=sigma)
+    rule = StartRule(form, alpha_bar=abar) if form is StartKind.DDS else StartRule(form, sigma=sigma)
     assert torch.equal(TORCH.start_rows(images, slots, row_words(keys, "cpu"), rule), want)
 
 
@@ -93,7 +94,7 @@ def test_spawn_and_step_are_the_executor_step(gen):
     words = row_words(keys(sel, NoiseStream.CHAIN, chain[sel], step[sel]), "cpu")
     TORCH.step_rows(y, eps, v, c, keep=KeepRows(torch.from_numpy(np.nonzero(start)[0]), draw_slot, mine[0], mine[1]),
                     advance=AdvanceRows(sel, chain_slot, words, mine[2]))
-    for got, want in zip(mine, pools):
+    for got, want in zip(mine, pools, strict=True):
         assert torch.equal(got, want)
     assert len(nz) and len(nz) < len(rows)  # both noisy and last-step chain rows were exercised
 

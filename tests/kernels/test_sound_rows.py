@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from densepure.diffusion import dds_noise_sigma, start_scale
+from densepure.diffusion import StartKind, dds_noise_sigma, start_scale
 from densepure.errors import ConfigError
-from densepure.kernels import StartForm, StartRule, resolve_kernels
+from densepure.kernels import StartRule, resolve_kernels
 from densepure.noise import NoiseKeys, row_words, sound_steps_words, sound_table
 from densepure.noise.fields import word_field
 from densepure.noise.sound import refined_words
@@ -41,10 +41,10 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
     assert not differ.any(), f"{int(differ.sum())} of {differ.numel()} values differ"
 
 
-def _rules(table_of) -> dict[StartForm, StartRule]:
-    return {StartForm.DENSEPURE: StartRule(StartForm.DENSEPURE, sigma=0.25, table=table_of(0.25)),
-            StartForm.GAUSSIAN: StartRule(StartForm.GAUSSIAN, sigma=0.5, table=table_of(0.5)),
-            StartForm.DDS: StartRule(StartForm.DDS, alpha_bar=ABAR, table=table_of(dds_noise_sigma(ABAR)))}
+def _rules(table_of) -> dict[StartKind, StartRule]:
+    return {StartKind.DENSEPURE: StartRule(StartKind.DENSEPURE, sigma=0.25, table=table_of(0.25)),
+            StartKind.GAUSSIAN: StartRule(StartKind.GAUSSIAN, sigma=0.5, table=table_of(0.5)),
+            StartKind.DDS: StartRule(StartKind.DDS, alpha_bar=ABAR, table=table_of(dds_noise_sigma(ABAR)))}
 
 
 def _sound_words(n: int, gen, device) -> torch.Tensor:
@@ -60,7 +60,7 @@ def _grid_images(levels: int, shape, gen, device) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("levels", [16, 255])
-@pytest.mark.parametrize("form", list(StartForm))
+@pytest.mark.parametrize("form", list(StartKind))
 @pytest.mark.parametrize("shape,rows", CASES)
 def test_sound_start_bit_identical(levels, form, shape, rows, device, triton_kernels, gen):
     rule = _rules(lambda s: sound_table(levels, s))[form]
@@ -79,7 +79,7 @@ def test_sound_start_bit_identical(levels, form, shape, rows, device, triton_ker
 def test_the_start_is_the_grid_value_of_index_plus_steps(gen):
     """y = scale (2 (x_int + j) / levels - 1): with the steps read back from the noise module."""
     table = sound_table(255, 0.25)
-    rule = StartRule(StartForm.DENSEPURE, sigma=0.25, table=table)
+    rule = StartRule(StartKind.DENSEPURE, sigma=0.25, table=table)
     images = _grid_images(255, (3, 4, 4), gen, "cpu")
     words = _sound_words(6, gen, "cpu")
     slot = torch.arange(6) % 4
@@ -114,7 +114,7 @@ def test_sound_start_ties_take_all_96_bits(shape, rows, device, triton_kernels, 
     words = _sound_words(rows, gen, torch.device("cpu"))
     numel = math.prod(shape)
     table = _tie_table(words, numel, rows)
-    rule = StartRule(StartForm.GAUSSIAN, sigma=0.25, table=table)
+    rule = StartRule(StartKind.GAUSSIAN, sigma=0.25, table=table)
     images = _grid_images(16, shape, gen, device)
     slot = _ints(gen, 4, rows).to(device)
     want = TORCH.start_rows(images, slot, words.to(device), rule)
@@ -129,8 +129,8 @@ def test_sound_start_ties_take_all_96_bits(shape, rows, device, triton_kernels, 
 
 def test_a_rule_refuses_a_table_of_another_sigma():
     with pytest.raises(ConfigError, match="table of sigma"):
-        StartRule(StartForm.DENSEPURE, sigma=0.25, table=sound_table(16, 0.5))
+        StartRule(StartKind.DENSEPURE, sigma=0.25, table=sound_table(16, 0.5))
     with pytest.raises(ConfigError, match="table of sigma"):
-        StartRule(StartForm.DDS, alpha_bar=ABAR, table=sound_table(16, 0.25))
+        StartRule(StartKind.DDS, alpha_bar=ABAR, table=sound_table(16, 0.25))
     with pytest.raises(ConfigError, match="SoundTable"):
-        StartRule(StartForm.GAUSSIAN, sigma=0.25, table="table")
+        StartRule(StartKind.GAUSSIAN, sigma=0.25, table="table")

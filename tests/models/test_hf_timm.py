@@ -346,7 +346,7 @@ def test_timm_specs_parse():
 ])
 def test_missing_packages_are_config_errors(monkeypatch, package, load):
     monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(ConfigError, match=rf"pip install 'densepure\[{package}\]'"):
+    with pytest.raises(ConfigError, match=rf"pip install -e '\.\[{package}\]'"):
         load()
 
 

@@ -94,9 +94,9 @@ def test_philox_matches_scalar_reference_on_random_and_extreme_words():
     ctrs += [tuple(gen.getrandbits(32) for _ in range(4)) for _ in range(192)]
     keys = [tuple(gen.choice(extremes + [gen.getrandbits(32)]) for _ in range(2)) for _ in ctrs]
     out = philox4x32(torch.tensor(ctrs), torch.tensor(keys)).tolist()
-    assert [tuple(o) for o in out] == [_philox_python(c, k) for c, k in zip(ctrs, keys)]
+    assert [tuple(o) for o in out] == [_philox_python(c, k) for c, k in zip(ctrs, keys, strict=True)]
     seven = philox4x32(torch.tensor(ctrs[:8]), torch.tensor(keys[:8]), rounds=7).tolist()
-    assert [tuple(o) for o in seven] == [_philox_python(c, k, 7) for c, k in zip(ctrs, keys)][:8]
+    assert [tuple(o) for o in seven] == [_philox_python(c, k, 7) for c, k in zip(ctrs, keys, strict=True)][:8]
 
 
 def test_derive_key_separates_seeds_and_streams():

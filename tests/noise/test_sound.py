@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from itertools import pairwise
 
 import mpmath
 import numpy as np
@@ -40,7 +41,7 @@ def _exact_p(levels: int, sigma: float, j: int, prec: int = 400):
 def test_table_is_monotone_symmetric_and_its_law_is_the_discretized_gaussian(levels, sigma):
     table = sound_table(levels, sigma)
     t = table.thresholds
-    assert len(t) == 2 * table.k and all(a <= b for a, b in zip(t, t[1:])) and 0 <= t[0] and t[-1] < 1 << BITS
+    assert len(t) == 2 * table.k and all(a <= b for a, b in pairwise(t)) and 0 <= t[0] and t[-1] < 1 << BITS
     assert all(t[i] + t[-1 - i] == 1 << BITS for i in range(table.k))
     law = table.probabilities()
     assert sum(q for _, q in law) == 1 << BITS and [j for j, _ in law] == list(range(-table.k, table.k + 1))
@@ -74,7 +75,7 @@ def _reference_steps(words: torch.Tensor, numel: int, table) -> torch.Tensor:
     """The definition: all three words of every value, j = #{T <= U} - k with Python integers."""
     u = [word_field(refined_words(words, level) if level else words, numel, CPU).flatten().tolist()
          for level in (0, 1, 2)]
-    full = [(a << 64) | (b << 32) | c for a, b, c in zip(*u)]
+    full = [(a << 64) | (b << 32) | c for a, b, c in zip(*u, strict=True)]
     return torch.tensor([bisect.bisect_right(table.thresholds, x) - table.k for x in full]).reshape(-1, numel)
 
 
@@ -120,7 +121,7 @@ def test_fast_path_on_every_threshold_tie_and_bucket_edge(levels, sigma):
         return torch.tensor([(v >> 32) if level == 1 else (v & 0xFFFFFFFF) for v in values], dtype=torch.int64)
 
     got = steps_from_words(u0_t, table, refine)[0].tolist()
-    want = [bisect.bisect_right(table.thresholds, (a << 64) | b) - table.k for a, b in zip(u0, lower)]
+    want = [bisect.bisect_right(table.thresholds, (a << 64) | b) - table.k for a, b in zip(u0, lower, strict=True)]
     assert got == want
     assert set(asked) == {1, 2}, "no tie was exercised"
 

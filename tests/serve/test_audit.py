@@ -4,15 +4,14 @@ anytime radius streams through the jobs API as it grows, and concurrent clients 
 alone (isolated results)."""
 
 import time
-
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from serve_helpers import FAST
 
-from densepure.certify.results import read_results, read_sidecar
 from densepure.cli import main
+from densepure.results.files import read_results, read_sidecar
 from densepure.serve.client import Client
 
 SEED = 20261130
@@ -65,7 +64,7 @@ def test_concurrent_clients_get_isolated_results(audit_server, digits):
     with ThreadPoolExecutor(len(requests)) as pool:  # 8 clients at once, their images sharing every batch
         together = list(pool.map(run, requests))
     alone = [run(request) for request in requests]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         np.testing.assert_array_equal(a.counts, b.counts)
         np.testing.assert_array_equal(a.labels, b.labels)
     assert len({a.counts.tobytes() for a in together}) > 1

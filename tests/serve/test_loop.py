@@ -3,63 +3,14 @@
 A Gaussian-smoothing engine with a tiny classifier keeps these fast; the HTTP tests use the real models.
 """
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from serve_loop_helpers import SHAPE, Brightness, engine_factory, wait_admitted, work
 
 from densepure.certify.tasks import CertifyTask, PredictTask
-from densepure.diffusion import Mode, SmoothingConfig
-from densepure.engine.backends import Backends, TorchClassifier
-from densepure.engine.engine import Engine, EngineConfig
 from densepure.errors import ConfigError
-from densepure.serve.loop import EngineLoop, FailKind, LoopState, NotAccepting, QueueFull, Work, WorkFailed, WorkResult
-
-SHAPE = (1, 8, 8)
-
-
-class Brightness(nn.Module):
-    """Three classes by mean brightness, so the label depends on the noise near the thresholds; NaN on demand."""
-
-    def __init__(self):
-        super().__init__()
-        self.nan = False
-
-    def forward(self, x):
-        m = x.mean(dim=(1, 2, 3))
-        logits = torch.stack([-(m + 0.3).abs(), -m.abs(), -(m - 0.3).abs()], dim=1)
-        return logits * float("nan") if self.nan else logits
-
-
-def engine_factory(module, slots=2):
-    def make():
-        smoothing = SmoothingConfig(Mode.GAUSSIAN, 0.5)
-        return Engine(smoothing, Backends(None, TorchClassifier(module, 3, SHAPE)), SHAPE, "cpu",
-                      EngineConfig(unet_rows=64, classifier_rows=64, draw_capacity=128, image_slots=slots))
-    return make
-
-
-class Waiter:
-    def __init__(self):
-        self.event, self.outcome = threading.Event(), None
-
-    def __call__(self, outcome):
-        self.outcome = outcome
-        self.event.set()
-
-    def get(self, timeout=60):
-        assert self.event.wait(timeout), "no outcome"
-        return self.outcome
-
-
-def work(task, images, seed=None, noise_id=0):
-    waiter = Waiter()
-    policies = [task.policy(3, 0.5) for _ in range(len(images))]
-    bound = task.n if isinstance(task, PredictTask) else task.n0 + task.n
-    return Work(torch.as_tensor(images), policies, task, waiter, bound, seed=seed, noise_id=noise_id), waiter
+from densepure.serve.loop import EngineLoop, FailKind, LoopState, NotAccepting, QueueFull, WorkFailed, WorkResult
 
 
 def started(max_queue=8, max_queued_draws=10**7):
@@ -78,13 +29,6 @@ def loop():
     loop.stop()
 
 
-def wait_admitted(loop, w, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not loop.progress(w.id)[0]:
-        assert time.monotonic() < deadline, "not admitted"
-        time.sleep(0.01)
-
-
 def test_results_are_per_request_and_match_one_at_a_time(loop):
     images = torch.linspace(0.3, 0.7, 6).reshape(6, 1, 1, 1).expand(6, *SHAPE).contiguous()
     task = CertifyTask(n0=10, n=60, alpha=0.01)
@@ -97,7 +41,7 @@ def test_results_are_per_request_and_match_one_at_a_time(loop):
         w, waiter = work(task, images[i:i + 1], seed=100 + i // 2, noise_id=i % 2)
         loop.submit(w)
         alone.append(waiter.get().images[0])
-    for a, b in zip(first, alone):
+    for a, b in zip(first, alone, strict=True):
         assert (a.label, a.radius, a.draws) == (b.label, b.radius, b.draws) == (a.label, a.radius, 70)
         np.testing.assert_array_equal(a.estimation_counts, b.estimation_counts)
     assert len({tuple(o.estimation_counts) for o in first}) > 1  # different images, different counts
@@ -181,3 +125,26 @@ def test_a_load_failure_is_reported():
     loop.start()
     assert not loop.wait_ready(30)
     assert loop.state is LoopState.FAILED and str(loop.load_error) == "no such checkpoint" and len(failures) == 1
+
+
+def test_queued_work_enters_the_engine_by_priority_then_arrival(loop):
+    """Triton's priority: 1 first; equal priorities first come first served; a running image keeps its slot."""
+    long = [work(PredictTask(n=10**6), torch.full((1, *SHAPE), 0.5)) for _ in range(2)]
+    for w, _ in long:  # both slots taken
+        loop.submit(w)
+        wait_admitted(loop, w)
+    finished = []
+    queued = []
+    for name, priority in (("b", 9), ("c", 1), ("d", 5), ("e", 5), ("f", 1)):
+        w, waiter = work(PredictTask(n=10), torch.full((1, *SHAPE), 0.5))
+        w.priority, w.on_done = priority, (lambda outcome, name=name, waiter=waiter: (finished.append(name),
+                                                                                      waiter(outcome)))
+        queued.append((w, waiter))
+        loop.submit(w)
+    loop.cancel(long[0][0].id)  # one slot frees: the queue goes through it one request at a time
+    for _, waiter in queued:
+        assert isinstance(waiter.get(), WorkResult)
+    assert finished == ["c", "f", "d", "e", "b"]
+    assert loop.progress(long[1][0].id) is not None  # still running, never displaced
+    loop.cancel(long[1][0].id)
+    assert long[1][1].get().kind is FailKind.CANCELLED

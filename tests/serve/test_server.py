@@ -129,7 +129,11 @@ def _bad_requests(image: list) -> list:
         ("uint8 300", req(tensor(datatype="UINT8", data=[300] + [0] * 63)), json_h, INFER, 400, "0..255"),
         ("uint8 float", req(tensor(datatype="UINT8", data=[0.5] * 64)), json_h, INFER, 400, "integers"),
         ("unknown parameter", params(foo=1), json_h, INFER, 400, "foo"),
-        ("timeout", params(timeout=5), json_h, INFER, 400, "deadline_ms"),
+        ("timeout string", params(timeout="5"), json_h, INFER, 400, "timeout must be an integer"),
+        ("timeout negative", params(timeout=-1), json_h, INFER, 400, "microseconds"),
+        ("timeout and deadline_ms", params(timeout=5000, deadline_ms=5), json_h, INFER, 400, "give one"),
+        ("priority past the levels", params(priority=10), json_h, INFER, 400, "priority must be in [0, 9]"),
+        ("priority float", params(priority=1.5), json_h, INFER, 400, "priority must be an integer"),
         ("bad mode", params(mode="fast"), json_h, INFER, 400, "mode"),
         ("alpha over server's", params(alpha=0.01), json_h, INFER, 400, "alpha"),
         ("alpha string", params(alpha="0.001"), json_h, INFER, 400, "alpha"),
@@ -157,6 +161,9 @@ def _bad_requests(image: list) -> list:
         ("unknown version", req(), json_h, "/v2/models/digits/versions/7/infer", 404, "version"),
         ("unknown path", req(), json_h, "/v2/models/digits/explain", 404, "no route"),
         ("job deadline", params(deadline_ms=100), json_h, "/v1/jobs", 400, "deadline_ms"),
+        ("job timeout", params(timeout=100), json_h, "/v1/jobs", 400, "jobs take no timeout"),
+        ("unknown encoding", req(), {**json_h, "content-encoding": "br"}, INFER, 415, "Content-Encoding"),
+        ("gzip that is not", req(), {**json_h, "content-encoding": "gzip"}, INFER, 400, "gzip"),
         ("job unknown model", req(model="cifar10"), json_h, "/v1/jobs", 404, "cifar10"),
     ]
     return cases
@@ -261,8 +268,9 @@ def test_metrics_docs_and_access_log(server):
     with Client(server.url) as client:  # the client's parsed samples are the text's
         samples = client.metrics()
     rows = server.metric("densepure_batch_rows_count", 'model="denoiser"')
-    assert rows > 0 and samples['densepure_batch_rows_count{model="denoiser"}'] >= rows
-    assert samples["densepure_denoiser_rows_total"] >= server.metric("densepure_denoiser_rows_total") > 0
+    assert rows > 0 and samples['densepure_batch_rows_count{device="cpu",model="denoiser"}'] >= rows
+    assert samples['densepure_denoiser_rows_total{device="cpu"}'] >= server.metric("densepure_denoiser_rows_total") > 0
+    assert samples['densepure_device_up{device="cpu"}'] == 1 and 'densepure_queued_draws{device="cpu"}' in samples
     assert samples['densepure_requests_total{endpoint="infer",outcome="success"}'] >= 1
     assert server.http.get("/docs").status_code == 200
     schema = server.http.get("/openapi.json").json()
@@ -286,3 +294,34 @@ def test_an_idle_server_sleeps(server):
     before = cpu_seconds()
     time.sleep(2.0)
     assert cpu_seconds() - before < 0.2
+
+
+def test_docs_work_offline_and_the_schema_says_the_real_errors(server):
+    import re
+
+    page = server.http.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r'(?:src|href)="([^"]*)"', page.text) + re.findall(r"url: '([^']*)'", page.text)
+    assert sorted(urls) == ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/openapi.json", "data:,"]
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    for name, kind, marker in (("swagger-ui-bundle.js", "javascript", b"SwaggerUIBundle"),
+                               ("swagger-ui.css", "css", b".swagger-ui")):
+        zipped = server.http.get(f"/docs/{name}", headers={"accept-encoding": "gzip"})
+        plain = server.http.get(f"/docs/{name}", headers={"accept-encoding": "identity"})
+        assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+        assert kind in plain.headers["content-type"] and marker in plain.content
+        assert zipped.content == plain.content  # httpx inflates what the server sent compressed
+        assert int(zipped.headers["content-length"]) < len(plain.content) / 3  # sent as shipped: compressed
+    assert server.http.get("/docs/other.js").status_code == 404
+    assert server.http.get("/redoc").status_code == 404  # it needs a CDN: not offered
+    schema = server.http.get("/openapi.json").json()
+    text = json.dumps(schema)
+    assert '"422"' not in text and "HTTPValidationError" not in text
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            assert all(p["in"] == "path" for p in operation.get("parameters", [])), (path, operation["parameters"])
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
+    for status in ("400", "404", "408", "413", "415", "503", "504"):
+        assert infer["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"}
+    assert {"/v2/models/{name}/config", "/v2/models/{name}/stats", "/v2/repository/index"} <= set(schema["paths"])

@@ -14,10 +14,27 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from densepure.errors import BackendError
+
+
+class Denoiser(Protocol):
+    """The diffusion model seam, declared once: ``eps_and_var(x, t_model) -> (eps, v)``, each ``(B, C, H, W)``
+    float32 (``x`` in the model's [-1, 1] space, ``t_model`` ``(B,)`` float32 in the checkpoint's timestep
+    convention). Every backend's :class:`DenoiserBackend` and the torch UNet itself satisfy it."""
+
+    def eps_and_var(self, x: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class LogitsModel(Protocol):
+    """The classifier seam, declared once: ``logits(x) -> (B, num_classes)`` float32 for ``x`` ``(B, C, H, W)``
+    in [-1, 1], preprocessing included. Every :class:`ClassifierBackend` and the torch
+    :class:`~densepure.models.classifiers.Classifier` satisfy it."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class _Lifecycle(abc.ABC):
@@ -98,9 +115,6 @@ class ClassifierBackend(_Lifecycle):
             raise BackendError(f"{self.name}: x must be (B, {', '.join(map(str, self.image_shape))}), "
                                f"got {tuple(x.shape)}")
         return self._logits_impl(x)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
 
     @abc.abstractmethod
     def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:

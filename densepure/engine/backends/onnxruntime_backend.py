@@ -15,7 +15,8 @@ onnxruntime build lacks, or that fails to load (onnxruntime would silently fall 
 * ``COPY``: ``session.run`` with numpy arrays (inputs copied to host, outputs back to the device).
 
 Graph inputs/outputs are float32 whatever the graph's compute precision, so outputs are float32
-tensors on the backend's device.
+tensors on the backend's device. INT8 (Q/DQ) graphs run with onnxruntime's int8 kernels on the CPU
+provider (one graph optimizer off: :data:`~densepure.artifacts.quantized.ORT_INT8_DISABLED_OPTIMIZERS`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from densepure.artifacts.manifest import (
     verify_graph_signature,
     verify_onnx,
 )
+from densepure.artifacts.quantized import ort_disabled_optimizers
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
-from densepure.errors import ArtifactError, BackendError
+from densepure.errors import ArtifactError, BackendError, install_hint
 
 
 class OrtProvider(enum.Enum):
@@ -83,7 +85,9 @@ def select_providers(requested: Sequence[OrtProvider], available: Sequence[str],
     for p in requested:
         options: dict[str, str] = {}
         if p is OrtProvider.CUDA:
-            options = {"device_id": index}
+            # the CUDA provider runs float32 MatMul/Conv in TF32 unless told not to (use_tf32 defaults to 1):
+            # an fp32 graph must compute in float32, as the torch backend's fp32 does
+            options = {"device_id": index, "use_tf32": "0"}
         elif p is OrtProvider.TENSORRT:
             options = {"device_id": index}
             if trt_cache_dir is not None:
@@ -118,7 +122,7 @@ class _Session:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+            raise BackendError(f"the onnxruntime backend needs onnxruntime: {install_hint('onnx')}") from exc
         verify_onnx(self.path, self.manifest)
         verify_graph_signature(self.path, self.manifest)
         chosen = select_providers(self.providers, ort.get_available_providers(), self.device, self.trt_cache_dir)
@@ -132,7 +136,9 @@ class _Session:
         opts.intra_op_num_threads = self.threads
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=[n for n, _ in chosen],
-                                                provider_options=[o for _, o in chosen])
+                                                provider_options=[o for _, o in chosen],
+                                                disabled_optimizers=ort_disabled_optimizers(
+                                                    self.manifest.precision.quantized))
         except Exception as exc:  # onnxruntime's own pybind error types
             raise BackendError(f"onnxruntime cannot open {self.path}: {str(exc).splitlines()[0]}") from exc
         loaded = self.session.get_providers()
@@ -161,7 +167,7 @@ class _Session:
         shapes = {spec.name: spec.with_batch(batch) for spec in self.manifest.outputs}
         if self.io_mode is IoMode.COPY:
             got = self.session.run(list(shapes), {n: t.detach().cpu().numpy() for n, t in feeds.items()})
-            return {n: torch.from_numpy(a).to(self.device) for n, a in zip(shapes, got)}
+            return {n: torch.from_numpy(a).to(self.device) for n, a in zip(shapes, got, strict=True)}
         outputs = {n: torch.empty(s, dtype=torch.float32, device=self.device) for n, s in shapes.items()}
         if self.stream is None:
             self._run_bound(feeds, outputs)

@@ -1,6 +1,7 @@
 """Choosing and constructing the engine's backends: torch modules, or the artifacts of ``densepure export``.
 
-* ``torch``: the in-process modules (any device; the UNet at any precision ``set_precision`` allows).
+* ``torch``: the in-process modules (any device; the UNet at any precision ``set_precision`` allows;
+  ``tf32``: float32 tensors with TF32 matmuls and convolutions on CUDA, exact float32 otherwise).
 * ``onnxruntime``: the ONNX graphs of an export directory (``densepure export --out DIR``), found by
   their manifests. A CPU device runs the CPU execution provider; a CUDA device the CUDA provider (with
   CPU for the nodes CUDA lacks). The TensorRT execution provider is not picked on its own: the
@@ -15,7 +16,9 @@ Artifacts are trusted only through their manifests and are checked against the j
 runs or any result is written: kind and precision; the preset and checkpoint sha256 they were
 exported from; image shape and number of classes; the classifier spec they were exported with. Each
 mismatch is one :class:`~densepure.errors.DensePureError` saying what was found, what was expected and
-the command that fixes it. Both graphs run at the job's precision (``fp32`` or ``fp16``).
+the command that fixes it. Both graphs run at the job's precision (``fp32``, ``fp16`` or ``int8``). An
+``int8`` graph is also checked against the job's pipeline: its scales were calibrated at one sigma and
+grid (:mod:`densepure.artifacts.quantized`), and a job with another is refused naming both.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from densepure.artifacts.manifest import (
     verify_graph_signature,
     verify_onnx,
 )
+from densepure.artifacts.quantized import calibration_mismatch, calibration_overlap
 from densepure.choices import Choice
 from densepure.engine.backends.base import Backends
-from densepure.errors import ArtifactError, BackendError, ConfigError
+from densepure.errors import ArtifactError, BackendError, ConfigError, install_hint
 from densepure.kernels import CompileMode
+from densepure.models.sources import ClassifierSource
 from densepure.precision import EXPORTED_PRECISIONS, Precision
 
 
@@ -47,13 +52,14 @@ class BackendKind(Choice, what="backend"):
     TENSORRT = "tensorrt"
 
 
-_CLASSIFIER_SOURCES = ("digits", "hf", "timm")  # the heads of certify's classifier specs
-
-
 def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None, precision: Precision) -> None:
     """Validate a backend choice before any model is loaded (:class:`ConfigError` saying why)."""
     kind, precision = BackendKind.parse(kind), Precision.parse(precision)
     if kind is BackendKind.TORCH:
+        if not precision.torch_compute:
+            raise ConfigError(f"{precision.value} runs as exported Q/DQ graphs, not on the torch backend: "
+                              f"`densepure export --precision {precision.value} ...`, then --backend onnxruntime "
+                              "--artifacts DIR (or tensorrt)")
         if artifacts is not None:
             raise ConfigError("--artifacts is read by the onnxruntime and tensorrt backends only; the torch backend "
                               "runs the checkpoint itself (add --backend onnxruntime or --backend tensorrt)")
@@ -62,8 +68,9 @@ def check_backend_options(kind: BackendKind, artifacts: str | os.PathLike | None
         raise ConfigError(f"the {kind.value} backend needs --artifacts DIR, a directory written by "
                           "`densepure export --out DIR`")
     if not precision.exportable:
-        raise ConfigError(f"the {kind.value} backend runs exported "
-                          f"{' or '.join(p.value for p in EXPORTED_PRECISIONS)} graphs, got precision {precision.value}")
+        names = [p.value for p in EXPORTED_PRECISIONS]
+        raise ConfigError(f"the {kind.value} backend runs exported {', '.join(names[:-1])} or {names[-1]} graphs, "
+                          f"got precision {precision.value}")
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,23 @@ def same_classifier(a: str | None, b: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """What a job feeds its models: the smoothing ``sigma``, the base classifier ``mode`` and the model
+    ``timesteps`` its UNet runs (empty for gaussian)."""
+
+    sigma: float
+    mode: str
+    timesteps: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, smoothing) -> Pipeline:
+        """From a :class:`~densepure.diffusion.SmoothingConfig`."""
+        grid = smoothing.grid()
+        return cls(float(smoothing.sigma), smoothing.mode.value,
+                   () if grid is None else tuple(float(t) for t in grid.model_times))
+
+
+@dataclass(frozen=True)
 class ModelIdentity:
     """What exported artifacts must have been made from. ``checkpoint_sha256`` and ``classifier`` (a
     certify classifier spec such as ``digits`` or ``hf:DIR``) are checked when both sides record them."""
@@ -147,6 +171,7 @@ class ModelIdentity:
     num_classes: int
     checkpoint_sha256: str | None = None
     classifier: str | None = None
+    pipeline: Pipeline | None = None  # what the job runs (int8 graphs must have been calibrated for it)
 
 
 def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.device, *, needs_denoiser: bool,
@@ -161,13 +186,14 @@ def make_backends(choice: BackendChoice, identity: ModelIdentity, device: torch.
             raise ConfigError("the torch backend needs the torch classifier (and UNet, for modes that denoise)")
         gpu = device.type == "cuda"
         buckets = bucket_sizes(choice.rows) if gpu and choice.cuda_graphs else None
-        graphs = buckets is not None
+        graphs, tf32 = buckets is not None, choice.precision.tf32
         if choice.compile is not None:
             _compile(choice.compile, unet if needs_denoiser else None, classifier, buckets)
         return Backends(
-            TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs) if needs_denoiser else None,
+            TorchDenoiser(unet, channels_last=gpu, buckets=buckets, cuda_graphs=graphs, tf32=tf32)
+            if needs_denoiser else None,
             TorchClassifier(classifier, identity.num_classes, identity.image_shape, device, buckets=buckets,
-                            cuda_graphs=graphs))
+                            cuda_graphs=graphs, tf32=tf32))
     precision = choice.precision
     kinds = (ArtifactKind.UNET, ArtifactKind.CLASSIFIER) if needs_denoiser else (ArtifactKind.CLASSIFIER,)
     found = {}
@@ -208,6 +234,13 @@ def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdenti
     if shape != tuple(identity.image_shape):
         raise ArtifactError(f"{what} takes images {shape}, this job's are {tuple(identity.image_shape)}: "
                             f"{fix('--preset')}")
+    if manifest.calibration is not None and identity.pipeline is not None:
+        p = identity.pipeline
+        why = calibration_mismatch(manifest.calibration, sigma=p.sigma, mode=p.mode, timesteps=p.timesteps)
+        if why:
+            raise ArtifactError(f"{what} is an int8 graph {why}: export int8 graphs for this job there "
+                                f"(`densepure export --precision int8 --sigma {p.sigma:g} ... --out {out}`), "
+                                "or run the job they were calibrated for")
     if manifest.kind is ArtifactKind.UNET:
         ours, theirs = identity.checkpoint_sha256, src.checkpoint_sha256
         if ours is not None and theirs is not None and ours != theirs:
@@ -226,7 +259,7 @@ def check_identity(path: Path, manifest: ArtifactManifest, identity: ModelIdenti
 def _classifier_tag(spec: str | None) -> tuple[str, ...] | None:
     """A classifier spec without its directories (``hf:/models/vit`` -> ``('hf', 'vit')``): exports are
     often made on another machine, where the same model lives elsewhere. None: not a spec."""
-    if not spec or spec.split(":", 1)[0] not in _CLASSIFIER_SOURCES:
+    if not spec or spec.split(":", 1)[0] not in {source.value for source in ClassifierSource}:
         return None
     head, *rest = spec.split(":")
     return (head, *(Path(part).name for part in rest))
@@ -243,7 +276,7 @@ def _onnxruntime(found, device: torch.device, threads: int) -> Backends:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendError("the onnxruntime backend needs onnxruntime: pip install 'densepure[onnx]'") from exc
+        raise BackendError(f"the onnxruntime backend needs onnxruntime: {install_hint('onnx')}") from exc
     providers = default_providers(device)
     try:
         select_providers(providers, ort.get_available_providers(), device)
@@ -299,3 +332,19 @@ def choose_engine(cache, onnx_path: Path, onnx_manifest: ArtifactManifest, machi
         raise ArtifactError(f"the engine for {onnx_path.name} in {best.directory} is unusable ({lookup.reason}): "
                             f"rebuild it with {build}")
     return lookup.entry
+
+
+def check_calibration_split(directory: str | os.PathLike, precision: Precision, data_sha256: str,
+                            indices) -> None:
+    """:class:`ConfigError` when an int8 graph of ``directory`` was calibrated on images this job certifies
+    (the same data, by sha256, and a shared index): a certified image must never be a calibration one."""
+    precision = Precision.parse(precision)
+    if not precision.quantized:
+        return
+    for path, manifest in exported_artifacts(directory, precisions=(precision,)):
+        shared = calibration_overlap(manifest.calibration, data_sha256, indices) if manifest.calibration else []
+        if shared:
+            raise ConfigError(f"{path.name} was calibrated on {len(shared)} of the images this job certifies "
+                              f"(first: index {shared[0]} of {manifest.calibration.data or 'the same data'}): "
+                              "certify other images (--skip/--max), or calibrate on a split that is never "
+                              "certified (`densepure export --precision int8 --calibration-data ...`)")

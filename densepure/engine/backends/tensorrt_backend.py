@@ -28,6 +28,7 @@ from densepure.artifacts.buckets import pad_into, plan_chunks
 from densepure.artifacts.cache import engine_file
 from densepure.artifacts.manifest import ArtifactFormat, ArtifactKind, ArtifactManifest, manifest_path_for
 from densepure.engine.backends.base import ClassifierBackend, DenoiserBackend
+from densepure.engine.backends.graphs import CAPTURE_LOCK, CAPTURE_MODE
 from densepure.errors import ArtifactError, BackendError
 
 
@@ -99,8 +100,8 @@ class _EngineRunner:
         self.stream.synchronize()
         if self.mode is GraphMode.CUDA_GRAPHS:
             bucket.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(bucket.graph, stream=self.stream):
-                self._execute(bucket)
+            with CAPTURE_LOCK, torch.cuda.graph(bucket.graph, stream=self.stream, capture_error_mode=CAPTURE_MODE):
+                self._execute(bucket)  # one capture at a time in the process (graphs.py says why)
         return bucket
 
     def _execute(self, bucket: _Bucket) -> None:
