@@ -36,10 +36,7 @@ from common import machine
 from graph_memory import graph_memory
 
 from densepure.artifacts import ArtifactKind
-from densepure.certify.analyze import DEFAULT_RADII, load_run, markdown_table, paired_markdown, summarize
-from densepure.certify.records import IfExists
 from densepure.certify.tasks import CertifyTask
-from densepure.certify.writer import open_results
 from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends
 from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
@@ -51,6 +48,9 @@ from densepure.models import get_preset
 from densepure.models.digits import load_digits_calibration_split, load_digits_test_split, load_digits_unet
 from densepure.noise import NoisePhase
 from densepure.precision import Precision
+from densepure.results.analyze import DEFAULT_RADII, load_run, markdown_table, paired_markdown, summarize
+from densepure.results.records import IfExists
+from densepure.results.writer import open_results
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

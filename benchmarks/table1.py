@@ -17,8 +17,13 @@ sidecar with per-image counts) under ``--out``; an interrupted run resumes where
 After every configuration the report (markdown table + plot) is rewritten from the result files
 present, so a partial run shows which rows are complete.
 
+``--noise sound`` runs the same table with the sound noise (exact grid steps on the digits' grid k/16,
+docs/guarantees.md) into ``results/table1_sound`` and ``table1_digits_sound.md``; the default stays the float
+noise, whose committed files it reproduces.
+
 Usage:
   python benchmarks/table1.py                      # the full table (hours on 2 CPU cores)
+  python benchmarks/table1.py --noise sound --only onestep   # the sound noise's one-step rows
   python benchmarks/table1.py --report-only        # rebuild the report from existing files
   python benchmarks/table1.py --images 4 --n 200   # a quick smoke run (use another --out)
 """
@@ -36,11 +41,11 @@ import torch
 from common import machine
 
 from densepure.certify.tasks import CertifyTask
-from densepure.diffusion import Mode, SmoothingConfig
+from densepure.diffusion import Mode, NoiseKind, SmoothingConfig
 from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models.classifiers import Classifier, Preprocess
-from densepure.models.digits import load_digits_classifier, load_digits_test_split, load_digits_unet
+from densepure.models.digits import PIXEL_LEVELS, load_digits_classifier, load_digits_test_split, load_digits_unet
 from densepure.models.presets import get_preset
 from densepure.results.analyze import DEFAULT_RADII, Run, load_run, markdown_table, paired_markdown, summarize
 from densepure.results.records import IfExists
@@ -88,6 +93,8 @@ def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, in
                   "sigma": group.sigma, "num_chains": k, "steps": group.steps, "n0": args.n0, "n": args.n,
                   "alpha": args.alpha, "t_star_rule": "auto",
                   "computed_as": f"first {k} of {group.chains} chains" if k != group.chains else "direct"}
+        if args.noise == "sound":  # float files keep the records they were written with
+            config |= {"noise": "sound", "levels": PIXEL_LEVELS}
         writers[k] = open_results(group.file(args.out, k), config, args.seed, IfExists.RESUME)
     todo = [i for i in indices if any(i not in w.finished for w in writers.values())]
     if not todo:
@@ -95,7 +102,9 @@ def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, in
             w.close()
         return
     mode = Mode(group.mode)
-    smoothing = SmoothingConfig(mode, group.sigma, group.chains, group.steps, schedule=get_preset("digits").schedule)
+    sound = args.noise == "sound"
+    smoothing = SmoothingConfig(mode, group.sigma, group.chains, group.steps, schedule=get_preset("digits").schedule,
+                                noise=NoiseKind(args.noise), levels=PIXEL_LEVELS if sound else None)
     classifier = TorchClassifier(Classifier(load_digits_classifier(), Preprocess(), num_classes=10), 10, (1, 8, 8))
     backends = Backends(TorchDenoiser(load_digits_unet()) if mode is not Mode.GAUSSIAN else None, classifier)
     config = EngineConfig(unet_rows=512, classifier_rows=512, draw_capacity=1024, image_slots=8,
@@ -126,7 +135,8 @@ def run_group(group: Group, args, images: torch.Tensor, labels: torch.Tensor, in
 
 def report(args, all_groups: list[Group], expected: int) -> Path:
     """Markdown table per sigma and one plot, from whatever result files exist."""
-    lines = ["# Table 1 on digits: certified accuracy (%) at L2 radius r, and ACR", "",
+    noise = " (sound noise: exact grid steps on k/16)" if args.noise == "sound" else ""
+    lines = [f"# Table 1 on digits{noise}: certified accuracy (%) at L2 radius r, and ACR", "",
              f"Command: `{args.command}`  ", f"Machine: {machine()}  ",
              f"Setting: {expected} digits test images (evenly spread over the 450-image split), "
              f"N0={args.n0}, N={args.n:,}, alpha={args.alpha}, seed={args.seed}; the shipped digits UNet "
@@ -149,10 +159,11 @@ def report(args, all_groups: list[Group], expected: int) -> Path:
         if summaries:
             lines += [f"## sigma = {sigma:g}", "", markdown_table(summaries), *_paired_lines(runs)]
             runs_by_sigma[sigma] = runs
-    md = args.out.parent / "table1_digits.md"
+    stem = "table1_digits" + ("_sound" if args.noise == "sound" else "")
+    md = args.out.parent / f"{stem}.md"
     if runs_by_sigma:
-        _plot(runs_by_sigma, args.out.parent / "table1_digits.png")
-        lines += ["![certified accuracy against radius](table1_digits.png)", ""]
+        _plot(runs_by_sigma, args.out.parent / f"{stem}.png")
+        lines += [f"![certified accuracy against radius]({stem}.png)", ""]
     md.write_text("\n".join(lines))
     return md
 
@@ -196,10 +207,15 @@ def main() -> None:
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "table1")
+    ap.add_argument("--noise", choices=["float", "sound"], default="float",
+                    help="the smoothing noise (default float: the committed table; sound: exact grid steps)")
+    ap.add_argument("--out", type=Path, default=None, help="result files (default: results/table1, or "
+                                                            "results/table1_sound with --noise sound)")
     ap.add_argument("--only", default=None, help="run only groups whose name contains this (e.g. 'b=4')")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    default_out = HERE / "results" / ("table1_sound" if args.noise == "sound" else "table1")
+    args.out = args.out or default_out
     if args.threads:
         torch.set_num_threads(args.threads)
     argv, skip = [], False  # the run's command: --report-only (and a default --out) do not change results
@@ -207,7 +223,7 @@ def main() -> None:
         if skip or arg == "--report-only":
             skip = False
             continue
-        if arg == "--out" and args.out == HERE / "results" / "table1":
+        if arg == "--out" and args.out == default_out:
             skip = True
             continue
         argv.append(arg)

@@ -82,6 +82,18 @@ def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio(run_s
         two["c2.requests_per_s"] / one["c2.requests_per_s"])
 
 
+@pytest.mark.slow
+def test_sound_benchmark_reports_both_samplers_and_their_ratio(run_script):
+    stdout = run_script("sound.py", "--repeats", "1", "--e2e-repeats", "0")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["sampler"]) == {"digits", "cifar10", "imagenet"}
+    for row in result["sampler"].values():
+        ns = row["ns_per_value"]
+        assert set(ns) == {"float_noise", "sound_noise", "float_start", "sound_start"} and min(ns.values()) > 0
+        assert row["noise_ratio"] == pytest.approx(ns["sound_noise"] / ns["float_noise"])
+    assert "sound/float" in stdout
+
+
 def test_flops_prints_the_table_of_docs_performance(run_script):
     """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
     pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")

@@ -87,3 +87,68 @@ def test_the_generator_reaches_the_documented_bound_and_no_further(doc, monkeypa
     largest = float(z.abs().max())
     assert largest == float(z[0, 0]) == float(z[0, 2]) and largest == pytest.approx(R_MAX, abs=1e-6)
     assert agrees(stated(doc, r"at most sqrt\(66 ln 2\) = " + NUMBER), largest)
+
+
+# ---------------------------------------------------------------------------- the sound noise (issue 27)
+SOUND_DRAWS = {"digits": 1050, "CIFAR-10": 100_100, "ImageNet": 100_100}  # the digits main job; the protocol
+ALPHA = 0.001
+
+
+def test_the_sound_accounting_table(doc):
+    """Each row: the preset's grid, k and the table's TV bound (densepure.noise.sound_table), N, and
+    epsilon = N d epsilon_v (added_failure) absolute and as a fraction of alpha."""
+    from densepure.noise import added_failure, sound_table
+
+    cells = r" \| ".join([r"\| (digits|CIFAR-10|ImageNet), " + NUMBER, *[NUMBER] * 6]) + r" \|"
+    rows = re.findall(cells, doc)
+    assert len(rows) == 9 and {row[0] for row in rows} == set(TABLE_PRESETS), rows
+    for name, sigma, levels, k, eps_v, draws, eps, fraction in rows:
+        preset = PRESETS[TABLE_PRESETS[name]]
+        cfg = preset.unet_config
+        table = sound_table(int(levels), float(sigma))
+        added = added_failure(table, cfg.in_channels * cfg.image_size**2, SOUND_DRAWS[name])
+        assert int(levels) == preset.levels and int(k.replace(",", "")) == table.k, (name, sigma)
+        assert int(draws.replace(",", "")) == SOUND_DRAWS[name]
+        assert agrees(eps_v, table.tv_per_value) and agrees(eps, added) and agrees(fraction, added / ALPHA), \
+            (name, sigma, table.tv_per_value, added)
+        assert added / ALPHA < 1e-9  # the issue's bound, at every preset
+
+
+def test_the_sixty_four_bit_counterfactual(doc):
+    """epsilon_v is about k 2^-B / 3 (checked on the 96-bit table); with B = 64 bits at ImageNet size, sigma = 1,
+    N = 100,100; and the fewest bits that keep epsilon below 1e-9 of alpha there."""
+    from densepure.noise import sound_table
+
+    table = sound_table(255, 1.0)
+    assert table.tv_per_value == pytest.approx(table.k * 2.0**-96 / 3, rel=0.1)
+    eps = table.k * 2.0**-64 / 3 * 196_608 * 100_100
+    assert agrees(stated(doc, r"an epsilon of " + NUMBER + r" \("), eps)
+    assert agrees(stated(doc, r"\(" + NUMBER + r" of alpha\) at ImageNet size"), eps / ALPHA)
+    bits = next(b for b in range(64, 128) if table.k * 2.0**-b / 3 * 196_608 * 100_100 < 1e-9 * ALPHA)
+    assert f"at least {bits} bits" in doc
+
+
+def test_the_float32_interval_gap_and_bfloat16_spacing(doc):
+    """P(fl32(z) <= 1) = P(z <= 1 + 2^-24): the gap phi(1) 2^-24; bf16's spacing 2^-8 near [0.5, 1) in model
+    units is 2^-9 in pixel units, as a percentage of sigma = 0.25."""
+    from scipy import stats
+
+    assert agrees(stated(doc, r"phi\(1\) 2\^-24 = " + NUMBER), stats.norm.pdf(1.0) * 2.0**-24)
+    assert torch.finfo(torch.bfloat16).eps == 2.0**-7  # 8 significant bits: spacing 2^-8 in [0.5, 1)
+    assert agrees(stated(doc, r"2\^-9 in pixel units, " + NUMBER + r"% of sigma = 0.25"), 100 * 2.0**-9 / 0.25)
+
+
+def test_the_documented_rounding_margins_are_the_code_s(doc):
+    import importlib
+
+    from densepure.stats import cohen as stats
+
+    sound = importlib.import_module("densepure.noise.sound")
+    tables = importlib.import_module("densepure.noise.sound_table")  # the package's attribute is the function
+
+    assert stats._CDF_MARGIN == 2.0**-36 and "alpha (1 - 2^-36)" in doc
+    assert sound.GRID_TOLERANCE == 2.0**-23 and "within 2^-23 of a level" in doc
+    assert tables.BITS == 96 and tables.PRECISION == 256 and "in 256-bit arithmetic" in doc
+    assert tables.GUIDE_BITS == 16 and "A 16-bit guide table" in doc
+    steps = tables.sound_table(255, 0.25).tensors(torch.device("cpu")).search_steps
+    assert "(11 steps for 8-bit images" in doc and steps == 11

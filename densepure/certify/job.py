@@ -13,6 +13,7 @@ replaced at the same path cannot be mixed into a run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -25,13 +26,14 @@ from densepure.certify.loading import build_engine
 from densepure.certify.options import _NOT_RECORDED, JobOptions
 from densepure.certify.runner import Progress, run_dataset
 from densepure.certify.tasks import PredictTask, Task
-from densepure.data.datasets import Dataset, open_dataset, select_indices
-from densepure.diffusion import Mode
+from densepure.data.datasets import Dataset, data_levels, open_dataset, select_indices
+from densepure.diffusion import Mode, NoiseKind
 from densepure.engine.backends.select import BackendKind, check_calibration_split
 from densepure.engine.device import resolve_device
 from densepure.engine.engine import Engine
 from densepure.errors import ConfigError, DensePureError
 from densepure.noise import draw_seed
+from densepure.noise.sound import grid_indices
 from densepure.results.records import IfExists, ImageRecord, TsvKind
 from densepure.results.writer import check_results, open_results
 
@@ -60,9 +62,11 @@ class Job:
         chains = f"K={s.num_chains} b={s.steps} " if s.mode is Mode.DENSEPURE else ""
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
+        stats += f" budget={o.budget} (anytime radius)" if o.budget is not None else ""
+        noise = f"noise={s.noise.value}" + (f" levels={s.levels}" if s.sound else "")
         resize = f" resize={m.resize.value}" if m.resize is not None else ""
         return (f"{command}: {len(self.indices)} images, preset={m.preset} classifier={m.classifier}{resize} "
-                f"mode={s.mode.value} sigma={s.sigma} {chains}{stats} "
+                f"mode={s.mode.value} sigma={s.sigma} {noise} {chains}{stats} "
                 f"alpha={o.alpha} seed={self.seed} device={self.engine.device} backend={x.backend.value} "
                 f"precision={x.precision.value} kernels={self.engine.kernels.name}")
 
@@ -99,11 +103,11 @@ def _dataset(options: JobOptions) -> tuple[Dataset, Path]:
     if options.models.preset != "digits":
         raise ConfigError(f"preset {options.models.preset!r} needs --data (a CIFAR-10 batch, an image folder, .npz or image)")
     from densepure.data.arrays import ArrayDataset
-    from densepure.models.digits import load_digits_test_split
+    from densepure.models.digits import PIXEL_LEVELS, load_digits_test_split
     from densepure.models.presets import digits_asset_path
 
     images, labels = load_digits_test_split()
-    dataset = ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10)
+    dataset = ArrayDataset(images.numpy(), labels.numpy(), name="digits-test", num_classes=10, levels=PIXEL_LEVELS)
     return dataset, digits_asset_path("test_split.npz")
 
 
@@ -214,9 +218,14 @@ def prepare_draft(options: JobOptions) -> Job:
     indices = select_indices(len(dataset), selection.skip, selection.max)
     if not indices:
         raise ConfigError(f"--skip {selection.skip} --max {selection.max} select no image of {len(dataset)}")
-    _check_shape(options, dataset, source)
+    options = options.resolved(data_levels(dataset))
+    shape = _check_shape(options, dataset, source)
+    smoothing = options.smoothing
+    if smoothing.noise is NoiseKind.SOUND:  # the first image now; the engine checks every image as it is submitted
+        grid_indices(dataset[indices[0]][0], smoothing.levels, name=f"image {indices[0]} of {source}")
     device = device_type(options.execution.device, options.cluster.ray is not None)
-    record = {**options.record(), "device": device, "content": content_hashes(options, source)}
+    record = {**options.record(), **sound_accounting(options, shape), "device": device,
+              "content": content_hashes(options, source)}
     run = options.execution
     if run.precision.quantized:  # a certified image must never be a calibration one
         check_calibration_split(run.artifacts, run.precision, record["content"]["data"], indices)
@@ -225,6 +234,21 @@ def prepare_draft(options: JobOptions) -> Job:
     for path, config in draft.outputs():
         check_results(path, config, seed, mode, draft.tsv_kind, draft.read_old)
     return draft
+
+
+def sound_accounting(options: JobOptions, shape: tuple[int, int, int]) -> dict[str, float]:
+    """Sound noise: ``effective_alpha``, the certificate's failure probability with the sampler's departure
+    from the exact discretized Gaussian added (docs/guarantees.md), for the most draws one image can take;
+    empty for float noise (whose departures are not accounted: docs/guarantees.md)."""
+    if options.smoothing.noise is not NoiseKind.SOUND:
+        return {}
+    from densepure.models import get_preset
+    from densepure.noise import added_failure, sound_table
+
+    smoothing = options.smoothing_config(get_preset(options.models.preset).schedule)
+    added = added_failure(sound_table(smoothing.levels, smoothing.noise_sigma()), math.prod(shape),
+                          options.task().max_draws)
+    return {"effective_alpha": math.nextafter(options.sampling.alpha + added, math.inf)}
 
 
 def _class_warnings(classes: int, dataset: Dataset) -> tuple[str, ...]:

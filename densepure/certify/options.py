@@ -3,8 +3,9 @@
 :class:`JobOptions` composes records that each say what they are and validate themselves:
 
 * :class:`ModelSource` - which diffusion model and classifier (preset, checkpoint, classifier, resize);
-* :class:`SmoothingOptions` - the base classifier (mode, sigma, K, b, t* rule);
-* :class:`SamplingOptions` - the statistics (n0, n, alpha, radius and its test, predict, also-K, seed);
+* :class:`SmoothingOptions` - the base classifier (mode, sigma, K, b, t* rule, the noise and its grid);
+* :class:`SamplingOptions` - the statistics (n0, n, alpha, radius and its test, anytime budget, predict,
+  also-K, seed);
 * :class:`ExecutionOptions` - how it runs (backend, artifacts, device, precision, batch, kernels, ...);
 * :class:`DataSelection` - which images (data, skip, max);
 * :class:`OutputOptions` - where the results go (output, overwrite);
@@ -30,8 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
-from densepure.diffusion import Mode, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask, SequentialTask, Task
+from densepure.diffusion import Mode, NoiseKind, NoiseSchedule, SmoothingConfig, TStarRule
+from densepure.diffusion.smoothing import MAX_LEVELS
 from densepure.engine.backends.select import BackendKind, check_backend_options, exported_models, same_classifier
 from densepure.errors import ConfigError
 from densepure.kernels import CompileMode, KernelChoice
@@ -139,13 +141,17 @@ class ModelSource:
 @dataclass(frozen=True)
 class SmoothingOptions:
     """The base classifier: ``mode``, ``sigma`` (None: the preset's), and for DensePure ``num_chains`` (K)
-    and ``steps`` (b) (None: the preset's; absent for the other modes), and the t* rule."""
+    and ``steps`` (b) (None: the preset's; absent for the other modes), the t* rule, and the ``noise``
+    (None: sound where the grid is known, float otherwise; decided by :meth:`resolved`) with the grid
+    ``k / levels`` of the images (None: the data's)."""
 
     mode: Mode = Mode.DENSEPURE
     sigma: float | None = None
     num_chains: int | None = None
     steps: int | None = None
     t_star_rule: TStarRule = TStarRule.AUTO
+    noise: NoiseKind | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -156,6 +162,24 @@ class SmoothingOptions:
         _optional_int("b (steps)", self.steps, 1)
         if self.mode is not Mode.DENSEPURE and (self.num_chains not in (None, 1) or self.steps not in (None, 1)):
             raise ConfigError(f"--K and --b apply to --mode densepure, not {self.mode.value}")
+        if self.noise is not None:
+            object.__setattr__(self, "noise", NoiseKind.parse(self.noise))
+        if self.levels is not None and (not is_int(self.levels) or not 1 <= self.levels <= MAX_LEVELS):
+            raise ConfigError(f"--levels (the grid k / levels of the images) must be an integer in [1, {MAX_LEVELS}], "
+                              f"got {self.levels!r}")
+        if self.noise is NoiseKind.FLOAT and self.levels is not None:
+            raise ConfigError("--levels declares the grid of the sound noise; --noise float reads none: drop one")
+
+    def resolved(self, data_levels: int | None) -> SmoothingOptions:
+        """The noise decided: ``levels`` (given, else the data's grid ``data_levels``) and ``noise`` (given,
+        else sound where a grid is known, float otherwise). Sound noise without a grid is a
+        :class:`ConfigError` naming the way out."""
+        levels = self.levels if self.levels is not None else data_levels
+        noise = self.noise or (NoiseKind.SOUND if levels is not None else NoiseKind.FLOAT)
+        if noise is NoiseKind.SOUND and levels is None:
+            raise ConfigError("--noise sound needs the grid of the images, and this data declares none (uint8 "
+                              "sources and the digits do): give --levels N (values k / N), or --noise float")
+        return replace(self, noise=noise, levels=levels if noise is NoiseKind.SOUND else None)
 
     def with_defaults(self, defaults: Mapping[str, object]) -> SmoothingOptions:
         """Unset values from ``defaults``; K and b recorded as absent for the modes that have none."""
@@ -168,14 +192,17 @@ class SmoothingOptions:
         """The one smoothing configuration (``schedule``: the preset's, for every mode but gaussian)."""
         dense = self.mode is Mode.DENSEPURE
         return SmoothingConfig(self.mode, self.sigma, self.num_chains if dense else 1, self.steps if dense else 1,
-                               self.t_star_rule, schedule if self.mode is not Mode.GAUSSIAN else None)
+                               self.t_star_rule, schedule if self.mode is not Mode.GAUSSIAN else None,
+                               noise=self.noise or (NoiseKind.SOUND if self.levels else NoiseKind.FLOAT),
+                               levels=self.levels)  # unresolved: as resolved() with no data grid
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """The statistics: ``n0`` selection and ``n`` estimation draws (None: the preset's; predict has no
-    n0), ``alpha``; ``radius`` for sequential certification by ``sequential``'s test; ``predict`` for
-    Cohen's PREDICT; ``also_chains`` (the k-chain results of the same draws); the noise ``seed``."""
+    n0), ``alpha``; ``radius`` for sequential certification by ``sequential``'s test; ``budget`` for the
+    anytime radius over that many estimation draws (it replaces ``n``); ``predict`` for Cohen's PREDICT;
+    ``also_chains`` (the k-chain results of the same draws); the noise ``seed``."""
 
     n0: int | None = None
     n: int | None = None
@@ -185,6 +212,7 @@ class SamplingOptions:
     predict: bool = False
     also_chains: tuple[int, ...] = ()
     seed: int | None = None
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         validate_alpha(self.alpha)
@@ -201,6 +229,19 @@ class SamplingOptions:
         object.__setattr__(self, "also_chains", tuple(sorted({int(k) for k in self.also_chains})))
         if self.also_chains and self.radius is not None:
             raise ConfigError(ALSO_K_NEEDS)
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.budget is None:
+            return
+        if self.predict or self.radius is not None or self.also_chains:
+            raise ConfigError("--budget (the anytime radius) is a certify task of its own: not with --predict, "
+                              "--radius or --also-K")
+        if not is_int(self.budget) or self.budget < 1:
+            raise ConfigError(f"--budget must be an integer >= 1, got {self.budget!r}")
+        if self.n is not None and self.n != self.budget:
+            raise ConfigError(f"--budget replaces --n (the estimation draws), got --n {self.n} and --budget {self.budget}")
+        object.__setattr__(self, "n", self.budget)
 
     def with_defaults(self, defaults: Mapping[str, object]) -> SamplingOptions:
         n0 = None if self.predict else (self.n0 if self.n0 is not None else defaults["n0"])
@@ -210,6 +251,8 @@ class SamplingOptions:
         """What each image gets: PREDICT, CERTIFY, or sequential certification of ``radius``."""
         if self.predict:
             return PredictTask(self.n, self.alpha)
+        if self.budget is not None:
+            return AnytimeTask(self.n0, self.budget, self.alpha)
         if self.radius is not None:
             return SequentialTask(self.n0, self.radius, self.alpha, n_max=self.n, method=self.sequential)
         return CertifyTask(self.n0, self.n, self.alpha)
@@ -358,8 +401,13 @@ class JobOptions:
                 for f in fields(record)}
 
     def task(self) -> Task:
-        """What each image gets: PREDICT, CERTIFY, or sequential certification of the radius."""
+        """What each image gets: PREDICT, CERTIFY, the anytime radius, or sequential certification of the radius."""
         return self.sampling.task()
+
+    def resolved(self, data_levels: int | None) -> JobOptions:
+        """These options with the noise decided for data whose grid is ``k / data_levels`` (None: no grid
+        declared): :meth:`SmoothingOptions.resolved`."""
+        return replace(self, smoothing=self.smoothing.resolved(data_levels))
 
     def smoothing_config(self, schedule: NoiseSchedule | None) -> SmoothingConfig:
         """The one smoothing configuration of the job (``schedule``: the preset's, for every mode but gaussian)."""
@@ -373,6 +421,12 @@ class JobOptions:
                   for k, v in self.flat().items() if k not in _NOT_RECORDED}
         if record["resize"] is None:
             del record["resize"]
+        # float noise and a fixed N are recorded as absent: the records of runs made before the sound noise
+        # and the anytime radius, which they are (a resume with another noise is refused: noise differs)
+        if self.smoothing.noise is not NoiseKind.SOUND:
+            del record["noise"], record["levels"]
+        if record["budget"] is None:
+            del record["budget"]
         return record
 
     def prefix_record(self, k: int) -> dict:

@@ -4,12 +4,14 @@ policy is, :mod:`densepure.engine.policy`; certification implements the ones tha
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.engine.policy import DrawRequest, Policy
+from densepure.engine.policy import DrawRequest, FixedPolicy, Policy
 from densepure.noise import NoisePhase
 from densepure.stats.boundary import AnyPlan
+from densepure.stats.confseq import AnytimeCertificate, AnytimeRadius, anytime_looks
 from densepure.stats.sequential import SequentialDecision, SequentialResult
 
 LOOKAHEAD = 0.5  # estimation draws may run this fraction beyond the next look (see SequentialPolicy)
@@ -108,3 +110,68 @@ class SequentialPolicy(Policy):
     @property
     def max_draws(self) -> int:
         return max(self.n0, self.plan.n_max)
+
+
+@dataclass(frozen=True)
+class AnytimeResult:
+    """An image's final anytime certificate and the cumulative hits of c_hat at each look of
+    :func:`~densepure.stats.confseq.anytime_looks` (recorded, so that a verifier replays the sequence)."""
+
+    certificate: AnytimeCertificate
+    look_hits: tuple[int, ...]
+
+
+class AnytimePolicy(FixedPolicy):
+    """``n0`` selection draws, then ``budget`` estimation draws, with the anytime-valid radius
+    (:class:`~densepure.stats.confseq.AnytimeRadius`) updated as they arrive: :attr:`certificate` is
+    the largest radius certified so far, valid whenever sampling stops (a deadline, a client leaving).
+
+    As in :class:`SequentialPolicy`, estimation labels are kept by draw index and the radius is updated
+    at a look only once the selection is complete and every draw below the look has its label, in look
+    order: the updates read prefixes of the i.i.d. label sequence, whatever the batching.
+    """
+
+    def __init__(self, num_classes: int, n0: int, budget: int, sigma: float, alpha: float):
+        super().__init__(num_classes, {NoisePhase.SELECTION: n0, NoisePhase.ESTIMATION: budget})
+        self.n0, self.budget, self.sigma, self.alpha = int(n0), int(budget), sigma, alpha
+        self.labels = np.full(self.budget, -1, dtype=np.int32)  # estimation labels by draw index
+        self.looks, self.next_look = anytime_looks(self.budget), 0
+        self.done_sel = self.hits = self.evaluated = 0
+        self.selected = -1
+        self.radius: AnytimeRadius | None = None
+        self.look_hits: list[int] = []
+
+    def record(self, request: DrawRequest, label: int, prefix_labels: dict[int, int] | None = None) -> None:
+        super().record(request, label, prefix_labels)
+        if request.phase is NoisePhase.ESTIMATION:
+            self.labels[request.draw] = label
+        else:
+            self.done_sel += 1
+            if self.done_sel == self.n0:
+                self.selected = int(np.argmax(self.counts[NoisePhase.SELECTION]))
+                self.radius = AnytimeRadius(self.sigma, self.alpha, self.selected)
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.radius is not None and self.next_look < len(self.looks):
+            look = self.looks[self.next_look]
+            arrived = self.labels[self.evaluated:look]
+            if (arrived < 0).any():
+                return
+            self.hits += int(np.count_nonzero(arrived == self.selected))
+            self.evaluated = look
+            self.radius.update(self.hits, look)
+            self.look_hits.append(self.hits)
+            self.next_look += 1
+
+    @property
+    def certificate(self) -> AnytimeCertificate | None:
+        """The answer so far (None before the selection is complete)."""
+        return self.radius.certificate if self.radius is not None else None
+
+    @property
+    def result(self) -> AnytimeResult | None:
+        """The final answer, at the budget, with the hits at each look (None until every look is evaluated)."""
+        if self.next_look < len(self.looks):
+            return None
+        return AnytimeResult(self.certificate, tuple(self.look_hits))

@@ -15,6 +15,9 @@ Neither takes a sigma of its own: the noise level of the radius is the one the e
   probability; radius ``sigma * Phi^-1(p_A_lower)`` (Cohen et al. 2019).
 * :class:`SequentialTask` - ``n0`` selection draws, then estimation draws until the plan's test decides
   whether the requested radius is certified (:mod:`densepure.stats.sequential`).
+* :class:`AnytimeTask` - ``n0`` selection draws, then a budget of estimation draws; the radius is the
+  anytime-valid one (:class:`~densepure.stats.confseq.AnytimeRadius`), reported as it grows and valid
+  whenever sampling stops.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from densepure.certify.policies import SequentialPolicy
+from densepure.certify.policies import AnytimePolicy, AnytimeResult, SequentialPolicy
 from densepure.engine.policy import FixedPolicy, Policy
 from densepure.errors import ConfigError
 from densepure.noise import NoisePhase
@@ -177,4 +180,42 @@ class SequentialTask(_Lifecycle):
                            estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]), extra=extra)
 
 
-Task = PredictTask | CertifyTask | SequentialTask
+
+@dataclass(frozen=True)
+class AnytimeTask(_Lifecycle):
+    """``n0`` selection draws, ``budget`` estimation draws, failure probability ``alpha``; the radius is the
+    largest one the betting confidence sequence certified (valid at any stopping time, slightly below
+    CERTIFY's at the same n: :class:`~densepure.stats.confseq.AnytimeRadius`)."""
+
+    n0: int
+    budget: int
+    alpha: float = 0.001
+
+    procedure = "anytime_betting"
+
+    def __post_init__(self) -> None:
+        validate_sample_count("n0", self.n0)
+        validate_sample_count("budget", self.budget)
+        validate_alpha(self.alpha)
+
+    @property
+    def max_draws(self) -> int:
+        return self.n0 + self.budget
+
+    def policy(self, num_classes: int, sigma: float) -> Policy:
+        return AnytimePolicy(num_classes, self.n0, self.budget, sigma, self.alpha)
+
+    def record(self, idx: int, label: int, seconds: float, counts: Counts, sigma: float,
+               result: AnytimeResult | None = None) -> ImageRecord:
+        """The image's record; ``look_hits`` (the cumulative hits at each look) lets a verifier replay the
+        confidence sequence (:mod:`densepure.results.verify`)."""
+        if not isinstance(result, AnytimeResult):
+            raise ConfigError("an anytime record needs the policy's final result")
+        cert = result.certificate
+        return ImageRecord(row=_row(idx, label, cert.label, cert.radius, seconds), n0=self.n0, n=cert.n,
+                           selection_counts=_tuple(counts[NoisePhase.SELECTION]),
+                           estimation_counts=_tuple(counts[NoisePhase.ESTIMATION]),
+                           extra={"p_a_lower": cert.p_a_lower, "anytime": True, "look_hits": list(result.look_hits)})
+
+
+Task = PredictTask | CertifyTask | SequentialTask | AnytimeTask

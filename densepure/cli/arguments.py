@@ -24,7 +24,7 @@ from densepure.certify.options import (
     OutputOptions,
     SamplingOptions,
 )
-from densepure.diffusion import Mode, TStarRule
+from densepure.diffusion import Mode, NoiseKind, TStarRule
 from densepure.engine.backends.select import BackendKind
 from densepure.kernels import CompileMode, KernelChoice
 from densepure.models.classifiers import ResizeChoice
@@ -71,6 +71,13 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--t-star", dest="t_star_rule", choices=_choices(TStarRule),
                    help="t* rule: auto (closed form for cosine, nearest crossing otherwise), closed-form, nearest, "
                         "dds (default: auto)")
+    g.add_argument("--noise", choices=_choices(NoiseKind),
+                   help="sound: exact integer grid steps of the discretized Gaussian, the model input computed from "
+                        "the grid index (a certificate about the program that runs; images must lie on the grid "
+                        "k/levels); float: float32 Gaussian noise (the papers' practice; docs/guarantees.md) "
+                        "(default: sound where the grid is known: uint8 sources, the digits; float otherwise)")
+    g.add_argument("--levels", type=int, help="the grid k/LEVELS the images lie on, for the sound noise (default: the "
+                                              "data's: 255 for 8-bit sources, 16 for the digits)")
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,9 +90,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max", type=int, help="stop after MAX images (default: -1 = all selected; digits: 20)")
 
 
-def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool, also_k: bool = True) -> None:
+def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool, also_k: bool = True,
+                             anytime: bool = True) -> None:
     """The statistics of a certify/predict run (:class:`~densepure.certify.options.SamplingOptions`);
-    ``also_k``: offer --also-K (it writes result files, which benchmarks do not)."""
+    ``also_k``: offer --also-K (it writes result files, which benchmarks do not); ``anytime``: offer
+    --budget (certify's anytime radius)."""
     g = p.add_argument_group("statistics")
     if not predict:
         g.add_argument("--n0", type=int, help="selection draws (default: 100; digits: 50)")
@@ -99,6 +108,10 @@ def add_statistics_arguments(p: argparse.ArgumentParser, predict: bool, also_k: 
                             "(a betting confidence sequence, valid at any stopping time) or geometric (the plan of "
                             f"densepure <= 0.1, to reproduce earlier runs) (default: "
                             f"{default(SamplingOptions, 'sequential')})")
+    if not predict and anytime:
+        g.add_argument("--budget", type=int, help="the anytime radius: up to BUDGET estimation draws (replaces --n), "
+                                                  "the radius certified by a betting confidence sequence, valid at "
+                                                  "any stopping time (recorded as the image's radius)")
     if also_k:
         g.add_argument("--also-K", dest="also_chains", type=_chain_list,
                        help="DensePure, fixed N: also write the results of the first k chains of each draw, e.g. "

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
         add_model_arguments(q)
         add_data_arguments(q)
         add_smoothing_arguments(q)
-        add_statistics_arguments(q, predict=False, also_k=False)
+        add_statistics_arguments(q, predict=False, also_k=False, anytime=False)
         add_execution_arguments(q)
         if name == "throughput":
             add_throughput_arguments(q)

@@ -144,11 +144,8 @@ class BarProgress:
 
 
 def _draws_per_image(task) -> int | None:
-    """Draws one image takes under ``task`` when fixed in advance (None for sequential tasks)."""
-    from densepure.certify.tasks import CertifyTask, PredictTask
+    """Draws one image takes under ``task`` when fixed in advance (None for sequential tasks, which stop
+    when their test decides)."""
+    from densepure.certify.tasks import SequentialTask
 
-    if isinstance(task, CertifyTask):
-        return task.n0 + task.n
-    if isinstance(task, PredictTask):
-        return task.n
-    return None
+    return None if isinstance(task, SequentialTask) else task.max_draws

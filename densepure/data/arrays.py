@@ -58,10 +58,11 @@ def _check_labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
 
 
 class ArrayDataset:
-    """A dataset over an image array; items are ((C, H, W) float32 in [0, 1], label)."""
+    """A dataset over an image array; items are ((C, H, W) float32 in [0, 1], label). ``levels``: the grid
+    ``k / levels`` float images lie on, when known (uint8 images: 255, whatever is given)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, *,
-                 name: str = "arrays", num_classes: int | None = None) -> None:
+                 name: str = "arrays", num_classes: int | None = None, levels: int | None = None) -> None:
         images = _to_channels_first(np.asarray(images), name)
         _check_pixels(images, name)
         if labels is None:
@@ -69,6 +70,8 @@ class ArrayDataset:
         self._labels = _check_labels(np.asarray(labels), images.shape[0], name)
         self._images = images
         self.name = name
+        # the grid k / levels the images lie on: uint8 arrays declare 255; float arrays only when told
+        self.levels: int | None = 255 if images.dtype == np.uint8 else levels
         # a count read from the labels is a lower bound (a subset of a dataset may miss its last classes)
         self.classes_inferred = num_classes is None
         if num_classes is None and self._labels.size and self._labels.max() >= 0:

@@ -187,6 +187,7 @@ class Cifar10Dataset:
 
     name = "cifar10"
     num_classes: int | None = CIFAR10_CLASSES
+    levels: int | None = 255  # uint8 pixels / 255: the sound noise's grid
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)

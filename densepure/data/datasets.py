@@ -3,7 +3,9 @@
 Every reader is a :class:`Dataset`: ``len(ds)``, ``ds[i] -> (image, label)`` with ``image`` a
 float32 tensor (C, H, W) in [0, 1] and ``label`` an int (-1: unknown), plus ``name`` and
 ``num_classes`` (None when unknown). A reader whose ``num_classes`` is only read off the labels
-(``max + 1``, a lower bound) also has ``classes_inferred = True``.
+(``max + 1``, a lower bound) also has ``classes_inferred = True``. A reader whose images lie on a grid
+``k / levels`` says so in ``levels`` (8-bit sources: 255; None or absent when unknown): the sound noise's
+default grid (:func:`data_levels`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ class DatasetSpec:
         if self.label is not None and self.kind not in (DatasetKind.AUTO, DatasetKind.IMAGE):
             raise ConfigError(f"label can be given for a single image only, not for kind "
                               f"{self.kind.value}")
+
+
+def data_levels(dataset: object) -> int | None:
+    """The grid ``k / levels`` a dataset declares its images lie on, or None."""
+    levels = getattr(dataset, "levels", None)
+    return levels if isinstance(levels, int) and not isinstance(levels, bool) and levels >= 1 else None
 
 
 def select_indices(n_total: int, skip: int = 1, max: int = -1) -> list[int]:  # noqa: A002

@@ -63,6 +63,7 @@ class ImageFolderDataset:
         self.samples = tuple(samples)
         self.name = self.root.name
         self.num_classes: int | None = len(self.classes)
+        self.levels: int | None = 255  # decoded, resized and cropped as 8-bit RGB, then / 255
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,6 +90,7 @@ class SingleImageDataset:
         self.label = label
         self.name = self.path.stem
         self.num_classes = num_classes
+        self.levels: int | None = 255  # 8-bit RGB / 255
 
     def __len__(self) -> int:
         return 1

@@ -14,10 +14,10 @@ from densepure.lazy import lazy_exports
 _EXPORTS = {
     "grid": ("ReverseGrid", "build_reverse_grid", "coarse_timesteps", "onestep_grid"),
     "schedules": ("NoiseSchedule", "ScheduleKind", "cosine_alpha_bar"),
-    "smoothing": ("Mode", "SmoothingConfig", "StartKind"),
+    "smoothing": ("Mode", "NoiseKind", "SmoothingConfig", "StartKind"),
     "step": ("GridTables", "StepCoefficients", "dds_forward_sample", "model_time_tensor", "noisy_input", "predict_x0",
              "predict_x0_at", "reverse_step", "start_point", "step_mean_std"),
-    "tstar": ("TStarRule", "start_scale", "t_star", "validate_sigma"),
+    "tstar": ("TStarRule", "dds_noise_sigma", "start_scale", "t_star", "validate_sigma"),
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -16,6 +16,15 @@ Base classifiers (ALGORITHM §2):
 * ``DENSEPURE``: K reverse chains of b >= 2 steps from the same start, majority-voted. b = 1 is
   refused: the reference implementation is undefined for it (its clipped posterior log-variance reads
   the second step's variance), and the one-step special case is ``ONESTEP``.
+
+Noise (:class:`NoiseKind`): ``FLOAT`` draws ``delta = sigma z`` as float32 normals, certified for the
+ideal real-number program; ``SOUND`` takes images on the grid ``k / levels`` and draws integer grid
+steps from the discretized Gaussian (:mod:`densepure.noise.sound`), so that the certificate is a proof
+about the float program that runs (docs/guarantees.md). Every mode has a sound form: the start (or
+Gaussian smoothing's classifier input) is made from the grid value ``(x_int + j) / levels``. For
+``ONESTEP_DDS`` the steps are drawn at the DDS start's own noise level
+(:func:`~densepure.diffusion.tstar.dds_noise_sigma`, >= sigma), the forward noise of its float form
+moved onto the grid; the certificate computed with sigma stays conservative, as in float mode.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 from densepure.choices import Choice
 from densepure.diffusion.grid import ReverseGrid, build_reverse_grid, onestep_grid
 from densepure.diffusion.schedules import NoiseSchedule
-from densepure.diffusion.tstar import TStarRule, t_star, t_star_dds, validate_sigma
+from densepure.diffusion.tstar import TStarRule, dds_noise_sigma, t_star, t_star_dds, validate_sigma
 from densepure.errors import ConfigError
 
 
@@ -39,6 +48,16 @@ class Mode(Choice, what="mode"):
     ONESTEP = "onestep"
     ONESTEP_DDS = "onestep-dds"
     DENSEPURE = "densepure"
+
+
+class NoiseKind(Choice, what="noise"):
+    """The smoothing noise: exact integer grid steps of a quantized image (sound) or float32 normals."""
+
+    SOUND = "sound"
+    FLOAT = "float"
+
+
+MAX_LEVELS = 1 << 16  # grids up to 16-bit images; the steps stay far above float32's spacing near 1
 
 
 class StartKind(enum.Enum):
@@ -60,8 +79,10 @@ class SmoothingConfig:
     """What the base classifier samples: mode, sigma, K chains of b steps, the t* rule and the schedule.
 
     ``num_chains`` (K) and ``steps`` (b) apply to DENSEPURE only (other modes take K = 1, b = 1); the
-    schedule is required by every mode but GAUSSIAN. Validated on construction; derived values
-    (:meth:`grid`, :attr:`start`) are pure functions of the fields.
+    schedule is required by every mode but GAUSSIAN. ``noise`` SOUND needs ``levels``, the grid
+    ``k / levels`` the images lie on (FLOAT noise reads no grid: its ``levels`` is None). Validated on
+    construction; derived values (:meth:`grid`, :attr:`start`, :meth:`noise_sigma`) are pure
+    functions of the fields.
     """
 
     mode: Mode
@@ -70,6 +91,8 @@ class SmoothingConfig:
     steps: int = 2
     t_star_rule: TStarRule = TStarRule.AUTO
     schedule: NoiseSchedule | None = None
+    noise: NoiseKind = NoiseKind.FLOAT
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -88,6 +111,15 @@ class SmoothingConfig:
                               f"{self.schedule!r}")
         if not self.needs_denoiser and self.schedule is not None:
             object.__setattr__(self, "schedule", None)  # gaussian smoothing reads no schedule
+        object.__setattr__(self, "noise", NoiseKind.parse(self.noise))
+        if self.noise is NoiseKind.FLOAT:
+            object.__setattr__(self, "levels", None)
+        elif isinstance(self.levels, bool) or not isinstance(self.levels, (int, np.integer)) \
+                or not 1 <= self.levels <= MAX_LEVELS:
+            raise ConfigError(f"sound noise needs the grid of the images, levels (values k / levels) an integer in "
+                              f"[1, {MAX_LEVELS}], got {self.levels!r}")
+        else:
+            object.__setattr__(self, "levels", int(self.levels))
 
     @property
     def needs_denoiser(self) -> bool:
@@ -103,6 +135,20 @@ class SmoothingConfig:
         if self.mode is Mode.GAUSSIAN:
             return StartKind.GAUSSIAN
         return StartKind.DDS if self.mode is Mode.ONESTEP_DDS else StartKind.DENSEPURE
+
+    @property
+    def sound(self) -> bool:
+        return self.noise is NoiseKind.SOUND
+
+    def noise_sigma(self) -> float:
+        """The standard deviation, in [0, 1] pixel units, of the noise the start carries: ``sigma``, or
+        for ONESTEP_DDS its start's own level (:func:`~densepure.diffusion.tstar.dds_noise_sigma`)."""
+        if self.mode is not Mode.ONESTEP_DDS:
+            return self.sigma
+        level = dds_noise_sigma(float(self.grid().alphas_cumprod[0]))
+        if level < self.sigma:  # t_dds is the first step whose ratio reaches 2 sigma: never
+            raise ConfigError(f"the DDS start's noise level {level!r} is below sigma={self.sigma!r}")
+        return level
 
     def grid(self) -> ReverseGrid | None:
         """The reverse grid the denoiser runs (None for GAUSSIAN): one step at ``round(t*)`` (ONESTEP),

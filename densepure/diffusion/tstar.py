@@ -39,6 +39,13 @@ def start_scale(sigma: float) -> float:
     return 1.0 / (1.0 + 4.0 * sigma * sigma)
 
 
+def dds_noise_sigma(alpha_bar: float) -> float:
+    """The noise level of a DDS start at ``alpha_bar``, in [0, 1] pixel units: ``sqrt(1/abar - 1) / 2``
+    (``sqrt(abar)(2x - 1) + sqrt(1 - abar) z = sqrt(abar)(2(x + s z) - 1)`` with this ``s``). The ratio
+    :func:`t_star_dds` compares with ``2 sigma``, halved, so it is ``>= sigma`` at ``t_dds``."""
+    return float(np.sqrt(1.0 / float(alpha_bar) - 1.0)) / 2.0
+
+
 def t_star_closed_form(sigma: float, num_timesteps: int, s: float = COSINE_OFFSET) -> float:
     """DensePure's closed form for the cosine schedule (a float):
 

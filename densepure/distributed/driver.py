@@ -108,8 +108,9 @@ class ClusterJob:
         stats = f"n={o.n}" if o.predict else f"n0={o.n0} n={o.n}" + (f" radius={o.radius}" if o.radius is not None
                                                                      else "")
         split = f", draws split {c.split_draws} ways" if c.split_draws > 1 else ""
-        return (f"{command} on Ray ({c.ray}{split}): {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma} "
-                f"{chains}{stats} alpha={o.alpha} seed={o.seed} device={x.device} backend={x.backend.value} "
+        noise = f" noise={s.noise.value}" + (f" levels={s.levels}" if s.levels is not None else "") if s.noise else ""
+        return (f"{command} on Ray ({c.ray}{split}): {len(self.indices)} images, mode={s.mode.value} sigma={s.sigma}"
+                f"{noise} {chains}{stats} alpha={o.alpha} seed={o.seed} device={x.device} backend={x.backend.value} "
                 f"precision={x.precision.value}")
 
 

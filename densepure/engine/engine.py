@@ -35,6 +35,7 @@ from densepure.engine.scheduler import Scheduler, check_prefixes
 from densepure.errors import ConfigError, InputError
 from densepure.kernels import Kernels
 from densepure.noise import CHAIN_BITS, DRAW_BITS, IMAGE_BITS, SEED_BITS, STEP_BITS
+from densepure.noise.sound import grid_indices
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,8 @@ class Engine:
         if lo < 0.0 or hi > 1.0:
             raise InputError(f"image {request.key!r} must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]: "
                              "did you pass an already normalized image?")
+        if self.smoothing.sound:
+            grid_indices(x, self.smoothing.levels, name=f"image {request.key!r}")
         for name, value, bits in (("seed", request.seed, SEED_BITS), ("noise_id", request.noise_id, IMAGE_BITS)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
                 raise InputError(f"{name} of image {request.key!r} must be an integer in [0, 2**{bits}), got {value!r}")

@@ -1,6 +1,7 @@
 """The executor: runs the scheduler's batches on a device, with preallocated slot pools.
 
-Pools (all on the device, float32): ``images[I]`` (clean images in [0,1]), ``mean[D]``/``std[D]``
+Pools (all on the device, float32): ``images[I]`` (clean images in [0,1]; with sound noise their
+integer grid indices), ``mean[D]``/``std[D]``
 (the shared first step of each draw), ``state[D*K]`` (each chain's current ``y``, and finally its
 ``x0_hat``). A batch is a gather by slot indices, one model call, and a scatter back.
 
@@ -28,16 +29,19 @@ from densepure.engine.scheduler import RowKind, Rows
 from densepure.engine.transfer import SyncCounter, Uploader
 from densepure.errors import ModelOutputError
 from densepure.kernels import AdvanceRows, KeepRows, KernelChoice, Kernels, StartRule, resolve_kernels
-from densepure.noise import NoiseStream, counter_words, key_table
+from densepure.noise import NoiseStream, counter_words, key_table, sound_table
+from densepure.noise.sound import grid_indices
 
 _BAD_LOGITS = -1  # the label of a row whose logits were not all finite
 
 
 def start_rule(smoothing: SmoothingConfig, grid) -> StartRule:
-    """How the kernels make a draw's start (or Gaussian smoothing's classifier input) for ``smoothing``."""
+    """How the kernels make a draw's start (or Gaussian smoothing's classifier input) for ``smoothing``;
+    sound noise: with the table of the grid and the start's noise level (built once per process)."""
+    table = sound_table(smoothing.levels, smoothing.noise_sigma()) if smoothing.sound else None
     if smoothing.start is StartKind.DDS:
-        return StartRule(StartKind.DDS, alpha_bar=float(grid.alphas_cumprod[0]))
-    return StartRule(smoothing.start, sigma=smoothing.sigma)
+        return StartRule(StartKind.DDS, alpha_bar=float(grid.alphas_cumprod[0]), table=table)
+    return StartRule(smoothing.start, sigma=smoothing.sigma, table=table)
 
 
 class Executor:
@@ -76,7 +80,10 @@ class Executor:
     def put_image(self, slot: int, x: torch.Tensor, seed: int, noise_id: int) -> None:
         """Admit image ``x`` (C,H,W) in [0,1] into ``slot``, its noise keyed by ``(seed, noise_id)``: one
         asynchronous copy (a host image is staged in pinned memory; a pageable copy would wait for the
-        whole queue of the main stream, once per admitted image)."""
+        whole queue of the main stream, once per admitted image). With sound noise the slot holds the
+        image's integer grid indices (the engine checked it is on the grid)."""
+        if self.smoothing.sound:
+            x = grid_indices(x, self.smoothing.levels)
         self.upload.copy_into(self.images[slot], x)
         self.slot_keys[slot] = key_table(seed).numpy()
         self.slot_noise_id[slot] = noise_id

@@ -8,6 +8,7 @@ noise identities. ``denoiser`` is anything with ``eps_and_var(x, t_model)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,11 +26,13 @@ from densepure.diffusion import (
     predict_x0_at,
     reverse_step,
     start_point,
+    start_scale,
 )
 from densepure.engine.backends.base import Denoiser, LogitsModel
 from densepure.engine.vote import majority_vote
 from densepure.errors import ConfigError
-from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian
+from densepure.noise import NoiseKeys, NoisePhase, NoiseStream, gaussian, sound_steps, sound_table
+from densepure.noise.sound import grid_indices
 
 
 @torch.no_grad()
@@ -110,8 +113,27 @@ class ReferenceSampler:
                  for i in range(0, len(draws), per_call)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=self.device)
 
+    def sound_input(self, x: torch.Tensor, image: int, phase: NoisePhase, draws: torch.Tensor) -> torch.Tensor:
+        """Sound noise: the model input ``scale (2 (x_int + j) / levels - 1)`` of each draw, ``(D, C, H, W)``:
+        ``j`` integer grid steps (:mod:`densepure.noise.sound`), ``scale`` ``sqrt(a)`` (DensePure and
+        one-step starts), ``sqrt(abar)`` (the DDS start) or none (Gaussian smoothing's classifier input)."""
+        s = self.smoothing
+        stream = NoiseStream.FORWARD if s.mode is Mode.ONESTEP_DDS else NoiseStream.DELTA
+        steps = sound_steps(self._keys(image, phase, draws, 0, 0, stream), tuple(x.shape),
+                            sound_table(s.levels, s.noise_sigma()), self.device)
+        y = 2.0 * ((grid_indices(x, s.levels).to(self.device) + steps.to(torch.float32)) * (1.0 / s.levels)) - 1.0
+        if s.mode is Mode.GAUSSIAN:
+            return y
+        scale = float(self.grid.alphas_cumprod[0]) if s.mode is Mode.ONESTEP_DDS else start_scale(s.sigma)
+        return math.sqrt(scale) * y
+
     def _labels_chunk(self, x: torch.Tensor, image: int, phase: NoisePhase, draws: torch.Tensor) -> torch.Tensor:
         mode, shape = self.smoothing.mode, tuple(x.shape)
+        if self.smoothing.sound:
+            y = self.sound_input(x, image, phase, draws)
+            if mode is Mode.GAUSSIAN:
+                return self.classifier(y).argmax(dim=1)
+            return self._onestep(y) if mode is not Mode.DENSEPURE else self._densepure(y, image, phase, draws)
         xs = x.unsqueeze(0).expand(len(draws), *shape)
         if mode is Mode.ONESTEP_DDS:
             eps = self._normal(self._keys(image, phase, draws, 0, 0, NoiseStream.FORWARD), shape)

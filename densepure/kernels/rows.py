@@ -11,6 +11,12 @@ normal field of a row's words, :func:`densepure.noise.gaussian_words`):
 * start (:func:`start_rows`): ``x = images[image_slot]`` and, by :class:`StartKind`,
   DENSEPURE ``y = sqrt(a) (2 (x + sigma z) - 1)`` with ``a = 1/(1 + 4 sigma^2)``,
   GAUSSIAN ``y = 2 (x + sigma z) - 1``, DDS ``y = sqrt(abar) (2x - 1) + sqrt(1 - abar) z``.
+  With a sound table (:attr:`StartRule.table`) the images hold integer grid indices ``x_int`` and the
+  noise is ``j``, integer grid steps (:func:`densepure.noise.sound_steps_words`): the grid value is
+  ``v = (x_int + j) * fl(1/levels)``, and DENSEPURE ``y = sqrt(a) (2v - 1)``, GAUSSIAN ``y = 1 * (2v - 1)``,
+  DDS ``y = sqrt(abar) (2v - 1)`` (its ``j`` from the table of the effective noise level). Every
+  operation after the integer sum is a fixed float32 function of ``x_int + j``, so the model input
+  is a function of the grid index alone (docs/guarantees.md).
 * spawn (:func:`spawn_rows`): ``y = mean[draw_slot] + std[draw_slot] z`` (a chain leaving the shared
   first step of its draw).
 * step (:func:`step_rows`): ``(mean, std) = step_mean_std(y, eps, v, coeffs)`` per row (ALGORITHM
@@ -32,6 +38,7 @@ from densepure.diffusion import (
     StartKind,
     StepCoefficients,
     dds_forward_sample,
+    dds_noise_sigma,
     start_point,
     start_scale,
     step_mean_std,
@@ -39,7 +46,7 @@ from densepure.diffusion import (
 )
 from densepure.errors import ConfigError, InputError
 from densepure.kernels.checks import check_index, check_words, float_rows, writable_rows
-from densepure.noise import gaussian_words
+from densepure.noise import SoundTable, gaussian_words, sound_steps_words
 
 __all__ = ["AdvanceRows", "KeepRows", "StartRule", "check_spawn", "check_start", "check_step",
            "spawn_rows", "start_rows", "step_rows"]
@@ -48,14 +55,18 @@ __all__ = ["AdvanceRows", "KeepRows", "StartRule", "check_spawn", "check_start",
 @dataclass(frozen=True)
 class StartRule:
     """One start form and its constant: ``sigma`` (> 0) for DENSEPURE and GAUSSIAN, ``alpha_bar``
-    (in (0, 1)) for DDS, the other left None."""
+    (in (0, 1)) for DDS, the other left None. ``table``: the sound noise's table (its ``sigma`` the
+    rule's, or for DDS the effective ``sqrt((1 - abar) / abar) / 2`` or more); None for float noise."""
 
     form: StartKind
     sigma: float | None = None
     alpha_bar: float | None = None
+    table: SoundTable | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "form", StartKind(self.form))
+        if self.table is not None and not isinstance(self.table, SoundTable):
+            raise ConfigError(f"table must be a SoundTable or None, got {type(self.table).__name__}")
         if self.form is StartKind.DDS:
             if self.sigma is not None or self.alpha_bar is None:
                 raise ConfigError(f"a DDS start takes alpha_bar and no sigma, got sigma={self.sigma!r}, "
@@ -69,6 +80,11 @@ class StartRule:
                 raise ConfigError(f"a {self.form.value} start takes sigma and no alpha_bar, got "
                                   f"sigma={self.sigma!r}, alpha_bar={self.alpha_bar!r}")
             object.__setattr__(self, "sigma", validate_sigma(self.sigma))
+        if self.table is not None:
+            want = dds_noise_sigma(self.alpha_bar) if self.form is StartKind.DDS else self.sigma
+            if self.table.sigma != want:
+                raise ConfigError(f"a sound {self.form.value} start needs the table of sigma {want!r}, got "
+                                  f"{self.table.sigma!r}")
 
     def constants(self) -> tuple[float, float]:
         """``(a, b)`` as Python floats: DENSEPURE ``(sqrt(1/(1+4 sigma^2)), sigma)``, GAUSSIAN
@@ -78,6 +94,17 @@ class StartRule:
         if self.form is StartKind.GAUSSIAN:
             return 1.0, self.sigma
         return math.sqrt(start_scale(self.sigma)), self.sigma
+
+    @property
+    def sound(self) -> bool:
+        return self.table is not None
+
+    def grid_constants(self) -> tuple[float, float]:
+        """Sound starts: ``(scale, step)`` with ``y = scale * (2 (x_int + j) step - 1)``: scale ``sqrt(a)``
+        (DENSEPURE), 1 (GAUSSIAN) or ``sqrt(abar)`` (DDS); step ``1 / levels``. Rounded to float32 where used."""
+        if self.table is None:
+            raise ConfigError("grid constants belong to a sound start (a rule with a table)")
+        return self.constants()[0], 1.0 / self.table.levels
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,13 +209,15 @@ def start_rows(images: torch.Tensor, image_slot: torch.Tensor, words: torch.Tens
                out: torch.Tensor | None = None, out_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Start points of ``R`` rows (module docstring), float32 ``(R, C, H, W)``.
 
-    ``images``: ``(I, C, H, W)`` float32 clean images in [0, 1]; ``image_slot``: ``(R,)`` int64 rows of
-    ``images``; ``words``: ``(R, 6)`` int64 row words of the DELTA stream (FORWARD for DDS). With
+    ``images``: ``(I, C, H, W)`` float32 clean images in [0, 1] (sound rules: their integer grid
+    indices ``0 .. levels``); ``image_slot``: ``(R,)`` int64 rows of ``images``; ``words``: ``(R, 6)`` int64 row words of the DELTA stream (FORWARD for DDS). With
     ``out`` (``(N, C, H, W)`` float32) and ``out_rows`` (``(R,)`` int64), row ``i`` is written to
     ``out[out_rows[i]]`` and ``out`` is returned.
     """
     images, image_slot, words, out, out_rows = check_start(images, image_slot, words, rule, out, out_rows)
     x = images[image_slot]
+    if rule.sound:
+        return _scatter(out, out_rows, _sound_start(x, words, rule))
     z = gaussian_words(words, tuple(images.shape[1:]), images.device)
     if rule.form is StartKind.DDS:
         return _scatter(out, out_rows, dds_forward_sample(x, z, rule.alpha_bar))
@@ -196,6 +225,14 @@ def start_rows(images: torch.Tensor, image_slot: torch.Tensor, words: torch.Tens
     if rule.form is StartKind.GAUSSIAN:
         return _scatter(out, out_rows, 2.0 * (x + delta) - 1.0)
     return _scatter(out, out_rows, start_point(x, delta, rule.sigma))
+
+
+def _sound_start(x_int: torch.Tensor, words: torch.Tensor, rule: StartRule) -> torch.Tensor:
+    """``scale * (2 (x_int + j) step - 1)`` in float32 (:meth:`StartRule.grid_constants`)."""
+    j = sound_steps_words(words, tuple(x_int.shape[1:]), rule.table, x_int.device)
+    scale, step = rule.grid_constants()
+    y = (x_int + j.to(torch.float32)).mul_(step).mul_(2.0).sub_(1.0)
+    return y if scale == 1.0 else y.mul_(scale)  # times 1.0 would change no bit
 
 
 def spawn_rows(mean: torch.Tensor, std: torch.Tensor, draw_slot: torch.Tensor, words: torch.Tensor,

@@ -79,6 +79,15 @@ class DiffusionPreset:
     def image_size(self) -> int:
         return int(self.flags["image_size"])
 
+    @property
+    def levels(self) -> int | None:
+        """The grid ``k / levels`` its data lie on: 255 for 8-bit images, 16 for scikit-learn's digits (the
+        sound noise's default grid where the images themselves do not declare one, as a server's)."""
+        return _DATA_LEVELS.get(self.dataset)
+
+
+_DATA_LEVELS = {Dataset.CIFAR10: 255, Dataset.IMAGENET: 255, Dataset.DIGITS: 16}
+
 
 PRESETS: dict[str, DiffusionPreset] = {
     "cifar10": DiffusionPreset("cifar10", CIFAR10_FLAGS, Dataset.CIFAR10, "cifar10_uncond_50M_500K.pt"),

@@ -6,7 +6,7 @@ under the key ``(k0, k1)``, and element ``i`` of the field uses word ``i % 4`` o
 
 Conversion: a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
 ``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64 on the word pairs (0, 1) and (2, 3),
-``r = sqrt(-2 ln u_a)``, ``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The
+``r = sqrt(-2 ln u_a)``, ``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.76``. The
 float64 result is rounded once to float32; every other requested dtype is a cast of that float32 field.
 The integer words are exact on every device; CPU and CUDA normals may differ by one float32 ulp where
 their float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`` test).
@@ -23,7 +23,7 @@ from densepure.errors import InputError
 from densepure.noise.keys import BLOCK_BITS, MAX_NUMEL, WORDS, NoiseKeys, row_words
 from densepure.noise.philox import philox
 
-__all__ = ["gaussian", "gaussian_words", "uniform", "uniform_words"]
+__all__ = ["gaussian", "gaussian_words", "uniform", "uniform_words", "word_field"]
 
 # Rows x blocks processed at once: bounds the int64 temporaries (~2 MiB each) without changing
 # any value, since every value is a pure function of its key and index.
@@ -90,7 +90,7 @@ def gaussian_words(words: torch.Tensor, shape: tuple[int, ...], device: torch.de
 
     Row ``r`` is a pure function of ``words[r]`` and the flat (C-order) element index: the same words
     give the same values in any batch, at any row position, and a field of ``n`` values is the prefix
-    of any longer field of the same words. ``|z| <= 6.77``, never inf or NaN (module docstring).
+    of any longer field of the same words. ``|z| <= 6.76``, never inf or NaN (module docstring).
     """
     numel = _check_request(shape, device, dtype)
     words = _check_words(words, device)
@@ -115,6 +115,23 @@ def gaussian(keys: NoiseKeys, shape: tuple[int, ...], device: torch.device,
     """:func:`gaussian_words` of the keys' row words: one ``(B, *shape)`` standard normal field per key."""
     _check_request(shape, device, dtype)
     return gaussian_words(_words(keys, device), shape, device, dtype)
+
+
+def word_field(words: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """The raw Philox words of each row's field, ``(B, numel)`` int64 in ``[0, 2**32)``: element ``i``
+    is word ``i % 4`` of block ``i // 4``, the word :func:`uniform_words` turns into its uniform."""
+    _check_request((numel,), device, torch.float32)
+    words = _check_words(words, device)
+    n_blocks = -(-numel // 4)
+    out = torch.empty((words.shape[0], n_blocks, 4), dtype=torch.int64, device=device)
+
+    def emit(rows, blocks, w):
+        dst = out[rows, blocks]  # a view: each lane is written in place, no stacked temporary
+        for lane in range(4):
+            dst[..., lane].copy_(w[lane])
+
+    _bits(words, numel, emit)
+    return out.reshape(words.shape[0], n_blocks * 4)[:, :numel]
 
 
 def uniform_words(words: torch.Tensor, shape: tuple[int, ...], device: torch.device,

@@ -29,6 +29,10 @@ chain < 2**16, step < 2**16, at most 4 * 2**24 = 67,108,864 values per row; the 
 64-bit unsigned integer. Within one seed, distinct (stream, image, phase, draw, chain, step,
 block) tuples map to distinct (key, counter) pairs, so no two values share a Philox output word.
 
+The sound noise (:mod:`densepure.noise.sound`) reads, besides a DELTA or FORWARD row's own words, the
+words of the same identity with ``step`` 1 and 2 (the lower words of its 96-bit uniforms): those rows
+have step 0 by convention, so the identities stay distinct.
+
 Row words: a batch's identities become one ``(B, 6)`` int64 tensor ``[c0, c1, c2, c3, k0, k1]``
 (:func:`row_words`; ``c0`` without its block bits). That tensor is the whole contract between the
 identities and the generators: :mod:`densepure.noise.fields` (torch) and the fused kernels of
@@ -37,7 +41,7 @@ keys each submitted image by its own seed, :func:`key_table`).
 
 Conversion (:mod:`densepure.noise.fields`): a uint32 ``x`` becomes ``u = (x + 0.5) / 2**32`` in float64, which lies in
 ``[2**-33, 1 - 2**-33]`` (never 0 or 1). Box-Muller in float64, ``r = sqrt(-2 ln u_a)``,
-``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.77``. The float64 result is
+``z = (r cos 2πu_b, r sin 2πu_b)``, so ``|z| <= sqrt(66 ln 2) ≈ 6.76``. The float64 result is
 rounded once to float32; every other requested dtype is a cast of that float32 field. The integer
 words are exact on every device; CPU and CUDA normals may differ by one float32 ulp where their
 float64 log/sin/cos (libm vs libdevice) round differently (checked by the ``gpu`` test).

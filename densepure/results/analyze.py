@@ -28,6 +28,7 @@ from densepure.results.files import read_results
 from densepure.results.records import CorrectColumn, ResultRow, TsvKind
 from densepure.results.verify import Procedure, ProcedureKind, check_before_reading
 from densepure.stats.cohen import max_certifiable_radius
+from densepure.stats.confseq import max_anytime_radius
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -61,7 +62,8 @@ class Run:
             return None
         sigma = "" if p.sigma is None else f"sigma {p.sigma:g}, "
         radius = "" if p.radius is None else f", sequential test of r = {p.radius:g} ({p.method.value})"
-        return f"{sigma}n {p.n:,}, alpha {p.alpha:g}{radius}"
+        anytime = ", anytime radius (betting)" if p.kind is ProcedureKind.ANYTIME else ""
+        return f"{sigma}n {p.n:,}, alpha {p.alpha:g}{radius}{anytime}"
 
     @property
     def ceiling(self) -> float | None:
@@ -71,6 +73,8 @@ class Run:
             return None
         if p.kind is ProcedureKind.SEQUENTIAL:
             return p.radius
+        if p.kind is ProcedureKind.ANYTIME:
+            return max_anytime_radius(p.n, p.alpha, p.sigma)
         return max(0.0, max_certifiable_radius(p.n, p.alpha, p.sigma))
 
     def ceiling_note(self) -> str | None:
@@ -82,8 +86,10 @@ class Run:
             return f"{self.name}: {self.settings}"
         if p.kind is ProcedureKind.SEQUENTIAL:
             return f"{self.name}: {self.settings}: it certifies r = {ceiling:g} or nothing"
+        how = "the betting bound of all n draws agreeing" if p.kind is ProcedureKind.ANYTIME else \
+            "sigma * Phi^-1(alpha^(1/n)), all n draws agreeing"
         return (f"{self.name}: {self.settings}; n = {p.n:,} certifies no radius above {ceiling:.3f} "
-                "(sigma * Phi^-1(alpha^(1/n)), all n draws agreeing): beyond it the accuracy is 0 because of n, "
+                f"({how}): beyond it the accuracy is 0 because of n, "
                 "not the model")
 
     @property

@@ -146,4 +146,11 @@ def _check_same_run(path: Path, old: RunHeader, new: RunHeader, read_old: ReadOl
                           for k in differing[:5])
         raise ConfigError(f"{str(path)!r} holds another run: use a new --output, or start this one again with "
                           f"--overwrite (which discards it); resuming would mix the two. It differs in {differing}: "
-                          f"{shown}")
+                          f"{shown}{_noise_hint(differing, old_config)}")
+
+
+def _noise_hint(differing: list[str], old_config: dict) -> str:
+    """A run that records no noise drew float noise (every file written before the sound noise)."""
+    if "noise" in differing and "noise" not in old_config:
+        return ". It was made with the float noise: add --noise float to resume it"
+    return ""

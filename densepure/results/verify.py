@@ -7,8 +7,10 @@ that fails them, naming the line):
   configuration names (:class:`Procedure`): CERTIFY by Cohen's bound with the recorded alpha, n0, n and
   sigma; PREDICT by the binomial test; sequential rows by the plan of their method, as far as the final
   counts allow (the stopping count is a look of the plan, the test stops there with the recorded decision,
-  and no earlier look could have stopped it whatever the order of the draws). The label, the radius (to
-  1e-9 relative) and ``correct`` must be what the counts give.
+  and no earlier look could have stopped it whatever the order of the draws); anytime rows (``--budget``)
+  by replaying the betting confidence sequence over the recorded hits at each look, which must be
+  cumulative and end at the estimation count of the selected class. The label, the radius (to 1e-9
+  relative) and ``correct`` must be what the counts give.
 * **The chain** (format version 2, :mod:`densepure.results.chain`): an edit of any line but the last is
   named.
 * **TSV against sidecar.** Every TSV line must be exactly the line its image's last sidecar record
@@ -48,6 +50,7 @@ from densepure.results.files import (
 from densepure.results.records import ImageRecord, RunHeader, TsvKind
 from densepure.stats.boundary import BoundaryPlan, build_plan
 from densepure.stats.cohen import certify_from_counts, predict_from_counts, validate_alpha, validate_sample_count
+from densepure.stats.confseq import AnytimeRadius, anytime_looks
 from densepure.stats.sequential import SequentialDecision, SequentialMethod
 from densepure.validation import validate_sigma
 
@@ -56,6 +59,7 @@ class ProcedureKind(enum.Enum):
     CERTIFY = "certify"
     PREDICT = "predict"
     SEQUENTIAL = "sequential"
+    ANYTIME = "anytime"
 
 
 def _close(a: float, b: float) -> bool:
@@ -99,6 +103,8 @@ class Procedure:
             if config.get("predict"):
                 return cls(ProcedureKind.PREDICT, alpha, n)
             sigma, n0 = validate_sigma(config.get("sigma")), validate_sample_count("n0", config.get("n0"))
+            if config.get("budget") is not None:
+                return cls(ProcedureKind.ANYTIME, alpha, validate_sample_count("budget", config["budget"]), sigma, n0)
             if config.get("radius") is None:
                 return cls(ProcedureKind.CERTIFY, alpha, n, sigma, n0)
             method = SequentialMethod.parse(config.get("sequential") or SequentialMethod.GEOMETRIC.value)
@@ -124,6 +130,8 @@ class Procedure:
             return self._check_sequential(record)
         if record.n != self.n:
             return f"n={record.n}, but the run's configuration has n={self.n}"
+        if self.kind is ProcedureKind.ANYTIME:
+            return self._check_anytime(record)
         cert = certify_from_counts(np.array(sel), np.array(est), self.sigma, self.alpha)
         return _compare_row(record, cert.label, cert.radius, self) or _compare_extra(record, "p_a_lower",
                                                                                      cert.p_a_lower)
@@ -160,6 +168,30 @@ class Procedure:
         if record.extra.get("sequential", self.method.value) != self.method.value:
             return f"sequential={record.extra['sequential']!r}, but the run's configuration has {self.method.value!r}"
         return _compare_row(record, c_hat if certified else -1, self.radius if certified else 0.0, self)
+
+
+    def _check_anytime(self, record: ImageRecord) -> str | None:
+        looks = anytime_looks(self.n)
+        c_hat = int(np.argmax(record.selection_counts))
+        hits = record.extra.get("look_hits")
+        if not isinstance(hits, list) or len(hits) != len(looks) or not all(_is_count(h) for h in hits):
+            return f"look_hits={hits!r}: an anytime record needs the hits of class {c_hat} at each of its " \
+                   f"{len(looks)} looks"
+        if hits[-1] != record.estimation_counts[c_hat]:
+            return f"look_hits end at {hits[-1]}, but class {c_hat} has {record.estimation_counts[c_hat]} estimation hits"
+        radius = AnytimeRadius(self.sigma, self.alpha, c_hat)
+        try:
+            for h, look in zip(hits, looks, strict=True):
+                radius.update(h, look)
+        except InputError as exc:
+            return f"look_hits are not the hits of a sequence of draws: {exc}"
+        cert = radius.certificate
+        return _compare_row(record, cert.label, cert.radius, self) or _compare_extra(record, "p_a_lower",
+                                                                                     cert.p_a_lower)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _compare_row(record: ImageRecord, label: int, radius: float | None, procedure: Procedure) -> str | None:

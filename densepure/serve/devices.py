@@ -217,6 +217,14 @@ class DeviceGroup:
             return owner.progress()
         return None if owner is None else owner.progress(work_id)
 
+    def anytime(self, work_id: str) -> list[dict | None] | None:
+        """:meth:`EngineLoop.anytime` of whichever loop (or split) holds the work."""
+        with self._lock:
+            owner = self._owner.get(work_id)
+        if isinstance(owner, SplitWork):
+            return owner.anytime()
+        return None if owner is None else owner.anytime(work_id)
+
     # -- routing --------------------------------------------------------------------------------
     def _serving(self) -> list[EngineLoop]:
         """The serving loops, least queued draws first (ties in turn)."""

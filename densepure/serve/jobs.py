@@ -2,8 +2,9 @@
 
 ``POST /v1/jobs`` takes an inference request and answers at once with a job id (unguessable: the id is
 the only key to the result); ``GET /v1/jobs/{id}`` reports ``queued`` / ``running`` with the draws so
-far, or the final ``succeeded`` (with the inference response as ``result``), ``failed`` or
-``cancelled``; ``DELETE /v1/jobs/{id}`` cancels a job and forgets it. A final result is kept until it
+far (and, for ``certify_anytime``, each image's anytime-valid certificate so far: ``anytime``, a list of
+``{label, radius, p_a_lower, n}`` or null before the image's selection is complete), or the final
+``succeeded`` (with the inference response as ``result``), ``failed`` or ``cancelled``; ``DELETE /v1/jobs/{id}`` cancels a job and forgets it. A final result is kept until it
 is fetched once or until ``ttl_s`` after it finished. The store lives on the event loop; the engine
 loop's callbacks reach it through ``call_soon_threadsafe``.
 """
@@ -129,7 +130,8 @@ class JobStore:
         return self._jobs[job_id].work_id
 
     def progress_view(self, job_id: str) -> dict:
-        """A running job's state and draws so far (nothing is handed over)."""
+        """A running job's state and draws so far, and for ``certify_anytime`` each image's anytime
+        certificate so far (nothing is handed over)."""
         job = self._jobs[job_id]
         out = self.peek(job_id)
         progress = self.loop.progress(job.work_id)
@@ -137,6 +139,9 @@ class JobStore:
             admitted, draws = progress
             job.status = JobStatus.RUNNING if admitted else JobStatus.QUEUED
             out.update(status=job.status.value, draws=draws)
+        anytime = self.loop.anytime(job.work_id)
+        if anytime is not None:  # certify_anytime: the radius so far, per image, valid if the job stops now
+            out["anytime"] = anytime
         return out
 
     # -- the server's lifecycle (a Ray replica's store shares its jobs: densepure.serve.ray_jobs) --------

@@ -45,6 +45,7 @@ from densepure.serve.work import (
     Work,
     WorkFailed,
     WorkResult,
+    anytime_view,
     image_outcome,
     share_outcome,
 )
@@ -180,6 +181,13 @@ class EngineLoop:
         with self._cond:
             work = self._works.get(work_id)
             return None if work is None else (work.admitted is not None, work.draws_done)
+
+    def anytime(self, work_id: str) -> list[dict | None] | None:
+        """The anytime certificates so far of an unresolved ``certify_anytime`` work (:func:`anytime_view`),
+        or None."""
+        with self._cond:
+            work = self._works.get(work_id)
+        return None if work is None else anytime_view(work.task, work.policies)
 
     def _retry_after(self, excess_draws: int) -> int:
         rate = self._rate if self._rate > 0 else 100.0

@@ -3,7 +3,8 @@
 OIP v2 request ``parameters`` (all optional):
 
 * ``mode``: ``certify_radius`` (default; is the requested ``radius`` certified, sequential test),
-  ``certify`` (Cohen's CERTIFY) or ``predict`` (Cohen's PREDICT);
+  ``certify`` (Cohen's CERTIFY), ``certify_anytime`` (the anytime-valid radius over ``n`` estimation
+  draws: a job streams it as it grows) or ``predict`` (Cohen's PREDICT);
 * ``alpha`` (at most the server's), ``n0`` (certify modes), ``n`` (CERTIFY/PREDICT draws, or the
   sequential test's largest n), ``radius`` (certify_radius; default sigma);
 * ``deadline_ms`` (infer only), or Triton's ``timeout`` in microseconds (the same deadline; 0 is none);
@@ -27,7 +28,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask, Task
+from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask, SequentialTask, Task
 from densepure.errors import InputError
 from densepure.noise import IMAGE_BITS, SEED_BITS
 
@@ -41,6 +42,7 @@ class ServeMode(enum.Enum):
 
     CERTIFY_RADIUS = "certify_radius"
     CERTIFY = "certify"
+    CERTIFY_ANYTIME = "certify_anytime"
     PREDICT = "predict"
 
 
@@ -78,7 +80,7 @@ class RequestParams:
 _COMMON = {"mode", "alpha", "n", "seed", "noise_id", "binary_data_output", "priority"}
 _DEADLINES = {"deadline_ms", "timeout"}
 _ALLOWED = {ServeMode.CERTIFY_RADIUS: _COMMON | {"n0", "radius"}, ServeMode.CERTIFY: _COMMON | {"n0"},
-            ServeMode.PREDICT: set(_COMMON)}
+            ServeMode.CERTIFY_ANYTIME: _COMMON | {"n0"}, ServeMode.PREDICT: set(_COMMON)}
 
 
 def _int(name: str, value: object, low: int, high: int, cap: str = "") -> int:
@@ -160,4 +162,6 @@ def task_for(params: RequestParams) -> Task:
         return PredictTask(params.n, params.alpha)
     if params.mode is ServeMode.CERTIFY:
         return CertifyTask(params.n0, params.n, params.alpha)
+    if params.mode is ServeMode.CERTIFY_ANYTIME:
+        return AnytimeTask(params.n0, params.n, params.alpha)
     return SequentialTask(params.n0, params.radius, params.alpha, n_max=params.n)

@@ -7,6 +7,7 @@ the output tensors and the response body; the routes (:mod:`densepure.serve.app`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from densepure.certify.tasks import Task
 from densepure.diffusion import Mode
 from densepure.engine.engine import Engine
 from densepure.errors import DensePureError, InputError
+from densepure.noise import added_failure, sound_table
+from densepure.noise.sound import grid_indices
 from densepure.serve.devices import DeviceGroup, cpu_threads, device_labels, resolve_devices
 from densepure.serve.jobs import JobStore
 from densepure.serve.loop import EngineLoop, LoopState, Work, WorkResult
@@ -36,7 +39,8 @@ from densepure.serve.stats import ModelStats
 
 MODEL_VERSION = "1"
 DEFAULT_OUTPUTS = {ServeMode.PREDICT: ("label", "draws"), ServeMode.CERTIFY: ("label", "radius", "draws"),
-                   ServeMode.CERTIFY_RADIUS: ("label", "certified", "radius", "draws")}
+                   ServeMode.CERTIFY_RADIUS: ("label", "certified", "radius", "draws"),
+                   ServeMode.CERTIFY_ANYTIME: ("label", "radius", "draws")}
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ class Runtime:
             raise InputError(f"this request may take {batch * task.max_draws} draws ({batch} image(s)); the "
                              f"server's cap on queued draws is {self.limits.max_queued_draws}")
         outputs = self._outputs(params, request.outputs, job)
+        if self.smoothing.sound:  # an image off the grid is the client's error: 400, naming the grid
+            for j, image in enumerate(request.images):
+                grid_indices(torch.from_numpy(np.asarray(image)), self.smoothing.levels, name=f"image {j}")
         policies = [task.policy(self.num_classes, self.smoothing.sigma) for _ in range(batch)]
         return Prepared(request, params, task, outputs), policies
 
@@ -175,7 +182,14 @@ class Runtime:
             out["radius"] = params.radius
         if params.seed is not None:  # only a client's own seed is ever returned
             out.update(seed=params.seed, noise_id=params.noise_id)
+        if self.smoothing.sound:  # the failure probability with the sound sampler's departure added
+            out["effective_alpha"] = self.effective_alpha(params.alpha, task)
         return out
+
+    def effective_alpha(self, alpha: float, task: Task) -> float:
+        """``alpha`` plus what the sound noise's sampler adds for one image of ``task`` (docs/guarantees.md)."""
+        table = sound_table(self.smoothing.levels, self.smoothing.noise_sigma())
+        return math.nextafter(alpha + added_failure(table, math.prod(self.image_shape), task.max_draws), math.inf)
 
     def smoothing_parameters(self) -> dict:
         s = self.smoothing
@@ -183,6 +197,9 @@ class Runtime:
                else 1}
         if s.mode is not Mode.GAUSSIAN:
             out["t_star_rule"] = s.t_star_rule.value
+        out["noise"] = s.noise.value
+        if s.sound:
+            out["levels"] = s.levels  # images must lie on the grid k / levels (UINT8 inputs: 255)
         return out
 
     # -- metadata -------------------------------------------------------------------------------

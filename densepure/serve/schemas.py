@@ -58,6 +58,7 @@ class JobState(BaseModel):
     created: str | None = None
     images: int | None = None
     draws: int | None = None
+    anytime: list[dict | None] | None = None  # certify_anytime: each image's certificate so far (label, radius, ...)
     result: InferenceResponse | None = None
     error: str | None = None
 

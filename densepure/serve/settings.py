@@ -153,9 +153,13 @@ class ServeOptions:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        from densepure.models import get_preset
+
+        # the noise: sound on the preset's grid (its data: 8-bit images, the digits) unless told otherwise
+        object.__setattr__(self, "job", self.job.resolved(get_preset(self.job.models.preset).levels))
         sampling = self.job.sampling
-        if sampling.predict or sampling.radius is not None or sampling.also_chains:
-            raise ConfigError("a server takes its mode per request: leave predict, radius and also_chains unset")
+        if sampling.predict or sampling.radius is not None or sampling.also_chains or sampling.budget is not None:
+            raise ConfigError("a server takes its mode per request: leave predict, radius, budget and also_chains unset")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in [0, 65535], got {self.port!r}")
         if sampling.n0 > self.limits.max_n0 or sampling.n > self.limits.max_n:

@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 
 from densepure.distributed.work import RangeLabels, Ranges, record_part, split_draws
 from densepure.engine.policy import Policy
-from densepure.serve.work import FailKind, ImageOutcome, NotAccepting, Outcome, QueueFull, Work, WorkFailed, WorkResult
+from densepure.serve.work import (
+    FailKind,
+    ImageOutcome,
+    NotAccepting,
+    Outcome,
+    QueueFull,
+    Work,
+    WorkFailed,
+    WorkResult,
+    anytime_view,
+)
 from densepure.serve.work import image_outcome as decided_outcome
 
 log = logging.getLogger("densepure.serve")
@@ -95,6 +105,11 @@ class SplitWork:
             admitted = self._queue_wait is not None or any(s.work.admitted is not None for s in shares)
             draws = sum(image.policy.total_draws for image in self._images) + sum(s.work.draws_done for s in shares)
             return admitted, draws
+
+    def anytime(self) -> list[dict | None] | None:
+        """Each image's anytime certificate so far (``certify_anytime``), from its whole-image policy."""
+        with self._lock:
+            return anytime_view(self.work.task, [image.policy for image in self._images])
 
     # -- the loops' threads ---------------------------------------------------------------------
     def _next_round(self, j: int, force: bool) -> None:

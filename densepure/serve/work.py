@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from densepure.certify.tasks import Task
+from densepure.certify.tasks import AnytimeTask, Task
 from densepure.engine.policy import Policy
 from densepure.errors import DensePureError
 from densepure.noise import NoisePhase, draw_seed
@@ -117,3 +117,14 @@ def share_outcome(policy: Policy) -> ImageOutcome:
     zeros = np.zeros(classes, dtype=np.int64)
     return ImageOutcome(-1, 0.0, policy.total_draws, policy.counts.get(NoisePhase.SELECTION, zeros).copy(),
                         policy.counts.get(NoisePhase.ESTIMATION, policy.counts.get(NoisePhase.PREDICT, zeros)).copy())
+
+
+def anytime_view(task: Task, policies: Sequence[Policy]) -> list[dict | None] | None:
+    """``certify_anytime``: each image's anytime certificate so far (``{label, radius, p_a_lower, n}``,
+    None before its selection is complete), or None for the other tasks. The certificates are immutable
+    values the loop thread replaces as the radius grows, so reading them needs no lock of their own."""
+    if not isinstance(task, AnytimeTask):
+        return None
+    certificates = [getattr(policy, "certificate", None) for policy in policies]
+    return [None if c is None else {"label": c.label, "radius": c.radius, "p_a_lower": c.p_a_lower, "n": c.n}
+            for c in certificates]

@@ -34,7 +34,14 @@ import numpy as np
 from scipy import special
 
 from densepure.errors import InputError
-from densepure.stats.cohen import ABSTAIN, _is_int, _validate_hits, validate_alpha, validate_sigma
+from densepure.stats.cohen import (
+    ABSTAIN,
+    _is_int,
+    _validate_hits,
+    validate_alpha,
+    validate_sample_count,
+    validate_sigma,
+)
 
 
 def log_wealth_above(n_a: np.ndarray | int, n: np.ndarray | int, m: float) -> np.ndarray:
@@ -110,6 +117,21 @@ def betting_upper_bound(n_a: int, n: int, alpha: float) -> float:
     return 1.0 - betting_lower_bound(n - n_a, n, alpha)
 
 
+
+def anytime_looks(budget: int) -> tuple[int, ...]:
+    """Where an anytime radius over ``budget`` estimation draws is updated: ``ceil(budget / 2^(k/4))`` for
+    k = 0, 1, ... down to 1, in increasing order (about 4 log2(budget) looks, the last at the budget).
+    Any set of looks is valid: the confidence sequence holds at every n at once."""
+    budget = validate_sample_count("budget", budget)
+    looks = [budget]
+    for k in range(1, 4 * budget.bit_length() + 1):
+        n = math.ceil(budget / 2 ** (k / 4))
+        if n >= looks[-1]:  # the ratio no longer moves the integer: stop
+            break
+        looks.append(n)
+    return tuple(reversed(looks))
+
+
 @dataclass(frozen=True)
 class AnytimeCertificate:
     """The largest radius certified so far for one input.
@@ -179,3 +201,10 @@ class AnytimeRadius:
             radius = self._sigma * float(special.ndtri(lower))
             self._cert = AnytimeCertificate(self._label, radius, lower, n_a, n)
         return self._cert
+
+
+def max_anytime_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius an anytime run over ``n`` estimation draws can certify: every draw a hit (the
+    all-hit bound grows with n, so the last look holds the maximum); 0.0 where even that abstains."""
+    lower = betting_lower_bound(n, n, alpha)
+    return sigma * float(special.ndtri(lower)) if lower >= 0.5 else 0.0

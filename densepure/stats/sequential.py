@@ -58,8 +58,10 @@ from densepure.stats.cohen import (
     _is_real,
     _validate_hits,
     lower_confidence_bound,
+    lower_confidence_bounds,
     max_certifiable_radius,
     upper_confidence_bound,
+    upper_confidence_bounds,
     validate_alpha,
     validate_sample_count,
     validate_sigma,
@@ -193,8 +195,8 @@ class SequentialPlan(LookPlan):
         target, certify_at, futile_at = self.target, [], []
         for n, level in zip(self.looks, self.alphas, strict=True):
             counts = np.arange(n + 1)
-            lower = np.where(counts > 0, special.betaincinv(np.maximum(counts, 1), n - counts + 1, level), 0.0)
-            upper = np.where(counts < n, special.betaincinv(counts + 1, np.maximum(n - counts, 1), 1.0 - level), 1.0)
+            lower = lower_confidence_bounds(counts, n, level)  # the bounds SequentialTest decides on
+            upper = upper_confidence_bounds(counts, n, level)
             certify_at.append(int(np.argmax(lower >= target)) if lower[-1] >= target else n + 1)
             futile_at.append(int(np.flatnonzero(upper < target)[-1]) if upper[0] < target else -1)
         return tuple(certify_at), tuple(futile_at)

@@ -13,13 +13,14 @@ import pytest
 from densepure.cli import main
 
 OLD = Path(__file__).parents[1] / "assets" / "results_v1"
-# the commands of tests/assets/results_v1/README.md, without --output
+# the commands of tests/assets/results_v1/README.md, without --output; --noise float: the digits' default noise
+# became the sound one after these files were written (a float run records no noise)
 RUNS = {
-    "g.tsv": ["certify", "--mode", "gaussian", "--seed", "5", "--skip", "30", "--max", "3", "--n", "100", "--n0", "10"],
-    "d.tsv": ["certify", "--seed", "6", "--skip", "50", "--max", "2", "--n", "20", "--n0", "5", "--K", "3",
+    "g.tsv": ["certify", "--noise", "float", "--mode", "gaussian", "--seed", "5", "--skip", "30", "--max", "3", "--n", "100", "--n0", "10"],
+    "d.tsv": ["certify", "--noise", "float", "--seed", "6", "--skip", "50", "--max", "2", "--n", "20", "--n0", "5", "--K", "3",
               "--also-K", "1"],
-    "p.tsv": ["predict", "--mode", "onestep", "--seed", "7", "--skip", "60", "--max", "2", "--n", "20"],
-    "s.tsv": ["certify", "--mode", "onestep", "--radius", "0.1", "--seed", "8", "--skip", "60", "--max", "2",
+    "p.tsv": ["predict", "--noise", "float", "--mode", "onestep", "--seed", "7", "--skip", "60", "--max", "2", "--n", "20"],
+    "s.tsv": ["certify", "--noise", "float", "--mode", "onestep", "--radius", "0.1", "--seed", "8", "--skip", "60", "--max", "2",
               "--n", "200", "--n0", "10"],
 }
 
@@ -80,3 +81,15 @@ def test_a_format_1_file_resumes_as_format_1_under_other_execution_settings(tmp_
     assert not any("prev_sha256" in r for r in records)
     verdict = verify_file(out)
     assert verdict.status is Status.OK and "format 1" in verdict.detail, verdict.line()
+
+
+def test_without_noise_float_the_resume_says_to_add_it(tmp_path, capsys):
+    """The digits now default to the sound noise: the command that made an old file is refused, and the one
+    line says how to resume it."""
+    out = tmp_path / "d.tsv"
+    for src in OLD.glob("d.tsv*"):
+        shutil.copy(src, tmp_path / src.name)
+    argv = [word for word in RUNS["d.tsv"] if word not in ("--noise", "float")]
+    assert main([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "add --noise float to resume it" in err

@@ -103,7 +103,8 @@ def make_workers():
     cache: dict[tuple, list[CertifyWorker]] = {}
 
     def workers(options, count: int) -> list[CertifyWorker]:
-        key = (options.task(), options.sampling.also_chains, options.sampling.seed, options.smoothing.mode)
+        key = (options.task(), options.sampling.also_chains, options.sampling.seed, options.smoothing.mode,
+               options.smoothing.noise, options.smoothing.levels)
         while len(cache.setdefault(key, [])) < count:
             cache[key].append(CertifyWorker(options, (1, 8, 8), 10, threads=1))
         return cache[key][:count]
@@ -129,6 +130,8 @@ def cluster_run(path, make_workers, workers=2, lose_at=None, observer=None, chun
 CASES = {"certify": ALSO, "predict": {"predict": True, "n0": None},
          "sequential": {k: v for k, v in SEQUENTIAL.items() if k not in COMMON or v != COMMON[k]}}
 CASES["sequential-no-lookahead"] = {**CASES["sequential"], "lookahead": False}  # rounds end at the next look
+CASES["certify-float"] = {**ALSO, "noise": "float"}  # the digits' default is the sound noise: float too
+CASES["anytime"] = {"budget": 60}  # the anytime radius (n = budget = 60)
 
 
 def test_a_completed_cluster_run_writes_the_single_process_tsv(tmp_path, make_workers, single_process):
@@ -146,7 +149,7 @@ def test_a_completed_cluster_run_writes_the_single_process_tsv(tmp_path, make_wo
 
 @pytest.mark.slow  # each case's single-process run and its cluster run: ~3-6 s of CPU
 @pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), ("predict", 2), ("sequential", 2),
-                                        ("sequential-no-lookahead", 2)])
+                                        ("sequential-no-lookahead", 2), ("certify-float", 1), ("anytime", 2)])
 def test_cluster_results_equal_one_process(tmp_path, make_workers, single_process, case, split):
     """Whole images over 2 workers, or each image's draws split over them: the same rows and counts (sequential:
     the same looks, in rounds)."""

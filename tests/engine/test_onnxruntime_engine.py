@@ -92,11 +92,12 @@ def ort_backends(graphs, precision: Precision):
             OnnxRuntimeClassifier(graphs[ArtifactKind.CLASSIFIER, precision], providers=cpu, intra_op_threads=1))
 
 
-def certify_all(mode: str, denoiser, classifier, digits, early_exit: bool = True):
+def certify_all(mode: str, denoiser, classifier, digits, early_exit: bool = True, noise: str = "float"):
     """Run CERTIFY's draws for every image through one engine: ({image: policy}, engine stats)."""
     mode = Mode(mode)
     dense = mode is Mode.DENSEPURE
-    smoothing = SmoothingConfig(mode, SIGMA, 3 if dense else 1, 2 if dense else 1, schedule=get_preset("digits").schedule)
+    smoothing = SmoothingConfig(mode, SIGMA, 3 if dense else 1, 2 if dense else 1, schedule=get_preset("digits").schedule,
+                                noise=noise, levels=16 if noise == "sound" else None)
     backends = Backends(None if mode is Mode.GAUSSIAN else denoiser, classifier)
     engine = Engine(smoothing, backends, (1, 8, 8), "cpu",
                     EngineConfig(unet_rows=256, classifier_rows=256, draw_capacity=512, image_slots=4,
@@ -112,11 +113,13 @@ def certificate(policy):
                                ALPHA)
 
 
-@pytest.mark.parametrize("mode", ["densepure", "onestep", "gaussian"])
-def test_fp32_graphs_give_the_torch_counts_and_certificates(graphs, torch_models, digits, mode):
+@pytest.mark.parametrize("mode,noise", [("densepure", "float"), ("onestep", "float"), ("gaussian", "float"),
+                                        ("densepure", "sound"), ("onestep", "sound")])
+def test_fp32_graphs_give_the_torch_counts_and_certificates(graphs, torch_models, digits, mode, noise):
+    """The backends share the engine's noise (float normals or sound grid steps): the same counts."""
     unet, clf = torch_models
-    want, want_stats = certify_all(mode, TorchDenoiser(unet), TorchClassifier(clf, 10, (1, 8, 8)), digits)
-    got, got_stats = certify_all(mode, *ort_backends(graphs, Precision.FP32), digits)
+    want, want_stats = certify_all(mode, TorchDenoiser(unet), TorchClassifier(clf, 10, (1, 8, 8)), digits, noise=noise)
+    got, got_stats = certify_all(mode, *ort_backends(graphs, Precision.FP32), digits, noise=noise)
     contested = sum(int(want[i].counts[NoisePhase.ESTIMATION].max()) < N for i in IMAGES)
     assert contested >= 2, "the images must have labels that vary under noise, or equal counts prove little"
     for i in IMAGES:

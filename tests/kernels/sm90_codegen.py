@@ -41,6 +41,10 @@ def variants() -> dict[str, tuple]:
     lib = dict(BLOCK=1024, LIBDEVICE=True)
     out = {f"start_form{f}": (rows._start_kernel, start, dict(lib, FORM=f, HAS_OUT_ROWS=f == 0)) for f in range(3)}
     out["spawn"] = (rows._spawn_kernel, spawn, dict(lib, HAS_OUT_ROWS=False))
+    sound_start = dict(img_ptr=F32, img_stride="i32", slot_ptr=I64, words_ptr=I64, out_ptr=F32, out_stride="i32",
+                       out_rows_ptr=I64, numel="i32", high_ptr=I64, mid_ptr=I64, low_ptr=I64, k="i32",
+                       scale="fp32", step="fp32", HAS_OUT_ROWS="constexpr", BLOCK="constexpr", STEPS="constexpr")
+    out["sound_start"] = (rows._sound_start_kernel, sound_start, dict(HAS_OUT_ROWS=True, BLOCK=1024, STEPS=11))
     out["keep"] = (rows._keep_kernel, keep, lib)
     out["advance"] = (rows._advance_kernel, advance, lib)
     for dtype in ("fp32", "fp16", "bf16"):

@@ -15,7 +15,7 @@ def test_golden_outputs(fixture, request):
     with torch.no_grad():
         out = model(torch.from_numpy(data["x"]), torch.from_numpy(data["t"]))
     assert out.shape == data["out"].shape and out.dtype == torch.float32
-    np.testing.assert_allclose(out.numpy(), data["out"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out.numpy(), data["out"], atol=2e-5, rtol=0)  # as the chain goldens (worst seen here: 3.9e-6)
 
 
 @pytest.mark.parametrize("name,preset", [("improved_diffusion_cifar10_uncond", "cifar10"),
@@ -84,8 +84,8 @@ def test_eps_and_var_split(improved_tiny):
     model, data = improved_tiny
     with torch.no_grad():
         eps, v = model.eps_and_var(torch.from_numpy(data["x"]), torch.from_numpy(data["t"]))
-    np.testing.assert_allclose(eps.numpy(), data["out"][:, :3], atol=1e-4)
-    np.testing.assert_allclose(v.numpy(), data["out"][:, 3:], atol=1e-4)
+    np.testing.assert_allclose(eps.numpy(), data["out"][:, :3], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(v.numpy(), data["out"][:, 3:], atol=2e-5, rtol=0)
 
 
 def test_config_validation():

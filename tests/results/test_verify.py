@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from densepure.certify.tasks import CertifyTask, PredictTask, SequentialTask
+from densepure.certify.policies import AnytimeResult
+from densepure.certify.tasks import AnytimeTask, CertifyTask, PredictTask, SequentialTask
 from densepure.cli import main
 from densepure.errors import InputError
 from densepure.noise import NoisePhase
@@ -22,6 +23,7 @@ from densepure.results.files import read_results, sidecar_path
 from densepure.results.records import IfExists, TsvKind
 from densepure.results.verify import Status, verify_file
 from densepure.results.writer import open_results
+from densepure.stats.confseq import AnytimeRadius, anytime_looks
 from densepure.stats.sequential import run_sequential
 
 REPO = Path(__file__).parents[2]
@@ -105,6 +107,29 @@ def test_predict_and_sequential_runs_verify(tmp_path):
     assert verify_file(path).status is Status.OK
     edit_record(path, 2, n=result.n_used + 1, estimation_counts=[0, result.n_used + 1], n_used=result.n_used + 1)
     failed(path, "s.tsv.jsonl line 2", "not a look of its plan")
+
+
+def test_anytime_runs_verify_by_replaying_the_confidence_sequence(tmp_path):
+    """--budget records the hits at each look: the verifier replays the betting sequence over them, so an
+    edited radius, hits that end elsewhere than the counts, or hits that no sequence of draws gives are named."""
+    looks = anytime_looks(200)
+    hits = [look - look // 20 for look in looks]  # 95% hits, cumulative
+    radius = AnytimeRadius(SIGMA, ALPHA, 1)
+    for h, look in zip(hits, looks, strict=True):
+        radius.update(h, look)
+    task = AnytimeTask(10, 200, ALPHA)
+    record = task.record(0, 1, 1.0, {SEL: np.array([0, 10]), EST: np.array([200 - hits[-1], hits[-1]])}, SIGMA,
+                         AnytimeResult(radius.certificate, tuple(hits)))
+    assert record.row.radius > 0 and record.extra["look_hits"] == hits
+    config = {**CONFIG, "n": 200, "budget": 200}
+    path = write_run(tmp_path / "a.tsv", [record], config)
+    assert verify_file(path).status is Status.OK
+    edit_record(path, 2, look_hits=[*hits[:-1], hits[-1] - 1])
+    failed(path, "a.tsv.jsonl line 2", "look_hits end at")
+    edit_record(path, 2, look_hits=[hits[0] + 5, *hits[1:]])  # more hits at the first look than draws
+    failed(path, "a.tsv.jsonl line 2", "not the hits of a sequence of draws")
+    edit_record(path, 2, look_hits=hits, p_a_lower=0.999)  # the hits as written, a better bound claimed
+    failed(path, "a.tsv.jsonl line 2", "p_a_lower=0.999, but its counts give")
 
 
 def test_a_tsv_radius_beyond_what_n_can_certify_is_named(run):

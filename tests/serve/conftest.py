@@ -31,3 +31,14 @@ def audit_server(tmp_path_factory):
         yield proc.wait_ready()
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def audit_float_server(tmp_path_factory):
+    """--allow-client-seed with the float noise (the digits preset's default is the sound noise)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("audit-float"), *FAST, "--allow-client-seed", "--noise", "float",
+                         "--image-slots", "16")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()

@@ -56,10 +56,12 @@ def replicas(url: str, path: str = "/metrics", want: int = 2, timeout: float = 1
                                   "test_fuzzed_bad_requests_are_4xx_json_and_the_server_stays_up",
                                   "test_a_deadline_cancels_the_work", "test_jobs_lifecycle",
                                   "test_docs_work_offline_and_the_schema_says_the_real_errors"])
-def test_oip_v2_as_the_single_server(ray_server, digits, name):
+def test_oip_v2_as_the_single_server(ray_server, request, name):
+    """The single server's test ``name`` against the Ray deployment (its other fixtures, e.g. a float-noise
+    server to compare with, as that test asks for them)."""
     check = getattr(single_server_tests(), name)
-    check(*([ray_server, digits] if "digits" in check.__code__.co_varnames[:check.__code__.co_argcount]
-            else [ray_server]))
+    wanted = check.__code__.co_varnames[:check.__code__.co_argcount]
+    check(*(ray_server if arg == "server" else request.getfixturevalue(arg) for arg in wanted))
 
 
 def test_load_spreads_over_both_replicas(ray_server, digits):

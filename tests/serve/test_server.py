@@ -28,7 +28,8 @@ def test_health_and_metadata(server):
                                                               "shape": [-1, 1, 8, 8]}]
     assert {o["name"] for o in model["outputs"]} == {"label", "certified", "radius", "draws", "counts"}
     assert model["parameters"]["smoothing"] == {"smoothing": "densepure", "sigma": 0.25, "K": 3, "b": 2,
-                                                "t_star_rule": "auto", "alpha": 0.001}
+                                                "t_star_rule": "auto", "alpha": 0.001,
+                                                "noise": "sound", "levels": 16}  # the digits preset's grid
     assert model["parameters"]["defaults"] == {"n0": 20, "n": 200, "alpha": 0.001, "radius": 0.25}
     assert http.get("/v2/models/digits/versions/1").json() == model
     assert http.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
@@ -49,8 +50,11 @@ def test_every_mode(server, digits):
     assert certify.draws.tolist() == [110, 110] and certify.counts.shape == (2, 2, 10)
     assert certify.counts[:, 0].sum(axis=1).tolist() == [10, 10] and certify.counts[:, 1].sum(axis=1).tolist() == [
         100, 100]
+    effective = certify.parameters.pop("effective_alpha")  # the sound sampler's addition: far below float64's ulp
+    assert 0.001 < effective <= np.nextafter(0.001, 1.0)
     assert certify.parameters == {"mode": "certify", "smoothing": "densepure", "sigma": 0.25, "K": 3, "b": 2,
-                                  "t_star_rule": "auto", "alpha": 0.001, "method": "cohen_certify", "n": 100, "n0": 10}
+                                  "t_star_rule": "auto", "alpha": 0.001, "method": "cohen_certify", "n": 100, "n0": 10,
+                                  "noise": "sound", "levels": 16}
     assert sequential.parameters["radius"] == 0.25 and sequential.parameters["method"].startswith("sequential")
     assert "seed" not in sequential.parameters  # the noise seed is secret
     for result in (predict, certify, sequential):
@@ -61,7 +65,7 @@ def test_every_mode(server, digits):
     assert (sequential.draws > 20).all() and (sequential.draws <= 220).all()  # n0 + estimation draws up to n
 
 
-def test_binary_extension_and_uint8(server, digits):
+def test_binary_extension_and_uint8(server, audit_float_server, digits):
     images = digits[0][[2, 3]]
     body, headers = encode_request(images, {"mode": "predict", "n": 30}, binary=True)
     response = server.http.post(INFER, content=body, headers=headers)
@@ -69,9 +73,11 @@ def test_binary_extension_and_uint8(server, digits):
     obj, tensors = decode_response(response.content, response.headers[HEADER_LENGTH])
     assert all("data" not in o for o in obj["outputs"]) and tensors["draws"].tolist() == [30, 30]
     pixels = np.round(images * 255).astype(np.uint8)
-    with Client(server.url) as client:
+    with Client(audit_float_server.url) as client:  # float noise reads any image
         result = client.infer(pixels, mode="predict", n=30)  # JSON UINT8
     assert result.labels.shape == (2,) and result.draws.tolist() == [30, 30]
+    with Client(server.url) as client, pytest.raises(ServerError, match=r"not on the grid k/16 \(--levels 16\)"):
+        client.infer(pixels, mode="predict", n=30)  # k/255 is not the digits' grid k/16: the sound noise refuses
 
 
 def _bad_requests(image: list) -> list:
