@@ -102,3 +102,27 @@ def test_flops_prints_the_table_of_docs_performance(run_script):
     assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
     start = doc.index(table[0])
     assert doc[start:start + len(table)] == table
+
+
+def test_every_benchmark_script_imports_names_that_exist():
+    """The scripts run only when someone benchmarks: a name they import from densepure that moved must fail
+    here, not months later (benchmarks/int8.py once imported densepure.certify.analyze after it moved)."""
+    import ast
+    import importlib
+
+    scripts = sorted((ROOT / "benchmarks").rglob("*.py"))
+    checked = 0
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "densepure":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                        f"{script.relative_to(ROOT)}: {node.module} has no {alias.name}"
+                    checked += 1
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "densepure":
+                        importlib.import_module(alias.name)
+                        checked += 1
+    assert len(scripts) > 10 and checked > 50
