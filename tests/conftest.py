@@ -83,8 +83,8 @@ def golden_improved_export(tmp_path_factory, improved_tiny):
 # of CPU each): every test that uses one, directly or through another fixture, is marked slow, so that
 # `-m "not slow"` (scripts/test.sh --fast) never pays for it. tests/serve's default `server` is shared by
 # ~30 tests and stays in the fast tier.
-SLOW_FIXTURES = frozenset({"digits_export", "golden_improved_export", "cluster",
-                           "audit_server",  # tests/serve/conftest.py: --allow-client-seed, for test_audit.py
+SLOW_FIXTURES = frozenset({"digits_export", "golden_improved_export", "cluster", "int8_export",
+                           "audit_server", "audit_float_server",  # tests/serve/conftest.py: for test_audit.py
                            "guarded"})  # tests/serve/test_http_layer.py: HTTP read/keep-alive/connection limits
 
 

@@ -61,6 +61,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
     write(path, [2])  # released on close
 
 
+@pytest.mark.slow  # a second interpreter
 def test_the_lock_holds_across_processes(tmp_path):
     path = tmp_path / "out.tsv"
     script = ("import sys; from densepure.results.writer import open_results\n"
