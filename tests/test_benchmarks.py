@@ -1,26 +1,39 @@
-"""The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests)."""
+"""The benchmark scripts run end to end on tiny settings (their numbers are not asserted: no timing in tests).
+They run as ``__main__`` in this process (a second interpreter costs ~3 s of CPU to start)."""
 
 import json
-import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str, env: dict | None = None) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """``run_script(name, *args)``: benchmarks/``name`` with ``args`` as ``__main__`` in this process; what it
+    printed. sys.path (the scripts put benchmarks/ or the root first) and the torch thread count are restored."""
+    threads = torch.get_num_threads()
+
+    def run(name: str, *args: str) -> str:
+        path = ROOT / "benchmarks" / name
+        monkeypatch.syspath_prepend(str(path.parent))  # saves sys.path: restored after the test
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), capsys.readouterr().err[-2000:]
+        return capsys.readouterr().out
+
+    yield run
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
-def test_table1_runs_resumes_and_reports(tmp_path):
+def test_table1_runs_resumes_and_reports(tmp_path, run_script):
     out = tmp_path / "table1"
     args = ("--images", "2", "--n0", "10", "--n", "20", "--sigmas", "0.5", "--threads", "1", "--out", str(out))
     run_script("table1.py", *args)
@@ -37,7 +50,8 @@ def test_table1_runs_resumes_and_reports(tmp_path):
     assert "images," not in again
 
 
-def test_serve_benchmark_measures_each_server_with_bench_serve_and_compares_them(tmp_path):
+@pytest.mark.slow  # two servers of its own
+def test_serve_benchmark_measures_each_server_with_bench_serve_and_compares_them(tmp_path, run_script):
     """benchmarks/serve.py starts each configuration's server and runs `densepure bench serve` against it."""
     stdout = run_script("serve.py", "--concurrency", "1", "2", "--requests", "2", "2", "--server-args",
                         "--K 3 --n0 10 --n 100", "--out", str(tmp_path))
@@ -54,7 +68,8 @@ def test_serve_benchmark_measures_each_server_with_bench_serve_and_compares_them
     assert "| metric | A | B | B / A | unit |" in stdout
 
 
-def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
+@pytest.mark.slow  # two servers of its own
+def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio(run_script):
     stdout = run_script("serve_devices.py", "--concurrency", "1", "2", "--requests", "2", "2", "--configs", "one",
                         "two", "--server-args", "--K 3 --n0 10 --n 100")
     result = json.loads(stdout.strip().splitlines()[-1])
@@ -67,9 +82,8 @@ def test_serve_devices_benchmark_reports_one_and_two_loops_and_their_ratio():
         two["c2.requests_per_s"] / one["c2.requests_per_s"])
 
 
-
 @pytest.mark.slow
-def test_sound_benchmark_reports_both_samplers_and_their_ratio():
+def test_sound_benchmark_reports_both_samplers_and_their_ratio(run_script):
     stdout = run_script("sound.py", "--repeats", "1", "--e2e-repeats", "0")
     result = json.loads(stdout.strip().splitlines()[-1])
     assert set(result["sampler"]) == {"digits", "cifar10", "imagenet"}
@@ -80,7 +94,7 @@ def test_sound_benchmark_reports_both_samplers_and_their_ratio():
     assert "sound/float" in stdout
 
 
-def test_flops_prints_the_table_of_docs_performance():
+def test_flops_prints_the_table_of_docs_performance(run_script):
     """docs/performance.md's FLOP table is exactly what benchmarks/flops.py counts (meta device: seconds)."""
     pytest.importorskip("transformers", reason="the classifiers' architectures come from transformers")
     table = [line for line in run_script("flops.py").splitlines() if line.startswith("|")]
@@ -88,3 +102,27 @@ def test_flops_prints_the_table_of_docs_performance():
     assert len(table) == 7 and "| CIFAR-10 UNet (improved-diffusion, 32 px) | 52,546,438 | 16.77 |" in table[2]
     start = doc.index(table[0])
     assert doc[start:start + len(table)] == table
+
+
+def test_every_benchmark_script_imports_names_that_exist():
+    """The scripts run only when someone benchmarks: a name they import from densepure that moved must fail
+    here, not months later (benchmarks/int8.py once imported densepure.certify.analyze after it moved)."""
+    import ast
+    import importlib
+
+    scripts = sorted((ROOT / "benchmarks").rglob("*.py"))
+    checked = 0
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "densepure":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                        f"{script.relative_to(ROOT)}: {node.module} has no {alias.name}"
+                    checked += 1
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "densepure":
+                        importlib.import_module(alias.name)
+                        checked += 1
+    assert len(scripts) > 10 and checked > 50

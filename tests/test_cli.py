@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from densepure.artifacts import manifest_path_for
 from densepure.cli import main
 
 
@@ -73,11 +74,19 @@ def test_help_documents_every_flag(capsys):
         assert flag in out
 
 
-def test_export_writes_checked_onnx_for_digits(capsys, tmp_path):
-    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
-    code, out, err = run_cli(capsys, "export", "--precision", "fp32", "--out", str(tmp_path / "a"))
-    assert code == 0, err
-    assert list((tmp_path / "a").rglob("*.onnx")), out
+@pytest.mark.slow  # the session's digits export (tests/conftest.py): ~30 s of CPU
+def test_export_writes_checked_onnx_for_digits(digits_export):
+    """`densepure export` with no model flags: the shipped digits models, fp32 and fp16, each checked."""
+    assert digits_export.code == 0, digits_export.stderr
+    lines = digits_export.stdout.splitlines()
+    assert len(lines) == 4, digits_export.stdout
+    for kind in ("unet", "classifier"):
+        for precision in ("fp32", "fp16"):
+            path = digits_export.graph(kind, precision)
+            assert path.is_file() and manifest_path_for(path).is_file(), path
+            line = next(line for line in lines if f"  {path}  " in line)
+            assert line.split()[:2] == [kind, precision] and "  exported in " in line, line
+            assert "onnxruntime vs torch" in line and "max rel err" in line, line  # checked against torch
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -18,6 +18,7 @@ def rows(path):
     return [(r.idx, r.label, r.predict, r.radius) for r in read_results(path)]
 
 
+@pytest.mark.slow
 def test_also_k_equals_separate_runs(capsys, tmp_path):
     code, stdout, _ = certify(capsys, tmp_path / "k5.tsv", "--K", "5", "--also-K", "1,3")
     assert code == 0 and "k5.K1.tsv" in stdout and "k5.K3.tsv" in stdout

@@ -42,13 +42,10 @@ def run_cli(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """`densepure export --precision fp32` of the digits models (shared with the engine tests' exports)."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
-    out = tmp_path_factory.getbasetemp() / "shared-exports" / "digits"
-    assert main(["export", "--precision", "fp32", "--out", str(out)]) == 0
-    return out
+def exported(digits_export):
+    """The session's `densepure export` of the digits models (tests/conftest.py; fp32 and fp16 graphs)."""
+    assert digits_export.code == 0, digits_export.stderr
+    return digits_export.directory
 
 
 @pytest.fixture
@@ -106,21 +103,26 @@ def _edit_manifest(directory, name, **source):
     path.write_text(json.dumps(raw))
 
 
+def with_export(*case):
+    """A case that edits a copy of the session's digits export (``fp32_copy``): slow, as the export is."""
+    return pytest.param(*case, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize("setup,argv,message", [
     (None, ("--backend", "onnxruntime"), "needs --artifacts DIR"),
     (None, ("--backend", "onnxruntime", "--artifacts", "/nonexistent/artifacts"), "not found"),
-    ("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32, fp16 or int8 graphs"),
-    ("copy", ("--backend", "torch"), "--artifacts is read by the onnxruntime and tensorrt backends only"),
-    ("copy", ("--backend", "onnxruntime", "--precision", "fp16"), "no fp16 classifier ONNX graph"),
-    ("preset", ("--backend", "onnxruntime"), "exported for preset 'cifar10'"),
-    ("checkpoint", ("--backend", "onnxruntime"), "exported from another checkpoint"),
+    with_export("copy", ("--backend", "onnxruntime", "--precision", "bf16"), "fp32, fp16 or int8 graphs"),
+    with_export("copy", ("--backend", "torch"), "--artifacts is read by the onnxruntime and tensorrt backends only"),
+    with_export("copy", ("--backend", "onnxruntime", "--precision", "fp16"), "no fp16 classifier ONNX graph"),
+    with_export("preset", ("--backend", "onnxruntime"), "exported for preset 'cifar10'"),
+    with_export("checkpoint", ("--backend", "onnxruntime"), "exported from another checkpoint"),
     # the manifests name the classifier: only a --classifier that names another one is refused
-    ("classifier", ("--backend", "onnxruntime", "--classifier", "digits"), "exported from 'hf:/models/vit': drop "
-                                                                          "--classifier"),
-    ("bytes", ("--backend", "onnxruntime", "--mode", "gaussian"), "does not match its manifest's sha256"),
-    ("deleted", ("--backend", "onnxruntime"), "cannot read the exported graph"),
-    ("swapped", ("--backend", "onnxruntime"), "is not the graph its manifest describes"),
-    ("copy", ("--backend", "tensorrt"), "TensorRT is not installed"),
+    with_export("classifier", ("--backend", "onnxruntime", "--classifier", "digits"),
+                "exported from 'hf:/models/vit': drop --classifier"),
+    with_export("bytes", ("--backend", "onnxruntime", "--mode", "gaussian"), "does not match its manifest's sha256"),
+    with_export("deleted", ("--backend", "onnxruntime"), "cannot read the exported graph"),
+    with_export("swapped", ("--backend", "onnxruntime"), "is not the graph its manifest describes"),
+    with_export("copy", ("--backend", "tensorrt"), "TensorRT is not installed"),
 ])
 def test_artifact_errors_are_one_line_before_any_result(capsys, tmp_path, request, setup, argv, message):
     if "tensorrt" in argv:

@@ -115,6 +115,7 @@ def _check_serve(serve: dict) -> None:
     assert serve["serve configuration"]["image_slots_resolved"] == 64
 
 
+@pytest.mark.slow  # gpu_check.py with two stages, one cut short at 15 s
 @pytest.mark.parametrize("fault,status", [("hang", "timed out after 15 s"), ("crash", "failed (exit 3)")])
 def test_a_stage_cut_short_after_its_first_figure_keeps_that_figure(tmp_path, fault, status):
     done, rows = _run(tmp_path, "--only", "env", "exactness", "--stage-limit", "env=15",

@@ -21,6 +21,7 @@ def bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, timeout=900, check=False)
 
 
+@pytest.mark.slow  # a second interpreter, without Triton's interpreter: ~5 s of CPU
 def test_kernels_without_triton_times_the_torch_references(tmp_path):
     """On the CPU without Triton's interpreter only the torch columns run, and the report says why."""
     done = bench("kernels", "--device", "cpu", "--batch-size", "2", "--K", "3", "--output", str(tmp_path / "r"))
@@ -35,12 +36,14 @@ def test_kernels_without_triton_times_the_torch_references(tmp_path):
     assert metrics["unet.modules.rows_per_s"]["unit"] == "rows/s"
 
 
-@pytest.mark.slow
-def test_scaling_reports_both_worker_counts_with_equal_certificates(tmp_path):
-    pytest.importorskip("ray", reason="the ray extra is not installed")
-    done = bench("scaling", "--max", "2", "--n0", "10", "--n", "20", "--K", "3", "--device", "cpu",
-                 "--output", str(tmp_path / "r"))
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_scaling_reports_both_worker_counts_with_equal_certificates(tmp_path, cluster, capsys):
+    """In this process, on the session's Ray instance (``connect("local")`` reuses it): no second interpreter
+    and no second Ray start (~10 s of CPU and as much waiting). Slow: it uses ``cluster``."""
+    from densepure.cli import main
+
+    code = main(["bench", "scaling", "--max", "2", "--n0", "10", "--n", "20", "--K", "3", "--device", "cpu",
+                 "--output", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr().err[-2000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     metrics = {k: m["value"] for k, m in report["metrics"].items()}
     assert metrics["workers1.images_per_hour"] > 0 and metrics["workers2.images_per_hour"] > 0

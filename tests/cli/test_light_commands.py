@@ -41,6 +41,7 @@ def test_version_and_presets_import_neither_torch_nor_scipy(argv):
     assert ("densepure 0." in done.stdout) if argv == ["--version"] else ("digits" in done.stdout), done.stdout
 
 
+@pytest.mark.slow  # a second interpreter importing torch
 def test_the_probe_sees_torch_when_a_command_needs_it():
     """The check above can fail: building certify's parser imports the option records, and torch with them."""
     done = run_probe("certify", "--n0", "x")

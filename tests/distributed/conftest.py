@@ -1,4 +1,5 @@
-"""Fixtures of the cluster tests: the single-process results every cluster run is compared with."""
+"""Fixtures of the cluster tests: the single-process results every cluster run is compared with (the session's
+one local Ray instance, ``cluster``, is in tests/conftest.py: tests/bench uses it too)."""
 
 from __future__ import annotations
 

@@ -147,9 +147,9 @@ def test_a_completed_cluster_run_writes_the_single_process_tsv(tmp_path, make_wo
         assert tsv_without_time(got) == tsv_without_time(want)
 
 
-@pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), pytest.param("predict", 2, marks=pytest.mark.slow),
-                                        ("sequential", 2), ("sequential-no-lookahead", 2), ("certify-float", 1),
-                                        ("anytime", 2)])
+@pytest.mark.slow  # each case's single-process run and its cluster run: ~3-6 s of CPU
+@pytest.mark.parametrize("case,split", [("certify", 1), ("certify", 3), ("predict", 2), ("sequential", 2),
+                                        ("sequential-no-lookahead", 2), ("certify-float", 1), ("anytime", 2)])
 def test_cluster_results_equal_one_process(tmp_path, make_workers, single_process, case, split):
     """Whole images over 2 workers, or each image's draws split over them: the same rows and counts (sequential:
     the same looks, in rounds)."""
@@ -174,6 +174,7 @@ def test_cluster_results_equal_one_process(tmp_path, make_workers, single_proces
             assert issued == {record.row.idx: record.n for record in records}
 
 
+@pytest.mark.slow
 def test_a_lost_worker_s_chunks_run_on_the_others(tmp_path, make_workers, single_process):
     observer = Recorder()
     path = tmp_path / "r.tsv"
@@ -185,6 +186,7 @@ def test_a_lost_worker_s_chunks_run_on_the_others(tmp_path, make_workers, single
     assert_same_certificates(path, single_process(**ALSO), ALSO["also_chains"])
 
 
+@pytest.mark.slow
 def test_losing_every_worker_stops_and_the_same_command_resumes(tmp_path, make_workers, single_process):
     path = tmp_path / "r.tsv"
     with pytest.raises(ClusterError) as err:

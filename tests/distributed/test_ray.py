@@ -1,5 +1,6 @@
-"""Cluster runs on a local Ray instance (2 CPUs, loopback only, token authentication on): the same
-certificates as one process, with whole images or split draws, and with workers killed mid-chunk."""
+"""Cluster runs on a local Ray instance (2 CPUs, loopback only, token authentication on; the session's one,
+``cluster`` in conftest.py): the same certificates as one process, with whole images or split draws, and
+with workers killed mid-chunk."""
 
 from __future__ import annotations
 
@@ -11,30 +12,12 @@ import torch
 from cluster_helpers import ALSO, SEQUENTIAL, assert_same_certificates, certificates, job_options, tsv_without_time
 
 from densepure.cli import main
-from densepure.distributed import ClusterError, connect, prepare_cluster_job, run_cluster_job
+from densepure.distributed import ClusterError, prepare_cluster_job, run_cluster_job
 from densepure.errors import ConfigError
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 LIMITS = {"start_timeout_s": 180.0, "timeout_s": 300.0}  # every wait of a run ends
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One local instance for the module, with 2 logical GPUs; runs with ``ray="local"`` use it (a connected
-    process is reused). Ray >= 2.59 turns token authentication on for local instances: a fresh token in the
-    environment keeps it on without writing ~/.ray/auth_token."""
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
-    os.environ["RAY_AUTH_TOKEN"] = os.urandom(32).hex()
-    try:
-        with connect("local", num_cpus=2, num_gpus=2, object_store_mb=100) as connected:
-            yield connected
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class Killer:

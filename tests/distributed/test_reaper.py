@@ -83,7 +83,7 @@ def test_is_ray_and_descendants():
     assert os.getpid() in _table() and _table()[os.getpid()][0] == os.getppid()
 
 
-@pytest.mark.parametrize("mode", ["sigkill", "close"])
+@pytest.mark.parametrize("mode", [pytest.param("sigkill", marks=pytest.mark.slow), "close"])
 def test_the_driver_s_ray_processes_die_with_it_and_nothing_else(tmp_path, mode):
     fake_ray = tmp_path / "site-packages" / "ray"
     fake_ray.mkdir(parents=True)

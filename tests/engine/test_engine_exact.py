@@ -45,7 +45,8 @@ def requests(images, policy, seed=6):
     return (ImageRequest(i, images[i], policy(), seed, noise_id=i) for i in range(len(images)))
 
 
-@pytest.mark.parametrize("mode,k,b", [(Mode.DENSEPURE, 5, 2), (Mode.DENSEPURE, 3, 3), (Mode.DENSEPURE, 1, 2),
+@pytest.mark.parametrize("mode,k,b", [pytest.param(Mode.DENSEPURE, 5, 2, marks=pytest.mark.slow),
+                                      pytest.param(Mode.DENSEPURE, 3, 3, marks=pytest.mark.slow), (Mode.DENSEPURE, 1, 2),
                                       (Mode.ONESTEP, 1, 1), (Mode.ONESTEP_DDS, 1, 1), (Mode.GAUSSIAN, 1, 1)])
 def test_fixed_n_counts_equal_plain_path(parts, mode, k, b):
     unet, clf, images = parts
@@ -78,6 +79,7 @@ def test_sequential_engine_equals_plain_sequential(parts):
         assert np.array_equal(got[i].counts[NoisePhase.ESTIMATION], expected[i].counts_estimation)
 
 
+@pytest.mark.slow  # K separate runs beside one K-chain run: ~4-5 s of CPU each
 @pytest.mark.parametrize("k,b,prefixes", [(5, 2, (1, 3)), (4, 3, (1, 2, 3))])
 def test_chain_prefix_counts_equal_separate_runs(parts, k, b, prefixes):
     """One K-chain run's prefix counts equal separate k-chain runs (plain path) with the same seed."""
@@ -115,6 +117,7 @@ def test_densepure_refuses_one_step():
         SmoothingConfig(Mode.DENSEPURE, 0.5, 4, 1, schedule=SCHEDULE)
 
 
+@pytest.mark.slow
 def test_batching_and_slots_do_not_change_counts(parts):
     """Counts are a function of the noise identities only: other batch sizes, pools and slot counts agree."""
     unet, clf, images = parts

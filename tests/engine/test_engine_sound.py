@@ -61,7 +61,8 @@ def test_sound_counts_equal_the_plain_path(parts, mode, k, b):
                       early_exit=False) == want  # batch layout and slots change nothing
 
 
-@pytest.mark.parametrize("mode,k,b", MODES)
+@pytest.mark.parametrize("mode,k,b", [m if m[0] is Mode.ONESTEP else pytest.param(*m, marks=pytest.mark.slow)
+                                      for m in MODES])  # the interpreter is slow: one mode in the fast tier
 def test_sound_triton_kernels_give_the_torch_counts(parts, mode, k, b):
     device = kernel_device()
     triton = triton_kernels_or_skip(device)

@@ -20,7 +20,8 @@ from densepure.noise import NoisePhase
 prefer_interpreter()
 
 
-@pytest.mark.parametrize("mode,k,b", [(Mode.DENSEPURE, 3, 2), (Mode.DENSEPURE, 2, 3), (Mode.ONESTEP, 1, 1),
+@pytest.mark.parametrize("mode,k,b", [pytest.param(Mode.DENSEPURE, 3, 2, marks=pytest.mark.slow),
+                                      pytest.param(Mode.DENSEPURE, 2, 3, marks=pytest.mark.slow), (Mode.ONESTEP, 1, 1),
                                       (Mode.ONESTEP_DDS, 1, 1), (Mode.GAUSSIAN, 1, 1)])
 def test_triton_kernels_give_the_torch_counts(mode, k, b):
     device = kernel_device()
@@ -44,26 +45,24 @@ def test_triton_kernels_give_the_torch_counts(mode, k, b):
     assert sum(int(np.count_nonzero(c[1])) for c in counts[0].values()) >= 2, "labels must vary for a real test"
 
 
-def test_certify_with_triton_kernels_gives_the_torch_certificates(tmp_path):
-    """`densepure certify --kernels triton` (Triton's interpreter on this CPU) writes exactly the certificates
-    and counts of `--kernels torch` for the same seed."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+@pytest.mark.slow  # two certifications, one through Triton's interpreter: ~15 s of CPU
+def test_certify_with_triton_kernels_gives_the_torch_certificates(tmp_path, capsys):
+    """`densepure certify --kernels triton` (compiled on a GPU; on a CPU under Triton's interpreter, which
+    prefer_interpreter above chose for this process) writes exactly the certificates and counts of
+    `--kernels torch` for the same seed."""
+    from densepure.cli import main
     from densepure.results.files import read_results, read_sidecar
 
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    common = ["--max", "2", "--skip", "150", "--n0", "8", "--n", "24", "--K", "3", "--seed", "4", "--device", "cpu"]
+    triton_kernels_or_skip(kernel_device())
+    common = ["--max", "2", "--skip", "150", "--n0", "8", "--n", "24", "--K", "3", "--seed", "4",
+              "--device", str(kernel_device())]
     out = {}
     for kernels in ("torch", "triton"):
         out[kernels] = tmp_path / f"{kernels}.tsv"
-        done = subprocess.run([sys.executable, "-m", "densepure.cli", "certify", *common, "--kernels", kernels,
-                               "--output", str(out[kernels])], capture_output=True, text=True, env=env, timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert f"kernels={kernels}" in done.stderr  # the run's one-line description: the kernels that ran
+        code = main(["certify", *common, "--kernels", kernels, "--output", str(out[kernels])])
+        err = capsys.readouterr().err
+        assert code == 0, err[-2000:]
+        assert f"kernels={kernels}" in err  # the run's one-line description: the kernels that ran
     rows = {k: [(r.idx, r.predict, r.radius) for r in read_results(p)] for k, p in out.items()}
     assert rows["torch"] == rows["triton"] and len(rows["torch"]) == 2
     counts = {k: {r.row.idx: (r.selection_counts, r.estimation_counts) for r in read_sidecar(p).records}

@@ -21,14 +21,14 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
 
 
-from export_helpers import golden_export, tiny_classifier  # noqa: E402
+from export_helpers import tiny_classifier  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, improved_tiny):
-    report = golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")
-    return report.results[0].onnx_path, report.results[1].onnx_path
+def exported(golden_improved_export):
+    """The session's export of the golden tiny UNet and a tiny CNN (tests/conftest.py): (unet, classifier)."""
+    return golden_improved_export.results[0].onnx_path, golden_improved_export.results[1].onnx_path
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:

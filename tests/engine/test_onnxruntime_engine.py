@@ -16,8 +16,8 @@ fp32 by ~3e-4 relative (export check), so a chain label flips only at a near tie
 Asserted here at sigma=0.25: agreement >= 99.5% (50x the worst measured disagreement rate, room for
 other CPUs' float16 kernels), at most 1% of votes moved per image, and the same predicted labels.
 
-Exports take ~30 s on a busy core; they are shared with tests/test_cli_backend.py through the
-session's ``shared-exports/digits`` directory (a second export of the same content is reused).
+The graphs are the session's one ``densepure export`` of the digits models (``digits_export`` in
+tests/conftest.py, ~30 s of CPU), shared with tests/test_cli.py and tests/test_cli_backend.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from densepure.diffusion import Mode, SmoothingConfig
 from densepure.engine.backends import Backends, ClassifierBackend, TorchClassifier, TorchDenoiser
 from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
-from densepure.export import export_command
 from densepure.models import get_preset
 from densepure.models.digits import load_digits_test_split, load_digits_unet
 from densepure.models.sources import ClassifierSpec, load_classifier
@@ -48,16 +47,11 @@ IMAGES = (0, 120, 225, 390)  # one clean digit and three whose votes are not una
 PHASES = (NoisePhase.SELECTION, NoisePhase.ESTIMATION)
 
 
-def export_digits(tmp_path_factory, precisions):
-    """``export_command`` on the shipped digits UNet and classifier into the session's shared directory."""
-    out = tmp_path_factory.getbasetemp() / "shared-exports" / "digits"
-    report = export_command("digits", None, out, precisions=precisions, classifier="digits")
-    return {(r.manifest.kind, r.manifest.precision): r.onnx_path for r in report.results}
-
-
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
-    return export_digits(tmp_path_factory, (Precision.FP32, Precision.FP16))
+def graphs(digits_export):
+    assert digits_export.code == 0, digits_export.stderr
+    return {(kind, precision): digits_export.graph(kind.value, precision.value)
+            for kind in (ArtifactKind.UNET, ArtifactKind.CLASSIFIER) for precision in (Precision.FP32, Precision.FP16)}
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def make(improved_tiny, mode, batch_size=64, k=3, b=2, sigma=0.25, seed=7):
     return ReferenceSampler(cfg, tiny_classifier(), 4, denoiser=unet, seed=seed, batch_size=batch_size)
 
 
-@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m is Mode.DENSEPURE else m for m in Mode])
 def test_labels_do_not_depend_on_batch_size(improved_tiny, image, mode):
     draws = torch.arange(0, 10)
     a = make(improved_tiny, mode, batch_size=64).labels(image, 3, NoisePhase.ESTIMATION, draws)

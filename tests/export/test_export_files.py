@@ -114,6 +114,7 @@ def test_fp16_unet_is_checked_by_onnxruntime_against_fp32_and_progress_is_report
     assert events[-1].line().startswith("[2/2] classifier fp16: up to date, checked again in ")
 
 
+@pytest.mark.slow
 def test_an_interrupted_export_leaves_the_old_artifact_or_none(tmp_path, monkeypatch):
     path = tmp_path / "classifier-fp32.onnx"
     first = export_classifier(small_classifier(), (3, 4, 4), path)
@@ -145,6 +146,7 @@ def test_an_interrupted_export_leaves_the_old_artifact_or_none(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier-fp32.onnx", "classifier-fp32.onnx.manifest.json"]
 
 
+@pytest.mark.slow
 def test_a_failed_check_installs_nothing_and_leftovers_are_cleared(tmp_path, monkeypatch):
     path = tmp_path / "c.onnx"
     first = export_classifier(small_classifier(), (3, 4, 4), path)
@@ -159,7 +161,7 @@ def test_a_failed_check_installs_nothing_and_leftovers_are_cleared(tmp_path, mon
     assert not leftover.exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+@pytest.mark.parametrize("umask", [pytest.param(0o022, marks=pytest.mark.slow), 0o027], ids=["umask022", "umask027"])
 def test_external_data_gets_the_mode_of_every_other_file(tmp_path, umask):
     previous = os.umask(umask)
     try:
@@ -174,6 +176,7 @@ def test_external_data_gets_the_mode_of_every_other_file(tmp_path, umask):
     assert result.numerics.status is CheckStatus.PASSED and result.numerics.max_rel_error < 1e-4
 
 
+@pytest.mark.slow
 def test_external_data_of_a_replaced_graph_is_removed(tmp_path):
     path = tmp_path / "m.onnx"
     export_classifier(small_classifier(), (3, 4, 4), path, external_data_threshold=0)
@@ -188,6 +191,7 @@ def test_one_export_per_directory(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_export_cli_reports_each_model_and_no_torchvision_noise(capfd, tmp_path):
     """`densepure export` of the digits classifier (the UNet is covered above): one line as each model starts
     and ends on stderr, the report on stdout, and not one of torch's 'torchvision is not installed' lines."""

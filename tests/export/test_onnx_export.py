@@ -34,8 +34,8 @@ from export_helpers import golden_export, tiny_classifier  # noqa: E402
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def improved_report(tmp_path_factory, improved_tiny):
-    return golden_export(tmp_path_factory, *improved_tiny, "golden-improved-tiny")
+def improved_report(golden_improved_export):
+    return golden_improved_export  # exported once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,7 @@ def _compute_types(model: onnx.ModelProto, op_type: str) -> set[int]:
     return {types.get(n.input[0]) for n in model.graph.node if n.op_type == op_type}
 
 
+@pytest.mark.slow  # the golden UNets' exports: ~20 s of CPU each
 @pytest.mark.parametrize("which", ["improved", "guided"])
 def test_unet_fp32_matches_torch_and_golden(which, request, improved_tiny, guided_tiny):
     if which == "improved":
@@ -107,6 +108,7 @@ def test_unet_fp32_matches_torch_and_golden(which, request, improved_tiny, guide
     assert on_disk.onnx_sha256 == onnx_sha256(result.onnx_path)
 
 
+@pytest.mark.slow  # a UNet export: ~10 s of CPU
 def test_fp16_unet_keeps_fp32_islands(fp16_result):
     graph = onnx.load(str(fp16_result.onnx_path))
     assert _compute_types(graph, "GroupNormalization") == {FLOAT}
@@ -125,6 +127,7 @@ def test_fp16_unet_keeps_fp32_islands(fp16_result):
         assert n.status is CheckStatus.PASSED and n.max_rel_error < 3e-2 and n.max_rel_error_vs_fp32 < 3e-2
 
 
+@pytest.mark.slow  # the guided and fp16 UNet exports
 @pytest.mark.parametrize("which", ["guided_result", "fp16_result"])
 def test_groupnorm_decomposition_for_old_tensorrt(which, request, tmp_path):
     """TensorRT < 10.9 cannot parse opset-21 GroupNormalization: the rewrite must not change the numbers."""
@@ -146,6 +149,7 @@ def test_groupnorm_decomposition_for_old_tensorrt(which, request, tmp_path):
         assert _rel(got, want) < tol
 
 
+@pytest.mark.slow  # the guided UNet's export: ~20 s of CPU
 def test_typing_contract_flags_fp32_trunk(guided_result):
     bad = typing_violations(onnx.load(str(guided_result.onnx_path)), ArtifactKind.UNET)
     assert bad and any(b.startswith("Conv ") and "float16" in b for b in bad)
@@ -166,6 +170,7 @@ def test_classifier_preprocessing_inside_graph(improved_report):
         assert _rel(logits, clf(x).numpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_classifier_downsampling_keeps_antialias(tmp_path):
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     clf = Classifier(net, Preprocess(InputRange.MINUS_ONE_ONE, 8, ResizeMode.BILINEAR, True, (0.1,) * 3, (0.9,) * 3))
@@ -174,6 +179,7 @@ def test_classifier_downsampling_keeps_antialias(tmp_path):
     assert any("antialias" in note for note in result.manifest.notes)
 
 
+@pytest.mark.slow
 def test_fp16_classifier_wraps_norms_and_softmax(tmp_path):
     class Gate(nn.Module):
         def forward(self, x):
@@ -236,6 +242,7 @@ def test_external_data_and_content_hash(tmp_path):
     assert onnx_sha256(result.onnx_path, result.manifest.external_data) != before
 
 
+@pytest.mark.slow
 def test_reuse_is_by_content(tmp_path):
     def linear() -> Classifier:
         torch.manual_seed(11)
@@ -280,6 +287,7 @@ def _linear_classifier() -> Classifier:
     return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Preprocess(InputRange.MINUS_ONE_ONE))
 
 
+@pytest.mark.slow  # two exports
 @pytest.mark.parametrize("opset", [21, 22])
 def test_the_manifest_records_the_opset_in_the_graph(tmp_path, opset):
     """manifest.opset is the ai.onnx opset the written graph declares (read back from the file)."""
@@ -291,6 +299,7 @@ def test_the_manifest_records_the_opset_in_the_graph(tmp_path, opset):
     assert ArtifactManifest.read(manifest_path_for(result.onnx_path)).opset == in_graph
 
 
+@pytest.mark.slow
 def test_a_graph_with_another_opset_than_requested_is_refused(tmp_path, monkeypatch):
     """An exporter that writes another opset than asked: refused, and neither graph nor manifest is installed."""
     import densepure.export.onnx_export as onnx_export

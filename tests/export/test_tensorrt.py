@@ -45,8 +45,21 @@ def test_settings_validation():
     with pytest.raises(ConfigError, match="0..5"):
         BuildSettings(optimization_level=6)
     assert BuildSettings(typing="weak-fp16").typing is TypingMode.WEAK_FP16
-    assert BuildSettings().key_fields() == BuildSettings().key_fields()
-    assert BuildSettings().key_fields()["tf32"] is False  # engines built before TF32 was cleared are not reused
+
+
+def test_the_cache_key_covers_every_build_setting():
+    base = BuildSettings(buckets=(1, 8, 32))
+    assert BuildSettings(buckets=(32, 8, 1, 8)).key_fields() == base.key_fields()  # the same profiles
+    changed = {"buckets": (1, 8, 64), "workspace_bytes": 1 << 30, "typing": TypingMode.WEAK_FP16,
+               "optimization_level": 5}
+    assert set(changed) == {f.name for f in dataclasses.fields(BuildSettings)}  # a new setting is listed here
+    keys = {"base": base.key_fields()}
+    for name, value in changed.items():
+        keys[name] = dataclasses.replace(base, **{name: value}).key_fields()
+        assert keys[name] != keys["base"], name
+    machine = MachineInfo("10.13.3", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
+    assert len({cache_key("ab" * 32, k, machine) for k in keys.values()}) == len(keys)  # so do the keys
+    assert base.key_fields()["tf32"] is False  # engines built before TF32 was cleared are not reused
 
 
 @given(bucket_sets)

@@ -28,6 +28,7 @@ def _tiny_unet() -> UNetModel:
     return UNetModel(cfg).eval()
 
 
+@pytest.mark.slow
 def test_unet_traces_as_one_graph(device, triton_kernels):
     """SDPA, the ONNX-export switch and the fused-norm custom op leave dynamo one graph, no breaks."""
     model = _tiny_unet().to(device).set_kernels(triton_kernels)

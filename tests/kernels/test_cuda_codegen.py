@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # a subprocess compiles every kernel for sm_90
 ROOT = Path(__file__).resolve().parents[2]
 
 

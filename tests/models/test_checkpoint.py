@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 
@@ -37,7 +38,16 @@ def test_safetensors_roundtrip(tiny_checkpoint, tmp_path):
     model, _ = tiny_checkpoint
     path = tmp_path / "tiny.safetensors"
     save_state_dict(path, model.state_dict())
-    build_unet(model.config, checkpoint=path)
+    header_bytes = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: u64 length, then a JSON header
+    header = json.loads(path.read_bytes()[8:8 + header_bytes])
+    assert set(header) - {"__metadata__"} == set(model.state_dict())  # a safetensors file, not a pickle
+    loaded = build_unet(model.config, checkpoint=path)
+    assert not loaded.training
+    for k, v in model.state_dict().items():
+        assert loaded.state_dict()[k].dtype == v.dtype and torch.equal(loaded.state_dict()[k], v), k
+    path.write_bytes(path.read_bytes()[: 8 + header_bytes + 16])  # cut inside the tensor data
+    with pytest.raises(CheckpointError, match="cannot read .* as safetensors"):
+        read_state_dict(path)
 
 
 def test_wrong_architecture_names_keys(improved_tiny, guided_tiny, tmp_path):

@@ -43,8 +43,13 @@ def transformers():
 
 @pytest.fixture(scope="module")
 def timm():
-    try:  # timm imports torchvision (timm.layers), which must be built for this very torch
-        pytest.importorskip("torchvision", reason=f"timm needs a torchvision built for torch {torch.__version__}")
+    # `import timm` imports torchvision (timm.layers.norm_act: torchvision.ops.misc), whose compiled ops must be
+    # built for this very torch. For torch 2.13.0+cpu that is torchvision 0.28.0+cpu, only on
+    # download.pytorch.org; PyPI's 0.28.0 Linux wheel links libtorch_cuda.so and libc10_cuda.so, which a +cpu
+    # torch lacks (and PyPI has no torchvision source to build). Where neither can be installed these skip.
+    try:
+        pytest.importorskip("torchvision", reason=f"timm imports torchvision, and none built for torch "
+                            f"{torch.__version__} is installed (the +cpu wheel is on download.pytorch.org only)")
         return pytest.importorskip("timm", reason="timm classifiers need 'timm' (densepure[timm])")
     except RuntimeError as exc:  # PyPI's CUDA torchvision on a torch+cpu: "operator torchvision::nms does not exist"
         pytest.skip(f"torchvision cannot be imported with torch {torch.__version__}: {str(exc).splitlines()[0]}")

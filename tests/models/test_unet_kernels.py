@@ -138,7 +138,8 @@ def micro_unet(gen: torch.Generator) -> UNetModel:
     return model
 
 
-@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"), (torch.float16, "channels_last")])
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"),
+                                          pytest.param(torch.float16, "channels_last", marks=pytest.mark.slow)])
 def test_triton_norms_match_the_modules(dtype, layout, request):
     device = kernel_device()
     kernels = triton_kernels_or_skip(device)

@@ -95,7 +95,7 @@ def test_fast_path_equals_the_96_bit_rule_on_keyed_words(levels, sigma, rows, sh
         assert int(((guide[buckets] & CROWDED) == CROWDED).sum()) >= 3, "no value took the exact path"
 
 
-@pytest.mark.parametrize(("levels", "sigma"), [(16, 0.25), (255, 1.0), (7, 0.013)])
+@pytest.mark.parametrize(("levels", "sigma"), [(16, 0.25), pytest.param(255, 1.0, marks=pytest.mark.slow), (7, 0.013)])
 def test_fast_path_on_every_threshold_tie_and_bucket_edge(levels, sigma):
     """u0 on each threshold's high word (ties: the refinement words decide), beside it, on every guide
     bucket's edges and at the extremes, with refinement words below, at and above the threshold's."""

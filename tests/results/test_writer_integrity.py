@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
     write(path, [2])  # released on close
 
 
+@pytest.mark.slow  # a second interpreter
 def test_the_lock_holds_across_processes(tmp_path):
     path = tmp_path / "out.tsv"
     script = ("import sys; from densepure.results.writer import open_results\n"
@@ -156,7 +158,8 @@ def test_check_results_finds_problems_without_touching_anything(tmp_path):
     assert (path.read_bytes(), sidecar_path(path).read_bytes()) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a mode-0500 directory: the read-only mount "
+                    "test below is the one that holds for root")
 def test_an_unwritable_location_is_refused(tmp_path):
     locked = tmp_path / "ro"
     locked.mkdir()
@@ -166,3 +169,45 @@ def test_an_unwritable_location_is_refused(tmp_path):
             check_results(locked / "out.tsv", CONFIG, 0)
     finally:
         locked.chmod(0o700)
+
+
+# Run in a private mount namespace: mount a read-only tmpfs on argv[1], then ask check_results and
+# open_results for files in it. A read-only file system refuses root as well (EROFS), so this runs in CI.
+_READ_ONLY_MOUNT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY = 1
+if libc.mount(b"none", sys.argv[1].encode(), b"tmpfs", MS_RDONLY, b"size=64k") != 0:
+    print("mount failed:", os.strerror(ctypes.get_errno())); sys.exit(77)
+from densepure.errors import InputError
+from densepure.results.writer import check_results, open_results
+config = {"mode": "densepure", "sigma": 0.25}
+for name in ("out.tsv", "new/deeper/out.tsv"):
+    for call in (check_results, open_results):
+        try:
+            call(os.path.join(sys.argv[1], name), config, 0)
+            print("accepted", call.__name__, name)
+        except InputError as exc:
+            print("refused", call.__name__, name, "|", exc)
+print("entries", sorted(os.listdir(sys.argv[1])))
+"""
+
+
+def test_a_read_only_file_system_is_refused_even_for_root(tmp_path):
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs util-linux's unshare to make a private read-only mount")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    user_ns = [] if os.geteuid() == 0 else ["--map-root-user"]
+    done = subprocess.run([unshare, *user_ns, "--mount", "--propagation", "private", sys.executable, "-c",
+                           _READ_ONLY_MOUNT, str(mount_point)], capture_output=True, text=True, timeout=120)
+    if (done.returncode != 0 and "unshare failed" in done.stderr) or done.returncode == 77:
+        pytest.skip(f"no private mount namespace here: {(done.stderr or done.stdout).strip()}")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "entries []"  # nothing was created
+    refusals = [line for line in lines if line.startswith("refused")]
+    assert len(refusals) == 4 and len(lines) == 5, lines
+    assert all("not a writable directory" in line for line in refusals), refusals
+    assert not any(mount_point.iterdir())  # the mount lived only in the child's namespace

@@ -26,6 +26,7 @@ def certify_cli(tmp_path, capsys, *args):
     return rows, {record.row.idx: record for record in read_sidecar(output).records}
 
 
+@pytest.mark.slow  # its servers (audit_server, audit_float_server) come by name: the fixture rule cannot see them
 @pytest.mark.parametrize("noise", ["sound", "float"])
 @pytest.mark.parametrize("mode,cli_args,params", [
     ("certify", ("--n0", "10", "--n", "60"), {"n0": 10, "n": 60}),

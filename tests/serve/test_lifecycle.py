@@ -10,12 +10,14 @@ import threading
 import time
 
 import httpx
+import pytest
 from serve_helpers import FAST, ROOT, ServerProcess, free_port, infer_json, serve_env
 
 from densepure.cli import main
 from densepure.serve.client import Client, ServerError
 
 
+@pytest.mark.slow  # a server of its own, drained for up to 10 s
 def test_sigterm_drains_in_flight_work_within_the_grace_period_and_exits_0(tmp_path, digits):
     """During the drain the server keeps listening and answers new requests 503 with Retry-After (what a
     load balancer expects), finishes what fits in the grace period, cuts off the rest with a 503, exits 0."""
@@ -66,6 +68,7 @@ def test_sigterm_drains_in_flight_work_within_the_grace_period_and_exits_0(tmp_p
     assert re.search(r"ready: the models were built in [0-9.]+ s and warmed up in [0-9.]+ s", server.log())
 
 
+@pytest.mark.slow  # a second interpreter: ~4 s of CPU
 def test_a_model_that_does_not_load_is_one_line_and_status_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "densepure.cli", "serve", "--port", str(free_port()), "--checkpoint",
                            str(tmp_path / "missing.pt")], check=False, capture_output=True, text=True,
@@ -84,6 +87,7 @@ def test_a_taken_port_is_one_line_and_status_2(capsys):
     assert code == 2 and err.startswith("densepure: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
 
 
+@pytest.mark.slow  # a second interpreter: ~4 s of CPU
 def test_without_the_serve_extra_it_says_how_to_install_it():
     code = "import sys; sys.modules['fastapi'] = None; from densepure.cli import main; sys.exit(main(['serve']))"
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=serve_env(),

@@ -60,6 +60,7 @@ def test_certificates_equal_one_devices_whole_or_split(two_devices, audit_server
     assert two_devices.metric("densepure_split_requests_total") - splits == (1 if split else 0)
 
 
+@pytest.mark.slow  # the fast tier keeps one multi-device test
 def test_requests_go_to_the_device_with_fewer_queued_draws(two_devices, digits):
     images = digits[0]
     before = {d: two_devices.metric("densepure_draws_total", f'device="{d}"') for d in ("cpu#0", "cpu#1")}
@@ -84,6 +85,7 @@ def test_requests_go_to_the_device_with_fewer_queued_draws(two_devices, digits):
     assert sorted(after[d] - before[d] for d in before) == [30, 8 * 140]
 
 
+@pytest.mark.slow  # a server process of its own
 def test_a_device_that_cannot_load_stops_the_server_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "densepure.cli", "serve", *FAST, "--port", str(free_port()),
                            "--devices", "cpu,cuda:5"], env=serve_env(), cwd=ROOT, capture_output=True, text=True,

@@ -280,6 +280,7 @@ def test_metrics_docs_and_access_log(server):
     assert infer and {"request_id", "client", "duration_s", "mode", "images", "draws"} <= set(infer[0])
 
 
+@pytest.mark.slow  # it waits for the idle timeout
 def test_an_idle_server_sleeps(server):
     """The engine loop waits on a condition when there is no work: an idle server uses almost no CPU."""
     stat = Path(f"/proc/{server.proc.pid}/stat")

@@ -86,6 +86,7 @@ def _selected_runs(plan, p_top: float, reps: int, seed: int, n0: int = 16) -> tu
     return certified, wrong
 
 
+@pytest.mark.slow
 def test_the_state_machine_with_selection_is_valid_and_the_broken_one_is_not():
     """Through run_sequential (the real decisions, one input at a time) at alpha = 0.1."""
     alpha, reps = 0.1, 1500

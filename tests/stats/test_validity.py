@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from scipy import special, stats
 
 from densepure.stats.cohen import certify_from_counts, lower_confidence_bound
@@ -162,6 +163,7 @@ def test_sequential_false_certification_rate_is_at_most_alpha():
     assert _excess_pvalue(wrong, trials, alpha) >= TEST_LEVEL
 
 
+@pytest.mark.slow  # a simulation; the fast tier keeps the check itself
 def test_the_sequential_check_rejects_a_plan_without_the_union_bound():
     alpha, trials = 0.1, 1000
     plan = SequentialPlan.geometric(radius=0.5, sigma=SIGMA, alpha=alpha, n_max=4000)
