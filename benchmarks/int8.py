@@ -24,6 +24,7 @@ Usage: python benchmarks/int8.py --part digits|exclusions|cifar [--threads 1] [-
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -149,7 +150,7 @@ def run_saved(args, graphs: dict, p: Precision, images: dict, task: CertifyTask,
                 float(saved["seconds"])
     tsv = path.with_suffix(".tsv")
     config = {"benchmark": "int8", "precision": p.value, "sigma": SIGMA, "K": K, "b": B, "n0": args.n0,
-              "n": args.n, "images": args.images}
+              "n": args.n, "alpha": ALPHA, "predict": False, "radius": None, "images": args.images}
     with open_results(tsv, config, SEED, IfExists.OVERWRITE) as writer:
         _, labels, seconds = certify(graphs, p, images, task, args.threads, writer)
     keys = np.array([(i, int(ph), d) for i, ph, d in labels], dtype=np.int64).reshape(-1, 3)
@@ -212,7 +213,7 @@ def part_digits(args) -> list[str]:
         "draws of the shipped calibration split, percentile 99.999, Q/DQ placement onnxruntime, kept in float: "
         "output head, time embedding, normalization, softmax).", "",
         "The two certifications ran as two processes at the same time (`--only fp32`, `--only int8`, each one "
-        "onnxruntime thread) on a 2-core machine shared with other jobs (load average ~20): their wall times "
+        f"onnxruntime thread) on a 2-core machine, {args.load}: their wall times "
         "are noisy. The report's process then certified the first images again, fp32 then int8, measuring wall "
         "and CPU time (CPU time is what the load disturbs least), and timed the models per row, interleaved.",
         "", "## Labels", "",
@@ -351,6 +352,8 @@ def main() -> None:
     ap.add_argument("--cifar-rows", type=int, default=8)
     ap.add_argument("--cifar-precisions", nargs="+", default=["fp32", "fp16", "int8"])
     ap.add_argument("--report", default=None, help="report file name under benchmarks/results (default: the part's)")
+    ap.add_argument("--load", default="load not recorded",
+                    help="digits: what else ran on the machine during the --only runs (said in the report)")
     ap.add_argument("--e2e-images", type=int, default=2, help="digits: images of the one-process end-to-end timing")
     ap.add_argument("--only", choices=[p.value for p in PRECISIONS], help="digits: run one precision and keep it")
     ap.add_argument("--export-only", action="store_true", help="digits: export the graphs and stop")
@@ -358,7 +361,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/densepure-int8-benchmark"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    args.command = " ".join(["python benchmarks/int8.py", *sys.argv[1:]])
+    args.command = shlex.join(["python", "benchmarks/int8.py", *sys.argv[1:]])
     name = {"digits": "int8_digits_cpu.md", "exclusions": "int8_exclusions_digits_cpu.md",
             "cifar": "int8_cifar10_unet_cpu.md"}[args.part]
     name = args.report or name
