@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from densepure.diffusion import NoiseSchedule
+from densepure.engine.backends import ClassifierBackend
 from densepure.models import UNetConfig, UNetModel
 
 SCHEDULE = NoiseSchedule("cosine", 4000)
@@ -33,3 +34,24 @@ def micro_unet():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     return model
+
+
+class Recording(ClassifierBackend):
+    """Passes calls through to ``inner`` and keeps every row's argmax label, in call order."""
+
+    name = "recording"
+
+    def __init__(self, inner: ClassifierBackend):
+        super().__init__(inner.device, inner.num_classes, inner.image_shape)
+        self.inner, self.labels = inner, []
+
+    def _activate_impl(self) -> None:
+        self.inner.__enter__()
+
+    def _deactivate_impl(self) -> None:
+        self.inner.__exit__(None, None, None)
+
+    def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner.logits(x)
+        self.labels.append(logits.argmax(dim=1).numpy())
+        return logits

@@ -25,11 +25,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_helpers import Recording
 
 from densepure.artifacts import ArtifactKind
 from densepure.certify.tasks import CertifyTask
 from densepure.diffusion import Mode, SmoothingConfig
-from densepure.engine.backends import Backends, ClassifierBackend, TorchClassifier, TorchDenoiser
+from densepure.engine.backends import Backends, TorchClassifier, TorchDenoiser
 from densepure.engine.backends.onnxruntime_backend import OnnxRuntimeClassifier, OnnxRuntimeDenoiser, OrtProvider
 from densepure.engine.engine import Engine, EngineConfig, ImageRequest
 from densepure.models import get_preset
@@ -63,27 +64,6 @@ def torch_models():
 def digits():
     images, _ = load_digits_test_split()
     return {i: images[i] for i in IMAGES}
-
-
-class Recording(ClassifierBackend):
-    """Passes calls through to ``inner`` and keeps every row's argmax label, in call order."""
-
-    name = "recording"
-
-    def __init__(self, inner: ClassifierBackend):
-        super().__init__(inner.device, inner.num_classes, inner.image_shape)
-        self.inner, self.labels = inner, []
-
-    def _activate_impl(self) -> None:
-        self.inner.__enter__()
-
-    def _deactivate_impl(self) -> None:
-        self.inner.__exit__(None, None, None)
-
-    def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.inner.logits(x)
-        self.labels.append(logits.argmax(dim=1).numpy())
-        return logits
 
 
 def ort_backends(graphs, precision: Precision):

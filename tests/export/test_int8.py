@@ -18,12 +18,14 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'densepure[onnx]'")
 
+from engine_helpers import Recording  # noqa: E402
+
 from densepure.artifacts import ArtifactKind, ArtifactManifest, manifest_path_for  # noqa: E402
 from densepure.artifacts.quantized import CalibrationInfo, calibration_mismatch, calibration_overlap  # noqa: E402
 from densepure.certify.tasks import CertifyTask  # noqa: E402
 from densepure.cli import main  # noqa: E402
 from densepure.diffusion import Mode, SmoothingConfig  # noqa: E402
-from densepure.engine.backends import Backends, ClassifierBackend  # noqa: E402
+from densepure.engine.backends import Backends  # noqa: E402
 from densepure.engine.backends.select import (  # noqa: E402
     ModelIdentity,
     Pipeline,
@@ -142,27 +144,6 @@ def test_manifest_records_the_calibration(int8_export):
     del raw["calibration"]
     with pytest.raises(ArtifactError, match="int8 artifacts need a calibration record"):
         ArtifactManifest.from_json(json.dumps(raw))
-
-
-class Recording(ClassifierBackend):
-    """Passes calls through to ``inner`` and keeps every row's argmax label, in call order."""
-
-    name = "recording"
-
-    def __init__(self, inner: ClassifierBackend):
-        super().__init__(inner.device, inner.num_classes, inner.image_shape)
-        self.inner, self.labels = inner, []
-
-    def _activate_impl(self) -> None:
-        self.inner.__enter__()
-
-    def _deactivate_impl(self) -> None:
-        self.inner.__exit__(None, None, None)
-
-    def _logits_impl(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.inner.logits(x)
-        self.labels.append(logits.argmax(dim=1).numpy())
-        return logits
 
 
 def draw_all(denoiser, classifier, digits) -> None:
