@@ -16,6 +16,7 @@ thread, through :meth:`LoadGenTest.answer` / :meth:`LoadGenTest.fail`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import threading
@@ -239,6 +240,23 @@ class Answers:
 def run_label(scenario: Scenario, qps: float) -> str:
     """The name of one LoadGen test in the report and its log directory, e.g. ``server_0.05qps``."""
     return f"{scenario.value.replace('-', '_')}_{qps:g}qps"
+
+
+def run_recorded(builder: ReportBuilder, test: LoadGenTest, answers: Answers, out, label: str, qps: float,
+                 series: list, serving: contextlib.AbstractContextManager | None = None) -> None:
+    """Run ``test`` inside ``serving`` (what answers its queries, e.g. an engine worker), LoadGen's logs
+    under ``out``'s loadgen folder when ``out`` is given; then, also when the run fails, record the
+    answers (:func:`record_answers`) and append each query's ``(qps, latency or None, draws, error)`` to
+    ``series``."""
+    directory = out.loadgen_dir(label) if out is not None else None
+    started = time.perf_counter()
+    try:
+        with serving if serving is not None else contextlib.nullcontext():
+            builder.loadgen.append(test.run(directory, f"loadgen/{label}"))
+    finally:
+        rows = answers.close()
+        record_answers(builder, label, rows, time.perf_counter() - started)
+        series += [(qps, lat if error is None else None, draws, int(error is not None)) for lat, draws, error in rows]
 
 
 def record_answers(builder: ReportBuilder, label: str, rows, wall_s: float | None) -> None:

@@ -6,7 +6,7 @@ with the job's task; the Server scenario runs once per ``--target-qps``."""
 from __future__ import annotations
 
 from densepure.bench.common import warm_up
-from densepure.bench.loadgen import QUERY_COLUMNS, Answers, LoadGenTest, record_answers, run_label
+from densepure.bench.loadgen import QUERY_COLUMNS, Answers, LoadGenTest, run_label, run_recorded
 from densepure.bench.models import BenchImages
 from densepure.bench.options import BenchRun, Scenario
 from densepure.bench.report import ReportBuilder
@@ -15,8 +15,6 @@ from densepure.bench.worker import EngineWorker
 
 def loadgen_local(run: BenchRun, builder: ReportBuilder, out, engine, images: BenchImages, seed: int) -> None:
     """One LoadGen test per rate (the Server scenario) or one test (the others) against ``engine``."""
-    import time
-
     scenario, task = run.load.scenario, run.job.task()
     rates = run.load.target_qps if scenario is Scenario.SERVER else run.load.target_qps[:1]
     warm_up(engine, images, task, seed)
@@ -28,16 +26,7 @@ def loadgen_local(run: BenchRun, builder: ReportBuilder, out, engine, images: Be
             test = LoadGenTest(scenario, run.load, qps, len(images.images), submit=lambda q: None, on_answer=answers)
             worker = EngineWorker(engine, task, seed, images.images, images.indices, test.answer, test.fail)
             test.submit = worker.submit
-            directory = out.loadgen_dir(label) if out is not None else None
-            started = time.perf_counter()
-            try:
-                with worker:
-                    builder.loadgen.append(test.run(directory, f"loadgen/{label}"))
-            finally:
-                rows = answers.close()
-                record_answers(builder, label, rows, time.perf_counter() - started)
-                series += [(qps, lat if error is None else None, draws, int(error is not None))
-                           for lat, draws, error in rows]
+            run_recorded(builder, test, answers, out, label, qps, series, serving=worker)
             if worker.error is not None:
                 raise worker.error
     finally:

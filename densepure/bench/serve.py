@@ -113,7 +113,7 @@ def sweep(run: BenchRun, builder: ReportBuilder, model: str, images) -> None:
 
 def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> None:
     """LoadGen issues the requests; a pool of HTTP clients sends them (one connection per pool thread)."""
-    from densepure.bench.loadgen import QUERY_COLUMNS, Answers, LoadGenTest, record_answers, run_label
+    from densepure.bench.loadgen import QUERY_COLUMNS, Answers, LoadGenTest, run_label, run_recorded
 
     scenario, params = run.load.scenario, run.target.parameters()
     rates = run.load.target_qps if scenario is Scenario.SERVER else run.load.target_qps[:1]
@@ -141,15 +141,7 @@ def _loadgen(run: BenchRun, builder: ReportBuilder, out, model: str, images) -> 
             answers = Answers(label)
             test = LoadGenTest(scenario, run.load, qps, len(images), lambda q: None, answers)
             test.submit = lambda queries, test=test: [pool.submit(send, test, q) for q in queries]
-            directory = out.loadgen_dir(label) if out is not None else None
-            started = time.perf_counter()
-            try:
-                builder.loadgen.append(test.run(directory, f"loadgen/{label}"))
-            finally:
-                rows = answers.close()
-                record_answers(builder, label, rows, time.perf_counter() - started)
-                series += [(qps, lat if error is None else None, draws, int(error is not None))
-                           for lat, draws, error in rows]
+            run_recorded(builder, test, answers, out, label, qps, series)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # every query is answered when a test ends; not on Ctrl-C
         for client in clients:
